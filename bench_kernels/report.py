@@ -1,0 +1,122 @@
+"""What 90_report shows: provenance, results, charts, the decision matrix, and what was not measured."""
+
+from __future__ import annotations
+
+import html
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, WINNER_MARK, build_rows, decision_matrix,
+                                    inference_rows, unmeasured_summary)
+from bench_kernels.config import SweepConfig
+from bench_kernels.results import ResultsStore
+from bench_kernels.workload import BATCH_FORMATION
+
+PROVENANCE_COLUMNS = ["device", "gpu_name", "driver_version", "cuda_version", "cpu_name", "torch_version",
+                      "transformers_version", "onnxruntime_version", "trt_flavor", "trt_version", "git_sha"]
+
+
+def offline_template_dir() -> Path:
+    """Folder holding the nbconvert template 'offline' (the lab template with no CDN scripts)."""
+    return Path(str(resources.files("bench_kernels").joinpath("templates")))
+
+
+def load_run(cfg: SweepConfig) -> pd.DataFrame:
+    return ResultsStore(cfg.run_dir).load()
+
+
+def provenance_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Distinct environments the rows were measured in, with when."""
+    if df.empty:
+        return pd.DataFrame(columns=PROVENANCE_COLUMNS)
+    grouped = df.groupby([c for c in PROVENANCE_COLUMNS if c not in ("trt_flavor", "trt_version")], dropna=False)
+    table = grouped.agg(rows=("status", "size"), first=("timestamp", "min"), last=("timestamp", "max"),
+                        trt=("trt_version", lambda s: ", ".join(sorted({v for v in s if v})) or "-"))
+    return table.reset_index().T.rename(columns=lambda i: f"environment {i + 1}")
+
+
+def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Shape columns as integers (blank where a row has none), not floats."""
+    shape = [c for c in ("batch_size", "input_len", "output_len") if c in df]
+    return df.astype({c: "Int64" for c in shape})
+
+
+def results_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Inference rows with the columns a reader compares."""
+    return _int_columns(inference_rows(df)[INFERENCE_COLUMNS].reset_index(drop=True))
+
+
+def build_table(df: pd.DataFrame) -> pd.DataFrame:
+    return build_rows(df)[BUILD_COLUMNS].reset_index(drop=True)
+
+
+def styled_matrix(matrix: pd.DataFrame):
+    """The decision matrix with winning cells highlighted."""
+    def highlight(cell: object) -> str:
+        text = str(cell)
+        if text.startswith(WINNER_MARK):
+            return "background-color: #d8f3dc; font-weight: bold"
+        if text.startswith("not measured"):
+            return "color: #8a5a00; font-style: italic"
+        return ""
+
+    return matrix.style.map(highlight).set_properties(**{"text-align": "left", "white-space": "normal"})
+
+
+def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
+    """The measurement method in plain words (HTML), stated in every report."""
+    inference = inference_rows(df)
+    devices = ", ".join(sorted(set(df["device"]) - {""})) or cfg.device
+    random_weights = (df["weights"] == "random").any()
+    lines = [
+        f"<b>Model</b>: {html.escape(str(df['model'].iloc[0]) if not df.empty else cfg.model)}"
+        + (" with <b>random weights</b> from an architecture preset: valid for speed and memory, "
+           "never for quality." if random_weights else " (real weights)."),
+        f"<b>Output length</b>: fixed at {cfg.output_len} new tokens per prompt (minimum = maximum, EOS ignored), "
+        "so every runtime generates the same amount of work.",
+        f"<b>Runs</b>: {cfg.warmup} warmup run(s) per shape, never counted; {cfg.repeats} measured run(s). "
+        "p50 / p99 are over the measured runs (per-token latency: over every decode step of every run).",
+        f"<b>Timing</b> on {html.escape(devices)}: CUDA events read after one synchronize on GPU, "
+        "<code>time.perf_counter</code> on CPU. TTFT = prompt in to first token out (prefill + first token); "
+        "per-token latency = each later decode step; throughput = batch x output tokens / end-to-end p50 latency.",
+        "<b>Peak memory</b>: CUDA max allocated by torch on GPU; the process's peak resident set, sampled every "
+        "5 ms during the measured runs, on CPU (it includes the Python process and libraries).",
+        f"<b>Batches</b>: {html.escape(BATCH_FORMATION)}",
+        "<b>Efficiency</b>: decode tokens/s (batch / per-token latency p50) over the roofline bound "
+        "(all weights plus the batch's KV cache read once per step at the measured copy bandwidth).",
+    ]
+    if not inference.empty and inference["efficiency"].gt(1.0).any():
+        lines.append("<b style='color:#b00020'>Measurement error</b>: some rows exceed the roofline "
+                     "(efficiency above 1.0); treat them as bugs, not results.")
+    return "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+
+
+def availability_notes(df: pd.DataFrame) -> str:
+    """Plain statement of every runtime that could not be measured, and why (HTML)."""
+    missing = unmeasured_summary(df)
+    if missing.empty:
+        return "<p>Every configured runtime was measured on every shape.</p>"
+    items = []
+    for _, row in missing.iterrows():
+        items.append(f"<li><b>{html.escape(row['runtime'])}</b> ({html.escape(row['precision'])}, {row['stage']}): "
+                     f"{row['status']} on {row['rows']} row(s): {html.escape(str(row['reason']))}</li>")
+    return "<p>Not measured in this run:</p><ul>" + "".join(items) + "</ul>"
+
+
+def show_figure(fig: Figure | None, what: str) -> None:
+    """Display a figure in the notebook (embedded as PNG in the HTML) or say why there is none."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    if fig is None:
+        display(Markdown(f"*No {what} chart: no inference row has status ok.*"))
+        return
+    display(fig)
+    plt.close(fig)
+
+
+__all__ = ["availability_notes", "build_table", "decision_matrix", "load_run", "method_notes",
+           "offline_template_dir", "provenance_table", "results_table", "show_figure", "styled_matrix"]

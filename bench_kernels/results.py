@@ -1,0 +1,143 @@
+"""The tidy results table: schema, atomic append, resume, load."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "error", "skipped", "unavailable")
+KEY_COLUMNS = ("stage", "runtime", "model", "precision", "batch_size", "input_len", "output_len")
+COLUMNS = (
+    "run_name", "stage", "runtime", "model", "weights", "precision", "batch_size", "input_len", "output_len",
+    "status", "error", "warmup", "repeats",
+    "tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99",
+    "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
+    "build_s", "artifact_mb", "cache_hit", "token_agreement", "max_logit_diff",
+    "roofline_tokens_per_s", "efficiency",
+    "trt_flavor", "trt_version",
+    "device", "gpu_name", "driver_version", "cuda_version", "cpu_name",
+    "torch_version", "transformers_version", "onnxruntime_version", "git_sha", "timestamp", "notes",
+)
+NUMERIC_COLUMNS = (
+    "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s", "prefill_tokens_per_s",
+    "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
+    "build_s", "artifact_mb", "token_agreement", "max_logit_diff", "roofline_tokens_per_s", "efficiency",
+)
+# Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
+FINISHED = ("ok", "skipped")
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    """The identity of a measurement; build rows leave the shape columns empty."""
+    return tuple(_cell(row.get(c)) for c in KEY_COLUMNS)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultsStore:
+    """reports/<run_name>/results.csv (one row per measurement) and samples.jsonl (raw samples)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.run_dir / "results.csv"
+        self.samples_path = self.run_dir / "samples.jsonl"
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.csv_path.is_file():
+            return []
+        with self.csv_path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    def finished_keys(self) -> set[tuple[str, ...]]:
+        return {row_key(r) for r in self.rows() if r.get("status") in FINISHED}
+
+    def is_finished(self, key_fields: dict[str, Any]) -> bool:
+        return row_key(key_fields) in self.finished_keys()
+
+    def append(self, row: dict[str, Any], samples: dict[str, list[float]] | None = None) -> None:
+        """Add or replace one row atomically; its raw samples go to samples.jsonl first."""
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise KeyError(f"results row has unknown columns {sorted(unknown)}; schema: {', '.join(COLUMNS)}")
+        if row.get("status") not in STATUSES:
+            raise ValueError(f"results row status {row.get('status')!r}; allowed: {', '.join(STATUSES)}")
+        key = row_key(row)
+        if samples is not None:
+            line = json.dumps({"key": dict(zip(KEY_COLUMNS, key)), **samples}) + "\n"
+            # One write of one line with O_APPEND: a kill leaves at most a torn last line, which load skips.
+            fd = os.open(self.samples_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        kept = [r for r in self.rows() if row_key(r) != key]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="raise")
+        writer.writeheader()
+        writer.writerows({c: r.get(c, "") for c in COLUMNS} for r in kept)
+        writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+        _atomic_write(self.csv_path, buffer.getvalue())
+
+    def load(self) -> pd.DataFrame:
+        return load_results(self.csv_path)
+
+    def load_samples(self) -> list[dict[str, Any]]:
+        """Raw samples, the last line per key winning; a torn final line is skipped."""
+        if not self.samples_path.is_file():
+            return []
+        latest: dict[tuple[str, ...], dict[str, Any]] = {}
+        for line in self.samples_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("skipping a torn line in %s", self.samples_path)
+                continue
+            latest[tuple(record["key"][c] for c in KEY_COLUMNS)] = record
+        return list(latest.values())
+
+
+def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One or more results.csv files as a typed DataFrame with every schema column."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths if Path(p).is_file()]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+    for column in COLUMNS:
+        if column not in df:
+            df[column] = ""
+    for column in NUMERIC_COLUMNS:
+        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
+    return df[list(COLUMNS)]

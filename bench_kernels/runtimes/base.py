@@ -1,0 +1,58 @@
+"""The one small interface every runtime implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from bench_kernels.measure import StepTimer
+from bench_kernels.models import LoadedModel
+
+
+@dataclass
+class BuildInfo:
+    """What preparing a runtime cost: export / engine build time, artifact size, cache use."""
+
+    build_s: float
+    artifact_mb: float
+    cache_hit: bool
+    notes: str = ""
+    trt_flavor: str = ""
+    trt_version: str = ""
+
+
+class Runtime(ABC):
+    """A way to generate tokens from a loaded model; one instance per (model, precision, device)."""
+
+    name: ClassVar[str]
+    needs_build: ClassVar[bool] = False
+    dynamic_shapes: ClassVar[str] = ""  # how the runtime copes with a new batch size or length
+
+    def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: dict | None = None):
+        self.loaded = loaded
+        self.precision = precision
+        self.device = device
+        self.options = options or {}
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        """None when this runtime can run here, else why not (in words a user can act on)."""
+        return None
+
+    def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo | None:
+        """Export / build / compile for these shapes; None when the runtime has no build step."""
+        return None
+
+    @abstractmethod
+    def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:
+        """Greedy-generate exactly output_len tokens for input_ids [B, S]; returns [B, output_len] on CPU."""
+
+    @abstractmethod
+    def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits for the token after the prompt, [B, V] float32 on CPU (quality check)."""
+
+    def close(self) -> None:
+        """Release device memory and handles."""

@@ -1,0 +1,243 @@
+"""Sweeps: for each runtime and precision, build once, then measure every (batch, input length).
+
+Every outcome becomes a results row: ok, error (with a readable message), skipped or
+unavailable (with the reason). Finished rows are kept; a rerun measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from bench_kernels.config import SweepConfig
+from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_per_s, kv_bytes_per_token,
+                                    pick_device, provenance)
+from bench_kernels.measure import measure_generation
+from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config, weight_bytes
+from bench_kernels.results import ResultsStore
+from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
+from bench_kernels.workload import load_text, make_prompts, text_token_ids
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str], None]
+
+
+def readable_error(err: BaseException) -> str:
+    """One line a user can act on: the exception type and the first line of its message."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return f"out of memory: {str(err).splitlines()[0][:300]}"
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first[:500]}"
+
+
+@dataclass
+class SweepContext:
+    """What every row of one sweep shares."""
+
+    cfg: SweepConfig
+    store: ResultsStore
+    device: torch.device
+    model_name: str
+    weights: str
+    env: dict[str, str]
+    progress: ProgressFn
+
+    def base_row(self, stage: str, runtime: str, precision: str) -> dict[str, Any]:
+        return {"run_name": self.cfg.run_name, "stage": stage, "runtime": runtime, "model": self.model_name,
+                "weights": self.weights, "precision": precision, **self.env}
+
+    def log_failure(self, what: str, err: BaseException) -> None:
+        """Full traceback to errors.log beside the results; the row keeps one readable line."""
+        with (self.store.run_dir / "errors.log").open("a", encoding="utf-8") as handle:
+            handle.write(f"--- {what}\n{''.join(traceback.format_exception(err))}\n")
+
+
+def make_context(cfg: SweepConfig, progress: ProgressFn | None = None) -> SweepContext:
+    device = pick_device(cfg.device)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    weights = "random" if cfg.model.startswith("preset:") else "real"
+    return SweepContext(cfg, ResultsStore(cfg.run_dir), device, model_display_name(cfg.model), weights,
+                        provenance(device), progress or (lambda message: log.info(message)))
+
+
+def _shape_key(ctx: SweepContext, stage: str, runtime: str, precision: str, batch_size: int | None,
+               input_len: int | None) -> dict[str, Any]:
+    return {"stage": stage, "runtime": runtime, "model": ctx.model_name, "precision": precision,
+            "batch_size": batch_size, "input_len": input_len,
+            "output_len": ctx.cfg.output_len if batch_size is not None else None}
+
+
+def _release(*objects: Any) -> None:
+    for obj in objects:
+        if isinstance(obj, Runtime):
+            obj.close()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _load(ctx: SweepContext, precision: str) -> LoadedModel:
+    return load_model(ctx.cfg.model, precision, ctx.device, ctx.cfg.seed)
+
+
+def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """One build row per (runtime, precision): export / engine build time, artifact size, cache hit."""
+    ctx = make_context(cfg, progress)
+    for runtime_name in cfg.runtimes:
+        runtime_cls = get_runtime(runtime_name)
+        for precision in cfg.precisions:
+            key = _shape_key(ctx, "build", runtime_name, precision, None, None)
+            if ctx.store.is_finished(key):
+                ctx.progress(f"build {runtime_name} {precision}: already done, kept")
+                continue
+            row = {**ctx.base_row("build", runtime_name, precision), **key}
+            if not runtime_cls.needs_build:
+                row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
+                ctx.store.append(row)
+                continue
+            ctx.progress(f"build {runtime_name} {precision} ...")
+            runtime = loaded = None
+            try:
+                loaded = _load(ctx, precision)
+                runtime = runtime_cls(loaded, precision, ctx.device, _runtime_options(cfg))
+                info = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
+                row.update(status="ok", **_build_columns(info))
+                reason = runtime_cls.unavailable_reason(ctx.device, precision)
+                if reason:
+                    row["notes"] = f"built; inference unavailable here: {reason}"
+            except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
+                ctx.log_failure(f"build {runtime_name} {precision}", err)
+                row.update(status="error", error=readable_error(err))
+            finally:
+                _release(runtime, loaded)
+            ctx.store.append(row)
+            ctx.progress(f"build {runtime_name} {precision}: {row['status']} {row.get('error') or ''}".rstrip())
+    return ctx.store.load()
+
+
+def _build_columns(info: BuildInfo | None) -> dict[str, Any]:
+    if info is None:
+        return {"build_s": 0.0, "notes": "no build step"}
+    return {"build_s": info.build_s, "artifact_mb": info.artifact_mb, "cache_hit": str(info.cache_hit).lower(),
+            "notes": info.notes, "trt_flavor": info.trt_flavor, "trt_version": info.trt_version}
+
+
+def _runtime_options(cfg: SweepConfig) -> dict[str, Any]:
+    return {"workspace_gb": cfg.trt_workspace_gb, "optimization_level": cfg.trt_optimization_level,
+            "allow_rebuild": cfg.trt_allow_rebuild}
+
+
+def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_len: int):
+    folder = ctx.store.run_dir / "reference_outputs"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{ctx.model_name}_{precision}_b{batch_size}_i{input_len}_o{ctx.cfg.output_len}.pt"
+
+
+def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Tensor, tokens: torch.Tensor,
+             batch_size: int, input_len: int) -> dict[str, Any]:
+    """Token agreement and first-step max logit difference against saved reference outputs."""
+    if runtime.name == "reference":
+        torch.save({"tokens": tokens, "logits": runtime.first_step_logits(ids)},
+                   _reference_path(ctx, precision, batch_size, input_len))
+        return {}
+    for ref_precision in dict.fromkeys([precision, "fp32", *ctx.cfg.precisions]):
+        path = _reference_path(ctx, ref_precision, batch_size, input_len)
+        if path.is_file():
+            ref = torch.load(path)
+            agreement = (ref["tokens"] == tokens).float().mean().item()
+            logit_diff = (ref["logits"] - runtime.first_step_logits(ids)).abs().max().item()
+            note = "" if ref_precision == precision else f"quality vs the {ref_precision} reference"
+            return {"token_agreement": agreement, "max_logit_diff": logit_diff, "notes": note}
+    return {"notes": "quality not measured: no reference outputs for this shape (run the reference runtime)"}
+
+
+def _roofline(ctx: SweepContext, loaded: LoadedModel, precision: str, batch_size: int, input_len: int,
+              itl_ms_p50: float) -> dict[str, float]:
+    """Decode roofline from measured copy bandwidth; efficiency = decode tokens/s over that bound."""
+    element_size = torch.finfo(loaded.hf_model.dtype).bits // 8
+    bound = decode_roofline_tokens_per_s(weight_bytes(loaded.hf_model), kv_bytes_per_token(loaded.config, element_size),
+                                         batch_size, input_len, ctx.cfg.output_len,
+                                         copy_bandwidth_gbps(ctx.device.type))
+    decode_tokens_per_s = batch_size / (itl_ms_p50 / 1e3) if itl_ms_p50 > 0 else float("nan")
+    return {"roofline_tokens_per_s": bound, "efficiency": decode_tokens_per_s / bound}
+
+
+def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """Measure every (precision, batch size, input length) of one runtime; return the whole table."""
+    ctx = make_context(cfg, progress)
+    runtime_cls = get_runtime(runtime_name)
+    shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.input_lens]
+    for precision in cfg.precisions:
+        todo = [(b, s) for b, s in shapes
+                if not ctx.store.is_finished(_shape_key(ctx, "inference", runtime_name, precision, b, s))]
+        ctx.progress(f"{runtime_name} {precision}: {len(shapes) - len(todo)} of {len(shapes)} shapes already done")
+        if not todo:
+            continue
+
+        def write(status: str, batch_size: int, input_len: int, **columns: Any) -> None:
+            row = {**ctx.base_row("inference", runtime_name, precision),
+                   **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
+                   "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
+            ctx.store.append(row)
+
+        reason = runtime_cls.unavailable_reason(ctx.device, precision)
+        if reason:
+            for b, s in todo:
+                write("unavailable", b, s, error=reason)
+            ctx.progress(f"{runtime_name} {precision}: unavailable: {reason}")
+            continue
+        runtime = loaded = None
+        try:
+            loaded = _load(ctx, precision)
+            runtime = runtime_cls(loaded, precision, ctx.device, _runtime_options(cfg))
+            build = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
+            token_ids = text_token_ids(loaded.tokenizer, load_text(cfg.prompt_file))
+        except Exception as err:  # noqa: BLE001 - a runtime that cannot start fails its rows, not the sweep
+            ctx.log_failure(f"prepare {runtime_name} {precision}", err)
+            for b, s in todo:
+                write("error", b, s, error=f"prepare failed: {readable_error(err)}")
+            _release(runtime, loaded)
+            continue
+        build_columns = _build_columns(build) if build else {}
+        for batch_size, input_len in todo:
+            label = f"{runtime_name} {precision} batch {batch_size} input {input_len}"
+            ctx.progress(f"{label} ...")
+            try:
+                ids = make_prompts(token_ids, batch_size, input_len)
+                measured = measure_generation(
+                    lambda timer: runtime.generate(ids, cfg.output_len, timer), ctx.device,
+                    batch_size=batch_size, input_len=input_len, output_len=cfg.output_len,
+                    warmup=cfg.warmup, repeats=cfg.repeats)
+                summary = measured.summary()
+                columns = {**summary, **build_columns,
+                           **_quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
+                           **_roofline(ctx, loaded, precision, batch_size, input_len, summary["itl_ms_p50"])}
+                ctx.store.append({**ctx.base_row("inference", runtime_name, precision),
+                                  **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
+                                  "status": "ok", "warmup": cfg.warmup, "repeats": cfg.repeats, **columns},
+                                 measured.samples())
+                ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
+                             f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms")
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory: a row with the message, sweep goes on
+                ctx.log_failure(label, err)
+                write("error", batch_size, input_len, error=readable_error(err))
+                ctx.progress(f"{label}: error: {readable_error(err)}")
+                _release()
+        _release(runtime, loaded)
+    return ctx.store.load()
+
+
+def model_summary(cfg: SweepConfig) -> dict[str, Any]:
+    """Architecture fields of the sweep's model, without loading weights."""
+    from bench_kernels.models import describe_config
+
+    return {"model": model_display_name(cfg.model), "weights": "random" if cfg.model.startswith("preset:") else "real",
+            **describe_config(resolve_model_config(cfg.model))}

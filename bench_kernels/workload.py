@@ -1,0 +1,47 @@
+"""Prompts of exact token lengths cut from real text, identical for every runtime."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench_kernels.paths import resolve_project_path
+
+BATCH_FORMATION = (
+    "Each prompt is exactly input_len tokens of real English text, tokenized without special tokens. "
+    "Prompt i of a batch starts at token offset i * (text tokens // batch_size) and wraps around the "
+    "text, so the prompts of a batch differ, need no padding, and every runtime gets the same ids."
+)
+
+
+def packaged_text() -> str:
+    """The text shipped with the package: original prose written for these prompts."""
+    return resources.files("bench_kernels").joinpath("data/prompts.txt").read_text(encoding="utf-8")
+
+
+def load_text(prompt_file: str = "") -> str:
+    """The user's text file if one is named, else the packaged text."""
+    if not prompt_file:
+        return packaged_text()
+    path = resolve_project_path(prompt_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt_file {path} does not exist")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def text_token_ids(tokenizer: Any, text: str) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < 16:
+        raise ValueError(f"prompt text has only {len(ids)} tokens; give a longer prompt_file")
+    return list(ids)
+
+
+def make_prompts(token_ids: list[int], batch_size: int, input_len: int) -> torch.Tensor:
+    """A [batch_size, input_len] int64 batch cut from the token stream (see BATCH_FORMATION)."""
+    n = len(token_ids)
+    stride = max(n // batch_size, 1)
+    rows = [[token_ids[(i * stride + j) % n] for j in range(input_len)] for i in range(batch_size)]
+    return torch.tensor(rows, dtype=torch.long)  # ids: [B, S]

@@ -1,0 +1,112 @@
+"""Sweep spec validation: every kind of bad input gets one clear error naming the key and allowed values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench_kernels.config import ConfigError, SweepConfig, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"run_name": "t", "model": "embedded", "runtimes": ["reference"], "precisions": ["fp32"],
+        "batch_sizes": [1, 2], "input_lens": [8], "output_len": 4}
+
+
+def write(tmp_path: Path, **changes: object) -> Path:
+    data = {**GOOD, **changes}
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def error_of(tmp_path: Path, **changes: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, **changes))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_params_file_is_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.run_name and cfg.batch_sizes == sorted(cfg.batch_sizes)
+
+
+def test_unknown_key_names_it_and_lists_allowed_keys(tmp_path: Path) -> None:
+    message = error_of(tmp_path, batch_size=[1])
+    assert "batch_size: unknown key" in message
+    assert "batch_sizes" in message and "output_len" in message
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    message = error_of(tmp_path, output_len="8")
+    assert "output_len" in message and "integer" in message
+    assert "batch_sizes" in error_of(tmp_path, batch_sizes=4)
+
+
+def test_batch_size_below_one(tmp_path: Path) -> None:
+    message = error_of(tmp_path, batch_sizes=[0, 2])
+    assert "batch_sizes" in message and ">= 1" in message and "[0]" in message
+
+
+def test_lengths_beyond_model_max_positions(tmp_path: Path) -> None:
+    message = error_of(tmp_path, input_lens=[8, 8190])
+    assert "input_lens" in message and "8192" in message and "[8190]" in message
+
+
+def test_unknown_model_lists_allowed_forms(tmp_path: Path) -> None:
+    message = error_of(tmp_path, model="gpt-9")
+    assert "model" in message and "'embedded'" in message and "preset:<name>" in message
+
+
+def test_unknown_preset_lists_presets(tmp_path: Path) -> None:
+    message = error_of(tmp_path, model="preset:llama-9")
+    assert "model" in message and "llama-3.1-8b" in message and "qwen2.5-7b" in message
+
+
+def test_missing_local_folder(tmp_path: Path) -> None:
+    message = error_of(tmp_path, model=f"local:{tmp_path / 'nope'}")
+    assert "model" in message and "config.json" in message
+
+
+def test_unknown_runtime_lists_allowed(tmp_path: Path) -> None:
+    message = error_of(tmp_path, runtimes=["reference", "vllm"])
+    assert "runtimes.1" in message and "'onnxruntime'" in message and "'tensorrt'" in message
+
+
+def test_unknown_precision_lists_allowed(tmp_path: Path) -> None:
+    message = error_of(tmp_path, precisions=["int3"])
+    assert "precisions.0" in message and "'bf16'" in message
+
+
+def test_all_problems_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**GOOD, "device": "tpu", "warmup": -1, "run_name": "a/b"})
+    message = str(info.value)
+    assert "device" in message and "warmup" in message and "run_name" in message
+
+
+def test_duplicates_rejected() -> None:
+    with pytest.raises(ConfigError, match="input_lens"):
+        parse_config({**GOOD, "input_lens": [8, 8]})
+
+
+def test_defaults_are_small_and_cpu_safe() -> None:
+    cfg = SweepConfig()
+    assert max(cfg.batch_sizes) <= 2 and max(cfg.input_lens) <= 64 and cfg.output_len <= 16
+    assert cfg.device == "auto" and cfg.model == "embedded"
+
+
+def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path) -> None:
+    bad = write(tmp_path, runtimes=["nope"])
+    done = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(bad)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1
+    assert "runtimes.0" in done.stderr and "'reference'" in done.stderr
+    good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(write(tmp_path))],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert good.returncode == 0 and "valid" in good.stdout

@@ -1,0 +1,44 @@
+"""The notebooks: thin, stored without outputs, and their parameters are exactly the sweep spec's keys."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from bench_kernels.cli import NOTEBOOKS
+from bench_kernels.config import SweepConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_pipeline_runs_every_notebook() -> None:
+    assert sorted(NOTEBOOKS) == [p.name for p in BOOKS]
+
+
+@pytest.mark.parametrize("path", BOOKS, ids=lambda p: p.name)
+def test_parameters_match_the_sweep_spec(path: Path) -> None:
+    params = papermill.inspect_notebook(str(path))
+    assert list(params) == list(SweepConfig.model_fields)
+    defaults = SweepConfig()
+    for name, info in params.items():
+        assert info["help"], f"{name} has no trailing comment"
+        assert ast.literal_eval(info["default"]) == getattr(defaults, name), name
+
+
+@pytest.mark.parametrize("path", BOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs_and_thin(path: Path) -> None:
+    book = nbformat.read(path, as_version=4)
+    nbformat.validate(book)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert book.metadata.kernelspec.name == "bench-kernels"
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None
+        tree = ast.parse(cell.source)
+        assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree)), \
+            "logic belongs in bench_kernels/"

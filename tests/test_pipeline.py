@@ -1,0 +1,91 @@
+"""End to end: `bench-kernels run` on a tiny params file, its results, and its report in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench_kernels.results import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reports = tmp_path_factory.mktemp("reports")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench_kernels.cli", "run", "params/tiny.yaml", "--reports-dir", str(reports),
+         "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return reports / yaml.safe_load((ROOT / "params/tiny.yaml").read_text())["run_name"]
+
+
+def test_results_have_every_shape_ok(run_dir: Path) -> None:
+    df = load_results(run_dir / "results.csv")
+    spec = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    reference = df[(df["stage"] == "inference") & (df["runtime"] == "reference")]
+    assert len(reference) == len(spec["batch_sizes"]) * len(spec["input_lens"])
+    assert (reference["status"] == "ok").all()
+    assert (reference["tokens_per_s"] > 0).all() and (reference["ttft_ms_p50"] > 0).all()
+    assert (reference["latency_ms_p99"] >= reference["latency_ms_p50"]).all()
+    assert (reference["git_sha"] != "").all() and (reference["torch_version"] != "").all()
+    assert set(df["status"]) <= {"ok", "error", "skipped", "unavailable"}
+    for name in ("00_environment", "10_build", "20_reference_sweep", "30_tensorrt_sweep", "90_report"):
+        assert (run_dir / "notebooks" / f"{name}.ipynb").is_file()
+
+
+def test_rerun_resumes_without_remeasuring(run_dir: Path) -> None:
+    before = load_results(run_dir / "results.csv")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench_kernels.cli", "run", "params/tiny.yaml", "--reports-dir", str(run_dir.parent),
+         "--only", "20", "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 of 4 shapes already done" in done.stdout + done.stderr
+    after = load_results(run_dir / "results.csv")
+    ok = before["status"] == "ok"
+    assert before[ok]["timestamp"].tolist() == after[after["status"] == "ok"]["timestamp"].tolist()
+
+
+def test_report_is_self_contained(run_dir: Path) -> None:
+    html = (run_dir / "report.html").read_text()
+    assert "Decision matrix" in html and "Provenance" in html and "What was and was not measured" in html
+    assert html.count("data:image/png;base64,") >= 4
+    assert "<script src=" not in html  # nothing to fetch: it must read offline
+    assert "cfg = config_from_namespace" not in html  # no code shown
+
+
+def test_report_in_headless_chromium(run_dir: Path) -> None:
+    """Every chart decodes, the console stays clean, and a screenshot is saved beside the report."""
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing on CI: .ci/run must install Debian's chromium package")
+        pytest.skip("chromium is not installed (apt-get install chromium); the browser check did not run")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.goto((run_dir / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        images = page.evaluate(
+            "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))")
+        page.screenshot(path=str(run_dir / "report.png"), full_page=True)
+        browser.close()
+    assert len(images) >= 4 and all(img["ok"] and img["w"] > 300 for img in images), images
+    assert problems == []
+    png = (run_dir / "report.png").read_bytes()
+    assert png.startswith(base64.b64decode("iVBORw0KGgo=")) and len(png) > 50_000

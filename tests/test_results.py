@@ -1,0 +1,86 @@
+"""The results table: schema round trip, atomic append, torn samples, resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench_kernels.results import COLUMNS, ResultsStore, load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def row(batch_size: int, status: str = "ok", **extra: object) -> dict:
+    return {"run_name": "t", "stage": "inference", "runtime": "reference", "model": "m", "precision": "fp32",
+            "batch_size": batch_size, "input_len": 8, "output_len": 4, "status": status, "tokens_per_s": 12.5,
+            "latency_ms_p99": 0.1 + batch_size, **extra}
+
+
+def test_round_trip_keeps_values_and_types(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.append(row(1), {"ttft_ms": [1.0, 2.0], "itl_ms": [0.5], "latency_ms": [3.0]})
+    store.append(row(2, status="error", error="out of memory: tried to allocate 2 GiB"))
+    df = store.load()
+    assert list(df.columns) == list(COLUMNS)
+    assert df["batch_size"].tolist() == [1, 2] and df["tokens_per_s"].dtype.kind == "f"
+    assert df.loc[0, "latency_ms_p99"] == 1.1 and pd.isna(df.loc[1, "ttft_ms_p50"])
+    assert df.loc[1, "error"] == "out of memory: tried to allocate 2 GiB"
+    assert store.load_samples()[0]["ttft_ms"] == [1.0, 2.0]
+
+
+def test_same_key_replaces_and_finished_only_ok(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.append(row(1, status="error", error="boom"))
+    assert not store.is_finished(row(1))
+    store.append(row(1))
+    assert len(store.rows()) == 1 and store.is_finished(row(1))
+
+
+def test_schema_enforced(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    with pytest.raises(KeyError, match="tokens_per_sec"):
+        store.append(row(1, tokens_per_sec=3.0))
+    with pytest.raises(ValueError, match="allowed: ok, error, skipped, unavailable"):
+        store.append(row(1, status="fine"))
+
+
+def test_torn_samples_line_is_skipped(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.append(row(1), {"ttft_ms": [1.0], "itl_ms": [], "latency_ms": [2.0]})
+    with store.samples_path.open("a") as handle:
+        handle.write('{"key": {"stage": "infer')
+    assert len(store.load_samples()) == 1
+
+
+def test_kill_during_appends_never_corrupts(tmp_path: Path) -> None:
+    """kill -9 a writer mid-stream: the CSV parses, every row is whole, and appends resume."""
+    script = textwrap.dedent(f"""
+        from bench_kernels.results import ResultsStore
+        store = ResultsStore({str(tmp_path)!r})
+        for i in range(1, 100000):
+            store.append({{"run_name": "t", "stage": "inference", "runtime": "reference", "model": "m",
+                          "precision": "fp32", "batch_size": i, "input_len": 8, "output_len": 4,
+                          "status": "ok", "tokens_per_s": float(i), "notes": "x" * 200}},
+                         {{"ttft_ms": [1.0] * 50, "itl_ms": [], "latency_ms": [2.0]}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(ResultsStore(tmp_path).rows()) < 30:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    df = load_results(tmp_path / "results.csv")
+    assert len(df) >= 30
+    assert (df["tokens_per_s"] == df["batch_size"]).all() and (df["notes"].str.len() == 200).all()
+    store = ResultsStore(tmp_path)
+    store.append(row(10**6))
+    assert len(store.rows()) == len(df) + 1
+    assert len(store.load_samples()) >= len(df)

@@ -1,0 +1,85 @@
+"""Sweeps on real models: a kill -9 mid-sweep resumes; a config that runs out of memory becomes an error row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench_kernels.config import parse_config
+from bench_kernels.models import embedded_tokenizer
+from bench_kernels.results import ResultsStore, load_results
+from bench_kernels.sweep import run_inference_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep_script(params: dict) -> str:
+    return textwrap.dedent(f"""
+        from bench_kernels.config import parse_config
+        from bench_kernels.sweep import run_inference_sweep
+        run_inference_sweep(parse_config({params!r}), "reference", progress=print)
+    """)
+
+
+def test_kill_mid_sweep_then_rerun_keeps_finished_rows(tmp_path: Path) -> None:
+    params = {"run_name": "killed", "model": "embedded", "runtimes": ["reference"], "batch_sizes": [1, 2],
+              "input_lens": [8, 16], "output_len": 4, "warmup": 0, "repeats": 1, "device": "cpu",
+              "reports_dir": str(tmp_path)}
+    store = ResultsStore(tmp_path / "killed")
+    proc = subprocess.Popen([sys.executable, "-c", sweep_script(params)], cwd=ROOT)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not any(r["status"] == "ok" for r in store.rows()):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = {(r["batch_size"], r["input_len"]): r["timestamp"] for r in store.rows() if r["status"] == "ok"}
+    assert 1 <= len(first) < 4, "the kill should land mid-sweep"
+    lines = []
+    df = run_inference_sweep(parse_config(params), "reference", progress=lines.append)
+    assert f"{len(first)} of 4 shapes already done" in lines[0]
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    for _, r in df.iterrows():
+        key = (str(int(r["batch_size"])), str(int(r["input_len"])))
+        if key in first:
+            assert r["timestamp"] == first[key], "a finished row was measured again"
+
+
+@pytest.fixture(scope="module")
+def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights saved as a local Hugging Face folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    embedded_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_out_of_memory_becomes_error_row_and_sweep_goes_on(tmp_path: Path, tiny_local_model: Path) -> None:
+    """Under an address-space limit the largest batch cannot allocate its logits; smaller ones finish."""
+    params = {"run_name": "oom", "model": f"local:{tiny_local_model}", "runtimes": ["reference"],
+              "batch_sizes": [1, 256], "input_lens": [1024], "output_len": 2, "warmup": 0, "repeats": 1,
+              "device": "cpu", "reports_dir": str(tmp_path)}
+    limited = textwrap.dedent("""
+        import resource, torch, transformers  # load the big libraries before capping the address space
+        vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 3 * 2**30, resource.RLIM_INFINITY))
+    """) + sweep_script(params)
+    done = subprocess.run([sys.executable, "-c", limited], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    df = load_results(tmp_path / "oom" / "results.csv").set_index("batch_size")
+    assert df.loc[1, "status"] == "ok" and df.loc[1, "tokens_per_s"] > 0
+    assert df.loc[256, "status"] == "error"
+    assert "memory" in df.loc[256, "error"].lower() or "alloc" in df.loc[256, "error"].lower()
+    assert (tmp_path / "oom" / "errors.log").read_text().count("Traceback") >= 1
