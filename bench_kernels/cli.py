@@ -18,6 +18,7 @@ NOTEBOOKS = (
     "00_environment.ipynb",
     "10_build.ipynb",
     "20_reference_sweep.ipynb",
+    "25_onnxruntime_sweep.ipynb",
     "30_tensorrt_sweep.ipynb",
     "90_report.ipynb",
 )
@@ -112,6 +113,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The notebooks' work without Jupyter: build stage, then each runtime's sweep."""
+    from bench_kernels.sweep import run_build_stage, run_inference_sweep
+
+    cfg = _load(args.params, args.reports_dir)
+    if not args.skip_build:
+        run_build_stage(cfg, progress=print)
+    for runtime in cfg.runtimes:
+        results = run_inference_sweep(cfg, runtime, progress=print)
+    print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); "
+          f"render the report with: bench-kernels run {args.params} --only 90")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from bench_kernels.models import presets_dir, preset_names
 
@@ -144,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide papermill's per-cell progress bar")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run the build stage and every runtime's sweep without Jupyter",
+                           description="Headless: the same build and sweep functions the notebooks call, for "
+                                       "machines without Jupyter (results.csv only; render the report later "
+                                       "with `run PARAMS --only 90`).")
+    sweep.add_argument("params", help="sweep spec, e.g. params/default.yaml")
+    sweep.add_argument("--reports-dir", help="override the spec's reports_dir")
+    sweep.add_argument("--skip-build", action="store_true", help="skip the build stage rows")
+    sweep.set_defaults(func=cmd_sweep)
 
     validate = sub.add_parser("validate", help="check a sweep spec without running anything",
                               description="Check every key of PARAMS (types, allowed values, lengths against the "

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import importlib.metadata
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -36,7 +37,12 @@ def _version(dist: str) -> str:
 
 @functools.cache
 def git_sha() -> str:
-    """HEAD of the project checkout, '+dirty' when the tree has changes; '' outside git."""
+    """HEAD of the project checkout, '+dirty' when the tree has changes; '' outside git.
+
+    $BENCH_KERNELS_GIT_SHA stands in where the tree was copied without .git (e.g. to a remote GPU machine).
+    """
+    if os.environ.get("BENCH_KERNELS_GIT_SHA"):
+        return os.environ["BENCH_KERNELS_GIT_SHA"]
     root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,

@@ -147,10 +147,13 @@ def model_display_name(model: str) -> str:
     return Path(ref).name if kind == "local" else ref
 
 
-def embedded_tokenizer() -> Any:
+def packaged_tokenizer() -> Any:
+    """SmolLM2's tokenizer (Apache-2.0), shipped in the package so random-weight runs need no GGUF."""
+    from importlib import resources
+
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(convert_embedded())
+    return AutoTokenizer.from_pretrained(str(resources.files("bench_kernels").joinpath("data/tokenizer")))
 
 
 def load_model(model: str, precision: str, device: torch.device | str, seed: int = 0) -> LoadedModel:
@@ -171,8 +174,8 @@ def load_model(model: str, precision: str, device: torch.device | str, seed: int
         # Built directly on the target device: an 8B model initializes in a second on a GPU.
         with torch.device(device):
             hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        # Random weights have no tokenizer of their own; prompts only need valid ids.
-        tokenizer = embedded_tokenizer()
+        # Random weights have no tokenizer of their own; prompts only need valid ids (49152 < any preset vocab).
+        tokenizer = packaged_tokenizer()
         weights = "random"
     elif kind in ("local", "hub"):
         source: str | Path = resolve_project_path(ref) if kind == "local" else ref

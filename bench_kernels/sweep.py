@@ -132,7 +132,7 @@ def _build_columns(info: BuildInfo | None) -> dict[str, Any]:
 
 def _runtime_options(cfg: SweepConfig) -> dict[str, Any]:
     return {"workspace_gb": cfg.trt_workspace_gb, "optimization_level": cfg.trt_optimization_level,
-            "allow_rebuild": cfg.trt_allow_rebuild}
+            "allow_rebuild": cfg.trt_allow_rebuild, "seed": cfg.seed}
 
 
 def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_len: int):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench_kernels.browser import check_report, find_chromium
 from bench_kernels.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -64,28 +63,12 @@ def test_report_is_self_contained(run_dir: Path) -> None:
 
 def test_report_in_headless_chromium(run_dir: Path) -> None:
     """Every chart decodes, the console stays clean, and a screenshot is saved beside the report."""
-    if not CHROMIUM:
+    if not find_chromium():
         if os.environ.get("CI"):
             pytest.fail("chromium is missing on CI: .ci/run must install Debian's chromium package")
         pytest.skip("chromium is not installed (apt-get install chromium); the browser check did not run")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-        page.goto((run_dir / "report.html").as_uri())
-        page.wait_for_load_state("load")
-        images = page.evaluate(
-            "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))")
-        page.screenshot(path=str(run_dir / "report.png"), full_page=True)
-        browser.close()
-    assert len(images) >= 4 and all(img["ok"] and img["w"] > 300 for img in images), images
-    assert problems == []
+    seen = check_report(run_dir / "report.html", run_dir / "report.png")
+    assert len(seen.images) >= 4 and all(img["ok"] and img["width"] > 300 for img in seen.images), seen.images
+    assert seen.problems == []
     png = (run_dir / "report.png").read_bytes()
     assert png.startswith(base64.b64decode("iVBORw0KGgo=")) and len(png) > 50_000

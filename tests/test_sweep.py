@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench_kernels.config import parse_config
-from bench_kernels.models import embedded_tokenizer
+from bench_kernels.models import packaged_tokenizer
 from bench_kernels.results import ResultsStore, load_results
 from bench_kernels.sweep import run_inference_sweep
 
@@ -62,7 +62,7 @@ def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
-    embedded_tokenizer().save_pretrained(folder)
+    packaged_tokenizer().save_pretrained(folder)
     return folder
 
 

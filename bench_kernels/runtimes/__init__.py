@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from bench_kernels.runtimes.base import BuildInfo, Runtime
+from bench_kernels.runtimes.onnxruntime import OnnxRuntimeRuntime
 from bench_kernels.runtimes.reference import ReferenceRuntime
 from bench_kernels.runtimes.tensorrt import TensorRTRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (ReferenceRuntime, TensorRTRuntime)}
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (ReferenceRuntime, OnnxRuntimeRuntime, TensorRTRuntime)}
 
 
 def get_runtime(name: str) -> type[Runtime]:

@@ -1,34 +1,105 @@
-"""TensorRT runtime (engine build from the shared ONNX decoder); interim: availability only."""
+"""TensorRT: the shared ONNX decoder built into an engine (`tensorrt`, else `tensorrt_rtx`) and run on the GPU."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 import torch
 
 from bench_kernels.measure import StepTimer
-from bench_kernels.runtimes.base import Runtime
+from bench_kernels.runtimes.base import BuildInfo, Runtime
+from bench_kernels.runtimes.onnxruntime import eos_token_ids, export_model
+
+log = logging.getLogger(__name__)
 
 
-def _import_reason() -> str | None:
-    errors = []
-    for module in ("tensorrt", "tensorrt_rtx"):
-        try:
-            __import__(module)
-            return None
-        except Exception as err:  # noqa: BLE001 - any import failure means unavailable
-            errors.append(f"{module}: {type(err).__name__}: {err}")
-    return "no TensorRT module imports (" + "; ".join(errors) + ")"
+def tensorrt_status(device: torch.device) -> tuple[str, str, str | None]:
+    """(flavor, version, reason inference cannot run here or None); flavor '' when nothing imports."""
+    from bench_kernels.trt_engine import TensorRTUnavailable, import_tensorrt, runtime_unavailable_reason
+
+    try:
+        found = import_tensorrt()
+    except TensorRTUnavailable as err:
+        return "", "", err.reason
+    if device.type != "cuda":
+        return found.flavor, found.version, (
+            f"{found.flavor} {found.version} engines run only on a CUDA GPU, and this sweep runs on the {device.type}"
+            + ("" if torch.cuda.is_available() else " (torch sees no CUDA GPU)"))
+    return found.flavor, found.version, runtime_unavailable_reason(found.flavor, found.version)
 
 
 class TensorRTRuntime(Runtime):
+    """Engine built strongly typed from the exported decoder, with prefill and decode profiles from the sweep."""
+
     name = "tensorrt"
     needs_build = True
+    dynamic_shapes = "only inside the engine's optimization profiles; any other shape needs a rebuild"
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
-        return _import_reason()
+        return tensorrt_status(device)[2]
+
+    def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
+        from bench_kernels.trt_engine import profiles_for_sweep
+
+        self.export = export_model(self.loaded, self.precision, self.options.get("seed", 0))
+        self.profiles = profiles_for_sweep(batch_sizes, input_lens, output_len)
+        self.runner = None
+        return self._build()
+
+    def _build(self) -> BuildInfo:
+        from bench_kernels.paths import cache_dir
+        from bench_kernels.trt_engine import build_engine
+
+        self.engine = build_engine(self.export.path, self.profiles, cache_dir("engines"),
+                                   workspace_gb=self.options.get("workspace_gb", 4.0),
+                                   optimization_level=self.options.get("optimization_level", 3))
+        ranges = "; ".join(p.describe() for p in self.profiles)
+        notes = (f"engine for {self.engine.target}: parse {self.engine.parse_s:.2f} s, peak build RSS "
+                 f"{self.engine.peak_build_rss_gb:.2f} GB; ONNX export {self.export.build_s:.1f} s "
+                 f"({self.export.artifact_mb:.0f} MB) not included in build_s; profiles: {ranges}")
+        return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes,
+                         self.engine.flavor, self.engine.version)
+
+    def ensure_shape(self, batch_size: int, input_len: int, output_len: int) -> float:
+        """Rebuild when a request falls outside the built profiles (if allowed); returns the rebuild seconds."""
+        from bench_kernels.trt_engine import ShapeOutsideProfiles, profile_for, profiles_for_sweep
+
+        last_past = input_len + output_len - 2
+        if profile_for(self.profiles, batch_size, input_len, 0) is not None and (
+                output_len == 1 or profile_for(self.profiles, batch_size, 1, last_past) is not None):
+            return 0.0
+        if not self.options.get("allow_rebuild", True):
+            raise ShapeOutsideProfiles(batch_size, input_len, last_past, self.profiles)
+        start = time.perf_counter()
+        batches = {p.batch[k] for p in self.profiles for k in (0, 2)} | {batch_size}
+        inputs = {p.sequence[k] for p in self.profiles[:1] for k in (0, 2)} | {input_len}
+        widest_output = max(output_len, max(p.past[2] for p in self.profiles) - max(inputs) + 2)
+        self.profiles = profiles_for_sweep(sorted(batches), sorted(inputs), widest_output)
+        self.close()
+        self._build()
+        log.info("rebuilt the engine for batch %d, input %d in %.1f s", batch_size, input_len,
+                 time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    def _runner(self):
+        from bench_kernels.trt_engine import TrtDecoderRunner
+
+        if self.runner is None:
+            self.runner = TrtDecoderRunner(self.engine.path)
+        return self.runner
 
     def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:
-        raise RuntimeError("TensorRT generation is not wired yet")
+        self.ensure_shape(input_ids.shape[0], input_ids.shape[1], output_len)
+        ids = input_ids.to(self.device)  # ids: [B, S] on the GPU
+        timer.start()
+        return self._runner().generate(ids, output_len, timer.token, eos_token_ids(self.loaded)).cpu()
 
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("TensorRT generation is not wired yet")
+        return self._runner().first_step_logits(input_ids.to(self.device)).float().cpu()
+
+    def close(self) -> None:
+        if getattr(self, "runner", None) is not None:
+            self.runner.close()
+            self.runner = None

@@ -1,0 +1,50 @@
+"""Open a report in headless Chromium: do its charts decode, is the console clean; take a screenshot."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Without the background-networking flags Chromium keeps calling home, which a closed network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@dataclass
+class BrowserCheck:
+    """What a browser saw when it opened the report."""
+
+    images: list[dict] = field(default_factory=list)  # {"ok": decoded, "width": natural width}
+    problems: list[str] = field(default_factory=list)  # console errors/warnings, page errors, failed requests
+
+
+def find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def check_report(html_path: Path, screenshot_path: Path | None = None, width: int = 1280) -> BrowserCheck:
+    """Load the report from disk in headless Chromium (Playwright drives it) and inspect it."""
+    from playwright.sync_api import sync_playwright
+
+    executable = find_chromium()
+    if executable is None:
+        raise FileNotFoundError("chromium is not installed (Debian: apt-get install chromium)")
+    seen = BrowserCheck()
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.on("console", lambda m: seen.problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: seen.problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: seen.problems.append(f"request failed: {r.url}"))
+            page.goto(Path(html_path).resolve().as_uri())
+            page.wait_for_load_state("load")
+            seen.images = page.evaluate(
+                "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, width: i.naturalWidth}))")
+            if screenshot_path is not None:
+                page.screenshot(path=str(screenshot_path), full_page=True)
+        finally:
+            browser.close()
+    return seen

