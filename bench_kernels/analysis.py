@@ -148,6 +148,9 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
         Criterion("dynamic shapes", "", dynamic_shapes),
         Criterion(f"quality: token agreement with reference, batch {b_min}, input {l_min}", "higher", quality,
                   "{:.3f}"),
+        Criterion(f"quality: max |logit difference| at the first token, batch {b_min}, input {l_min}", "lower",
+                  lambda f, r: "is the reference" if r == "reference" else
+                  _pick(f, r, "max_logit_diff", precision, batch_size=b_min, input_len=l_min), "{:.2e}"),
     ]
     table: dict[str, dict[str, str]] = {}
     winners: dict[str, str] = {}

@@ -67,39 +67,51 @@ class StepTimer:
 
 
 class PeakMemory:
-    """Peak memory over a region: CUDA max allocated, else the process RSS sampled every 5 ms."""
+    """Peak memory over a region.
 
-    def __init__(self, device: torch.device, interval_s: float = 0.005):
+    CUDA: torch's max allocated, or with device_wide the device memory in use (total - free, sampled
+    every 5 ms), which also sees what TensorRT or ONNX Runtime allocate outside torch. CPU: the
+    process RSS sampled every 5 ms.
+    """
+
+    def __init__(self, device: torch.device, device_wide: bool = False, interval_s: float = 0.005):
         self.device = device
+        self.sampled = device.type != "cuda" or device_wide
         self.interval_s = interval_s
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _sample_rss(self) -> None:
-        process = psutil.Process()
+    def _in_use(self) -> int:
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return total - free
+        return psutil.Process().memory_info().rss
+
+    def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            self.peak_bytes = max(self.peak_bytes, self._in_use())
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._thread = threading.Thread(target=self._sample_rss, daemon=True)
+        if self.sampled:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
+        if self.sampled:
             self._stop.set()
             assert self._thread is not None
             self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)
+            self.peak_bytes = max(self.peak_bytes, self._in_use())
+        else:
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
 
     @property
     def peak_gb(self) -> float:
@@ -150,6 +162,7 @@ def measure_generation(
     output_len: int,
     warmup: int,
     repeats: int,
+    device_wide_memory: bool = False,
 ) -> Measurement:
     """Run `generate(timer)` warmup + repeats times; only the repeats are kept.
 
@@ -162,7 +175,7 @@ def measure_generation(
     for _ in range(warmup):
         generate(timer)
         timer.offsets_ms()  # drains pending CUDA work so it cannot leak into the first measured run
-    with PeakMemory(device) as peak:
+    with PeakMemory(device, device_wide_memory) as peak:
         for _ in range(repeats):
             result.last_output = generate(timer)
             if timer.tokens != output_len:

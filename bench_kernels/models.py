@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -39,6 +40,7 @@ class LoadedModel:
     hf_model: Any  # transformers PreTrainedModel
     tokenizer: Any
     load_s: float
+    weights_id: str  # identifies the weight values, for caches keyed by model (ONNX exports, engines)
 
     @property
     def config(self) -> Any:
@@ -139,6 +141,13 @@ def resolve_model_config(model: str) -> Any:
     raise ModelError(f"unknown model {model!r}; allowed: 'embedded', 'preset:<name>', 'local:<folder>', 'hub:<id>'")
 
 
+def _local_weights_id(folder: Path) -> str:
+    """Path, names, sizes and mtimes of a local folder's weight files: changes when the weights do."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    listing = [str(folder.resolve())] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return "local-" + hashlib.sha256("\n".join(listing).encode()).hexdigest()[:12]
+
+
 def model_display_name(model: str) -> str:
     """Short name for results rows."""
     if model == "embedded":
@@ -168,6 +177,7 @@ def load_model(model: str, precision: str, device: torch.device | str, seed: int
         folder = convert_embedded()
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder)
+        weights_id = f"{EMBEDDED_DIST}-{importlib.metadata.version(EMBEDDED_DIST)}"
     elif kind == "preset":
         config = _preset_config(ref)
         torch.manual_seed(seed)
@@ -177,18 +187,21 @@ def load_model(model: str, precision: str, device: torch.device | str, seed: int
         # Random weights have no tokenizer of their own; prompts only need valid ids (49152 < any preset vocab).
         tokenizer = packaged_tokenizer()
         weights = "random"
+        weights_id = f"random-seed{seed}"
     elif kind in ("local", "hub"):
         source: str | Path = resolve_project_path(ref) if kind == "local" else ref
         resolve_model_config(model)  # the clear error for a missing folder or unreachable hub
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
+        weights_id = (_local_weights_id(Path(source)) if kind == "local"
+                      else f"hub-{getattr(hf_model.config, '_commit_hash', None) or 'unknown-revision'}")
     else:
         raise ModelError(f"unknown model {model!r}")
     hf_model.to(device).eval()
     hf_model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     load_s = time.perf_counter() - start
     log.info("loaded %s (%s weights, %s) in %.1f s", model, weights, precision, load_s)
-    return LoadedModel(model_display_name(model), weights, hf_model, tokenizer, load_s)
+    return LoadedModel(model_display_name(model), weights, hf_model, tokenizer, load_s, weights_id)
 
 
 def weight_bytes(hf_model: Any) -> int:

@@ -44,9 +44,14 @@ def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype({c: "Int64" for c in shape})
 
 
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Inference rows with the columns a reader compares."""
-    return _int_columns(inference_rows(df)[INFERENCE_COLUMNS].reset_index(drop=True))
+    """Inference rows with the columns a reader compares (errors shortened: the full text is listed above)."""
+    table = _int_columns(inference_rows(df)[INFERENCE_COLUMNS].reset_index(drop=True))
+    return table.assign(error=table["error"].map(_short))
 
 
 def build_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -82,8 +87,10 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         f"<b>Timing</b> on {html.escape(devices)}: CUDA events read after one synchronize on GPU, "
         "<code>time.perf_counter</code> on CPU. TTFT = prompt in to first token out (prefill + first token); "
         "per-token latency = each later decode step; throughput = batch x output tokens / end-to-end p50 latency.",
-        "<b>Peak memory</b>: CUDA max allocated by torch on GPU; the process's peak resident set, sampled every "
-        "5 ms during the measured runs, on CPU (it includes the Python process and libraries).",
+        "<b>Peak memory</b> during the measured runs. GPU: torch's max allocated for torch runtimes; for ONNX "
+        "Runtime and TensorRT, which allocate outside torch, the device memory in use (total - free, sampled "
+        "every 5 ms, CUDA context included). CPU: the process's peak resident set, sampled every 5 ms (Python "
+        "and libraries included).",
         f"<b>Batches</b>: {html.escape(BATCH_FORMATION)}",
         "<b>Efficiency</b>: decode tokens/s (batch / per-token latency p50) over the roofline bound "
         "(all weights plus the batch's KV cache read once per step at the measured copy bandwidth).",

@@ -10,6 +10,7 @@ import gc
 import logging
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -84,8 +85,10 @@ def _release(*objects: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _load(ctx: SweepContext, precision: str) -> LoadedModel:
-    return load_model(ctx.cfg.model, precision, ctx.device, ctx.cfg.seed)
+def _load(ctx: SweepContext, precision: str, runtime_cls: type[Runtime]) -> LoadedModel:
+    """The model on the sweep's device for torch runtimes; on the host for those that only export it."""
+    device = ctx.device if runtime_cls.runs_torch_model else torch.device("cpu")
+    return load_model(ctx.cfg.model, precision, device, ctx.cfg.seed)
 
 
 def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
@@ -106,13 +109,13 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
             ctx.progress(f"build {runtime_name} {precision} ...")
             runtime = loaded = None
             try:
-                loaded = _load(ctx, precision)
+                loaded = _load(ctx, precision, runtime_cls)
                 runtime = runtime_cls(loaded, precision, ctx.device, _runtime_options(cfg))
                 info = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
                 row.update(status="ok", **_build_columns(info))
                 reason = runtime_cls.unavailable_reason(ctx.device, precision)
                 if reason:
-                    row["notes"] = f"built; inference unavailable here: {reason}"
+                    row["notes"] = f"{row['notes']}; inference unavailable here: {reason}"
             except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
                 ctx.log_failure(f"build {runtime_name} {precision}", err)
                 row.update(status="error", error=readable_error(err))
@@ -132,10 +135,10 @@ def _build_columns(info: BuildInfo | None) -> dict[str, Any]:
 
 def _runtime_options(cfg: SweepConfig) -> dict[str, Any]:
     return {"workspace_gb": cfg.trt_workspace_gb, "optimization_level": cfg.trt_optimization_level,
-            "allow_rebuild": cfg.trt_allow_rebuild, "seed": cfg.seed}
+            "allow_rebuild": cfg.trt_allow_rebuild}
 
 
-def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_len: int):
+def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_len: int) -> Path:
     folder = ctx.store.run_dir / "reference_outputs"
     folder.mkdir(exist_ok=True)
     return folder / f"{ctx.model_name}_{precision}_b{batch_size}_i{input_len}_o{ctx.cfg.output_len}.pt"
@@ -159,7 +162,7 @@ def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Ten
     return {"notes": "quality not measured: no reference outputs for this shape (run the reference runtime)"}
 
 
-def _roofline(ctx: SweepContext, loaded: LoadedModel, precision: str, batch_size: int, input_len: int,
+def _roofline(ctx: SweepContext, loaded: LoadedModel, batch_size: int, input_len: int,
               itl_ms_p50: float) -> dict[str, float]:
     """Decode roofline from measured copy bandwidth; efficiency = decode tokens/s over that bound."""
     element_size = torch.finfo(loaded.hf_model.dtype).bits // 8
@@ -183,7 +186,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
             continue
 
         def write(status: str, batch_size: int, input_len: int, **columns: Any) -> None:
-            row = {**ctx.base_row("inference", runtime_name, precision),
+            row = {**ctx.base_row("inference", runtime_name, precision), **runtime_cls.version_columns(ctx.device),
                    **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
                    "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
             ctx.store.append(row)
@@ -196,7 +199,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
             continue
         runtime = loaded = None
         try:
-            loaded = _load(ctx, precision)
+            loaded = _load(ctx, precision, runtime_cls)
             runtime = runtime_cls(loaded, precision, ctx.device, _runtime_options(cfg))
             build = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
             token_ids = text_token_ids(loaded.tokenizer, load_text(cfg.prompt_file))
@@ -215,12 +218,13 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                 measured = measure_generation(
                     lambda timer: runtime.generate(ids, cfg.output_len, timer), ctx.device,
                     batch_size=batch_size, input_len=input_len, output_len=cfg.output_len,
-                    warmup=cfg.warmup, repeats=cfg.repeats)
+                    warmup=cfg.warmup, repeats=cfg.repeats, device_wide_memory=not runtime_cls.runs_torch_model)
                 summary = measured.summary()
                 columns = {**summary, **build_columns,
                            **_quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
-                           **_roofline(ctx, loaded, precision, batch_size, input_len, summary["itl_ms_p50"])}
+                           **_roofline(ctx, loaded, batch_size, input_len, summary["itl_ms_p50"])}
                 ctx.store.append({**ctx.base_row("inference", runtime_name, precision),
+                                  **runtime_cls.version_columns(ctx.device),
                                   **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
                                   "status": "ok", "warmup": cfg.warmup, "repeats": cfg.repeats, **columns},
                                  measured.samples())

@@ -1,10 +1,11 @@
-"""Shared fixtures: the project root and a small real sweep config writing under tmp."""
+"""Shared fixtures: tests run from the project root; a tiny random-weight model as a local HF folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,3 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run_from_project_root(monkeypatch: pytest.MonkeyPatch) -> None:
     """Relative paths (params/, reports/) resolve against the project root, as in real use."""
     monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights saved as a local Hugging Face folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench_kernels.models import packaged_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    packaged_tokenizer().save_pretrained(folder)
+    return folder

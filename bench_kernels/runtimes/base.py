@@ -30,6 +30,9 @@ class Runtime(ABC):
     name: ClassVar[str]
     needs_build: ClassVar[bool] = False
     dynamic_shapes: ClassVar[str] = ""  # how the runtime copes with a new batch size or length
+    # False: generation runs outside torch (ONNX Runtime, TensorRT), so the transformers model stays on the
+    # host (it is only exported) and GPU memory is measured device-wide, not from torch's allocator.
+    runs_torch_model: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: dict | None = None):
         self.loaded = loaded
@@ -41,6 +44,11 @@ class Runtime(ABC):
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
         """None when this runtime can run here, else why not (in words a user can act on)."""
         return None
+
+    @classmethod
+    def version_columns(cls, device: torch.device) -> dict[str, str]:
+        """Runtime-specific version columns for every row (e.g. trt_flavor, trt_version)."""
+        return {}
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo | None:
         """Export / build / compile for these shapes; None when the runtime has no build step."""

@@ -14,15 +14,14 @@ from bench_kernels.runtimes.base import BuildInfo, Runtime
 log = logging.getLogger(__name__)
 
 
-def export_model(loaded: LoadedModel, precision: str, seed: int):
-    """The decoder of a loaded model exported to ONNX in `precision` (cached on disk)."""
+def export_model(loaded: LoadedModel, precision: str):
+    """The decoder of a loaded model exported to ONNX in `precision` (cached on disk by model and weights)."""
     from bench_kernels.decoder import Decoder
     from bench_kernels.onnx_export import export_decoder
     from bench_kernels.paths import cache_dir
 
     decoder = Decoder.from_hf(loaded.hf_model).to("cpu")  # exported on the host: the graph is device-neutral
-    weights = f"random-seed{seed}" if loaded.weights == "random" else "real"
-    return export_decoder(decoder, f"{loaded.name}-{weights}", precision, cache_dir("onnx"))
+    return export_decoder(decoder, f"{loaded.name}-{loaded.weights_id}", precision, cache_dir("onnx"))
 
 
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
@@ -36,6 +35,7 @@ class OnnxRuntimeRuntime(Runtime):
 
     name = "onnxruntime"
     needs_build = True
+    runs_torch_model = False
     dynamic_shapes = "any batch and length (dynamic ONNX axes), no rebuild"
 
     @classmethod
@@ -48,7 +48,7 @@ class OnnxRuntimeRuntime(Runtime):
         return None
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
-        self.export = export_model(self.loaded, self.precision, self.options.get("seed", 0))
+        self.export = export_model(self.loaded, self.precision)
         self.session = None
         return BuildInfo(self.export.build_s, self.export.artifact_mb, self.export.cache_hit,
                          notes=f"ONNX export ({self.export.path.parent.name})")

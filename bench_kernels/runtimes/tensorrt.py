@@ -34,16 +34,22 @@ class TensorRTRuntime(Runtime):
 
     name = "tensorrt"
     needs_build = True
+    runs_torch_model = False
     dynamic_shapes = "only inside the engine's optimization profiles; any other shape needs a rebuild"
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
         return tensorrt_status(device)[2]
 
+    @classmethod
+    def version_columns(cls, device: torch.device) -> dict[str, str]:
+        flavor, version, _ = tensorrt_status(device)
+        return {"trt_flavor": flavor, "trt_version": version}
+
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
         from bench_kernels.trt_engine import profiles_for_sweep
 
-        self.export = export_model(self.loaded, self.precision, self.options.get("seed", 0))
+        self.export = export_model(self.loaded, self.precision)
         self.profiles = profiles_for_sweep(batch_sizes, input_lens, output_len)
         self.runner = None
         return self._build()

@@ -1,0 +1,58 @@
+"""Aggregation: break-even arithmetic, speedups, and the decision matrix's values, reasons and winners."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from bench_kernels.analysis import WINNER_MARK, break_even_tokens, decision_matrix, speedup_table, unmeasured_summary
+from bench_kernels.results import COLUMNS
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame([{c: r.get(c, math.nan if c in ("tokens_per_s",) else "") for c in COLUMNS} for r in rows])
+    for column in ("batch_size", "input_len", "tokens_per_s", "latency_ms_p99", "ttft_ms_p50", "itl_ms_p50",
+                   "peak_mem_gb", "build_s", "token_agreement", "max_logit_diff"):
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    return df
+
+
+def inference(runtime: str, batch: int, tps: float, **extra: object) -> dict:
+    return {"stage": "inference", "runtime": runtime, "precision": "fp32", "batch_size": batch, "input_len": 16,
+            "status": "ok", "tokens_per_s": tps, "latency_ms_p99": 1000 / tps, "ttft_ms_p50": 10.0,
+            "itl_ms_p50": 5.0, "peak_mem_gb": 1.0, **extra}
+
+
+def test_break_even_tokens() -> None:
+    # 10 s build; 100 vs 200 tokens/s saves 5 ms per token: 2000 tokens to pay back
+    assert break_even_tokens(10.0, 200.0, 100.0) == pytest.approx(2000.0)
+    assert math.isinf(break_even_tokens(10.0, 100.0, 200.0))
+
+
+def test_decision_matrix_values_reasons_and_winners() -> None:
+    df = frame([
+        {"stage": "build", "runtime": "reference", "precision": "fp32", "status": "skipped", "build_s": 0.0},
+        {"stage": "build", "runtime": "onnxruntime", "precision": "fp32", "status": "ok", "build_s": 10.0},
+        {"stage": "build", "runtime": "tensorrt", "precision": "fp32", "status": "ok", "build_s": 30.0},
+        inference("reference", 1, 100.0), inference("reference", 4, 300.0),
+        inference("onnxruntime", 1, 150.0, token_agreement=1.0, max_logit_diff=1e-5),
+        inference("onnxruntime", 4, 600.0, token_agreement=1.0, max_logit_diff=2e-5),
+        {"stage": "inference", "runtime": "tensorrt", "precision": "fp32", "batch_size": 1, "input_len": 16,
+         "status": "unavailable", "error": "no CUDA GPU"},
+        {"stage": "inference", "runtime": "tensorrt", "precision": "fp32", "batch_size": 4, "input_len": 16,
+         "status": "unavailable", "error": "no CUDA GPU"},
+    ])
+    matrix = decision_matrix(df)
+    assert list(matrix.columns) == ["reference", "onnxruntime", "tensorrt", "winner"]
+    row = matrix.loc["throughput, batch 4, input 16 (tokens/s)"]
+    assert row["onnxruntime"] == WINNER_MARK + "600.0" and row["reference"] == "300.0"
+    assert row["tensorrt"] == "not measured: unavailable: no CUDA GPU" and row["winner"] == "onnxruntime"
+    # break-even at batch 4: 10 s / (1/300 - 1/600) s per token = 6000 tokens
+    assert matrix.loc["break-even vs reference, batch 4 (generated tokens)", "onnxruntime"].endswith("6,000")
+    assert matrix.loc["build / export time (s)", "winner"] == "reference"
+    assert "not measured" in matrix.loc["quality: token agreement with reference, batch 1, input 16", "tensorrt"]
+    assert speedup_table(df, "onnxruntime")["speedup"].tolist() == [1.5, 2.0]
+    missing = unmeasured_summary(df)
+    assert missing.iloc[0]["runtime"] == "tensorrt" and missing.iloc[0]["rows"] == 2

@@ -1,0 +1,76 @@
+"""The tensorrt runtime on this machine: a real engine from the embedded model's ONNX, its cache, rebuilds for
+shapes outside the profiles, and `unavailable` rows where engines cannot run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench_kernels.config import parse_config
+from bench_kernels.models import load_model
+from bench_kernels.runtimes.onnxruntime import export_model
+from bench_kernels.runtimes.tensorrt import TensorRTRuntime, tensorrt_status
+from bench_kernels.sweep import run_inference_sweep
+from bench_kernels.trt_engine import ShapeOutsideProfiles, build_engine, profiles_for_sweep
+
+CPU = torch.device("cpu")
+FLAVOR, VERSION, REASON = tensorrt_status(CPU)
+
+
+@pytest.fixture(autouse=True)
+def _needs_tensorrt() -> None:
+    if not FLAVOR:
+        if os.environ.get("CI"):
+            pytest.fail(f"no TensorRT module imports on CI (make setup installs tensorrt-rtx): {REASON}")
+        pytest.skip(f"no TensorRT module imports: {REASON}")
+
+
+def test_embedded_model_engine_builds_and_caches(tmp_path: Path) -> None:
+    export = export_model(load_model("embedded", "fp32", CPU), "fp32")
+    profiles = profiles_for_sweep([1, 2], [8, 16], 4)
+    first = build_engine(export.path, profiles, tmp_path)
+    assert not first.cache_hit and first.build_s > 0 and first.engine_mb > 50 and first.flavor == FLAVOR
+    assert first.target == "portable"
+    second = build_engine(export.path, profiles, tmp_path)
+    assert second.cache_hit and second.path == first.path and second.build_s == first.build_s
+
+    data = bytearray(first.path.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    first.path.write_bytes(bytes(data))
+    rebuilt = build_engine(export.path, profiles, tmp_path)
+    assert not rebuilt.cache_hit and rebuilt.path == first.path
+
+    changed = build_engine(export.path, profiles_for_sweep([1, 4], [8, 16], 4), tmp_path)
+    assert not changed.cache_hit and changed.path != first.path
+
+
+def test_shape_outside_profiles_rebuilds_or_refuses(tiny_local_model: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))  # a cold engine cache: every build is real
+    loaded = load_model(f"local:{tiny_local_model}", "fp32", CPU)
+    runtime = TensorRTRuntime(loaded, "fp32", CPU, {"allow_rebuild": True})
+    info = runtime.prepare([1], [8], 4)
+    assert info.build_s > 0 and info.trt_flavor == FLAVOR
+    assert runtime.ensure_shape(1, 8, 4) == 0.0  # inside the profiles: nothing to do
+    first_engine = runtime.engine.path
+    rebuild_s = runtime.ensure_shape(2, 32, 4)
+    assert rebuild_s > 0 and runtime.engine.path != first_engine and not runtime.engine.cache_hit
+    assert runtime.ensure_shape(2, 32, 4) == 0.0 and runtime.ensure_shape(1, 8, 4) == 0.0
+
+    strict = TensorRTRuntime(loaded, "fp32", CPU, {"allow_rebuild": False})
+    strict.prepare([1], [8], 4)
+    with pytest.raises(ShapeOutsideProfiles, match="batch=4"):
+        strict.ensure_shape(4, 8, 4)
+
+
+def test_inference_rows_are_unavailable_with_the_reason(tmp_path: Path, tiny_local_model: Path) -> None:
+    cfg = parse_config({"run_name": "trt", "model": f"local:{tiny_local_model}", "runtimes": ["tensorrt"],
+                        "batch_sizes": [1, 2], "input_lens": [8], "output_len": 2, "device": "cpu",
+                        "reports_dir": str(tmp_path)})
+    df = run_inference_sweep(cfg, "tensorrt")
+    assert len(df) == 2 and (df["status"] == "unavailable").all()
+    assert df["error"].str.contains("engines run only on a CUDA GPU").all()
+    assert df["error"].str.contains(f"{FLAVOR} {VERSION}").all()
