@@ -78,7 +78,7 @@ def ttft_vs_input_len(df: pd.DataFrame) -> Figure | None:
 
 def memory_vs_batch(df: pd.DataFrame) -> Figure | None:
     return _facet_lines(df, "batch_size", "peak_mem_gb", "input_len",
-                        "Peak memory vs batch size (CUDA: max allocated; CPU: process RSS)", "peak memory (GB)")
+                        "Peak memory vs batch size (see Method for what each device counts)", "peak memory (GB)")
 
 
 ALL_CHARTS = {
