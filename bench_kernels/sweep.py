@@ -189,11 +189,11 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
         if not todo:
             continue
 
-        def write(status: str, batch_size: int, input_len: int, **columns: Any) -> None:
+        def write(status: str, batch_size: int, input_len: int, samples: dict | None = None, **columns: Any) -> None:
             row = {**ctx.base_row("inference", runtime_name, precision), **runtime_cls.version_columns(ctx.device),
                    **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
                    "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
-            ctx.store.append(row)
+            ctx.store.append(row, samples)
 
         reason = runtime_cls.unavailable_reason(ctx.device, precision)
         if reason:
@@ -227,11 +227,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                 columns = {**summary, **build_columns,
                            **_quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
                            **_roofline(ctx, loaded, batch_size, input_len, summary["itl_ms_p50"])}
-                ctx.store.append({**ctx.base_row("inference", runtime_name, precision),
-                                  **runtime_cls.version_columns(ctx.device),
-                                  **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
-                                  "status": "ok", "warmup": cfg.warmup, "repeats": cfg.repeats, **columns},
-                                 measured.samples())
+                write("ok", batch_size, input_len, measured.samples(), **columns)
                 ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
                              f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms")
             except Exception as err:  # noqa: BLE001 - e.g. out of memory: a row with the message, sweep goes on

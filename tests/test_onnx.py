@@ -6,22 +6,20 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_decoder import MAX_REL_ERR, PROMPTS, embedded_reference, eos_ids, rel_err  # one GGUF load per session
+from test_decoder import (  # one model load per session; one_torch_thread is an autouse fixture
+    MAX_REL_ERR,
+    PROMPTS,
+    embedded_reference,
+    eos_ids,
+    one_torch_thread,  # noqa: F401
+    rel_err,
+)
 
 from bench_kernels.decoder import Decoder, DecoderArgs, empty_past, position_ids_from_mask
 from bench_kernels.onnx_export import DATA_FILE, MODEL_FILE, export_decoder, input_names, output_names
 from bench_kernels.ort_generate import first_step_logits, make_session, ort_greedy_generate
 
 MODEL_KEY = "smollm2-135m-instruct-q4_1"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: no slower for these small models, and no stalls when other jobs share the CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
