@@ -128,7 +128,7 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
     def dynamic_shapes(frame: pd.DataFrame, runtime: str) -> str:
         from bench_kernels.runtimes import get_runtime
 
-        return get_runtime(runtime).dynamic_shapes if runtime else ""
+        return get_runtime(runtime).dynamic_shapes
 
     criteria = [
         Criterion(f"throughput, batch {b_min}, input {l_max} (tokens/s)", "higher",

@@ -21,7 +21,7 @@ from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_
                                     pick_device, provenance)
 from bench_kernels.measure import measure_generation
 from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config, weight_bytes
-from bench_kernels.results import ResultsStore
+from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
 from bench_kernels.workload import load_text, make_prompts, text_token_ids
 
@@ -182,15 +182,17 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
     ctx = make_context(cfg, progress)
     runtime_cls = get_runtime(runtime_name)
     shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.input_lens]
+    versions = runtime_cls.version_columns(ctx.device)
     for precision in cfg.precisions:
+        finished = ctx.store.finished_keys()  # one read of results.csv, not one per shape
         todo = [(b, s) for b, s in shapes
-                if not ctx.store.is_finished(_shape_key(ctx, "inference", runtime_name, precision, b, s))]
+                if row_key(_shape_key(ctx, "inference", runtime_name, precision, b, s)) not in finished]
         ctx.progress(f"{runtime_name} {precision}: {len(shapes) - len(todo)} of {len(shapes)} shapes already done")
         if not todo:
             continue
 
         def write(status: str, batch_size: int, input_len: int, samples: dict | None = None, **columns: Any) -> None:
-            row = {**ctx.base_row("inference", runtime_name, precision), **runtime_cls.version_columns(ctx.device),
+            row = {**ctx.base_row("inference", runtime_name, precision), **versions,
                    **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
                    "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
             ctx.store.append(row, samples)
