@@ -14,8 +14,8 @@ from bench_kernels.paths import resolve_project_path
 
 log = logging.getLogger(__name__)
 
-RuntimeName = Literal["reference", "onnxruntime", "tensorrt"]
-Precision = Literal["fp32", "fp16", "bf16"]
+RuntimeName = Literal["reference", "onnxruntime", "tensorrt", "compiled"]
+Precision = Literal["fp32", "fp16", "bf16", "fp8"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 RUNTIME_NAMES: tuple[str, ...] = get_args(RuntimeName)

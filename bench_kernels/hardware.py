@@ -88,6 +88,9 @@ def provenance(device: torch.device) -> dict[str, str]:
         "transformers_version": _version("transformers"),
         "onnxruntime_version": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "git_sha": git_sha(),
+        # Measured once per process at the start of a sweep: the roofline's denominators.
+        "copy_gbps": f"{copy_bandwidth_gbps(device.type):.1f}",
+        "matmul_tflops": f"{matmul_tflops(device.type):.1f}",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -138,6 +141,32 @@ def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: in
     gbps = 2 * nbytes / best_s / 1e9
     log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
     return gbps
+
+
+@functools.cache
+def matmul_tflops(device_type: str, repeats: int = 5) -> float:
+    """Measured dense matmul rate in TFLOP/s: bf16 8192^3 on a GPU, fp32 1024^3 on a CPU (best of repeats)."""
+    device = torch.device(device_type)
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best_s = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            elapsed_s = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            a @ b
+            elapsed_s = time.perf_counter() - t0
+        best_s = min(best_s, elapsed_s)
+    tflops = 2 * n**3 / best_s / 1e12
+    log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, str(dtype).removeprefix("torch."), tflops)
+    return tflops
 
 
 def kv_bytes_per_token(config: Any, element_size: int) -> int:

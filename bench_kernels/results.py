@@ -27,12 +27,14 @@ COLUMNS = (
     "roofline_tokens_per_s", "efficiency",
     "trt_flavor", "trt_version",
     "device", "gpu_name", "driver_version", "cuda_version", "cpu_name",
-    "torch_version", "transformers_version", "onnxruntime_version", "git_sha", "timestamp", "notes",
+    "torch_version", "transformers_version", "onnxruntime_version", "git_sha", "copy_gbps", "matmul_tflops",
+    "timestamp", "notes",
 )
 NUMERIC_COLUMNS = (
     "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s", "prefill_tokens_per_s",
     "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
     "build_s", "artifact_mb", "token_agreement", "max_logit_diff", "roofline_tokens_per_s", "efficiency",
+    "copy_gbps", "matmul_tflops",
 )
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
 FINISHED = ("ok", "skipped")

@@ -20,7 +20,7 @@ from bench_kernels.config import SweepConfig
 from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_per_s, kv_bytes_per_token,
                                     pick_device, provenance)
 from bench_kernels.measure import measure_generation
-from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config, weight_bytes
+from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
 from bench_kernels.workload import load_text, make_prompts, text_token_ids
@@ -95,6 +95,12 @@ def _load(ctx: SweepContext, precision: str, runtime_cls: type[Runtime]) -> Load
     return loaded
 
 
+def unsupported_precision(runtime_cls: type[Runtime], precision: str) -> str | None:
+    if precision in runtime_cls.precisions:
+        return None
+    return f"{runtime_cls.name} does not run {precision} (it runs {', '.join(runtime_cls.precisions)})"
+
+
 def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
     """One build row per (runtime, precision): export / engine build time, artifact size, cache hit."""
     ctx = make_context(cfg, progress)
@@ -106,6 +112,12 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
                 ctx.progress(f"build {runtime_name} {precision}: already done, kept")
                 continue
             row = {**ctx.base_row("build", runtime_name, precision), **key}
+            unsupported = (unsupported_precision(runtime_cls, precision)
+                           or runtime_cls.build_unavailable_reason(ctx.device, precision))
+            if unsupported:
+                row.update(status="unavailable", error=unsupported)
+                ctx.store.append(row)
+                continue
             if not runtime_cls.needs_build:
                 row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
                 ctx.store.append(row)
@@ -130,6 +142,14 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
     return ctx.store.load()
 
 
+def _record_build(ctx: SweepContext, runtime_name: str, precision: str, build: BuildInfo) -> None:
+    """A build done for the inference sweep is the build row too, when the build stage has none yet."""
+    key = _shape_key(ctx, "build", runtime_name, precision, None, None)
+    if not ctx.store.is_finished(key):
+        ctx.store.append({**ctx.base_row("build", runtime_name, precision), **key, "status": "ok",
+                          **_build_columns(build), "notes": f"{build.notes}; built by the inference sweep"})
+
+
 def _build_columns(info: BuildInfo | None) -> dict[str, Any]:
     if info is None:
         return {"build_s": 0.0, "notes": "no build step"}
@@ -148,9 +168,15 @@ def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_le
     return folder / f"{ctx.model_name}_{precision}_b{batch_size}_i{input_len}_o{ctx.cfg.output_len}.pt"
 
 
+# First-step logits are kept for this many prompts of a batch (a vocabulary row is 0.5 MB in fp32).
+QUALITY_LOGIT_ROWS = 4
+
+
 def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Tensor, tokens: torch.Tensor,
              batch_size: int, input_len: int) -> dict[str, Any]:
-    """Token agreement and first-step max logit difference against saved reference outputs."""
+    """Token agreement (every prompt) and first-step max logit difference (the first QUALITY_LOGIT_ROWS
+    prompts) against saved reference outputs."""
+    ids = ids[:QUALITY_LOGIT_ROWS]
     if runtime.name == "reference":
         torch.save({"tokens": tokens, "logits": runtime.first_step_logits(ids)},
                    _reference_path(ctx, precision, batch_size, input_len))
@@ -160,18 +186,17 @@ def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Ten
         if path.is_file():
             ref = torch.load(path)
             agreement = (ref["tokens"] == tokens).float().mean().item()
-            logit_diff = (ref["logits"] - runtime.first_step_logits(ids)).abs().max().item()
+            logit_diff = (ref["logits"][:QUALITY_LOGIT_ROWS] - runtime.first_step_logits(ids)).abs().max().item()
             note = "" if ref_precision == precision else f"quality vs the {ref_precision} reference"
             return {"token_agreement": agreement, "max_logit_diff": logit_diff, "notes": note}
     return {"notes": "quality not measured: no reference outputs for this shape (run the reference runtime)"}
 
 
-def _roofline(ctx: SweepContext, loaded: LoadedModel, batch_size: int, input_len: int,
+def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size: int, input_len: int,
               itl_ms_p50: float) -> dict[str, float]:
     """Decode roofline from measured copy bandwidth; efficiency = decode tokens/s over that bound."""
-    element_size = torch.finfo(loaded.hf_model.dtype).bits // 8
-    bound = decode_roofline_tokens_per_s(weight_bytes(loaded.hf_model), kv_bytes_per_token(loaded.config, element_size),
-                                         batch_size, input_len, ctx.cfg.output_len,
+    kv_token_bytes = kv_bytes_per_token(runtime.loaded.config, runtime.kv_element_size())
+    bound = decode_roofline_tokens_per_s(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len,
                                          copy_bandwidth_gbps(ctx.device.type))
     decode_tokens_per_s = batch_size / (itl_ms_p50 / 1e3) if itl_ms_p50 > 0 else float("nan")
     return {"roofline_tokens_per_s": bound, "efficiency": decode_tokens_per_s / bound}
@@ -197,7 +222,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                    "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
             ctx.store.append(row, samples)
 
-        reason = runtime_cls.unavailable_reason(ctx.device, precision)
+        reason = unsupported_precision(runtime_cls, precision) or runtime_cls.unavailable_reason(ctx.device, precision)
         if reason:
             for b, s in todo:
                 write("unavailable", b, s, error=reason)
@@ -216,6 +241,9 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
             _release(runtime, loaded)
             continue
         build_columns = _build_columns(build) if build else {}
+        if build is not None:
+            _record_build(ctx, runtime_name, precision, build)
+        step_weight_bytes = runtime.weight_bytes()
         for batch_size, input_len in todo:
             label = f"{runtime_name} {precision} batch {batch_size} input {input_len}"
             ctx.progress(f"{label} ...")
@@ -228,7 +256,8 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                 summary = measured.summary()
                 columns = {**summary, **build_columns,
                            **_quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
-                           **_roofline(ctx, loaded, batch_size, input_len, summary["itl_ms_p50"])}
+                           **_roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
+                                       summary["itl_ms_p50"])}
                 write("ok", batch_size, input_len, measured.samples(), **columns)
                 ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
                              f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from bench_kernels.runtimes.base import BuildInfo, Runtime
+from bench_kernels.runtimes.compiled import CompiledRuntime
 from bench_kernels.runtimes.onnxruntime import OnnxRuntimeRuntime
 from bench_kernels.runtimes.reference import ReferenceRuntime
 from bench_kernels.runtimes.tensorrt import TensorRTRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (ReferenceRuntime, OnnxRuntimeRuntime, TensorRTRuntime)}
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (ReferenceRuntime, OnnxRuntimeRuntime, TensorRTRuntime, CompiledRuntime)}
 
 
 def get_runtime(name: str) -> type[Runtime]:

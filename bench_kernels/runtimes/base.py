@@ -33,6 +33,7 @@ class Runtime(ABC):
     # False: generation runs outside torch (ONNX Runtime, TensorRT), so the transformers model stays on the
     # host (it is only exported) and GPU memory is measured device-wide, not from torch's allocator.
     runs_torch_model: ClassVar[bool] = True
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
 
     def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: dict | None = None):
         self.loaded = loaded
@@ -46,9 +47,24 @@ class Runtime(ABC):
         return None
 
     @classmethod
+    def build_unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        """None when this runtime can build here (even if it cannot run), else why not."""
+        return None
+
+    @classmethod
     def version_columns(cls, device: torch.device) -> dict[str, str]:
         """Runtime-specific version columns for every row (e.g. trt_flavor, trt_version)."""
         return {}
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads (the roofline's numerator); fp8 runtimes override."""
+        from bench_kernels.models import weight_bytes
+
+        return weight_bytes(self.loaded.hf_model)
+
+    def kv_element_size(self) -> int:
+        """Bytes per cached key/value element."""
+        return torch.finfo(self.loaded.hf_model.dtype).bits // 8
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo | None:
         """Export / build / compile for these shapes; None when the runtime has no build step."""

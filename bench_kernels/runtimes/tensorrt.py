@@ -42,6 +42,16 @@ class TensorRTRuntime(Runtime):
         return tensorrt_status(device)[2]
 
     @classmethod
+    def build_unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        from bench_kernels.trt_engine import TensorRTUnavailable, import_tensorrt
+
+        try:
+            import_tensorrt()
+        except TensorRTUnavailable as err:
+            return err.reason  # said before the ONNX export, which alone takes minutes for an 8B model
+        return None
+
+    @classmethod
     def version_columns(cls, device: torch.device) -> dict[str, str]:
         flavor, version, _ = tensorrt_status(device)
         return {"trt_flavor": flavor, "trt_version": version}

@@ -1,0 +1,202 @@
+"""The compiled runtime's matrix-vector products: weight-only fp8 (e4m3, per-output-channel scales) and
+small-batch GEMV in Triton, with cuBLAS / torch._scaled_mm where those are faster.
+
+All projections of the compiled decoder go through one custom op, `bench_kernels::linear`, so
+torch.compile treats it as a single opaque call and fuses the elementwise work around it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+GEMV_MAX_ROWS = 16  # at most this many activation rows: memory bound, a GEMV beats a GEMM launch
+
+# (device index, dtype, N, K, rows) -> "triton" or "cublas"; filled by timing both on first use.
+_CHOSEN_BACKEND: dict[tuple, str] = {}
+
+
+def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8 e4m3 weight [N, K] and fp32 per-output-channel scale [N] with weight ~= q * scale[:, None]."""
+    w32 = weight.float()
+    scale = (w32.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)  # scale: [N]
+    q = (w32 / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q.contiguous(), scale.contiguous()
+
+
+@cache
+def triton_unavailable_reason() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return f"triton is not importable ({err})"
+    return None
+
+
+def fp8_unavailable_reason(device: torch.device) -> str | None:
+    """None when fp8 weights run fast here, else why not."""
+    if device.type != "cuda":
+        return None  # the CPU dequantizes: slow but exact to the same math, used by tests
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        return f"fp8 e4m3 matmuls need compute capability 8.9 or newer (Ada, Hopper); this GPU is {major}.{minor}"
+    return triton_unavailable_reason()
+
+
+@cache
+def _kernels():
+    """The Triton kernels, compiled lazily so importing this module never needs triton."""
+    import triton
+    import triton.language as tl
+    import triton.testing
+
+    def configs(block_ns, block_ks):
+        return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+                for n in block_ns for k in block_ks for w in (4, 8) for s in (3,)]
+
+    # Candidates are timed from CUDA graphs where this triton can: the kernels run there, and a plain
+    # timing loop of a 20 us kernel measures Python's launch cost instead.
+    autotune_timing = {}
+    if "do_bench" in inspect.signature(triton.autotune).parameters:
+        autotune_timing["do_bench"] = lambda fn, quantiles: triton.testing.do_bench_cudagraph(fn, quantiles=quantiles)
+    elif "use_cuda_graph" in inspect.signature(triton.autotune).parameters:
+        autotune_timing["use_cuda_graph"] = True
+
+    @triton.autotune(configs=configs((8, 16, 32), (256, 512)), key=["N", "K"], **autotune_timing)
+    @triton.jit
+    def gemv_one_row(x_ptr, w_ptr, scale_ptr, y_ptr, N, K, HAS_SCALE: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # y[n] = scale[n] * sum_k w[n, k] * x[k]; each program owns BLOCK_N output channels.
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+        if HAS_SCALE:
+            acc = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+    @triton.autotune(configs=configs((16, 32, 64), (128, 256)), key=["N", "K", "M"], **autotune_timing)
+    @triton.jit
+    def gemv_few_rows(x_ptr, w_ptr, scale_ptr, y_ptr, M, N, K, HAS_SCALE: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Up to 16 activation rows share each weight tile: one tensor-core dot per K block.
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, 16)
+        n_ok, m_ok = offs_n < N, offs_m < M
+        acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            x = tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)))
+        if HAS_SCALE:
+            acc = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    return triton, gemv_one_row, gemv_few_rows
+
+
+def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """rows [M <= 16, K] (bf16/fp16) times weight [N, K] (bf16, fp16 or fp8) transposed, times scale [N]."""
+    triton, gemv_one_row, gemv_few_rows = _kernels()
+    M, K = rows.shape
+    N = weight.shape[0]
+    rows = rows.contiguous()
+    out = torch.empty((M, N), dtype=rows.dtype, device=rows.device)
+    scale_arg = scale if scale is not None else out  # never read when HAS_SCALE is False
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    if M == 1:
+        gemv_one_row[grid](rows, weight, scale_arg, out, N, K, HAS_SCALE=scale is not None)
+    else:
+        gemv_few_rows[grid](rows, weight, scale_arg, out, M, N, K, HAS_SCALE=scale is not None)
+    return out
+
+
+def _scaled_mm_rowwise(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp8 GEMM for many rows: activations quantized per row, weights per channel, bf16 out (Hopper)."""
+    row_scale = (rows.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)  # [M, 1]
+    rows_q = (rows.float() / row_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    out = torch._scaled_mm(rows_q, weight.t(), scale_a=row_scale, scale_b=scale[None, :],
+                           out_dtype=torch.bfloat16)
+    return out.to(rows.dtype)
+
+
+def _time_ms(fn, iters: int = 20) -> float:
+    """Kernel time per call, replayed from a CUDA graph as in decoding (Python launch cost excluded)."""
+    fn()  # autotune and compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def _small_rows_backend(rows: torch.Tensor, weight: torch.Tensor) -> str:
+    """Triton or cuBLAS for a bf16/fp16 GEMV of this shape: whichever measured faster here, on first use."""
+    key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0])
+    if key not in _CHOSEN_BACKEND:
+        if torch.cuda.is_current_stream_capturing() or triton_unavailable_reason():
+            return "cublas"  # cannot time inside a CUDA graph capture
+        triton_ms = _time_ms(lambda: triton_gemv(rows, weight, None))
+        cublas_ms = _time_ms(lambda: F.linear(rows, weight))
+        _CHOSEN_BACKEND[key] = "triton" if triton_ms < cublas_ms else "cublas"
+        log.info("GEMV %s x %s: triton %.1f us, cublas %.1f us -> %s", tuple(rows.shape), tuple(weight.shape),
+                 triton_ms * 1e3, cublas_ms * 1e3, _CHOSEN_BACKEND[key])
+    return _CHOSEN_BACKEND[key]
+
+
+def chosen_backends() -> dict[tuple, str]:
+    """What the timing picked so far: (device, dtype, N, K, rows) -> backend."""
+    return dict(_CHOSEN_BACKEND)
+
+
+@torch.library.custom_op("bench_kernels::linear", mutates_args=())
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """x [..., K] @ weight[N, K].T, times scale [N] when the weight is fp8; the output has x's dtype."""
+    rows = x.reshape(-1, x.shape[-1])
+    if weight.dtype == FP8:
+        if scale is None:
+            raise ValueError("an fp8 weight needs its per-channel scale")
+        if not x.is_cuda:
+            out = (rows.float() @ weight.float().t() * scale).to(x.dtype)  # CPU: exact dequantized math
+        elif rows.shape[0] <= GEMV_MAX_ROWS:
+            out = triton_gemv(rows, weight, scale)
+        else:
+            out = _scaled_mm_rowwise(rows, weight, scale)
+    elif x.is_cuda and rows.shape[0] <= GEMV_MAX_ROWS and _small_rows_backend(rows, weight) == "triton":
+        out = triton_gemv(rows, weight, None)
+    else:
+        out = F.linear(rows, weight)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@linear.register_fake
+def _linear_fake(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def weight_nbytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+

@@ -1,0 +1,320 @@
+"""The shared decoder rebuilt for speed: fused projections, a preallocated static KV cache, per-layer
+functions under torch.compile, and the whole decode step captured once per shape as a CUDA graph.
+
+Numbers follow decoder.Decoder exactly (same RoPE, norms and GQA head grouping); only the kernels and
+the cache layout change. Prompts of a batch are equally long (workload.make_prompts), so every row
+shares one position and no padding mask is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bench_kernels.decoder import Decoder, DecoderArgs, rope_inv_freq, rotate_half
+from bench_kernels.linear_ops import FP8, linear, quantize_fp8, weight_nbytes
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FORMATS = ("native", "fp8")
+
+
+@dataclass
+class LayerWeights:
+    """One block's weights; a projection is (weight [N, K], per-channel scale [N] or None)."""
+
+    input_norm: torch.Tensor
+    qkv: tuple[torch.Tensor, torch.Tensor | None]
+    qkv_bias: torch.Tensor | None
+    o: tuple[torch.Tensor, torch.Tensor | None]
+    post_norm: torch.Tensor
+    gate_up: tuple[torch.Tensor, torch.Tensor | None]
+    down: tuple[torch.Tensor, torch.Tensor | None]
+
+    def tensors(self) -> list[torch.Tensor | None]:
+        return [self.input_norm, *self.qkv, self.qkv_bias, *self.o, self.post_norm, *self.gate_up, *self.down]
+
+
+def _project(weight: torch.Tensor, weight_format: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # detach(): a new tensor on the same storage, so moving the source module to "meta" later keeps it alive.
+    if weight_format == "fp8":
+        return quantize_fp8(weight)
+    return weight.detach().contiguous(), None
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _qkv_rope(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, bias: torch.Tensor | None,
+              cos: torch.Tensor, sin: torch.Tensor, eps: float, heads: int, kv_heads: int, head_dim: int):
+    """Norm, fused q/k/v projection and RoPE: q [B, H, S, Dh], k and v [B, KVH, S, Dh]."""
+    B, S, _ = x.shape
+    qkv = linear(_rms_norm(x, norm, eps), w, s)
+    if bias is not None:
+        qkv = qkv + bias
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = q.view(B, S, heads, head_dim).transpose(1, 2)
+    k = k.view(B, S, kv_heads, head_dim).transpose(1, 2)
+    v = v.view(B, S, kv_heads, head_dim).transpose(1, 2)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+
+def _out_and_mlp(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor | None,
+                 post_norm: torch.Tensor, wgu: torch.Tensor, sgu: torch.Tensor | None, wd: torch.Tensor,
+                 sd: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Output projection, residual, norm and SwiGLU MLP; attn: [B, S, H*Dh]."""
+    x = x + linear(attn, wo, so)
+    gate, up = linear(_rms_norm(x, post_norm, eps), wgu, sgu).chunk(2, dim=-1)
+    return x + linear(F.silu(gate) * up, wd, sd)
+
+
+def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, valid: torch.Tensor):
+    """One new query per row over the whole static cache; slots after the current position are masked.
+
+    q: [B, H, 1, Dh]; caches: [B, KVH, L, Dh]; valid: [L] bool. The H query heads are grouped per KV
+    head (head h reads KV head h // (H / KVH)), so each cache is read once, never repeated.
+    """
+    B, H, _, Dh = q.shape
+    kv_heads = k_cache.shape[1]
+    grouped = q.reshape(B, kv_heads, H // kv_heads, Dh)  # [B, KVH, G, Dh]
+    scores = (grouped @ k_cache.transpose(2, 3)).float() * Dh**-0.5  # [B, KVH, G, L]
+    probs = scores.masked_fill(~valid, float("-inf")).softmax(dim=-1).to(q.dtype)
+    return (probs @ v_cache).reshape(B, 1, H * Dh)  # [B, 1, H*Dh]
+
+
+def _decode_layer_tail(x, q, k_cache, v_cache, valid, wo, so, post_norm, wgu, sgu, wd, sd, eps):
+    return _out_and_mlp(x, _decode_attention(q, k_cache, v_cache, valid), wo, so, post_norm, wgu, sgu, wd, sd, eps)
+
+
+def _prefill_layer_tail(x, q, k, v, wo, so, post_norm, wgu, sgu, wd, sd, eps):
+    B, H, S, Dh = q.shape
+    attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # [B, H, S, Dh]
+    return _out_and_mlp(x, attn.transpose(1, 2).reshape(B, S, H * Dh), wo, so, post_norm, wgu, sgu, wd, sd, eps)
+
+
+def _head(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Final norm and LM head for the last position only: logits [B, V] in fp32."""
+    return linear(_rms_norm(x[:, -1:], norm, eps), w, s)[:, 0].float()
+
+
+@dataclass
+class ShapeState:
+    """Everything one (batch, cache length) needs: KV caches, the decode step's static buffers, its graph."""
+
+    batch_size: int
+    cache_len: int
+    k_caches: list[torch.Tensor]
+    v_caches: list[torch.Tensor]
+    token: torch.Tensor  # [B, 1] the token fed to the next decode step
+    position: torch.Tensor  # [1] its position (and cache slot)
+    generated: torch.Tensor  # [B, max_new_tokens] every token produced so far
+    step: torch.Tensor  # [1] column of `generated` the next step writes
+    graph: torch.cuda.CUDAGraph | None = None
+    captured_at: list[float] = field(default_factory=list)
+
+
+class StaticDecoder:
+    """Greedy generation with a static KV cache; build with `from_decoder`, then `generate` / `prefill_logits`."""
+
+    def __init__(self, args: DecoderArgs, embed: torch.Tensor, layers: list[LayerWeights], final_norm: torch.Tensor,
+                 lm_head: tuple[torch.Tensor, torch.Tensor | None], weight_format: str, compile_mode: str | None,
+                 suppress_token_ids: Sequence[int] = ()):
+        self.args, self.embed, self.layers, self.final_norm, self.lm_head = args, embed, layers, final_norm, lm_head
+        self.weight_format = weight_format
+        self.dtype, self.device = embed.dtype, embed.device
+        inv_freq = rope_inv_freq(args, self.device)
+        positions = torch.arange(args.max_position_embeddings, device=self.device).float()
+        freqs = torch.outer(positions, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # [P, Dh], fp32 like Decoder, then cast
+        self.cos_table, self.sin_table = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        self.suppressed = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=self.device)
+        self.compile_mode = compile_mode
+        wrap: Callable = (lambda fn: torch.compile(fn, mode=compile_mode, fullgraph=True)) if compile_mode else (lambda fn: fn)
+        self._qkv_rope, self._head = wrap(_qkv_rope), wrap(_head)
+        self._decode_tail, self._prefill_tail = wrap(_decode_layer_tail), wrap(_prefill_layer_tail)
+        self._state: ShapeState | None = None
+        self.use_cuda_graphs = self.device.type == "cuda"
+
+    @classmethod
+    @torch.inference_mode()
+    def from_decoder(cls, decoder: Decoder, weight_format: str = "native", compile_mode: str | None = "default",
+                     suppress_token_ids: Sequence[int] = (), release: Callable[[int], None] | None = None
+                     ) -> StaticDecoder:
+        """Fuse q/k/v and gate/up (and quantize to fp8 if asked). `release(i)` is called after layer i is
+        packed so the caller can free the unfused originals before the next layer is copied."""
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format {weight_format!r} is not one of {WEIGHT_FORMATS}")
+        layers = []
+        for i, block in enumerate(decoder.layers):
+            attn, mlp = block.self_attn, block.mlp
+            bias = (torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+                    if attn.q_proj.bias is not None else None)
+            layers.append(LayerWeights(
+                input_norm=block.input_layernorm.weight.detach(),
+                qkv=_project(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), weight_format),
+                qkv_bias=bias,
+                o=_project(attn.o_proj.weight, weight_format),
+                post_norm=block.post_attention_layernorm.weight.detach(),
+                gate_up=_project(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), weight_format),
+                down=_project(mlp.down_proj.weight, weight_format),
+            ))
+            if release is not None:
+                release(i)
+        # The LM head stays in the model's precision: it sets every logit, and fp8 there moves rankings.
+        return cls(decoder.args, decoder.embed_tokens.weight.detach(), layers, decoder.norm.weight.detach(),
+                   (decoder.lm_head.weight.detach(), None), weight_format, compile_mode, suppress_token_ids)
+
+    # ---- sizes -------------------------------------------------------------------------------------
+    def weight_bytes(self) -> int:
+        """Bytes of every stored weight (the embedding table counted once even when tied)."""
+        tensors = {id(t): t for layer in self.layers for t in layer.tensors() if t is not None}
+        for t in (self.embed, self.final_norm, *self.lm_head):
+            if t is not None:
+                tensors[id(t)] = t
+        return weight_nbytes(*tensors.values())
+
+    def kv_element_size(self) -> int:
+        return self.embed.element_size()
+
+    # ---- the forward pieces --------------------------------------------------------------------------
+    def _layer_args(self, layer: LayerWeights) -> tuple:
+        a = self.args
+        return layer.input_norm, *layer.qkv, layer.qkv_bias, a.rms_norm_eps, a.num_heads, a.num_kv_heads, a.head_dim
+
+    def _tail_args(self, layer: LayerWeights) -> tuple:
+        return (*layer.o, layer.post_norm, *layer.gate_up, *layer.down, self.args.rms_norm_eps)
+
+    def _prefill(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
+        """Run the prompt [B, S], fill cache slots 0..S-1, return the next-token logits [B, V] fp32."""
+        S = ids.shape[1]
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.cos_table[:S][None, None], self.sin_table[:S][None, None]  # [1, 1, S, Dh]
+        for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches):
+            norm, w, s, bias, eps, heads, kv_heads, head_dim = self._layer_args(layer)
+            q, k, v = self._qkv_rope(x, norm, w, s, bias, cos, sin, eps, heads, kv_heads, head_dim)
+            k_cache[:, :, :S].copy_(k)
+            v_cache[:, :, :S].copy_(v)
+            x = self._prefill_tail(x, q, k, v, *self._tail_args(layer))
+        return self._head(x, self.final_norm, *self.lm_head, self.args.rms_norm_eps)
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy choice [B, 1], never one of the suppressed ids (EOS: runs have a fixed length)."""
+        if self.suppressed.numel():
+            logits = logits.index_fill(-1, self.suppressed, float("-inf"))
+        return logits.argmax(dim=-1, keepdim=True)
+
+    def _decode_step(self, state: ShapeState) -> None:
+        """Feed state.token at state.position; write the next token back. Only static buffers: capturable."""
+        pos = state.position
+        x = F.embedding(state.token, self.embed)  # [B, 1, D]
+        cos = self.cos_table.index_select(0, pos)[None, None]  # [1, 1, 1, Dh]
+        sin = self.sin_table.index_select(0, pos)[None, None]
+        valid = torch.arange(state.cache_len, device=self.device) <= pos  # [L]
+        for layer, k_cache, v_cache in zip(self.layers, state.k_caches, state.v_caches):
+            norm, w, s, bias, eps, heads, kv_heads, head_dim = self._layer_args(layer)
+            q, k, v = self._qkv_rope(x, norm, w, s, bias, cos, sin, eps, heads, kv_heads, head_dim)
+            k_cache.index_copy_(2, pos, k)
+            v_cache.index_copy_(2, pos, v)
+            x = self._decode_tail(x, q, k_cache, v_cache, valid, *self._tail_args(layer))
+        nxt = self._pick(self._head(x, self.final_norm, *self.lm_head, self.args.rms_norm_eps))
+        state.token.copy_(nxt)
+        state.generated.index_copy_(1, state.step, nxt)
+        state.step.add_(1)
+        state.position.add_(1)
+
+    # ---- shapes ----------------------------------------------------------------------------------------
+    def _new_caches(self, batch_size: int, cache_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        a = self.args
+        shape = (batch_size, a.num_kv_heads, cache_len, a.head_dim)
+        # Zeros, not empty: masked slots still enter the matmul, and 0 * NaN from stale memory would be NaN.
+        return ([torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)],
+                [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)])
+
+    @torch.inference_mode()
+    def state_for(self, batch_size: int, input_len: int, max_new_tokens: int) -> ShapeState:
+        """Caches and (on CUDA) the captured decode graph for this shape; the previous shape's are freed."""
+        cache_len = input_len + max_new_tokens
+        if cache_len > self.args.max_position_embeddings:
+            raise ValueError(f"input_len + output_len = {cache_len} exceeds the model's "
+                             f"max_position_embeddings {self.args.max_position_embeddings}")
+        current = self._state
+        if current is not None and current.batch_size == batch_size and current.cache_len == cache_len:
+            return current
+        self.release_state()
+        dev = self.device
+        k_caches, v_caches = self._new_caches(batch_size, cache_len)
+        state = ShapeState(
+            batch_size, cache_len, k_caches, v_caches,
+            token=torch.zeros((batch_size, 1), dtype=torch.long, device=dev),
+            position=torch.full((1,), input_len, dtype=torch.long, device=dev),
+            generated=torch.zeros((batch_size, max(max_new_tokens, 2)), dtype=torch.long, device=dev),
+            step=torch.ones((1,), dtype=torch.long, device=dev),
+        )
+
+        def warm_step() -> None:
+            state.position.fill_(input_len)  # stay inside the cache and `generated` whatever max_new_tokens is
+            state.step.fill_(1)
+            self._decode_step(state)
+
+        if self.use_cuda_graphs:
+            # Warm up on a side stream (compiles, autotunes, picks GEMV backends), then capture one step.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    warm_step()
+            torch.cuda.current_stream().wait_stream(side)
+            state.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state.graph):  # a private memory pool, freed with the graph
+                self._decode_step(state)
+        else:
+            warm_step()  # compile now, not inside the first timed run
+        self._state = state
+        return state
+
+    def release_state(self) -> None:
+        if self._state is not None:
+            self._state = None
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+
+    # ---- public ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, on_token: Callable[[], None] = lambda: None
+                 ) -> torch.Tensor:
+        """Greedy-generate exactly max_new_tokens for ids [B, S] (on this device); returns [B, T] on device.
+
+        on_token() is called right after each token is issued (prefill, then every decode step)."""
+        B, S = ids.shape
+        state = self.state_for(B, S, max_new_tokens)
+        first = self._pick(self._prefill(ids, state.k_caches, state.v_caches))
+        state.token.copy_(first)
+        state.generated[:, :1].copy_(first)
+        state.position.fill_(S)
+        state.step.fill_(1)
+        on_token()
+        for _ in range(max_new_tokens - 1):
+            if state.graph is not None:
+                state.graph.replay()
+            else:
+                self._decode_step(state)
+            on_token()
+        return state.generated[:, :max_new_tokens].clone()
+
+    @torch.inference_mode()
+    def prefill_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [B, V] fp32 after the prompt ids [B, S]; reuses the current shape's caches if they fit."""
+        B, S = ids.shape
+        state = self._state
+        if state is not None and state.batch_size == B and state.cache_len >= S:
+            return self._prefill(ids, state.k_caches, state.v_caches)
+        return self._prefill(ids, *self._new_caches(B, S))
+
