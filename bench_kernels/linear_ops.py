@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-GEMV_MAX_ROWS = 16  # at most this many activation rows: memory bound, a GEMV beats a GEMM launch
+# Up to this many activation rows (decode batches) a step is bound by reading the weights: the Triton
+# weight-only kernel reads fp8 weights as they are stored; beyond it, prefill-sized GEMMs use tensor cores.
+GEMV_MAX_ROWS = 64
 
-# (device index, dtype, N, K, rows) -> "triton" or "cublas"; filled by timing both on first use.
+# (device index, weight dtype, N, K, rows) -> "triton" or "library"; filled by timing both on first use.
 _CHOSEN_BACKEND: dict[tuple, str] = {}
 
 
@@ -74,29 +76,31 @@ def _kernels():
     @triton.jit
     def gemv_one_row(x_ptr, w_ptr, scale_ptr, y_ptr, N, K, HAS_SCALE: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # y[n] = scale[n] * sum_k w[n, k] * x[k]; each program owns BLOCK_N output channels.
+        # y[n] = scale[n] * sum_k w[n, k] * x[k]; each program owns BLOCK_N output channels. Products
+        # accumulate elementwise and are reduced across K once, after the loop (no shuffles per block).
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
             w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
-            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        y = tl.sum(acc, axis=1)
         if HAS_SCALE:
-            acc = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
-        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+            y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     @triton.autotune(configs=configs((16, 32, 64), (128, 256)), key=["N", "K", "M"], **autotune_timing)
     @triton.jit
-    def gemv_few_rows(x_ptr, w_ptr, scale_ptr, y_ptr, M, N, K, HAS_SCALE: tl.constexpr,
+    def gemv_few_rows(x_ptr, w_ptr, scale_ptr, y_ptr, M, N, K, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # Up to 16 activation rows share each weight tile: one tensor-core dot per K block.
+        # Up to BLOCK_M activation rows share each weight tile: one tensor-core dot per K block.
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_m = tl.arange(0, 16)
+        offs_m = tl.arange(0, BLOCK_M)
         n_ok, m_ok = offs_n < N, offs_m < M
-        acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
@@ -112,7 +116,7 @@ def _kernels():
 
 
 def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """rows [M <= 16, K] (bf16/fp16) times weight [N, K] (bf16, fp16 or fp8) transposed, times scale [N]."""
+    """rows [M <= GEMV_MAX_ROWS, K] (bf16/fp16) times weight [N, K] (bf16, fp16 or fp8) transposed, times scale [N]."""
     triton, gemv_one_row, gemv_few_rows = _kernels()
     M, K = rows.shape
     N = weight.shape[0]
@@ -123,7 +127,8 @@ def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
     if M == 1:
         gemv_one_row[grid](rows, weight, scale_arg, out, N, K, HAS_SCALE=scale is not None)
     else:
-        gemv_few_rows[grid](rows, weight, scale_arg, out, M, N, K, HAS_SCALE=scale is not None)
+        gemv_few_rows[grid](rows, weight, scale_arg, out, M, N, K, HAS_SCALE=scale is not None,
+                            BLOCK_M=max(16, triton.next_power_of_2(M)))
     return out
 
 
@@ -153,17 +158,30 @@ def _time_ms(fn, iters: int = 20) -> float:
     return start.elapsed_time(end) / iters
 
 
-def _small_rows_backend(rows: torch.Tensor, weight: torch.Tensor) -> str:
-    """Triton or cuBLAS for a bf16/fp16 GEMV of this shape: whichever measured faster here, on first use."""
+def _library_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The library path: torch._scaled_mm for fp8 weights, cuBLAS otherwise."""
+    if weight.dtype == FP8:
+        return _scaled_mm_rowwise(rows, weight, scale)
+    return F.linear(rows, weight)
+
+
+def _small_rows_backend(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> str:
+    """"triton" or "library" for this (rows, weight) shape: whichever measured faster here, on first use."""
     key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0])
     if key not in _CHOSEN_BACKEND:
         if torch.cuda.is_current_stream_capturing() or triton_unavailable_reason():
-            return "cublas"  # cannot time inside a CUDA graph capture
-        triton_ms = _time_ms(lambda: triton_gemv(rows, weight, None))
-        cublas_ms = _time_ms(lambda: F.linear(rows, weight))
-        _CHOSEN_BACKEND[key] = "triton" if triton_ms < cublas_ms else "cublas"
-        log.info("GEMV %s x %s: triton %.1f us, cublas %.1f us -> %s", tuple(rows.shape), tuple(weight.shape),
-                 triton_ms * 1e3, cublas_ms * 1e3, _CHOSEN_BACKEND[key])
+            # Cannot time inside a CUDA graph capture; fp8 at few rows has no library kernel worth taking.
+            return "triton" if weight.dtype == FP8 and not triton_unavailable_reason() else "library"
+        triton_ms = _time_ms(lambda: triton_gemv(rows, weight, scale))
+        try:
+            library_ms = _time_ms(lambda: _library_linear(rows, weight, scale))
+        except RuntimeError as err:  # e.g. a _scaled_mm shape constraint
+            log.info("library kernel for %s x %s unavailable: %s", tuple(rows.shape), tuple(weight.shape), err)
+            library_ms = float("inf")
+        _CHOSEN_BACKEND[key] = "triton" if triton_ms < library_ms else "library"
+        log.info("%s rows %s x weight %s: triton %.1f us, %s %.1f us -> %s", str(weight.dtype).removeprefix("torch."),
+                 tuple(rows.shape), tuple(weight.shape), triton_ms * 1e3,
+                 "_scaled_mm" if weight.dtype == FP8 else "cuBLAS", library_ms * 1e3, _CHOSEN_BACKEND[key])
     return _CHOSEN_BACKEND[key]
 
 
@@ -176,19 +194,15 @@ def chosen_backends() -> dict[tuple, str]:
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T, times scale [N] when the weight is fp8; the output has x's dtype."""
     rows = x.reshape(-1, x.shape[-1])
-    if weight.dtype == FP8:
-        if scale is None:
-            raise ValueError("an fp8 weight needs its per-channel scale")
-        if not x.is_cuda:
-            out = (rows.float() @ weight.float().t() * scale).to(x.dtype)  # CPU: exact dequantized math
-        elif rows.shape[0] <= GEMV_MAX_ROWS:
-            out = triton_gemv(rows, weight, scale)
-        else:
-            out = _scaled_mm_rowwise(rows, weight, scale)
-    elif x.is_cuda and rows.shape[0] <= GEMV_MAX_ROWS and _small_rows_backend(rows, weight) == "triton":
-        out = triton_gemv(rows, weight, None)
+    if weight.dtype == FP8 and scale is None:
+        raise ValueError("an fp8 weight needs its per-channel scale")
+    if not x.is_cuda:
+        # The CPU has no fp8 kernels: dequantize and multiply (exactly the math the GPU kernels do).
+        out = (rows.float() @ weight.float().t() * scale).to(x.dtype) if weight.dtype == FP8 else F.linear(rows, weight)
+    elif rows.shape[0] <= GEMV_MAX_ROWS and _small_rows_backend(rows, weight, scale) == "triton":
+        out = triton_gemv(rows, weight, scale)
     else:
-        out = F.linear(rows, weight)
+        out = _library_linear(rows, weight, scale)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -106,18 +106,20 @@ def _head(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor 
 
 @dataclass
 class ShapeState:
-    """Everything one (batch, cache length) needs: KV caches, the decode step's static buffers, its graph."""
+    """Everything one (batch, prompt length, output length) needs: KV caches, static buffers, two graphs."""
 
     batch_size: int
+    input_len: int
     cache_len: int
     k_caches: list[torch.Tensor]
     v_caches: list[torch.Tensor]
+    prompt: torch.Tensor  # [B, S] the prompt ids the prefill reads
     token: torch.Tensor  # [B, 1] the token fed to the next decode step
     position: torch.Tensor  # [1] its position (and cache slot)
-    generated: torch.Tensor  # [B, max_new_tokens] every token produced so far
+    generated: torch.Tensor  # [B, max(T, 2)] every token produced so far
     step: torch.Tensor  # [1] column of `generated` the next step writes
-    graph: torch.cuda.CUDAGraph | None = None
-    captured_at: list[float] = field(default_factory=list)
+    prefill_graph: torch.cuda.CUDAGraph | None = None
+    decode_graph: torch.cuda.CUDAGraph | None = None
 
 
 class StaticDecoder:
@@ -136,6 +138,10 @@ class StaticDecoder:
         self.cos_table, self.sin_table = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
         self.suppressed = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=self.device)
         self.compile_mode = compile_mode
+        if compile_mode:
+            # Each per-layer function is compiled per dtype (bf16, fp8 weights...) and per shape until dynamo
+            # turns the shape dynamic; a sweep exceeds dynamo's default of 8 versions per function.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         wrap: Callable = (lambda fn: torch.compile(fn, mode=compile_mode, fullgraph=True)) if compile_mode else (lambda fn: fn)
         self._qkv_rope, self._head = wrap(_qkv_rope), wrap(_head)
         self._decode_tail, self._prefill_tail = wrap(_decode_layer_tail), wrap(_prefill_layer_tail)
@@ -237,45 +243,60 @@ class StaticDecoder:
         return ([torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)],
                 [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)])
 
+    def _prefill_step(self, state: ShapeState) -> None:
+        """Prefill state.prompt and issue the first token. Only static buffers: capturable."""
+        first = self._pick(self._prefill(state.prompt, state.k_caches, state.v_caches))
+        state.token.copy_(first)
+        state.generated[:, :1].copy_(first)
+        state.position.fill_(state.input_len)
+        state.step.fill_(1)
+
     @torch.inference_mode()
     def state_for(self, batch_size: int, input_len: int, max_new_tokens: int) -> ShapeState:
-        """Caches and (on CUDA) the captured decode graph for this shape; the previous shape's are freed."""
+        """Caches and (on CUDA) the captured prefill and decode graphs for this shape; the previous shape's
+        are freed first, so memory holds one shape at a time."""
         cache_len = input_len + max_new_tokens
         if cache_len > self.args.max_position_embeddings:
             raise ValueError(f"input_len + output_len = {cache_len} exceeds the model's "
                              f"max_position_embeddings {self.args.max_position_embeddings}")
         current = self._state
-        if current is not None and current.batch_size == batch_size and current.cache_len == cache_len:
+        if current is not None and (current.batch_size, current.input_len, current.cache_len) == (
+                batch_size, input_len, cache_len):
             return current
         self.release_state()
         dev = self.device
         k_caches, v_caches = self._new_caches(batch_size, cache_len)
         state = ShapeState(
-            batch_size, cache_len, k_caches, v_caches,
+            batch_size, input_len, cache_len, k_caches, v_caches,
+            prompt=torch.zeros((batch_size, input_len), dtype=torch.long, device=dev),
             token=torch.zeros((batch_size, 1), dtype=torch.long, device=dev),
             position=torch.full((1,), input_len, dtype=torch.long, device=dev),
             generated=torch.zeros((batch_size, max(max_new_tokens, 2)), dtype=torch.long, device=dev),
             step=torch.ones((1,), dtype=torch.long, device=dev),
         )
 
-        def warm_step() -> None:
-            state.position.fill_(input_len)  # stay inside the cache and `generated` whatever max_new_tokens is
-            state.step.fill_(1)
+        def warm() -> None:
+            # Prefill resets position and step, so each decode step stays inside the cache and `generated`.
+            self._prefill_step(state)
             self._decode_step(state)
 
         if self.use_cuda_graphs:
-            # Warm up on a side stream (compiles, autotunes, picks GEMV backends), then capture one step.
+            # Warm up on a side stream (compiles, autotunes, picks GEMV backends), then capture; each graph
+            # gets a private memory pool, freed with it.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    warm_step()
+                    warm()
             torch.cuda.current_stream().wait_stream(side)
-            state.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(state.graph):  # a private memory pool, freed with the graph
+            state.prefill_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state.prefill_graph):
+                self._prefill_step(state)
+            state.decode_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state.decode_graph):
                 self._decode_step(state)
         else:
-            warm_step()  # compile now, not inside the first timed run
+            warm()  # compile now, not inside the first timed run
         self._state = state
         return state
 
@@ -295,15 +316,15 @@ class StaticDecoder:
         on_token() is called right after each token is issued (prefill, then every decode step)."""
         B, S = ids.shape
         state = self.state_for(B, S, max_new_tokens)
-        first = self._pick(self._prefill(ids, state.k_caches, state.v_caches))
-        state.token.copy_(first)
-        state.generated[:, :1].copy_(first)
-        state.position.fill_(S)
-        state.step.fill_(1)
+        state.prompt.copy_(ids)
+        if state.prefill_graph is not None:
+            state.prefill_graph.replay()
+        else:
+            self._prefill_step(state)
         on_token()
         for _ in range(max_new_tokens - 1):
-            if state.graph is not None:
-                state.graph.replay()
+            if state.decode_graph is not None:
+                state.decode_graph.replay()
             else:
                 self._decode_step(state)
             on_token()
@@ -311,7 +332,8 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def prefill_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """Next-token logits [B, V] fp32 after the prompt ids [B, S]; reuses the current shape's caches if they fit."""
+        """Next-token logits [B, V] fp32 after the prompt ids [B, S] (eager, no graph); reuses the current
+        shape's caches when they fit."""
         B, S = ids.shape
         state = self._state
         if state is not None and state.batch_size == B and state.cache_len >= S:

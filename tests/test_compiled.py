@@ -1,0 +1,138 @@
+"""The compiled runtime on the CPU: the static-cache decoder against the shared decoder, fp8 weights,
+shape changes, the custom linear op, and whole sweeps with build, quality and roofline columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from test_decoder import tiny_model
+
+from bench_kernels.config import parse_config
+from bench_kernels.decoder import Decoder, greedy_generate
+from bench_kernels.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
+from bench_kernels.static_decoder import StaticDecoder
+from bench_kernels.sweep import run_build_stage, run_inference_sweep
+
+
+def _prompts(vocab_size: int, batch_size: int, length: int, seed: int = 3) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _decoder_logits(decoder: Decoder, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token logits [B, V] of the shared decoder for unpadded prompts."""
+    B, S = ids.shape
+    a = decoder.args
+    past = [(torch.zeros(B, a.num_kv_heads, 0, a.head_dim),) * 2 for _ in range(a.num_layers)]
+    logits, _ = decoder(ids, torch.arange(S).expand(B, S), torch.ones_like(ids), past)
+    return logits[:, -1]
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral"])
+def test_static_decoder_matches_the_shared_decoder(family):
+    """Same logits and the same 24 greedy tokens as decoder.Decoder (Llama-3 RoPE, q/k/v bias, head_dim 24)."""
+    decoder = Decoder.from_hf(tiny_model(family))
+    ids = _prompts(decoder.args.vocab_size, 3, 11)
+    expected_tokens = greedy_generate(decoder, ids, torch.ones_like(ids), 24)
+    with torch.inference_mode():
+        expected_logits = _decoder_logits(decoder, ids)
+    static = StaticDecoder.from_decoder(decoder, compile_mode=None)
+    assert torch.equal(static.generate(ids, 24), expected_tokens)
+    torch.testing.assert_close(static.prefill_logits(ids), expected_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_shape_changes_reuse_nothing_stale():
+    """A new batch or length gets its own caches; going back gives the same tokens as the first time."""
+    decoder = Decoder.from_hf(tiny_model("llama3"))
+    static = StaticDecoder.from_decoder(decoder, compile_mode=None)
+    a, b = _prompts(256, 2, 9), _prompts(256, 4, 5, seed=4)
+    first = static.generate(a, 12)
+    other = static.generate(b, 3)
+    assert other.shape == (4, 3)
+    assert torch.equal(other, greedy_generate(decoder, b, torch.ones_like(b), 3))
+    assert torch.equal(static.generate(a, 12), first)
+    assert torch.equal(static.generate(a[:, :6], 1), greedy_generate(decoder, a[:, :6], torch.ones_like(a[:, :6]), 1))
+
+
+def test_suppressed_tokens_are_never_generated():
+    decoder = Decoder.from_hf(tiny_model("llama3"))
+    ids = _prompts(256, 2, 7)
+    free = StaticDecoder.from_decoder(decoder, compile_mode=None).generate(ids, 16)
+    banned = free.unique()[:3].tolist()
+    constrained = StaticDecoder.from_decoder(decoder, compile_mode=None, suppress_token_ids=banned).generate(ids, 16)
+    assert not torch.isin(constrained, torch.tensor(banned)).any()
+    assert torch.equal(constrained, greedy_generate(decoder, ids, torch.ones_like(ids), 16, banned))
+
+
+def test_fp8_quantization_is_per_channel_and_within_e4m3_rounding():
+    weight = torch.randn(48, 64) * torch.logspace(-3, 2, 48)[:, None]  # channels of very different magnitude
+    q, scale = quantize_fp8(weight)
+    assert q.dtype == FP8 and scale.shape == (48,)
+    # Each channel's largest value lands on the format's largest, so no channel wastes its range.
+    torch.testing.assert_close(q.float().abs().amax(dim=1), torch.full((48,), FP8_MAX))
+    dequantized = q.float() * scale[:, None]
+    # e4m3 keeps 3 mantissa bits: relative rounding <= 2**-4 for normal values; subnormals near zero
+    # have an absolute floor of half the smallest step, 2**-10 of the scale.
+    bound = torch.maximum(weight.abs() * 2**-4, scale[:, None] * 2**-10)
+    assert ((dequantized - weight).abs() <= bound * 1.0001).all()
+
+
+def test_linear_op_passes_opcheck_and_matches_dequantized_math():
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
+    weight = torch.randn(32, 64)
+    q, scale = quantize_fp8(weight)
+    torch.library.opcheck(linear, (x.float(), weight, None))
+    # opcheck's schema test multiplies inputs, which fp8 tensors do not support on the CPU.
+    torch.library.opcheck(linear, (x, q, scale), test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))
+    expected = (x.float() @ (q.float() * scale[:, None]).t()).to(torch.bfloat16)
+    torch.testing.assert_close(linear(x, q, scale), expected)
+    with pytest.raises(ValueError, match="scale"):
+        linear(x, q, None)
+
+
+def test_fp8_weights_stay_close_to_the_native_model():
+    """Whole-model fp8 logits point the same way as bf16 ones, with a small relative error (3 mantissa bits)."""
+    decoder = Decoder.from_hf(tiny_model("llama3")).cast(torch.bfloat16)
+    ids = _prompts(256, 2, 10)
+    native = StaticDecoder.from_decoder(decoder, compile_mode=None).prefill_logits(ids)
+    fp8 = StaticDecoder.from_decoder(decoder, "fp8", compile_mode=None)
+    assert fp8.layers[0].qkv[0].dtype == FP8 and fp8.lm_head[0].dtype == torch.bfloat16
+    assert fp8.weight_bytes() < 0.75 * StaticDecoder.from_decoder(decoder, compile_mode=None).weight_bytes()
+    quantized = fp8.prefill_logits(ids)
+    relative_error = ((quantized - native).norm() / native.norm()).item()
+    assert 0 < relative_error < 0.15
+    assert (torch.nn.functional.cosine_similarity(quantized, native, dim=-1) > 0.99).all()
+
+
+def _sweep_params(tmp_path: Path, model: str, **overrides) -> dict:
+    params = dict(run_name="compiled", model=model, runtimes=["reference", "compiled"], precisions=["fp32", "fp8"],
+                  batch_sizes=[1, 2], input_lens=[8, 16], output_len=6, warmup=1, repeats=2, device="cpu",
+                  reports_dir=str(tmp_path))
+    return {**params, **overrides}
+
+
+def test_compiled_sweep_rows_on_cpu(tmp_path: Path, tiny_local_model: Path) -> None:
+    """torch.compile on the CPU: build rows with compile time, ok inference rows with quality and roofline,
+    and clean `unavailable` rows where the reference has no fp8."""
+    cfg = parse_config(_sweep_params(tmp_path, f"local:{tiny_local_model}"))
+    run_build_stage(cfg)
+    for runtime in cfg.runtimes:
+        df = run_inference_sweep(cfg, runtime)
+    build = df[(df.stage == "build") & (df.runtime == "compiled")].set_index("precision")
+    assert (build.status == "ok").all() and (build.build_s > 0).all(), build
+    assert build.loc["fp32", "cache_hit"] == "false"
+    inference = df[df.stage == "inference"]
+    compiled = inference[inference.runtime == "compiled"].set_index(["precision", "batch_size", "input_len"])
+    assert len(compiled) == 8 and (compiled.status == "ok").all(), compiled[["status", "error"]]
+    assert (compiled.loc["fp32", "token_agreement"] == 1.0).all()
+    assert (compiled.loc["fp32", "max_logit_diff"] < 1e-4).all()
+    assert compiled.loc["fp8", "max_logit_diff"].notna().all()
+    assert ((compiled.efficiency > 0) & (compiled.efficiency < 1)).all()
+    # fp8 weights are a quarter of fp32 ones: the roofline bound rises accordingly.
+    assert (compiled.loc["fp8", "roofline_tokens_per_s"].values > 2 * compiled.loc["fp32", "roofline_tokens_per_s"].values).all()
+    reference_fp8 = inference[(inference.runtime == "reference") & (inference.precision == "fp8")]
+    assert (reference_fp8.status == "unavailable").all()
+    assert reference_fp8.error.str.contains("reference does not run fp8").all()
+    assert pd.to_numeric(df.copy_gbps).gt(0).all() and pd.to_numeric(df.matmul_tflops).gt(0).all()
