@@ -67,11 +67,14 @@ class CompiledRuntime(Runtime):
         start = time.perf_counter()
         self.static = self._decoder()
         pack_s = time.perf_counter() - start
+        not_warmed = []
         for batch_size in batch_sizes:
             for input_len in input_lens:
-                ids = torch.zeros((batch_size, input_len), dtype=torch.long, device=self.device)
-                self.static.state_for(batch_size, input_len, output_len)
-                self.static.prefill_logits(ids)
+                try:
+                    self.static.state_for(batch_size, input_len, output_len)
+                except torch.OutOfMemoryError:  # that shape's rows will say so; the others still run
+                    self.static.release_state()
+                    not_warmed.append(f"batch {batch_size} input {input_len}")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         build_s = time.perf_counter() - start
@@ -82,6 +85,8 @@ class CompiledRuntime(Runtime):
                  f"warmed{' and captured as CUDA graphs' if self.device.type == 'cuda' else ''}; "
                  f"weights packed ({'fp8 e4m3, per-channel scales' if self.precision == 'fp8' else self.precision}) "
                  f"in {pack_s:.1f} s")
+        if not_warmed:
+            notes += f"; out of memory while warming {', '.join(not_warmed)}"
         if backends:
             notes += f"; GEMV backend per weight [N x K] @ rows, by measurement: {' '.join(backends)}"
         # No new graph compiled: this process had compiled the same code for these dtypes already.
