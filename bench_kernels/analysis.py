@@ -11,7 +11,8 @@ import pandas as pd
 INFERENCE_COLUMNS = [
     "runtime", "precision", "batch_size", "input_len", "output_len", "status", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
-    "latency_ms_p99", "peak_mem_gb", "token_agreement", "max_logit_diff", "efficiency", "error",
+    "latency_ms_p99", "peak_mem_gb", "token_agreement", "max_logit_diff", "roofline_tokens_per_s", "efficiency",
+    "error",
 ]
 BUILD_COLUMNS = ["runtime", "precision", "status", "build_s", "artifact_mb", "cache_hit", "trt_flavor",
                  "trt_version", "error", "notes"]
@@ -30,12 +31,21 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return inference_rows(df)[lambda d: d["status"] == "ok"]
 
 
-def speedup_table(df: pd.DataFrame, runtime: str, baseline: str = "reference") -> pd.DataFrame:
-    """tokens/s of `runtime` over `baseline` per (precision, batch, input length), both measured ok."""
+def speedup_table(df: pd.DataFrame, runtime: str, baseline: str = "reference",
+                  baseline_precision: str | None = None) -> pd.DataFrame:
+    """tokens/s of `runtime` over `baseline` per (precision, batch, input length), both measured ok.
+
+    With baseline_precision, every precision of `runtime` is compared with the baseline at that precision
+    (e.g. fp8 weights against the bf16 reference)."""
     ok = ok_rows(df)
     keys = ["precision", "batch_size", "input_len"]
-    merged = ok[ok["runtime"] == runtime][keys + ["tokens_per_s"]].merge(
-        ok[ok["runtime"] == baseline][keys + ["tokens_per_s"]], on=keys, suffixes=("", "_baseline"))
+    mine = ok[ok["runtime"] == runtime][keys + ["tokens_per_s"]]
+    theirs = ok[ok["runtime"] == baseline][keys + ["tokens_per_s"]]
+    if baseline_precision is not None:
+        theirs = theirs[theirs["precision"] == baseline_precision].drop(columns="precision")
+        merged = mine.merge(theirs, on=keys[1:], suffixes=("", "_baseline"))
+    else:
+        merged = mine.merge(theirs, on=keys, suffixes=("", "_baseline"))
     merged["speedup"] = merged["tokens_per_s"] / merged["tokens_per_s_baseline"]
     return merged
 
@@ -54,7 +64,7 @@ class Criterion:
 
     label: str
     better: str  # "higher", "lower" or "" (not ranked)
-    value: Callable[[pd.DataFrame, str], Any]  # (results, runtime) -> float, or str for "not measured: why"
+    value: Callable[[pd.DataFrame, str, str], Any]  # (results, runtime, precision) -> float or "not measured: why"
     fmt: str = "{:.1f}"
 
 
@@ -69,7 +79,10 @@ def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
     if failed.empty:
         return "not measured"
     first = failed.iloc[0]
-    return f"not measured: {first['status']}: {first['error'] or first['notes']}"
+    reason = str(first["error"] or first["notes"])
+    if len(reason) > 90:  # the full reason is in the report's "not measured" list
+        reason = reason[:87] + "..."
+    return f"not measured: {first['status']}: {reason}"
 
 
 def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: Any) -> Any:
@@ -77,99 +90,153 @@ def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: 
     rows = rows[(rows["runtime"] == runtime) & (rows["precision"] == precision)]
     for key, value in shape.items():
         rows = rows[rows[key] == value]
-    if rows.empty or pd.isna(rows.iloc[0][column]):
+    value = pd.to_numeric(rows.iloc[0][column], errors="coerce") if not rows.empty else math.nan
+    if pd.isna(value):
         return _why_not(df, runtime, "inference", precision=precision, **shape)
-    return float(rows.iloc[0][column])
+    return float(value)
+
+
+def matrix_columns(df: pd.DataFrame, precision: str | None = None) -> list[tuple[str, str]]:
+    """(runtime, precision) pairs a decision matrix compares: each runtime at each sweep precision it runs
+    (a precision a runtime does not implement is left out, not shown as a column of reasons)."""
+    pairs = []
+    for runtime in dict.fromkeys(df["runtime"]):
+        for prec in dict.fromkeys(df["precision"]):
+            if precision is not None and prec != precision:
+                continue
+            rows = df[(df["runtime"] == runtime) & (df["precision"] == prec)]
+            if rows.empty or rows["error"].fillna("").astype(str).str.contains(f"does not run {prec}").all():
+                continue
+            pairs.append((runtime, prec))
+    return pairs
+
+
+def baseline_precision(df: pd.DataFrame, precision: str) -> str:
+    """The reference precision to compare a precision with: the same if the reference measured it, else the
+    first the reference measured (fp8 has no reference of its own: it is compared with the bf16 one)."""
+    measured = list(dict.fromkeys(ok_rows(df)[lambda d: d["runtime"] == "reference"]["precision"]))
+    return precision if precision in measured or not measured else measured[0]
 
 
 def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFrame:
-    """Rows = criteria, columns = runtimes; each cell a measured value or 'not measured: why'.
+    """Rows = criteria, columns = runtimes (runtime + precision when the sweep has several precisions);
+    each cell a measured value or 'not measured: why'.
 
     The best measured value of each ranked row is marked with a star (only when at least two
-    runtimes were measured on it). Shapes are stated in the row labels.
+    columns were measured on it). Shapes are stated in the row labels.
     """
     inference = inference_rows(df)
     if inference.empty:
         return pd.DataFrame()
-    precision = precision or str(inference["precision"].iloc[0])
-    runtimes = list(dict.fromkeys(df["runtime"]))
+    pairs = matrix_columns(df, precision)
+    several = len({p for _, p in pairs}) > 1
+    label = {pair: f"{pair[0]} {pair[1]}" if several else pair[0] for pair in pairs}
     batches = sorted(inference["batch_size"].dropna().unique())
     lens = sorted(inference["input_len"].dropna().unique())
     b_min, b_max, l_min, l_max = int(batches[0]), int(batches[-1]), int(lens[0]), int(lens[-1])
     builds = build_rows(df)
 
-    def build_time(_: pd.DataFrame, runtime: str) -> Any:
-        row = builds[(builds["runtime"] == runtime) & (builds["precision"] == precision)]
+    def build_time(_: pd.DataFrame, runtime: str, prec: str) -> Any:
+        from bench_kernels.runtimes import get_runtime
+
+        row = builds[(builds["runtime"] == runtime) & (builds["precision"] == prec)]
         if row.empty:
-            return "not measured: build stage not run"
+            return 0.0 if not get_runtime(runtime).needs_build else "not measured: build stage not run"
         if row.iloc[0]["status"] == "skipped":
             return 0.0
         if row.iloc[0]["status"] != "ok":
             return f"not measured: {row.iloc[0]['status']}: {row.iloc[0]['error']}"
         return float(row.iloc[0]["build_s"])
 
-    def break_even(frame: pd.DataFrame, runtime: str) -> Any:
+    def break_even(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
         if runtime == "reference":
             return "baseline"
-        build = build_time(frame, runtime)
-        tps = _pick(frame, runtime, "tokens_per_s", precision, batch_size=b_max, input_len=l_max)
-        ref = _pick(frame, "reference", "tokens_per_s", precision, batch_size=b_max, input_len=l_max)
+        build = build_time(frame, runtime, prec)
+        tps = _pick(frame, runtime, "tokens_per_s", prec, batch_size=b_max, input_len=l_max)
+        ref = _pick(frame, "reference", "tokens_per_s", baseline_precision(frame, prec), batch_size=b_max,
+                    input_len=l_max)
         for value in (build, tps, ref):
             if isinstance(value, str):
                 return value
         tokens = break_even_tokens(build, tps, ref)
         return "never (not faster than reference)" if math.isinf(tokens) else tokens
 
-    def quality(frame: pd.DataFrame, runtime: str) -> Any:
-        if runtime == "reference":
-            return "is the reference"
-        return _pick(frame, runtime, "token_agreement", precision, batch_size=b_min, input_len=l_min)
+    def versus_reference(column: str) -> Callable[[pd.DataFrame, str, str], Any]:
+        def value(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
+            if runtime == "reference" and prec == baseline_precision(frame, prec):
+                return "is the reference"
+            return _pick(frame, runtime, column, prec, batch_size=b_min, input_len=l_min)
+        return value
 
-    def dynamic_shapes(frame: pd.DataFrame, runtime: str) -> str:
+    def dynamic_shapes(frame: pd.DataFrame, runtime: str, prec: str) -> str:
         from bench_kernels.runtimes import get_runtime
 
         return get_runtime(runtime).dynamic_shapes
 
+    def measured(column: str, batch_size: int, input_len: int) -> Callable[[pd.DataFrame, str, str], Any]:
+        return lambda f, r, p: _pick(f, r, column, p, batch_size=batch_size, input_len=input_len)
+
     criteria = [
         Criterion(f"throughput, batch {b_min}, input {l_max} (tokens/s)", "higher",
-                  lambda f, r: _pick(f, r, "tokens_per_s", precision, batch_size=b_min, input_len=l_max)),
+                  measured("tokens_per_s", b_min, l_max)),
         Criterion(f"throughput, batch {b_max}, input {l_max} (tokens/s)", "higher",
-                  lambda f, r: _pick(f, r, "tokens_per_s", precision, batch_size=b_max, input_len=l_max)),
-        Criterion(f"latency p99, batch {b_max}, input {l_max} (ms)", "lower",
-                  lambda f, r: _pick(f, r, "latency_ms_p99", precision, batch_size=b_max, input_len=l_max)),
+                  measured("tokens_per_s", b_max, l_max)),
+        Criterion(f"latency p99, batch {b_max}, input {l_max} (ms)", "lower", measured("latency_ms_p99", b_max, l_max)),
         Criterion(f"time to first token p50, batch {b_min}, input {l_max} (ms)", "lower",
-                  lambda f, r: _pick(f, r, "ttft_ms_p50", precision, batch_size=b_min, input_len=l_max)),
+                  measured("ttft_ms_p50", b_min, l_max)),
         Criterion(f"per-token latency p50, batch {b_min}, input {l_max} (ms)", "lower",
-                  lambda f, r: _pick(f, r, "itl_ms_p50", precision, batch_size=b_min, input_len=l_max), "{:.2f}"),
+                  measured("itl_ms_p50", b_min, l_max), "{:.2f}"),
+        Criterion(f"decode efficiency vs roofline, batch {b_min}, input {l_min}", "higher",
+                  measured("efficiency", b_min, l_min), "{:.0%}"),
         Criterion(f"peak memory, batch {b_max}, input {l_max} (GB)", "lower",
-                  lambda f, r: _pick(f, r, "peak_mem_gb", precision, batch_size=b_max, input_len=l_max), "{:.2f}"),
-        Criterion("build / export time (s)", "lower", build_time, "{:.1f}"),
-        Criterion(f"break-even vs reference, batch {b_max} (generated tokens)", "lower", break_even, "{:,.0f}"),
+                  measured("peak_mem_gb", b_max, l_max), "{:.2f}"),
+        Criterion("build / export / compile time (s)", "lower", build_time, "{:.1f}"),
+        Criterion(f"break-even vs reference, batch {b_max}, input {l_max} (generated tokens)", "lower", break_even,
+                  "{:,.0f}"),
         Criterion("dynamic shapes", "", dynamic_shapes),
-        Criterion(f"quality: token agreement with reference, batch {b_min}, input {l_min}", "higher", quality,
-                  "{:.3f}"),
+        Criterion(f"quality: token agreement with reference, batch {b_min}, input {l_min}", "higher",
+                  versus_reference("token_agreement"), "{:.3f}"),
         Criterion(f"quality: max |logit difference| at the first token, batch {b_min}, input {l_min}", "lower",
-                  lambda f, r: "is the reference" if r == "reference" else
-                  _pick(f, r, "max_logit_diff", precision, batch_size=b_min, input_len=l_min), "{:.2e}"),
+                  versus_reference("max_logit_diff"), "{:.2e}"),
     ]
     table: dict[str, dict[str, str]] = {}
     winners: dict[str, str] = {}
     for criterion in criteria:
-        values = {r: criterion.value(df, r) for r in runtimes}
-        numeric = {r: v for r, v in values.items() if isinstance(v, float) and not math.isnan(v)}
+        values = {label[pair]: criterion.value(df, *pair) for pair in pairs}
+        numeric = {c: v for c, v in values.items() if isinstance(v, float) and not math.isnan(v)}
         best = ""
         if criterion.better and len(numeric) >= 2:
             pick = max if criterion.better == "higher" else min
             best = pick(numeric, key=numeric.__getitem__)
         table[criterion.label] = {
-            r: (WINNER_MARK if r == best else "") + (criterion.fmt.format(v) if r in numeric else str(v))
-            for r, v in values.items()
+            c: (WINNER_MARK if c == best else "") + (criterion.fmt.format(v) if c in numeric else str(v))
+            for c, v in values.items()
         }
         winners[criterion.label] = best or "—"
-    matrix = pd.DataFrame.from_dict(table, orient="index")[runtimes]
+    columns = [label[pair] for pair in pairs]
+    matrix = pd.DataFrame.from_dict(table, orient="index")[columns]
     matrix["winner"] = pd.Series(winners)
-    matrix.index.name = f"criterion ({precision})"
+    precisions = ", ".join(dict.fromkeys(p for _, p in pairs))
+    matrix.index.name = f"criterion ({precisions})"
     return matrix
+
+
+def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per built (runtime, precision) and shape: build seconds and the generated tokens after which the
+    build has paid for itself against the reference (inf: never faster)."""
+    builds = build_rows(df)
+    builds = builds[(builds["status"] == "ok") & (builds["build_s"] > 0)]
+    rows = []
+    for _, build in builds.iterrows():
+        speed = speedup_table(df, build["runtime"], baseline_precision=baseline_precision(df, build["precision"]))
+        for _, shape in speed[speed["precision"] == build["precision"]].iterrows():
+            rows.append({"runtime": build["runtime"], "precision": build["precision"], "build_s": build["build_s"],
+                         "batch_size": shape["batch_size"], "input_len": shape["input_len"],
+                         "speedup": shape["speedup"],
+                         "break_even_tokens": break_even_tokens(build["build_s"], shape["tokens_per_s"],
+                                                                shape["tokens_per_s_baseline"])})
+    return pd.DataFrame(rows, columns=["runtime", "precision", "build_s", "batch_size", "input_len", "speedup",
+                                       "break_even_tokens"])
 
 
 def unmeasured_summary(df: pd.DataFrame) -> pd.DataFrame:

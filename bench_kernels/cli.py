@@ -20,6 +20,7 @@ NOTEBOOKS = (
     "20_reference_sweep.ipynb",
     "25_onnxruntime_sweep.ipynb",
     "30_tensorrt_sweep.ipynb",
+    "40_compiled_sweep.ipynb",
     "90_report.ipynb",
 )
 KERNEL_NAME = "bench-kernels"

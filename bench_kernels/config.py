@@ -34,7 +34,8 @@ class SweepConfig(BaseModel):
 
     run_name: str = "notebook"
     model: str = "embedded"
-    runtimes: list[RuntimeName] = Field(default_factory=lambda: ["reference", "onnxruntime", "tensorrt"], min_length=1)
+    runtimes: list[RuntimeName] = Field(default_factory=lambda: ["reference", "onnxruntime", "tensorrt", "compiled"],
+                                         min_length=1)
     precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     input_lens: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)

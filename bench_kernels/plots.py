@@ -7,7 +7,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import ok_rows
+import numpy as np
+
+from bench_kernels.analysis import baseline_precision, break_even_table, ok_rows, speedup_table
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -34,6 +36,7 @@ def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabe
         ax.set_xticks(sorted(panel[x].unique()))
         if log_x:
             ax.set_xscale("log", base=2)
+            ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
         if ax is not axes[0][-1] and ax.get_legend():
             ax.get_legend().remove()
     fig.suptitle(title)
@@ -81,9 +84,87 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure | None:
                         "Peak memory vs batch size (see Method for what each device counts)", "peak memory (GB)")
 
 
+def efficiency_vs_batch(df: pd.DataFrame) -> Figure | None:
+    """Decode efficiency against the roofline; the red line is the bound, points above it are flagged."""
+    fig = _facet_lines(df, "batch_size", "efficiency", "input_len",
+                       "Decode efficiency vs the roofline (decode tokens/s over the bandwidth bound; 1.0 = bound)",
+                       "efficiency", log_x=True)
+    if fig is None:
+        return None
+    data = ok_rows(df).dropna(subset=["efficiency"])
+    facets = sorted(data["input_len"].unique())
+    for ax, value in zip(fig.axes, facets):
+        ax.axhline(1.0, color="#b00020", linestyle="--", linewidth=1)
+        over = data[(data["input_len"] == value) & (data["efficiency"] > 1.0)]
+        if not over.empty:  # above the bound is impossible: a measurement error, shown as such
+            ax.scatter(over["batch_size"], over["efficiency"], s=120, facecolors="none", edgecolors="#b00020",
+                       label="above roofline: measurement error")
+        ax.set_ylim(0, max(1.1, float(data["efficiency"].max()) * 1.05))
+    return fig
+
+
+def speedup_heatmaps(df: pd.DataFrame) -> Figure | None:
+    """Throughput over the reference per (batch, input length), one heatmap per runtime and precision."""
+    panels = []
+    for runtime in dict.fromkeys(ok_rows(df)["runtime"]):
+        if runtime == "reference":
+            continue
+        for precision in dict.fromkeys(ok_rows(df)[lambda d: d["runtime"] == runtime]["precision"]):
+            table = speedup_table(df, runtime, baseline_precision=baseline_precision(df, precision))
+            table = table[table["precision"] == precision]
+            if not table.empty:
+                panels.append((f"{runtime} {precision} vs reference {baseline_precision(df, precision)}", table))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.5, 3.8), squeeze=False)
+    top = max(float(t["speedup"].max()) for _, t in panels)
+    for ax, (title, table) in zip(axes[0], panels):
+        grid = table.pivot_table(index="batch_size", columns="input_len", values="speedup")
+        grid.index = grid.index.astype(int)
+        grid.columns = grid.columns.astype(int)
+        sns.heatmap(grid, annot=True, fmt=".1f", cmap="RdYlGn", center=1.0, vmin=0, vmax=max(top, 2.0), ax=ax,
+                    cbar=ax is axes[0][-1], annot_kws={"fontsize": 9})
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("input length")
+        ax.set_ylabel("batch size")
+    fig.suptitle("Speedup over the reference (end-to-end tokens/s ratio; > 1 is faster)")
+    fig.tight_layout()
+    return fig
+
+
+def build_vs_break_even(df: pd.DataFrame) -> Figure | None:
+    """Generated tokens until a build (export, engine, compile) pays for itself, per batch size."""
+    table = break_even_table(df)
+    table = table[np.isfinite(table["break_even_tokens"])]
+    if table.empty:
+        return None
+    table = table.assign(series=table["runtime"] + " " + table["precision"] + " (build "
+                         + table["build_s"].map(lambda s: f"{s:.0f} s") + ")")
+    facets = sorted(table["input_len"].unique())
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], facets):
+        panel = table[table["input_len"] == value]
+        sns.lineplot(data=panel, x="batch_size", y="break_even_tokens", hue="series", marker="o", ax=ax)
+        ax.set_title(f"input len = {int(value)}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(panel["batch_size"].unique()))
+        ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{int(v)}"))
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("break-even (generated tokens)")
+        if ax is not axes[0][-1] and ax.get_legend():
+            ax.get_legend().remove()
+    fig.suptitle("Build time against break-even: tokens to generate before the build beats the reference")
+    fig.tight_layout()
+    return fig
+
+
 ALL_CHARTS = {
     "throughput": throughput_vs_batch,
     "latency": latency_vs_batch,
     "ttft": ttft_vs_input_len,
     "memory": memory_vs_batch,
+    "efficiency": efficiency_vs_batch,
+    "speedup": speedup_heatmaps,
+    "break_even": build_vs_break_even,
 }

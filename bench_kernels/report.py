@@ -16,7 +16,8 @@ from bench_kernels.results import ResultsStore
 from bench_kernels.workload import BATCH_FORMATION
 
 PROVENANCE_COLUMNS = ["device", "gpu_name", "driver_version", "cuda_version", "cpu_name", "torch_version",
-                      "transformers_version", "onnxruntime_version", "trt_flavor", "trt_version", "git_sha"]
+                      "transformers_version", "onnxruntime_version", "trt_flavor", "trt_version", "git_sha",
+                      "copy_gbps", "matmul_tflops"]
 
 
 def offline_template_dir() -> Path:

@@ -50,8 +50,8 @@ def test_decision_matrix_values_reasons_and_winners() -> None:
     assert row["onnxruntime"] == WINNER_MARK + "600.0" and row["reference"] == "300.0"
     assert row["tensorrt"] == "not measured: unavailable: no CUDA GPU" and row["winner"] == "onnxruntime"
     # break-even at batch 4: 10 s / (1/300 - 1/600) s per token = 6000 tokens
-    assert matrix.loc["break-even vs reference, batch 4 (generated tokens)", "onnxruntime"].endswith("6,000")
-    assert matrix.loc["build / export time (s)", "winner"] == "reference"
+    assert matrix.loc["break-even vs reference, batch 4, input 16 (generated tokens)", "onnxruntime"].endswith("6,000")
+    assert matrix.loc["build / export / compile time (s)", "winner"] == "reference"
     assert "not measured" in matrix.loc["quality: token agreement with reference, batch 1, input 16", "tensorrt"]
     assert speedup_table(df, "onnxruntime")["speedup"].tolist() == [1.5, 2.0]
     missing = unmeasured_summary(df)

@@ -37,7 +37,15 @@ def test_results_have_every_shape_ok(run_dir: Path) -> None:
     assert (reference["latency_ms_p99"] >= reference["latency_ms_p50"]).all()
     assert (reference["git_sha"] != "").all() and (reference["torch_version"] != "").all()
     assert set(df["status"]) <= {"ok", "error", "skipped", "unavailable"}
-    for name in ("00_environment", "10_build", "20_reference_sweep", "30_tensorrt_sweep", "90_report"):
+    compiled = df[(df["stage"] == "inference") & (df["runtime"] == "compiled")]
+    assert len(compiled) == len(reference) and (compiled["status"] == "ok").all(), compiled[["status", "error"]]
+    # The embedded model's real weights, fp32 on the CPU: the compiled decoder gives the reference's tokens.
+    assert (compiled["token_agreement"] == 1.0).all() and (compiled["max_logit_diff"] < 1e-3).all()
+    assert ((compiled["efficiency"] > 0) & (compiled["efficiency"] <= 1.0)).all()
+    build = df[(df["stage"] == "build") & (df["runtime"] == "compiled")]
+    assert (build["status"] == "ok").all() and (build["build_s"] > 0).all()
+    for name in ("00_environment", "10_build", "20_reference_sweep", "30_tensorrt_sweep", "40_compiled_sweep",
+                 "90_report"):
         assert (run_dir / "notebooks" / f"{name}.ipynb").is_file()
 
 
@@ -56,7 +64,8 @@ def test_rerun_resumes_without_remeasuring(run_dir: Path) -> None:
 def test_report_is_self_contained(run_dir: Path) -> None:
     html = (run_dir / "report.html").read_text()
     assert "Decision matrix" in html and "Provenance" in html and "What was and was not measured" in html
-    assert html.count("data:image/png;base64,") >= 4
+    # throughput, latency, TTFT, memory, efficiency, speedup heatmaps, build vs break-even
+    assert html.count("data:image/png;base64,") >= 7
     assert "<script src=" not in html  # nothing to fetch: it must read offline
     assert "cfg = config_from_namespace" not in html  # no code shown
 
@@ -68,7 +77,7 @@ def test_report_in_headless_chromium(run_dir: Path) -> None:
             pytest.fail("chromium is missing on CI: .ci/run must install Debian's chromium package")
         pytest.skip("chromium is not installed (apt-get install chromium); the browser check did not run")
     seen = check_report(run_dir / "report.html", run_dir / "report.png")
-    assert len(seen.images) >= 4 and all(img["ok"] and img["width"] > 300 for img in seen.images), seen.images
+    assert len(seen.images) >= 7 and all(img["ok"] and img["width"] > 300 for img in seen.images), seen.images
     assert seen.problems == []
     png = (run_dir / "report.png").read_bytes()
     assert png.startswith(base64.b64decode("iVBORw0KGgo=")) and len(png) > 50_000
