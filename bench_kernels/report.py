@@ -98,7 +98,8 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
     ]
     if not inference.empty and inference["efficiency"].gt(1.0).any():
         lines.append("<b style='color:#b00020'>Measurement error</b>: some rows exceed the roofline "
-                     "(efficiency above 1.0); treat them as bugs, not results.")
+                     "(efficiency above 1.0); treat them as bugs, not results. (On a CPU, a model small "
+                     "enough to stay in the caches also reads faster than the DRAM bandwidth measured.)")
     return "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
 
 

@@ -1,5 +1,6 @@
 """The shared decoder rebuilt for speed: fused projections, a preallocated static KV cache, per-layer
-functions under torch.compile, and the whole decode step captured once per shape as a CUDA graph.
+functions under torch.compile, and on CUDA the prefill and the whole decode step captured once per
+shape as CUDA graphs.
 
 Numbers follow decoder.Decoder exactly (same RoPE, norms and GQA head grouping); only the kernels and
 the cache layout change. Prompts of a batch are equally long (workload.make_prompts), so every row
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, rope_inv_freq, rotate_half
-from bench_kernels.linear_ops import FP8, linear, quantize_fp8, weight_nbytes
+from bench_kernels.linear_ops import linear, quantize_fp8, weight_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class StaticDecoder:
             ))
             if release is not None:
                 release(i)
-        # The LM head stays in the model's precision: it sets every logit, and fp8 there moves rankings.
+        # The LM head stays in the model's precision, as common fp8 recipes keep it: it sets every logit directly.
         return cls(decoder.args, decoder.embed_tokens.weight.detach(), layers, decoder.norm.weight.detach(),
                    (decoder.lm_head.weight.detach(), None), weight_format, compile_mode, suppress_token_ids)
 

@@ -129,7 +129,12 @@ def test_compiled_sweep_rows_on_cpu(tmp_path: Path, tiny_local_model: Path) -> N
     assert (compiled.loc["fp32", "token_agreement"] == 1.0).all()
     assert (compiled.loc["fp32", "max_logit_diff"] < 1e-4).all()
     assert compiled.loc["fp8", "max_logit_diff"].notna().all()
-    assert ((compiled.efficiency > 0) & (compiled.efficiency < 1)).all()
+    # No upper bound here: this model's 25 MB of weights stay in the CPU's caches, which read faster than
+    # the DRAM copy bandwidth the roofline uses (the end-to-end test checks <= 1 on the real model).
+    assert (compiled.efficiency > 0).all()
+    decode_tokens_per_s = compiled.index.get_level_values("batch_size") * 1e3 / compiled.itl_ms_p50
+    expected = decode_tokens_per_s / compiled.roofline_tokens_per_s
+    assert (expected - compiled.efficiency).abs().max() < 1e-9
     # fp8 weights are a quarter of fp32 ones: the roofline bound rises accordingly.
     assert (compiled.loc["fp8", "roofline_tokens_per_s"].values > 2 * compiled.loc["fp32", "roofline_tokens_per_s"].values).all()
     reference_fp8 = inference[(inference.runtime == "reference") & (inference.precision == "fp8")]

@@ -50,9 +50,10 @@ def test_kill_mid_sweep_then_rerun_keeps_finished_rows(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_becomes_error_row_and_sweep_goes_on(tmp_path: Path, tiny_local_model: Path) -> None:
-    """Under an address-space limit the largest batch cannot allocate its logits; smaller ones finish."""
+    """Under an address-space limit the largest batch cannot allocate its prefill activations (4096 x 1024
+    tokens: 2 GB per MLP projection); the smaller one finishes."""
     params = {"run_name": "oom", "model": f"local:{tiny_local_model}", "runtimes": ["reference"],
-              "batch_sizes": [1, 256], "input_lens": [1024], "output_len": 2, "warmup": 0, "repeats": 1,
+              "batch_sizes": [1, 4096], "input_lens": [1024], "output_len": 2, "warmup": 0, "repeats": 1,
               "device": "cpu", "reports_dir": str(tmp_path)}
     limited = textwrap.dedent("""
         import resource, torch, transformers  # load the big libraries before capping the address space
@@ -63,6 +64,6 @@ def test_out_of_memory_becomes_error_row_and_sweep_goes_on(tmp_path: Path, tiny_
     assert done.returncode == 0, done.stderr[-2000:]
     df = load_results(tmp_path / "oom" / "results.csv").set_index("batch_size")
     assert df.loc[1, "status"] == "ok" and df.loc[1, "tokens_per_s"] > 0
-    assert df.loc[256, "status"] == "error"
-    assert "memory" in df.loc[256, "error"].lower() or "alloc" in df.loc[256, "error"].lower()
+    assert df.loc[4096, "status"] == "error"
+    assert "memory" in df.loc[4096, "error"].lower() or "alloc" in df.loc[4096, "error"].lower()
     assert (tmp_path / "oom" / "errors.log").read_text().count("Traceback") >= 1

@@ -48,4 +48,6 @@ class ReferenceRuntime(Runtime):
     @torch.inference_mode()
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.to(self.device)
-        return self.loaded.hf_model(ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float().cpu()
+        # logits_to_keep=1: only the last position's logits, not [B, S, vocab]
+        out = self.loaded.hf_model(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)
+        return out.logits[:, -1].float().cpu()
