@@ -10,7 +10,7 @@ import os
 import platform
 import subprocess
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -118,27 +118,32 @@ def environment_report() -> dict[str, Any]:
     return info
 
 
+def _best_time_s(work: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Fastest of `repeats` timed calls after one untimed: CUDA events on a GPU, perf_counter on a CPU."""
+    best_s = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            work()
+            end.record()
+            end.synchronize()
+            elapsed_s = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            work()
+            elapsed_s = time.perf_counter() - t0
+        best_s = min(best_s, elapsed_s)
+    return best_s
+
+
 @functools.cache
 def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
     """Measured copy bandwidth in GB/s, counting bytes read plus bytes written (best of repeats)."""
     device = torch.device(device_type)
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
-    best_s = float("inf")
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            elapsed_s = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            dst.copy_(src)
-            elapsed_s = time.perf_counter() - t0
-        best_s = min(best_s, elapsed_s)
-    gbps = 2 * nbytes / best_s / 1e9
+    gbps = 2 * nbytes / _best_time_s(lambda: dst.copy_(src), device, repeats) / 1e9
     log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
     return gbps
 
@@ -150,21 +155,7 @@ def matmul_tflops(device_type: str, repeats: int = 5) -> float:
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    best_s = float("inf")
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            end.synchronize()
-            elapsed_s = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            a @ b
-            elapsed_s = time.perf_counter() - t0
-        best_s = min(best_s, elapsed_s)
-    tflops = 2 * n**3 / best_s / 1e12
+    tflops = 2 * n**3 / _best_time_s(lambda: a @ b, device, repeats) / 1e12
     log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, str(dtype).removeprefix("torch."), tflops)
     return tflops
 

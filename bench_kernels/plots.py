@@ -18,13 +18,9 @@ def _series_label(df: pd.DataFrame) -> pd.Series:
     return df["runtime"] + " " + df["precision"]
 
 
-def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,
-                 log_x: bool = False) -> Figure | None:
-    """One panel per value of `facet`, one line per runtime+precision."""
-    data = ok_rows(df).dropna(subset=[y])
-    if data.empty:
-        return None
-    data = data.assign(series=_series_label(data))
+def _facet_panels(data: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,
+                  log_x: bool = False, log_y: bool = False) -> Figure:
+    """One panel per value of `facet`, one line per value of data's `series` column."""
     facets = sorted(data[facet].unique())
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False, sharey=True)
     for ax, value in zip(axes[0], facets):
@@ -33,15 +29,26 @@ def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabe
         ax.set_title(f"{facet.replace('_', ' ')} = {int(value)}")
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel(ylabel)
-        ax.set_xticks(sorted(panel[x].unique()))
         if log_x:
             ax.set_xscale("log", base=2)
             ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xticks(sorted(panel[x].unique()))  # after the scale: only the measured values get ticks
+        if log_y:
+            ax.set_yscale("log")
         if ax is not axes[0][-1] and ax.get_legend():
             ax.get_legend().remove()
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,
+                 log_x: bool = False) -> Figure | None:
+    """One panel per value of `facet`, one line per runtime+precision, over the ok inference rows."""
+    data = ok_rows(df).dropna(subset=[y])
+    if data.empty:
+        return None
+    return _facet_panels(data.assign(series=_series_label(data)), x, y, facet, title, ylabel, log_x=log_x)
 
 
 def throughput_vs_batch(df: pd.DataFrame) -> Figure | None:
@@ -106,14 +113,13 @@ def efficiency_vs_batch(df: pd.DataFrame) -> Figure | None:
 def speedup_heatmaps(df: pd.DataFrame) -> Figure | None:
     """Throughput over the reference per (batch, input length), one heatmap per runtime and precision."""
     panels = []
-    for runtime in dict.fromkeys(ok_rows(df)["runtime"]):
-        if runtime == "reference":
-            continue
-        for precision in dict.fromkeys(ok_rows(df)[lambda d: d["runtime"] == runtime]["precision"]):
-            table = speedup_table(df, runtime, baseline_precision=baseline_precision(df, precision))
-            table = table[table["precision"] == precision]
-            if not table.empty:
-                panels.append((f"{runtime} {precision} vs reference {baseline_precision(df, precision)}", table))
+    measured = ok_rows(df)[["runtime", "precision"]].drop_duplicates()
+    for runtime, precision in measured[measured["runtime"] != "reference"].itertuples(index=False):
+        baseline = baseline_precision(df, precision)
+        table = speedup_table(df, runtime, baseline_precision=baseline)
+        table = table[table["precision"] == precision]
+        if not table.empty:
+            panels.append((f"{runtime} {precision} vs reference {baseline}", table))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.5, 3.8), squeeze=False)
@@ -140,23 +146,9 @@ def build_vs_break_even(df: pd.DataFrame) -> Figure | None:
         return None
     table = table.assign(series=table["runtime"] + " " + table["precision"] + " (build "
                          + table["build_s"].map(lambda s: f"{s:.0f} s") + ")")
-    facets = sorted(table["input_len"].unique())
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False, sharey=True)
-    for ax, value in zip(axes[0], facets):
-        panel = table[table["input_len"] == value]
-        sns.lineplot(data=panel, x="batch_size", y="break_even_tokens", hue="series", marker="o", ax=ax)
-        ax.set_title(f"input len = {int(value)}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(sorted(panel["batch_size"].unique()))
-        ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{int(v)}"))
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("break-even (generated tokens)")
-        if ax is not axes[0][-1] and ax.get_legend():
-            ax.get_legend().remove()
-    fig.suptitle("Build time against break-even: tokens to generate before the build beats the reference")
-    fig.tight_layout()
-    return fig
+    return _facet_panels(table, "batch_size", "break_even_tokens", "input_len",
+                         "Build time against break-even: tokens to generate before the build beats the reference",
+                         "break-even (generated tokens)", log_x=True, log_y=True)
 
 
 ALL_CHARTS = {

@@ -119,6 +119,7 @@ class ShapeState:
     position: torch.Tensor  # [1] its position (and cache slot)
     generated: torch.Tensor  # [B, max(T, 2)] every token produced so far
     step: torch.Tensor  # [1] column of `generated` the next step writes
+    slots: torch.Tensor  # [L] cache slot indices, compared with the position to mask unwritten slots
     prefill_graph: torch.cuda.CUDAGraph | None = None
     decode_graph: torch.cuda.CUDAGraph | None = None
 
@@ -223,7 +224,7 @@ class StaticDecoder:
         x = F.embedding(state.token, self.embed)  # [B, 1, D]
         cos = self.cos_table.index_select(0, pos)[None, None]  # [1, 1, 1, Dh]
         sin = self.sin_table.index_select(0, pos)[None, None]
-        valid = torch.arange(state.cache_len, device=self.device) <= pos  # [L]
+        valid = state.slots <= pos  # [L]
         for layer, k_cache, v_cache in zip(self.layers, state.k_caches, state.v_caches):
             norm, w, s, bias, eps, heads, kv_heads, head_dim = self._layer_args(layer)
             q, k, v = self._qkv_rope(x, norm, w, s, bias, cos, sin, eps, heads, kv_heads, head_dim)
@@ -274,6 +275,7 @@ class StaticDecoder:
             position=torch.full((1,), input_len, dtype=torch.long, device=dev),
             generated=torch.zeros((batch_size, max(max_new_tokens, 2)), dtype=torch.long, device=dev),
             step=torch.ones((1,), dtype=torch.long, device=dev),
+            slots=torch.arange(cache_len, device=dev),
         )
 
         def warm() -> None:
