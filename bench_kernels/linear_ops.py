@@ -217,7 +217,3 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) ->
 def _linear_fake(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
-
-def weight_nbytes(*tensors: torch.Tensor | None) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-

@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -205,15 +206,20 @@ def load_model(model: str, precision: str, device: torch.device | str, seed: int
     return LoadedModel(model_display_name(model), weights, hf_model, tokenizer, load_s, weights_id)
 
 
-def weight_bytes(hf_model: Any) -> int:
-    """Bytes of all parameters (tied tensors once): what a decode step must read at least."""
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of these tensors, each storage counted once (tied or shared weights are one read)."""
     seen: set[int] = set()
     total = 0
-    for param in hf_model.parameters():
-        if param.data_ptr() not in seen:
-            seen.add(param.data_ptr())
-            total += param.numel() * param.element_size()
+    for tensor in tensors:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
     return total
+
+
+def weight_bytes(hf_model: Any) -> int:
+    """Bytes of all parameters (tied tensors once): what a decode step must read at least."""
+    return tensor_bytes(hf_model.parameters())
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, rope_inv_freq, rotate_half
-from bench_kernels.linear_ops import linear, quantize_fp8, weight_nbytes
+from bench_kernels.linear_ops import linear, quantize_fp8
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +181,11 @@ class StaticDecoder:
 
     # ---- sizes -------------------------------------------------------------------------------------
     def weight_bytes(self) -> int:
-        """Bytes of every stored weight (the embedding table counted once even when tied)."""
-        tensors = {id(t): t for layer in self.layers for t in layer.tensors() if t is not None}
-        for t in (self.embed, self.final_norm, *self.lm_head):
-            if t is not None:
-                tensors[id(t)] = t
-        return weight_nbytes(*tensors.values())
+        """Bytes of every stored weight (a tied embedding and LM head counted once)."""
+        from bench_kernels.models import tensor_bytes
+
+        kept = [t for layer in self.layers for t in layer.tensors()] + [self.embed, self.final_norm, *self.lm_head]
+        return tensor_bytes(t for t in kept if t is not None)
 
     def kv_element_size(self) -> int:
         return self.embed.element_size()

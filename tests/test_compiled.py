@@ -43,6 +43,16 @@ def test_static_decoder_matches_the_shared_decoder(family):
     torch.testing.assert_close(static.prefill_logits(ids), expected_logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+def test_weight_bytes_match_the_loaded_model(family):
+    """The roofline's numerator: the same bytes as the transformers model, a tied LM head counted once."""
+    from bench_kernels.models import weight_bytes
+
+    model = tiny_model(family)
+    assert model.config.tie_word_embeddings == (family == "qwen2")
+    assert StaticDecoder.from_decoder(Decoder.from_hf(model), compile_mode=None).weight_bytes() == weight_bytes(model)
+
+
 def test_shape_changes_reuse_nothing_stale():
     """A new batch or length gets its own caches; going back gives the same tokens as the first time."""
     decoder = Decoder.from_hf(tiny_model("llama3"))
