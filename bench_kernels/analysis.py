@@ -19,6 +19,11 @@ BUILD_COLUMNS = ["runtime", "precision", "status", "build_s", "artifact_mb", "ca
 WINNER_MARK = "★ "
 
 
+def shorten(text: str, limit: int = 90) -> str:
+    """text cut to `limit` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def inference_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["stage"] == "inference"].sort_values(["runtime", "precision", "batch_size", "input_len"])
 
@@ -79,10 +84,8 @@ def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
     if failed.empty:
         return "not measured"
     first = failed.iloc[0]
-    reason = str(first["error"] or first["notes"])
-    if len(reason) > 90:  # the full reason is in the report's "not measured" list
-        reason = reason[:87] + "..."
-    return f"not measured: {first['status']}: {reason}"
+    # Shortened: the full reason is in the report's "not measured" list.
+    return f"not measured: {first['status']}: {shorten(str(first['error'] or first['notes']))}"
 
 
 def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: Any) -> Any:
@@ -99,16 +102,12 @@ def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: 
 def matrix_columns(df: pd.DataFrame, precision: str | None = None) -> list[tuple[str, str]]:
     """(runtime, precision) pairs a decision matrix compares: each runtime at each sweep precision it runs
     (a precision a runtime does not implement is left out, not shown as a column of reasons)."""
-    pairs = []
-    for runtime in dict.fromkeys(df["runtime"]):
-        for prec in dict.fromkeys(df["precision"]):
-            if precision is not None and prec != precision:
-                continue
-            rows = df[(df["runtime"] == runtime) & (df["precision"] == prec)]
-            if rows.empty or rows["error"].fillna("").astype(str).str.contains(f"does not run {prec}").all():
-                continue
-            pairs.append((runtime, prec))
-    return pairs
+    from bench_kernels.runtimes import get_runtime
+
+    present = set(zip(df["runtime"], df["precision"]))
+    return [(runtime, prec) for runtime in dict.fromkeys(df["runtime"]) for prec in dict.fromkeys(df["precision"])
+            if (runtime, prec) in present and prec in get_runtime(runtime).precisions
+            and precision in (None, prec)]
 
 
 def baseline_precision(df: pd.DataFrame, precision: str) -> str:

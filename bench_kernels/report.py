@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, WINNER_MARK, build_rows, decision_matrix,
-                                    inference_rows, unmeasured_summary)
+                                    inference_rows, shorten, unmeasured_summary)
 from bench_kernels.config import SweepConfig
 from bench_kernels.results import ResultsStore
 from bench_kernels.workload import BATCH_FORMATION
@@ -45,14 +45,10 @@ def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype({c: "Int64" for c in shape})
 
 
-def _short(text: str, limit: int = 90) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """Inference rows with the columns a reader compares (errors shortened: the full text is listed above)."""
     table = _int_columns(inference_rows(df)[INFERENCE_COLUMNS].reset_index(drop=True))
-    return table.assign(error=table["error"].map(_short))
+    return table.assign(error=table["error"].map(shorten))
 
 
 def build_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 The shared decoder with fused projections and a static KV cache; per-layer functions under
 torch.compile (inductor); on CUDA the whole decode step is one CUDA graph per shape. Precisions:
 fp32 / fp16 / bf16 weights as loaded, or fp8 e4m3 weights with per-channel scales (activations
-stay bf16: a Triton weight-only GEMV for up to 16 rows, torch._scaled_mm beyond).
+stay bf16: a Triton weight-only GEMV for up to 64 rows, torch._scaled_mm beyond).
 """
 
 from __future__ import annotations
