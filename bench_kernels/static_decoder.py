@@ -144,7 +144,10 @@ class StaticDecoder:
             # Each per-layer function is compiled per dtype (bf16, fp8 weights...) and per shape until dynamo
             # turns the shape dynamic; a sweep exceeds dynamo's default of 8 versions per function.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        wrap: Callable = (lambda fn: torch.compile(fn, mode=compile_mode, fullgraph=True)) if compile_mode else (lambda fn: fn)
+
+        def wrap(fn: Callable) -> Callable:
+            return torch.compile(fn, mode=compile_mode, fullgraph=True) if compile_mode else fn
+
         self._qkv_rope, self._head = wrap(_qkv_rope), wrap(_head)
         self._decode_tail, self._prefill_tail = wrap(_decode_layer_tail), wrap(_prefill_layer_tail)
         self._state: ShapeState | None = None

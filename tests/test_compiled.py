@@ -146,7 +146,8 @@ def test_compiled_sweep_rows_on_cpu(tmp_path: Path, tiny_local_model: Path) -> N
     expected = decode_tokens_per_s / compiled.roofline_tokens_per_s
     assert (expected - compiled.efficiency).abs().max() < 1e-9
     # fp8 weights are a quarter of fp32 ones: the roofline bound rises accordingly.
-    assert (compiled.loc["fp8", "roofline_tokens_per_s"].values > 2 * compiled.loc["fp32", "roofline_tokens_per_s"].values).all()
+    roofline = compiled.roofline_tokens_per_s
+    assert (roofline.loc["fp8"].values > 2 * roofline.loc["fp32"].values).all()
     reference_fp8 = inference[(inference.runtime == "reference") & (inference.precision == "fp8")]
     assert (reference_fp8.status == "unavailable").all()
     assert reference_fp8.error.str.contains("reference does not run fp8").all()

@@ -10,7 +10,9 @@ from bench_kernels.runtimes.onnxruntime import OnnxRuntimeRuntime
 from bench_kernels.runtimes.reference import ReferenceRuntime
 from bench_kernels.runtimes.tensorrt import TensorRTRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (ReferenceRuntime, OnnxRuntimeRuntime, TensorRTRuntime, CompiledRuntime)}
+RUNTIMES: dict[str, type[Runtime]] = {
+    cls.name: cls for cls in (ReferenceRuntime, OnnxRuntimeRuntime, TensorRTRuntime, CompiledRuntime)
+}
 
 
 def get_runtime(name: str) -> type[Runtime]:
