@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 KERNEL := bench-kernels
 
-.PHONY: setup report test test-fast lab browser clean-reports
+.PHONY: setup report test lab browser clean-reports
 
 setup: $(STAMP)
 

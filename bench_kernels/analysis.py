@@ -1,4 +1,8 @@
-"""pandas aggregation: inference and build tables, speedups, break-even, the decision matrix."""
+"""pandas aggregation: inference and build tables, speedups, break-even, the decision matrix.
+
+Reads results rows only: what it needs to know about a runtime (its precisions, whether it builds, how it
+copes with new shapes) comes from the runtime_* columns its rows carry.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ INFERENCE_COLUMNS = [
     "latency_ms_p99", "peak_mem_gb", "token_agreement", "max_logit_diff", "roofline_tokens_per_s", "efficiency",
     "error",
 ]
-BUILD_COLUMNS = ["runtime", "precision", "status", "build_s", "artifact_mb", "cache_hit", "trt_flavor",
-                 "trt_version", "error", "notes"]
+BUILD_COLUMNS = ["runtime", "precision", "status", "build_s", "artifact_mb", "cache_hit", "runtime_version",
+                 "error", "notes"]
 WINNER_MARK = "★ "
+ROOFLINE_NOT_APPLICABLE = "roofline not applicable: model fits in cache"
 
 
 def shorten(text: str, limit: int = 90) -> str:
@@ -71,6 +76,7 @@ class Criterion:
     better: str  # "higher", "lower" or "" (not ranked)
     value: Callable[[pd.DataFrame, str, str], Any]  # (results, runtime, precision) -> float or "not measured: why"
     fmt: str = "{:.1f}"
+    suffix: Callable[[pd.DataFrame, str, str], str] | None = None  # words after a measured value
 
 
 def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
@@ -99,15 +105,24 @@ def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: 
     return float(value)
 
 
+def runtime_fact(df: pd.DataFrame, runtime: str, column: str) -> str:
+    """A runtime_* column of the runtime's rows ('' when its rows predate the column)."""
+    values = [v for v in df.loc[df["runtime"] == runtime, column] if isinstance(v, str) and v]
+    return values[-1] if values else ""
+
+
+def runs_precision(df: pd.DataFrame, runtime: str, precision: str) -> bool:
+    """Whether the runtime implements the precision, as its rows say (rows that do not say: assume it does)."""
+    declared = runtime_fact(df, runtime, "runtime_precisions")
+    return not declared or precision in declared.split()
+
+
 def matrix_columns(df: pd.DataFrame, precision: str | None = None) -> list[tuple[str, str]]:
     """(runtime, precision) pairs a decision matrix compares: each runtime at each sweep precision it runs
     (a precision a runtime does not implement is left out, not shown as a column of reasons)."""
-    from bench_kernels.runtimes import get_runtime
-
     present = set(zip(df["runtime"], df["precision"]))
     return [(runtime, prec) for runtime in dict.fromkeys(df["runtime"]) for prec in dict.fromkeys(df["precision"])
-            if (runtime, prec) in present and prec in get_runtime(runtime).precisions
-            and precision in (None, prec)]
+            if (runtime, prec) in present and runs_precision(df, runtime, prec) and precision in (None, prec)]
 
 
 def baseline_precision(df: pd.DataFrame, precision: str) -> str:
@@ -135,17 +150,21 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
     b_min, b_max, l_min, l_max = int(batches[0]), int(batches[-1]), int(lens[0]), int(lens[-1])
     builds = build_rows(df)
 
-    def build_time(_: pd.DataFrame, runtime: str, prec: str) -> Any:
-        from bench_kernels.runtimes import get_runtime
-
+    def build_time(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
         row = builds[(builds["runtime"] == runtime) & (builds["precision"] == prec)]
         if row.empty:
-            return 0.0 if not get_runtime(runtime).needs_build else "not measured: build stage not run"
+            return 0.0 if runtime_fact(frame, runtime, "runtime_needs_build") == "false" \
+                else "not measured: build stage not run"
         if row.iloc[0]["status"] == "skipped":
             return 0.0
         if row.iloc[0]["status"] != "ok":
             return f"not measured: {row.iloc[0]['status']}: {row.iloc[0]['error']}"
         return float(row.iloc[0]["build_s"])
+
+    def cached(frame: pd.DataFrame, runtime: str, prec: str) -> str:
+        row = builds[(builds["runtime"] == runtime) & (builds["precision"] == prec) & (builds["status"] == "ok")]
+        hit = not row.empty and row.iloc[0]["cache_hit"] == "true"
+        return " (from cache: what the first build took)" if hit else ""
 
     def break_even(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
         if runtime == "reference":
@@ -168,12 +187,23 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
         return value
 
     def dynamic_shapes(frame: pd.DataFrame, runtime: str, prec: str) -> str:
-        from bench_kernels.runtimes import get_runtime
-
-        return get_runtime(runtime).dynamic_shapes
+        return runtime_fact(frame, runtime, "runtime_dynamic_shapes") or "not recorded"
 
     def measured(column: str, batch_size: int, input_len: int) -> Callable[[pd.DataFrame, str, str], Any]:
         return lambda f, r, p: _pick(f, r, column, p, batch_size=batch_size, input_len=input_len)
+
+    def efficiency(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
+        """A value above the bound is a measurement error: shown as invalid, never ranked."""
+        value = _pick(frame, runtime, "efficiency", prec, batch_size=b_min, input_len=l_min)
+        if isinstance(value, float) and value > 1.0:
+            return f"invalid: {value:.0%} is above the roofline (a measurement error)"
+        if isinstance(value, str):
+            rows = ok_rows(frame)
+            notes = rows[(rows["runtime"] == runtime) & (rows["precision"] == prec) & (rows["batch_size"] == b_min)
+                         & (rows["input_len"] == l_min)]["notes"]
+            if notes.str.contains(ROOFLINE_NOT_APPLICABLE, regex=False).any():
+                return "roofline not applicable (model fits in the CPU cache)"
+        return value
 
     criteria = [
         Criterion(f"throughput, batch {b_min}, input {l_max} (tokens/s)", "higher",
@@ -186,10 +216,10 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
         Criterion(f"per-token latency p50, batch {b_min}, input {l_max} (ms)", "lower",
                   measured("itl_ms_p50", b_min, l_max), "{:.2f}"),
         Criterion(f"decode efficiency vs roofline, batch {b_min}, input {l_min}", "higher",
-                  measured("efficiency", b_min, l_min), "{:.0%}"),
+                  efficiency, "{:.0%}"),
         Criterion(f"peak memory, batch {b_max}, input {l_max} (GB)", "lower",
                   measured("peak_mem_gb", b_max, l_max), "{:.2f}"),
-        Criterion("build / export / compile time (s)", "lower", build_time, "{:.1f}"),
+        Criterion("build / export / compile time (s)", "lower", build_time, "{:.1f}", cached),
         Criterion(f"break-even vs reference, batch {b_max}, input {l_max} (generated tokens)", "lower", break_even,
                   "{:,.0f}"),
         Criterion("dynamic shapes", "", dynamic_shapes),
@@ -208,8 +238,10 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
             pick = max if criterion.better == "higher" else min
             best = pick(numeric, key=numeric.__getitem__)
         table[criterion.label] = {
-            c: (WINNER_MARK if c == best else "") + (criterion.fmt.format(v) if c in numeric else str(v))
-            for c, v in values.items()
+            label[pair]: (WINNER_MARK if label[pair] == best else "")
+            + (criterion.fmt.format(values[label[pair]]) + (criterion.suffix(df, *pair) if criterion.suffix else "")
+               if label[pair] in numeric else str(values[label[pair]]))
+            for pair in pairs
         }
         winners[criterion.label] = best or "—"
     columns = [label[pair] for pair in pairs]
@@ -234,8 +266,9 @@ def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
                          "speedup": shape["speedup"],
                          "break_even_tokens": break_even_tokens(build["build_s"], shape["tokens_per_s"],
                                                                 shape["tokens_per_s_baseline"])})
-    return pd.DataFrame(rows, columns=["runtime", "precision", "build_s", "batch_size", "input_len", "speedup",
-                                       "break_even_tokens"])
+    table = pd.DataFrame(rows, columns=["runtime", "precision", "build_s", "batch_size", "input_len", "speedup",
+                                        "break_even_tokens"])
+    return table.astype({c: float for c in ("build_s", "batch_size", "input_len", "speedup", "break_even_tokens")})
 
 
 def unmeasured_summary(df: pd.DataFrame) -> pd.DataFrame:

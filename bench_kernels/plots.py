@@ -7,8 +7,6 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-import numpy as np
-
 from bench_kernels.analysis import baseline_precision, break_even_table, ok_rows, speedup_table
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -19,13 +17,13 @@ def _series_label(df: pd.DataFrame) -> pd.Series:
 
 
 def _facet_panels(data: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,
-                  log_x: bool = False, log_y: bool = False) -> Figure:
-    """One panel per value of `facet`, one line per value of data's `series` column."""
+                  log_x: bool = False, log_y: bool = False, style: str = "series") -> Figure:
+    """One panel per value of `facet`, one colour per value of data's `series` column, line style by `style`."""
     facets = sorted(data[facet].unique())
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False, sharey=True)
     for ax, value in zip(axes[0], facets):
         panel = data[data[facet] == value]
-        sns.lineplot(data=panel, x=x, y=y, hue="series", style="series", markers=True, dashes=False, ax=ax)
+        sns.lineplot(data=panel, x=x, y=y, hue="series", style=style, markers=True, dashes=style != "series", ax=ax)
         ax.set_title(f"{facet.replace('_', ' ')} = {int(value)}")
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel(ylabel)
@@ -65,20 +63,9 @@ def latency_vs_batch(df: pd.DataFrame) -> Figure | None:
     long = data.melt(id_vars=["series", "batch_size", "input_len"], value_vars=["latency_ms_p50", "latency_ms_p99"],
                      var_name="percentile", value_name="latency_ms")
     long["percentile"] = long["percentile"].str.replace("latency_ms_", "")
-    facets = sorted(long["input_len"].unique())
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False, sharey=True)
-    for ax, value in zip(axes[0], facets):
-        panel = long[long["input_len"] == value]
-        sns.lineplot(data=panel, x="batch_size", y="latency_ms", hue="series", style="percentile", markers=True, ax=ax)
-        ax.set_title(f"input len = {int(value)}")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("end-to-end latency (ms)")
-        ax.set_xticks(sorted(panel["batch_size"].unique()))
-        if ax is not axes[0][-1] and ax.get_legend():
-            ax.get_legend().remove()
-    fig.suptitle("Latency p50 / p99 vs batch size (lower is better)")
-    fig.tight_layout()
-    return fig
+    return _facet_panels(long, "batch_size", "latency_ms", "input_len",
+                         "Latency p50 / p99 vs batch size (lower is better)", "end-to-end latency (ms)",
+                         style="percentile")
 
 
 def ttft_vs_input_len(df: pd.DataFrame) -> Figure | None:
@@ -141,7 +128,7 @@ def speedup_heatmaps(df: pd.DataFrame) -> Figure | None:
 def build_vs_break_even(df: pd.DataFrame) -> Figure | None:
     """Generated tokens until a build (export, engine, compile) pays for itself, per batch size."""
     table = break_even_table(df)
-    table = table[np.isfinite(table["break_even_tokens"])]
+    table = table[table["break_even_tokens"].abs() < float("inf")]
     if table.empty:
         return None
     table = table.assign(series=table["runtime"] + " " + table["precision"] + " (build "
@@ -151,12 +138,13 @@ def build_vs_break_even(df: pd.DataFrame) -> Figure | None:
                          "break-even (generated tokens)", log_x=True, log_y=True)
 
 
+# The report shows these in order: a new chart is one entry here.
 ALL_CHARTS = {
     "throughput": throughput_vs_batch,
     "latency": latency_vs_batch,
-    "ttft": ttft_vs_input_len,
+    "time to first token": ttft_vs_input_len,
     "memory": memory_vs_batch,
     "efficiency": efficiency_vs_batch,
     "speedup": speedup_heatmaps,
-    "break_even": build_vs_break_even,
+    "break-even": build_vs_break_even,
 }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from importlib import resources
 from pathlib import Path
 
@@ -16,8 +18,7 @@ from bench_kernels.results import ResultsStore
 from bench_kernels.workload import BATCH_FORMATION
 
 PROVENANCE_COLUMNS = ["device", "gpu_name", "driver_version", "cuda_version", "cpu_name", "torch_version",
-                      "transformers_version", "onnxruntime_version", "trt_flavor", "trt_version", "git_sha",
-                      "copy_gbps", "matmul_tflops"]
+                      "transformers_version", "git_sha", "copy_gbps", "matmul_tflops"]
 
 
 def offline_template_dir() -> Path:
@@ -30,13 +31,15 @@ def load_run(cfg: SweepConfig) -> pd.DataFrame:
 
 
 def provenance_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Distinct environments the rows were measured in, with when."""
+    """Distinct environments the rows were measured in: which runtimes (and their versions) ran there, and when."""
     if df.empty:
         return pd.DataFrame(columns=PROVENANCE_COLUMNS)
-    grouped = df.groupby([c for c in PROVENANCE_COLUMNS if c not in ("trt_flavor", "trt_version")], dropna=False)
-    table = grouped.agg(rows=("status", "size"), first=("timestamp", "min"), last=("timestamp", "max"),
-                        trt=("trt_version", lambda s: ", ".join(sorted({v for v in s if v})) or "-"))
-    return table.reset_index().T.rename(columns=lambda i: f"environment {i + 1}")
+    labelled = df.assign(runtime_label=df["runtime"] + df["runtime_version"].map(lambda v: f" ({v})" if v else ""))
+    grouped = labelled.groupby(PROVENANCE_COLUMNS, dropna=False)
+    table = grouped.agg(runtimes=("runtime_label", lambda s: ", ".join(dict.fromkeys(s))), rows=("status", "size"),
+                        first=("timestamp", "min"), last=("timestamp", "max"))
+    table = table.reset_index().sort_values("first")
+    return table.T.set_axis([f"environment {i + 1}" for i in range(len(table))], axis=1)
 
 
 def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -111,17 +114,35 @@ def availability_notes(df: pd.DataFrame) -> str:
     return "<p>Not measured in this run:</p><ul>" + "".join(items) + "</ul>"
 
 
+def show_charts(df: pd.DataFrame) -> None:
+    """Every chart of plots.ALL_CHARTS, in order."""
+    from bench_kernels.plots import ALL_CHARTS
+
+    for what, chart in ALL_CHARTS.items():
+        show_figure(chart(df), what)
+
+
+def figure_html(fig: Figure, alt: str) -> str:
+    """The figure as an embedded PNG with alternative text (the report stays one self-contained file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width: 100%">'
+
+
 def show_figure(fig: Figure | None, what: str) -> None:
     """Display a figure in the notebook (embedded as PNG in the HTML) or say why there is none."""
     import matplotlib.pyplot as plt
-    from IPython.display import Markdown, display
+    from IPython.display import HTML, Markdown, display
 
     if fig is None:
-        display(Markdown(f"*No {what} chart: no inference row has status ok.*"))
+        display(Markdown(f"*No {what} chart: no inference row measured what it shows.*"))
         return
-    display(fig)
+    series = sorted({text.get_text() for ax in fig.axes if ax.get_legend() for text in ax.get_legend().get_texts()})
+    alt = f"{what} chart: {fig.get_suptitle()}" + (f"; series: {', '.join(series)}" if series else "")
+    display(HTML(figure_html(fig, alt)))
     plt.close(fig)
 
 
 __all__ = ["availability_notes", "build_table", "decision_matrix", "load_run", "method_notes",
-           "offline_template_dir", "provenance_table", "results_table", "show_figure", "styled_matrix"]
+           "offline_template_dir", "provenance_table", "results_table", "show_charts", "show_figure", "styled_matrix"]

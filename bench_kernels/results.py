@@ -1,18 +1,21 @@
-"""The tidy results table: schema, atomic append, resume, load."""
+"""The tidy results table: schema, locked atomic append, resume, load."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
+
+from bench_kernels.paths import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +28,9 @@ COLUMNS = (
     "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
     "build_s", "artifact_mb", "cache_hit", "token_agreement", "max_logit_diff",
     "roofline_tokens_per_s", "efficiency",
-    "trt_flavor", "trt_version",
+    "runtime_version", "runtime_options", "runtime_precisions", "runtime_needs_build", "runtime_dynamic_shapes",
     "device", "gpu_name", "driver_version", "cuda_version", "cpu_name",
-    "torch_version", "transformers_version", "onnxruntime_version", "git_sha", "copy_gbps", "matmul_tflops",
+    "torch_version", "transformers_version", "git_sha", "copy_gbps", "matmul_tflops",
     "timestamp", "notes",
 )
 NUMERIC_COLUMNS = (
@@ -53,18 +56,17 @@ def row_key(row: dict[str, Any]) -> tuple[str, ...]:
     return tuple(_cell(row.get(c)) for c in KEY_COLUMNS)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of a results.csv as strings; rows written before runtime_version existed get it from
+    their trt_flavor / trt_version."""
+    if not csv_path.is_file():
+        return []
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        if "runtime_version" not in row and row.get("trt_version"):
+            row["runtime_version"] = f"{row.get('trt_flavor', '')} {row['trt_version']}".strip()
+    return rows
 
 
 class ResultsStore:
@@ -75,12 +77,22 @@ class ResultsStore:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / "results.csv"
         self.samples_path = self.run_dir / "samples.jsonl"
+        self.lock_path = self.run_dir / ".results.lock"
+        remove_stale_temporaries(self.run_dir)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive across processes (one sweep per GPU into one folder): read-modify-write loses no row."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def rows(self) -> list[dict[str, str]]:
-        if not self.csv_path.is_file():
-            return []
-        with self.csv_path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+        return read_rows(self.csv_path)
 
     def finished_keys(self) -> set[tuple[str, ...]]:
         return {row_key(r) for r in self.rows() if r.get("status") in FINISHED}
@@ -105,13 +117,14 @@ class ResultsStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        kept = [r for r in self.rows() if row_key(r) != key]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="raise")
-        writer.writeheader()
-        writer.writerows({c: r.get(c, "") for c in COLUMNS} for r in kept)
-        writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
-        _atomic_write(self.csv_path, buffer.getvalue())
+        with self._locked():
+            kept = [r for r in self.rows() if row_key(r) != key]
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({c: r.get(c, "") for c in COLUMNS} for r in kept)
+            writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+            atomic_write(self.csv_path, buffer.getvalue())
 
     def load(self) -> pd.DataFrame:
         return load_results(self.csv_path)
@@ -135,11 +148,8 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """One or more results.csv files as a typed DataFrame with every schema column."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths if Path(p).is_file()]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
-    for column in COLUMNS:
-        if column not in df:
-            df[column] = ""
+    rows = [row for p in paths for row in read_rows(Path(p))]
+    df = pd.DataFrame(rows, columns=list(COLUMNS)).fillna("")
     for column in NUMERIC_COLUMNS:
         df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
     return df[list(COLUMNS)]

@@ -9,16 +9,17 @@ from __future__ import annotations
 import gc
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 import torch
 
+from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import SweepConfig
 from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_per_s, kv_bytes_per_token,
-                                    pick_device, provenance)
+                                    last_level_cache_bytes, pick_device, provenance)
 from bench_kernels.measure import measure_generation
 from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config
 from bench_kernels.results import ResultsStore, row_key
@@ -49,10 +50,17 @@ class SweepContext:
     weights: str
     env: dict[str, str]
     progress: ProgressFn
+    runtime_columns: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def base_row(self, stage: str, runtime: str, precision: str) -> dict[str, Any]:
+        """What every row of this runtime carries: provenance, and the runtime's facts the report reads."""
+        if runtime not in self.runtime_columns:
+            runtime_cls = get_runtime(runtime)
+            self.runtime_columns[runtime] = {"runtime_version": runtime_cls.version(self.device),
+                                             "runtime_options": self.cfg.options_text(runtime),
+                                             **runtime_cls.facts()}
         return {"run_name": self.cfg.run_name, "stage": stage, "runtime": runtime, "model": self.model_name,
-                "weights": self.weights, "precision": precision, **self.env}
+                "weights": self.weights, "precision": precision, **self.env, **self.runtime_columns[runtime]}
 
     def log_failure(self, what: str, err: BaseException) -> None:
         """Full traceback to errors.log beside the results; the row keeps one readable line."""
@@ -122,11 +130,11 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
                 row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
                 ctx.store.append(row)
                 continue
-            ctx.progress(f"build {runtime_name} {precision} ...")
+            log.info("build %s %s ...", runtime_name, precision)
             runtime = loaded = None
             try:
                 loaded = _load(ctx, precision, runtime_cls)
-                runtime = runtime_cls(loaded, precision, ctx.device, _runtime_options(cfg))
+                runtime = runtime_cls(loaded, precision, ctx.device, cfg.options_for(runtime_name))
                 info = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
                 row.update(status="ok", **_build_columns(info))
                 reason = runtime_cls.unavailable_reason(ctx.device, precision)
@@ -154,12 +162,7 @@ def _build_columns(info: BuildInfo | None) -> dict[str, Any]:
     if info is None:
         return {"build_s": 0.0, "notes": "no build step"}
     return {"build_s": info.build_s, "artifact_mb": info.artifact_mb, "cache_hit": str(info.cache_hit).lower(),
-            "notes": info.notes, "trt_flavor": info.trt_flavor, "trt_version": info.trt_version}
-
-
-def _runtime_options(cfg: SweepConfig) -> dict[str, Any]:
-    return {"workspace_gb": cfg.trt_workspace_gb, "optimization_level": cfg.trt_optimization_level,
-            "allow_rebuild": cfg.trt_allow_rebuild}
+            "notes": info.notes}
 
 
 def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_len: int) -> Path:
@@ -193,13 +196,28 @@ def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Ten
 
 
 def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size: int, input_len: int,
-              itl_ms_p50: float) -> dict[str, float]:
-    """Decode roofline from measured copy bandwidth; efficiency = decode tokens/s over that bound."""
+              itl_ms_p50: float) -> dict[str, Any]:
+    """Decode roofline from measured copy bandwidth; efficiency = decode tokens/s over that bound.
+
+    On a CPU whose last-level cache holds the weights and KV cache, DRAM bandwidth bounds nothing: no figure."""
     kv_token_bytes = kv_bytes_per_token(runtime.loaded.config, runtime.kv_element_size())
+    step_bytes = weight_bytes + batch_size * (input_len + ctx.cfg.output_len) * kv_token_bytes
+    if ctx.device.type == "cpu" and step_bytes <= last_level_cache_bytes():
+        return {"notes": f"{ROOFLINE_NOT_APPLICABLE} ({step_bytes / 1e6:.1f} MB of weights and KV cache fit in "
+                         f"the CPU's {last_level_cache_bytes() / 2**20:.0f} MiB last-level cache)"}
     bound = decode_roofline_tokens_per_s(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len,
                                          copy_bandwidth_gbps(ctx.device.type))
     decode_tokens_per_s = batch_size / (itl_ms_p50 / 1e3) if itl_ms_p50 > 0 else float("nan")
     return {"roofline_tokens_per_s": bound, "efficiency": decode_tokens_per_s / bound}
+
+
+def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Column dicts merged left to right, their notes joined rather than overwritten."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        merged.update(part)
+    merged["notes"] = "; ".join(p["notes"] for p in parts if p.get("notes"))
+    return merged
 
 
 def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressFn | None = None) -> pd.DataFrame:
@@ -207,7 +225,6 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
     ctx = make_context(cfg, progress)
     runtime_cls = get_runtime(runtime_name)
     shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.input_lens]
-    versions = runtime_cls.version_columns(ctx.device)
     for precision in cfg.precisions:
         finished = ctx.store.finished_keys()  # one read of results.csv, not one per shape
         todo = [(b, s) for b, s in shapes
@@ -217,7 +234,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
             continue
 
         def write(status: str, batch_size: int, input_len: int, samples: dict | None = None, **columns: Any) -> None:
-            row = {**ctx.base_row("inference", runtime_name, precision), **versions,
+            row = {**ctx.base_row("inference", runtime_name, precision),
                    **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
                    "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
             ctx.store.append(row, samples)
@@ -231,7 +248,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
         runtime = loaded = None
         try:
             loaded = _load(ctx, precision, runtime_cls)
-            runtime = runtime_cls(loaded, precision, ctx.device, _runtime_options(cfg))
+            runtime = runtime_cls(loaded, precision, ctx.device, cfg.options_for(runtime_name))
             build = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
             token_ids = text_token_ids(loaded.tokenizer, load_text(cfg.prompt_file))
         except Exception as err:  # noqa: BLE001 - a runtime that cannot start fails its rows, not the sweep
@@ -246,7 +263,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
         step_weight_bytes = runtime.weight_bytes()
         for batch_size, input_len in todo:
             label = f"{runtime_name} {precision} batch {batch_size} input {input_len}"
-            ctx.progress(f"{label} ...")
+            log.info("%s ...", label)
             try:
                 ids = make_prompts(token_ids, batch_size, input_len)
                 measured = measure_generation(
@@ -254,10 +271,10 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                     batch_size=batch_size, input_len=input_len, output_len=cfg.output_len,
                     warmup=cfg.warmup, repeats=cfg.repeats, device_wide_memory=not runtime_cls.runs_torch_model)
                 summary = measured.summary()
-                columns = {**summary, **build_columns,
-                           **_quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
-                           **_roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
-                                       summary["itl_ms_p50"])}
+                columns = _merged(summary, build_columns,
+                                  _quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
+                                  _roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
+                                            summary["itl_ms_p50"]))
                 write("ok", batch_size, input_len, measured.samples(), **columns)
                 ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
                              f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms")
@@ -268,6 +285,14 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                 _release()
         _release(runtime, loaded)
     return ctx.store.load()
+
+
+def run_sweeps(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """Every runtime of the sweep in turn; return the whole table."""
+    results = ResultsStore(cfg.run_dir).load()
+    for runtime_name in cfg.runtimes:
+        results = run_inference_sweep(cfg, runtime_name, progress)
+    return results
 
 
 def model_summary(cfg: SweepConfig) -> dict[str, Any]:

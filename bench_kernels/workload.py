@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench_kernels.paths import resolve_project_path
+
+if TYPE_CHECKING:
+    import torch
 
 BATCH_FORMATION = (
     "Each prompt is exactly input_len tokens of real English text, tokenized without special tokens. "
@@ -41,6 +42,8 @@ def text_token_ids(tokenizer: Any, text: str) -> list[int]:
 
 def make_prompts(token_ids: list[int], batch_size: int, input_len: int) -> torch.Tensor:
     """A [batch_size, input_len] int64 batch cut from the token stream (see BATCH_FORMATION)."""
+    import torch
+
     n = len(token_ids)
     stride = max(n // batch_size, 1)
     rows = [[token_ids[(i * stride + j) % n] for j in range(input_len)] for i in range(batch_size)]

@@ -10,10 +10,11 @@ import pytest
 import torch
 from test_decoder import tiny_model
 
+from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import parse_config
 from bench_kernels.decoder import Decoder, greedy_generate
-from bench_kernels.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
-from bench_kernels.static_decoder import StaticDecoder
+from bench_kernels.runtimes.compiled.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
+from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
 from bench_kernels.sweep import run_build_stage, run_inference_sweep
 
 
@@ -139,15 +140,13 @@ def test_compiled_sweep_rows_on_cpu(tmp_path: Path, tiny_local_model: Path) -> N
     assert (compiled.loc["fp32", "token_agreement"] == 1.0).all()
     assert (compiled.loc["fp32", "max_logit_diff"] < 1e-4).all()
     assert compiled.loc["fp8", "max_logit_diff"].notna().all()
-    # No upper bound here: this model's 25 MB of weights stay in the CPU's caches, which read faster than
-    # the DRAM copy bandwidth the roofline uses (the end-to-end test checks <= 1 on the real model).
-    assert (compiled.efficiency > 0).all()
-    decode_tokens_per_s = compiled.index.get_level_values("batch_size") * 1e3 / compiled.itl_ms_p50
-    expected = decode_tokens_per_s / compiled.roofline_tokens_per_s
-    assert (expected - compiled.efficiency).abs().max() < 1e-9
-    # fp8 weights are a quarter of fp32 ones: the roofline bound rises accordingly.
-    roofline = compiled.roofline_tokens_per_s
-    assert (roofline.loc["fp8"].values > 2 * roofline.loc["fp32"].values).all()
+    # This model's 25 MB of weights stay in the CPU's caches: a DRAM roofline bounds nothing, so none is given
+    # (the end-to-end test checks the roofline on the real model, which does not fit).
+    assert compiled.efficiency.isna().all() and compiled.roofline_tokens_per_s.isna().all()
+    assert compiled.notes.str.contains(ROOFLINE_NOT_APPLICABLE, regex=False).all()
+    # fp8 weights are a quarter of fp32 ones: the bytes a step reads fall accordingly.
+    step_mb = compiled.notes.str.extract(r"\(([0-9.]+) MB of weights")[0].astype(float)
+    assert (step_mb.loc["fp8"].values < 0.5 * step_mb.loc["fp32"].values).all()
     reference_fp8 = inference[(inference.runtime == "reference") & (inference.precision == "fp8")]
     assert (reference_fp8.status == "unavailable").all()
     assert reference_fp8.error.str.contains("reference does not run fp8").all()

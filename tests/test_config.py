@@ -70,17 +70,19 @@ def test_unknown_preset_lists_presets(tmp_path: Path) -> None:
 
 def test_missing_local_folder(tmp_path: Path) -> None:
     message = error_of(tmp_path, model=f"local:{tmp_path / 'nope'}")
-    assert "model" in message and "config.json" in message
+    assert "model" in message and "does not exist" in message
+    (tmp_path / "empty").mkdir()
+    assert "config.json" in error_of(tmp_path, model=f"local:{tmp_path / 'empty'}")
 
 
 def test_unknown_runtime_lists_allowed(tmp_path: Path) -> None:
     message = error_of(tmp_path, runtimes=["reference", "vllm"])
-    assert "runtimes.1" in message and "'onnxruntime'" in message and "'tensorrt'" in message
+    assert "runtimes: unknown runtime(s) ['vllm']" in message and "'onnxruntime'" in message and "'tensorrt'" in message
 
 
 def test_unknown_precision_lists_allowed(tmp_path: Path) -> None:
     message = error_of(tmp_path, precisions=["int3"])
-    assert "precisions.0" in message and "'bf16'" in message
+    assert "precisions: unknown precision(s) ['int3']" in message and "'bf16'" in message
 
 
 def test_all_problems_reported_at_once() -> None:
@@ -106,7 +108,7 @@ def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(bad)],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1
-    assert "runtimes.0" in done.stderr and "'reference'" in done.stderr
+    assert "runtimes: unknown runtime(s) ['nope']" in done.stderr and "'reference'" in done.stderr
     good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(write(tmp_path))],
                           capture_output=True, text=True, cwd=ROOT)
     assert good.returncode == 0 and "valid" in good.stdout

@@ -9,15 +9,16 @@ import nbformat
 import papermill
 import pytest
 
-from bench_kernels.cli import NOTEBOOKS
+from bench_kernels.cli import notebook_names, notebooks_dir
 from bench_kernels.config import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_pipeline_runs_every_notebook() -> None:
-    assert sorted(NOTEBOOKS) == [p.name for p in BOOKS]
+def test_pipeline_runs_every_notebook_and_the_project_folder_shows_them() -> None:
+    assert notebook_names() == [p.name for p in BOOKS]
+    assert (ROOT / "notebooks").resolve() == notebooks_dir().resolve()
 
 
 @pytest.mark.parametrize("path", BOOKS, ids=lambda p: p.name)

@@ -17,7 +17,7 @@ from test_decoder import (  # one model load per session; one_torch_thread is an
 
 from bench_kernels.decoder import Decoder, DecoderArgs, empty_past, position_ids_from_mask
 from bench_kernels.onnx_export import DATA_FILE, MODEL_FILE, export_decoder, input_names, output_names
-from bench_kernels.ort_generate import first_step_logits, make_session, ort_greedy_generate
+from bench_kernels.runtimes.onnxruntime.generate import first_step_logits, make_session, ort_greedy_generate
 
 MODEL_KEY = "smollm2-135m-instruct-q4_1"
 

@@ -84,3 +84,52 @@ def test_kill_during_appends_never_corrupts(tmp_path: Path) -> None:
     store.append(row(10**6))
     assert len(store.rows()) == len(df) + 1
     assert len(store.load_samples()) >= len(df)
+
+
+def test_two_writers_at_once_lose_no_row(tmp_path: Path) -> None:
+    """One sweep per GPU into one run folder: two processes appending 300 rows each keep all 600."""
+    script = textwrap.dedent(f"""
+        import sys
+        from bench_kernels.results import ResultsStore
+        store = ResultsStore({str(tmp_path)!r})
+        for i in range(300):
+            store.append({{"run_name": "t", "stage": "inference", "runtime": sys.argv[1], "model": "m",
+                          "precision": "fp32", "batch_size": i + 1, "input_len": 8, "output_len": 4,
+                          "status": "ok", "tokens_per_s": float(i)}},
+                         {{"ttft_ms": [1.0], "itl_ms": [], "latency_ms": [2.0]}})
+    """)
+    writers = [subprocess.Popen([sys.executable, "-c", script, name], cwd=ROOT) for name in ("a", "b")]
+    assert [w.wait(timeout=600) for w in writers] == [0, 0]
+    df = load_results(tmp_path / "results.csv")
+    assert len(df) == 600 and df.groupby("runtime").size().to_dict() == {"a": 300, "b": 300}
+    assert len(ResultsStore(tmp_path).load_samples()) == 600
+
+
+def test_results_are_readable_by_colleagues(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.append(row(1), {"ttft_ms": [1.0], "itl_ms": [], "latency_ms": [2.0]})
+    assert store.csv_path.stat().st_mode & 0o777 == 0o644
+    assert store.samples_path.stat().st_mode & 0o777 == 0o644
+
+
+def test_temporary_files_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".results.csv.{dead.stdout.strip()}.tmp"
+    mine = tmp_path / f".results.csv.{os.getpid()}.tmp"
+    stale.write_text("half a row")
+    mine.write_text("being written")
+    ResultsStore(tmp_path)
+    assert not stale.exists() and mine.exists()
+
+
+def test_results_of_earlier_versions_load(tmp_path: Path) -> None:
+    """Rows with trt_flavor / trt_version (before runtime_version) keep that version."""
+    legacy = tmp_path / "results.csv"
+    legacy.write_text("run_name,stage,runtime,model,precision,status,trt_flavor,trt_version,tokens_per_s\n"
+                      "t,build,tensorrt,m,bf16,ok,tensorrt_rtx,1.7.1.116,\n"
+                      "t,inference,reference,m,bf16,ok,,,12.5\n")
+    df = load_results(legacy)
+    assert list(df["runtime_version"]) == ["tensorrt_rtx 1.7.1.116", ""] and df["tokens_per_s"].iloc[1] == 12.5
+    store = ResultsStore(tmp_path)
+    store.append(row(1))
+    assert store.rows()[0]["runtime_version"] == "tensorrt_rtx 1.7.1.116"

@@ -11,10 +11,10 @@ import torch
 
 from bench_kernels.config import parse_config
 from bench_kernels.models import load_model
-from bench_kernels.runtimes.onnxruntime import export_model
-from bench_kernels.runtimes.tensorrt import TensorRTRuntime, tensorrt_status
+from bench_kernels.onnx_export import export_model
+from bench_kernels.runtimes.tensorrt.runtime import TensorRTOptions, TensorRTRuntime, tensorrt_status
 from bench_kernels.sweep import run_inference_sweep
-from bench_kernels.trt_engine import ShapeOutsideProfiles, build_engine, profiles_for_sweep
+from bench_kernels.runtimes.tensorrt.engine import ShapeOutsideProfiles, build_engine, profiles_for_sweep
 
 CPU = torch.device("cpu")
 FLAVOR, VERSION, REASON = tensorrt_status(CPU)
@@ -51,16 +51,16 @@ def test_shape_outside_profiles_rebuilds_or_refuses(tiny_local_model: Path, tmp_
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))  # a cold engine cache: every build is real
     loaded = load_model(f"local:{tiny_local_model}", "fp32", CPU)
-    runtime = TensorRTRuntime(loaded, "fp32", CPU, {"allow_rebuild": True})
+    runtime = TensorRTRuntime(loaded, "fp32", CPU, TensorRTOptions(allow_rebuild=True))
     info = runtime.prepare([1], [8], 4)
-    assert info.build_s > 0 and info.trt_flavor == FLAVOR
+    assert info.build_s > 0 and runtime.engine.flavor == FLAVOR
     assert runtime.ensure_shape(1, 8, 4) == 0.0  # inside the profiles: nothing to do
     first_engine = runtime.engine.path
     rebuild_s = runtime.ensure_shape(2, 32, 4)
     assert rebuild_s > 0 and runtime.engine.path != first_engine and not runtime.engine.cache_hit
     assert runtime.ensure_shape(2, 32, 4) == 0.0 and runtime.ensure_shape(1, 8, 4) == 0.0
 
-    strict = TensorRTRuntime(loaded, "fp32", CPU, {"allow_rebuild": False})
+    strict = TensorRTRuntime(loaded, "fp32", CPU, TensorRTOptions(allow_rebuild=False))
     strict.prepare([1], [8], 4)
     with pytest.raises(ShapeOutsideProfiles, match="batch=4"):
         strict.ensure_shape(4, 8, 4)
@@ -74,3 +74,4 @@ def test_inference_rows_are_unavailable_with_the_reason(tmp_path: Path, tiny_loc
     assert len(df) == 2 and (df["status"] == "unavailable").all()
     assert df["error"].str.contains("engines run only on a CUDA GPU").all()
     assert df["error"].str.contains(f"{FLAVOR} {VERSION}").all()
+    assert (df["runtime_version"] == f"{FLAVOR} {VERSION}").all()

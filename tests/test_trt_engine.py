@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench_kernels import trt_engine as te
+from bench_kernels.runtimes.tensorrt import engine as te
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, LAYERS, MAX_POSITIONS = 64, 32, 4, 2, 8, 2, 64
@@ -302,10 +302,10 @@ def _mypy(*files: str) -> subprocess.CompletedProcess[str]:
                     reason="needs mypy and tensorrt-stubs (pip install --no-deps tensorrt-stubs==10.13.0.35.1)")
 def test_trt_engine_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
     _prepare_tensorrt_stubs()
-    clean = _mypy("bench_kernels/trt_engine.py")
+    clean = _mypy("bench_kernels/runtimes/tensorrt/engine.py")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     typo = tmp_path / "trt_engine_typo.py"
-    source = (ROOT / "bench_kernels" / "trt_engine.py").read_text()
+    source = (ROOT / "bench_kernels" / "runtimes" / "tensorrt" / "engine.py").read_text()
     typo.write_text(source.replace("context.set_input_shape(", "context.set_input_shap("))
     caught = _mypy(str(typo))
     assert caught.returncode == 1 and '"IExecutionContext" has no attribute "set_input_shap"' in caught.stdout

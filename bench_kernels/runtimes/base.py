@@ -1,15 +1,32 @@
-"""The one small interface every runtime implements."""
+"""The one small interface every runtime implements, and the facts the registry and the rows carry.
+
+Imported without torch: the registry (and so config validation and the report) reads only class
+attributes; a runtime imports its libraries inside its methods.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass as options_dataclass
 
-from bench_kernels.measure import StepTimer
-from bench_kernels.models import LoadedModel
+if TYPE_CHECKING:
+    import torch
+
+    from bench_kernels.measure import StepTimer
+    from bench_kernels.models import LoadedModel
+
+# Strict, frozen, no unknown keys: how every runtime's options class is declared.
+OPTIONS_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@options_dataclass(config=OPTIONS_CONFIG)
+class NoOptions:
+    """A runtime that takes no options."""
 
 
 @dataclass
@@ -20,26 +37,47 @@ class BuildInfo:
     artifact_mb: float
     cache_hit: bool
     notes: str = ""
-    trt_flavor: str = ""
-    trt_version: str = ""
+
+
+def distribution_version(*names: str) -> str:
+    """'name version' of the first installed distribution among names, '' when none is."""
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""
 
 
 class Runtime(ABC):
     """A way to generate tokens from a loaded model; one instance per (model, precision, device)."""
 
     name: ClassVar[str]
+    description: ClassVar[str] = ""  # one line for `validate` and the environment notebook
     needs_build: ClassVar[bool] = False
     dynamic_shapes: ClassVar[str] = ""  # how the runtime copes with a new batch size or length
     # False: generation runs outside torch (ONNX Runtime, TensorRT), so the transformers model stays on the
     # host (it is only exported) and GPU memory is measured device-wide, not from torch's allocator.
     runs_torch_model: ClassVar[bool] = True
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
+    options_class: ClassVar[type] = NoOptions
 
-    def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: dict | None = None):
+    def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: Any = None):
         self.loaded = loaded
         self.precision = precision
         self.device = device
-        self.options = options or {}
+        self.options = options if options is not None else self.options_class()
+
+    @classmethod
+    def version(cls, device: torch.device) -> str:
+        """The library that does the work and its version, for every row (e.g. 'onnxruntime 1.23.2')."""
+        return distribution_version("torch")
+
+    @classmethod
+    def facts(cls) -> dict[str, str]:
+        """What the report needs to know about this runtime, written into each of its rows."""
+        return {"runtime_precisions": " ".join(cls.precisions), "runtime_needs_build": str(cls.needs_build).lower(),
+                "runtime_dynamic_shapes": cls.dynamic_shapes}
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
@@ -51,19 +89,16 @@ class Runtime(ABC):
         """None when this runtime can build here (even if it cannot run), else why not."""
         return None
 
-    @classmethod
-    def version_columns(cls, device: torch.device) -> dict[str, str]:
-        """Runtime-specific version columns for every row (e.g. trt_flavor, trt_version)."""
-        return {}
-
     def weight_bytes(self) -> int:
-        """Bytes of weights one decode step reads (the roofline's numerator); fp8 runtimes override."""
+        """Bytes of weights one decode step reads (the roofline's numerator); quantizing runtimes override."""
         from bench_kernels.models import weight_bytes
 
         return weight_bytes(self.loaded.hf_model)
 
     def kv_element_size(self) -> int:
         """Bytes per cached key/value element."""
+        import torch
+
         return torch.finfo(self.loaded.hf_model.dtype).bits // 8
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo | None:

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
+
+from bench_kernels.decoder import position_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +34,8 @@ def make_session(onnx_path: Path | str, device: str = "cpu") -> ort.InferenceSes
     return session
 
 
-def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
-    """Positions of a left-padded batch as transformers' generate() derives them; pads get 0."""
-    return np.where(attention_mask == 0, 0, attention_mask.cumsum(-1) - 1).astype(np.int64)
+def _position_ids(attention_mask: np.ndarray) -> np.ndarray:
+    return position_ids_from_mask(torch.from_numpy(attention_mask)).numpy()
 
 
 def first_step_logits(
@@ -42,7 +44,7 @@ def first_step_logits(
     """Prefill logits [B, S, V] of a left-padded batch, as the first step of ort_greedy_generate computes them."""
     attention_mask = np.ones_like(input_ids) if attention_mask is None else attention_mask.astype(np.int64)
     past = _empty_past(session, input_ids.shape[0])
-    logits, _ = _step(session, input_ids, position_ids_from_mask(attention_mask), attention_mask, past)
+    logits, _ = _step(session, input_ids, _position_ids(attention_mask), attention_mask, past)
     return logits
 
 
@@ -58,7 +60,7 @@ def ort_greedy_generate(
     B = input_ids.shape[0]  # input_ids, attention_mask: [B, S] int64
     input_ids = input_ids.astype(np.int64)
     attention_mask = np.ones_like(input_ids) if attention_mask is None else attention_mask.astype(np.int64)
-    position_ids = position_ids_from_mask(attention_mask)
+    position_ids = _position_ids(attention_mask)
     past = _empty_past(session, B)
     suppressed = list(suppress_token_ids)
     tokens = np.empty((B, max_new_tokens), dtype=np.int64)

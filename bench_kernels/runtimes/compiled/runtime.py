@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
+from bench_kernels.runtimes.base import BuildInfo, Runtime, distribution_version
 
-from bench_kernels.measure import StepTimer
-from bench_kernels.runtimes.base import BuildInfo, Runtime
+if TYPE_CHECKING:
+    import torch
+
+    from bench_kernels.measure import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +26,19 @@ class CompiledRuntime(Runtime):
     """Static-cache decoder under torch.compile, decode steps replayed from CUDA graphs."""
 
     name = "compiled"
+    description = "the shared decoder with a static KV cache under torch.compile, CUDA graphs and Triton kernels"
     needs_build = True
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "fp8")
     dynamic_shapes = ("any batch and length; a new shape allocates its static cache and captures a graph "
                       "(under a second), compiled code is reused")
 
     @classmethod
+    def version(cls, device: torch.device) -> str:
+        return ", ".join(v for v in (distribution_version("torch"), distribution_version("triton")) if v)
+
+    @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
-        from bench_kernels.linear_ops import fp8_unavailable_reason, triton_unavailable_reason
+        from bench_kernels.runtimes.compiled.linear_ops import fp8_unavailable_reason, triton_unavailable_reason
 
         if precision == "fp8":
             return fp8_unavailable_reason(device)
@@ -42,8 +49,8 @@ class CompiledRuntime(Runtime):
     def _decoder(self):
         """Pack the loaded weights (freeing each original layer once packed: no second copy in memory)."""
         from bench_kernels.decoder import Decoder
-        from bench_kernels.runtimes.onnxruntime import eos_token_ids
-        from bench_kernels.static_decoder import StaticDecoder
+        from bench_kernels.models import eos_token_ids
+        from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
 
         hf_model = self.loaded.hf_model
         decoder = Decoder.from_hf(hf_model)
@@ -59,9 +66,10 @@ class CompiledRuntime(Runtime):
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
         """Compile for every sweep shape: the decode step (warmed, then captured) and the prefill."""
+        import torch
         from torch._dynamo.utils import counters
 
-        from bench_kernels.linear_ops import chosen_backends
+        from bench_kernels.runtimes.compiled.linear_ops import chosen_backends
 
         graphs_before = counters["stats"]["unique_graphs"]
         start = time.perf_counter()

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING, Annotated
 
-import torch
+from pydantic import Field
 
-from bench_kernels.measure import StepTimer
-from bench_kernels.runtimes.base import BuildInfo, Runtime
-from bench_kernels.runtimes.onnxruntime import eos_token_ids, export_model
+from bench_kernels.runtimes.base import OPTIONS_CONFIG, BuildInfo, Runtime, options_dataclass
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench_kernels.measure import StepTimer
 
 log = logging.getLogger(__name__)
 
 
+@options_dataclass(config=OPTIONS_CONFIG)
+class TensorRTOptions:
+    """TensorRT builder settings (sweep spec: runtime_options: {tensorrt: {...}})."""
+
+    workspace_gb: Annotated[float, Field(gt=0, le=1024)] = 4.0  # builder workspace limit (GB)
+    optimization_level: Annotated[int, Field(ge=0, le=5)] = 3  # builder optimization level
+    allow_rebuild: bool = True  # rebuild the engine when a shape falls outside its profiles
+
+
 def tensorrt_status(device: torch.device) -> tuple[str, str, str | None]:
     """(flavor, version, reason inference cannot run here or None); flavor '' when nothing imports."""
-    from bench_kernels.trt_engine import TensorRTUnavailable, import_tensorrt, runtime_unavailable_reason
+    import torch
+
+    from bench_kernels.runtimes.tensorrt.engine import TensorRTUnavailable, import_tensorrt, runtime_unavailable_reason
 
     try:
         found = import_tensorrt()
@@ -33,7 +48,9 @@ class TensorRTRuntime(Runtime):
     """Engine built strongly typed from the exported decoder, with prefill and decode profiles from the sweep."""
 
     name = "tensorrt"
+    description = "the shared decoder's ONNX graph built into a strongly typed TensorRT engine"
     needs_build = True
+    options_class = TensorRTOptions
     runs_torch_model = False
     dynamic_shapes = "only inside the engine's optimization profiles; any other shape needs a rebuild"
 
@@ -43,7 +60,7 @@ class TensorRTRuntime(Runtime):
 
     @classmethod
     def build_unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
-        from bench_kernels.trt_engine import TensorRTUnavailable, import_tensorrt
+        from bench_kernels.runtimes.tensorrt.engine import TensorRTUnavailable, import_tensorrt
 
         try:
             import_tensorrt()
@@ -52,12 +69,14 @@ class TensorRTRuntime(Runtime):
         return None
 
     @classmethod
-    def version_columns(cls, device: torch.device) -> dict[str, str]:
+    def version(cls, device: torch.device) -> str:
         flavor, version, _ = tensorrt_status(device)
-        return {"trt_flavor": flavor, "trt_version": version}
+        return f"{flavor} {version}".strip()
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
-        from bench_kernels.trt_engine import profiles_for_sweep
+        from bench_kernels.runtimes.tensorrt.engine import profiles_for_sweep
+
+        from bench_kernels.onnx_export import export_model
 
         self.export = export_model(self.loaded, self.precision)
         self.profiles = profiles_for_sweep(batch_sizes, input_lens, output_len)
@@ -66,27 +85,26 @@ class TensorRTRuntime(Runtime):
 
     def _build(self) -> BuildInfo:
         from bench_kernels.paths import cache_dir
-        from bench_kernels.trt_engine import build_engine
+        from bench_kernels.runtimes.tensorrt.engine import build_engine
 
         self.engine = build_engine(self.export.path, self.profiles, cache_dir("engines"),
-                                   workspace_gb=self.options.get("workspace_gb", 4.0),
-                                   optimization_level=self.options.get("optimization_level", 3))
+                                   workspace_gb=self.options.workspace_gb,
+                                   optimization_level=self.options.optimization_level)
         ranges = "; ".join(p.describe() for p in self.profiles)
         notes = (f"engine for {self.engine.target}: parse {self.engine.parse_s:.2f} s, peak build RSS "
                  f"{self.engine.peak_build_rss_gb:.2f} GB; ONNX export {self.export.build_s:.1f} s "
                  f"({self.export.artifact_mb:.0f} MB) not included in build_s; profiles: {ranges}")
-        return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes,
-                         self.engine.flavor, self.engine.version)
+        return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes)
 
     def ensure_shape(self, batch_size: int, input_len: int, output_len: int) -> float:
         """Rebuild when a request falls outside the built profiles (if allowed); returns the rebuild seconds."""
-        from bench_kernels.trt_engine import ShapeOutsideProfiles, profile_for, profiles_for_sweep
+        from bench_kernels.runtimes.tensorrt.engine import ShapeOutsideProfiles, profile_for, profiles_for_sweep
 
         last_past = input_len + output_len - 2
         if profile_for(self.profiles, batch_size, input_len, 0) is not None and (
                 output_len == 1 or profile_for(self.profiles, batch_size, 1, last_past) is not None):
             return 0.0
-        if not self.options.get("allow_rebuild", True):
+        if not self.options.allow_rebuild:
             raise ShapeOutsideProfiles(batch_size, input_len, last_past, self.profiles)
         start = time.perf_counter()
         batches = {p.batch[k] for p in self.profiles for k in (0, 2)} | {batch_size}
@@ -100,7 +118,7 @@ class TensorRTRuntime(Runtime):
         return time.perf_counter() - start
 
     def _runner(self):
-        from bench_kernels.trt_engine import TrtDecoderRunner
+        from bench_kernels.runtimes.tensorrt.engine import TrtDecoderRunner
 
         if self.runner is None:
             self.runner = TrtDecoderRunner(self.engine.path)
@@ -108,6 +126,8 @@ class TensorRTRuntime(Runtime):
 
     def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:
         self.ensure_shape(input_ids.shape[0], input_ids.shape[1], output_len)
+        from bench_kernels.models import eos_token_ids
+
         ids = input_ids.to(self.device)  # ids: [B, S] on the GPU
         timer.start()
         return self._runner().generate(ids, output_len, timer.token, eos_token_ids(self.loaded)).cpu()

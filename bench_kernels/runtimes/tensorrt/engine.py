@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ import onnx
 import torch
 
 from bench_kernels.measure import PeakMemory
+from bench_kernels.paths import atomic_write, remove_stale_temporaries
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -252,16 +252,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _checksum_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".sha256")
 
@@ -295,6 +285,8 @@ def build_engine(onnx_path: str | Path, profiles: list[ShapeProfile], cache_dir:
     resolved = default_target(found.flavor) if target == "auto" else target
     onnx_path, cache_dir = Path(onnx_path), Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(cache_dir):
+        log.info("removed %s, left by a build that was killed mid-write", stale.name)
     start = time.perf_counter()
     with PeakMemory(torch.device("cpu")) as peak:
         key = json.dumps({
@@ -308,8 +300,8 @@ def build_engine(onnx_path: str | Path, profiles: list[ShapeProfile], cache_dir:
         if not cache_hit:
             plan, parse_s = _build(found, onnx_path, profiles, cache_dir, resolved, workspace_gb, optimization_level)
             data = memoryview(plan)
-            _write_atomic(path, data)
-            _write_atomic(_checksum_path(path), hashlib.sha256(data).hexdigest().encode())
+            atomic_write(path, data)
+            atomic_write(_checksum_path(path), hashlib.sha256(data).hexdigest().encode())
     meta_path = path.with_suffix(".json")
     if cache_hit and meta_path.is_file():
         # A hit reports what the engine cost to build (the cost a cold start pays), not the lookup time.
@@ -317,7 +309,7 @@ def build_engine(onnx_path: str | Path, profiles: list[ShapeProfile], cache_dir:
         build_s, parse_s, peak_gb = meta["build_s"], meta["parse_s"], meta["peak_build_rss_gb"]
     else:
         build_s, peak_gb = time.perf_counter() - start, peak.peak_gb
-        _write_atomic(meta_path, json.dumps({"build_s": build_s, "parse_s": parse_s,
+        atomic_write(meta_path, json.dumps({"build_s": build_s, "parse_s": parse_s,
                                              "peak_build_rss_gb": peak_gb}).encode())
     build = EngineBuild(path, build_s, parse_s, path.stat().st_size / 1e6, cache_hit, peak_gb, found.flavor,
                         found.version, resolved)
@@ -376,7 +368,7 @@ def _build(found: TrtModule, onnx_path: Path, profiles: list[ShapeProfile], cach
     if plan is None:
         raise EngineBuildError(_with_errors(f"{found.flavor} {found.version} could not build {onnx_path}", errors))
     if found.flavor == "tensorrt":
-        _write_atomic(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
+        atomic_write(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
     return plan, parse_s
 
 
@@ -566,6 +558,6 @@ class TrtDecoderRunner:
     def close(self) -> None:
         """Save the TensorRT-RTX runtime cache and release the context and engine."""
         if self._runtime_cache is not None:
-            _write_atomic(self.runtime_cache_path, memoryview(self._runtime_cache.serialize()))
+            atomic_write(self.runtime_cache_path, memoryview(self._runtime_cache.serialize()))
             self._runtime_cache = None
         del self.context, self.engine, self.runtime

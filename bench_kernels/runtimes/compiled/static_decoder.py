@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, rope_inv_freq, rotate_half
-from bench_kernels.linear_ops import linear, quantize_fp8
+from bench_kernels.runtimes.compiled.linear_ops import linear, quantize_fp8
 
 log = logging.getLogger(__name__)
 

@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from bench_kernels.runtimes.base import BuildInfo, Runtime, distribution_version
 
-from bench_kernels.measure import StepTimer
-from bench_kernels.models import LoadedModel
-from bench_kernels.runtimes.base import BuildInfo, Runtime
+if TYPE_CHECKING:
+    import torch
 
-log = logging.getLogger(__name__)
-
-
-def export_model(loaded: LoadedModel, precision: str):
-    """The decoder of a loaded model exported to ONNX in `precision` (cached on disk by model and weights)."""
-    from bench_kernels.decoder import Decoder
-    from bench_kernels.onnx_export import export_decoder
-    from bench_kernels.paths import cache_dir
-
-    decoder = Decoder.from_hf(loaded.hf_model).to("cpu")  # exported on the host: the graph is device-neutral
-    return export_decoder(decoder, f"{loaded.name}-{loaded.weights_id}", precision, cache_dir("onnx"))
-
-
-def eos_token_ids(loaded: LoadedModel) -> list[int]:
-    """Token ids the reference never emits in speed runs (min_new_tokens suppresses EOS)."""
-    eos = loaded.hf_model.generation_config.eos_token_id
-    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    from bench_kernels.measure import StepTimer
 
 
 class OnnxRuntimeRuntime(Runtime):
     """The exported decoder on ONNX Runtime: CPU provider here, CUDA provider with onnxruntime-gpu."""
 
     name = "onnxruntime"
+    description = "the shared decoder exported to ONNX, generated step by step on ONNX Runtime"
     needs_build = True
     runs_torch_model = False
     dynamic_shapes = "any batch and length (dynamic ONNX axes), no rebuild"
+
+    @classmethod
+    def version(cls, device: torch.device) -> str:
+        return distribution_version("onnxruntime-gpu", "onnxruntime")
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
@@ -48,6 +35,8 @@ class OnnxRuntimeRuntime(Runtime):
         return None
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
+        from bench_kernels.onnx_export import export_model
+
         self.export = export_model(self.loaded, self.precision)
         self.session = None
         return BuildInfo(self.export.build_s, self.export.artifact_mb, self.export.cache_hit,
@@ -55,14 +44,18 @@ class OnnxRuntimeRuntime(Runtime):
 
     def _session(self):
         """The inference session, created on first use (the build stage only exports)."""
-        from bench_kernels.ort_generate import make_session
+        from bench_kernels.runtimes.onnxruntime.generate import make_session
 
         if self.session is None:
             self.session = make_session(self.export.path, self.device.type)
         return self.session
 
     def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:
-        from bench_kernels.ort_generate import ort_greedy_generate
+        import numpy as np
+        import torch
+
+        from bench_kernels.models import eos_token_ids
+        from bench_kernels.runtimes.onnxruntime.generate import ort_greedy_generate
 
         session = self._session()
         ids = input_ids.numpy().astype(np.int64)  # ids: [B, S]
@@ -72,7 +65,10 @@ class OnnxRuntimeRuntime(Runtime):
         return torch.from_numpy(tokens)
 
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        from bench_kernels.ort_generate import first_step_logits
+        import numpy as np
+        import torch
+
+        from bench_kernels.runtimes.onnxruntime.generate import first_step_logits
 
         logits = first_step_logits(self._session(), input_ids.numpy().astype(np.int64), None)
         return torch.from_numpy(np.asarray(logits[:, -1], dtype=np.float32))

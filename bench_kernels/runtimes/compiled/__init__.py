@@ -1,0 +1,5 @@
+"""The compiled runtime: the static-cache decoder under torch.compile, CUDA graphs and Triton kernels."""
+
+from bench_kernels.runtimes.compiled.runtime import CompiledRuntime
+
+__all__ = ["CompiledRuntime"]

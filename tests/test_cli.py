@@ -1,0 +1,143 @@
+"""The installed `bench-kernels` command as a new user meets it: from a folder outside the project, with a
+relative-path spec, a model family the shared decoder does not support, Ctrl-C, and typical mistakes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bench_kernels.config import ConfigError, load_config, parse_config
+from bench_kernels.models import packaged_tokenizer
+from bench_kernels.results import ResultsStore, load_results
+
+COMMAND = str(Path(sys.executable).with_name("bench-kernels"))
+
+
+def bench_kernels(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([COMMAND, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's own folder: a tiny random Gemma-2 (a family the shared decoder refuses) and a spec beside it."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("user")
+    config = Gemma2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+    torch.manual_seed(0)
+    Gemma2ForCausalLM(config).save_pretrained(folder / "models" / "tiny-gemma2")
+    packaged_tokenizer().save_pretrained(folder / "models" / "tiny-gemma2")
+    (folder / "specs").mkdir()
+    (folder / "specs" / "gemma.yaml").write_text(yaml.safe_dump({
+        "run_name": "gemma", "model": "local:../models/tiny-gemma2", "batch_sizes": [1], "input_lens": [8],
+        "output_len": 2, "warmup": 0, "repeats": 1, "device": "cpu", "reports_dir": "../reports"}))
+    return folder
+
+
+def test_sweep_and_report_from_another_folder_with_an_unsupported_family(user_folder: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    spec = user_folder / "specs" / "gemma.yaml"
+    swept = bench_kernels("sweep", str(spec), cwd=elsewhere)
+    assert swept.returncode == 0, swept.stdout[-2000:] + swept.stderr[-2000:]
+    results = user_folder / "reports" / "gemma" / "results.csv"
+    assert results.is_file() and not (elsewhere / "reports").exists()
+    df = load_results(results)
+    inference = df[df["stage"] == "inference"].set_index("runtime")["status"].to_dict()
+    assert inference["reference"] == "ok"
+    assert inference["onnxruntime"] == inference["compiled"] == "error"
+    assert "model_type 'gemma2'" in df[df["runtime"] == "compiled"]["error"].iloc[0]
+    render = next(line for line in swept.stdout.splitlines() if "render the report with" in line)
+    command = render.split("render the report with: ")[1].split()
+    assert command[0] == "bench-kernels"
+    rendered = subprocess.run([COMMAND, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rendered.returncode == 0, rendered.stdout[-2000:] + rendered.stderr[-2000:]
+    html = (user_folder / "reports" / "gemma" / "report.html").read_text()
+    assert "Decision matrix" in html and "model_type" in html
+    assert "Traceback" not in rendered.stdout + rendered.stderr
+    assert len(rendered.stdout.splitlines()) < 10  # quiet: a line per notebook, where the report and results are
+    assert "without encryption" not in rendered.stderr
+
+
+def test_presets_and_validate_outside_the_project(tmp_path: Path) -> None:
+    listed = bench_kernels("presets", cwd=tmp_path)
+    assert listed.returncode == 0 and "preset:llama-3.1-8b" in listed.stdout
+    (tmp_path / "spec.yaml").write_text("model: preset:llama-3.1-8b\ndevice: cpu\nbatch_sizes: [4096]\n"
+                                        "input_lens: [8192]\noutput_len: 8\n")
+    valid = bench_kernels("validate", "spec.yaml", "-v", cwd=tmp_path)  # -v after the subcommand works too
+    assert valid.returncode == 0, valid.stderr
+    assert f"results in {tmp_path / 'reports' / 'notebook'}" in valid.stdout
+    assert "warning: " in valid.stderr and "GB for weights and KV cache" in valid.stderr
+    defaults = bench_kernels("validate", "--show-defaults", cwd=tmp_path)
+    assert "runtime_options: {}" in defaults.stdout and "workspace_gb=4.0" in defaults.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_validate_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text("device: cuda\n")
+    done = bench_kernels("validate", "spec.yaml", cwd=tmp_path)
+    assert done.returncode == 1 and "device: 'cuda' was asked for but torch sees no CUDA GPU" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_relative_paths_follow_the_spec_file(tmp_path: Path) -> None:
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "mine.txt").write_text("words " * 100)
+    (tmp_path / "spec.yaml").write_text("prompt_file: texts/mine.txt\nreports_dir: out\n")
+    cfg = load_config(tmp_path / "spec.yaml", check_model=False)
+    assert cfg.prompt_file == str(tmp_path / "texts" / "mine.txt") and cfg.run_dir == tmp_path / "out" / "notebook"
+    (tmp_path / "spec.yaml").write_text("prompt_file: texts/missing.txt\n")
+    with pytest.raises(ConfigError, match=r"prompt_file: file .*texts/missing.txt does not exist"):
+        load_config(tmp_path / "spec.yaml", check_model=False)
+
+
+def test_papermill_style_string_lists_are_read_as_yaml() -> None:
+    cfg = parse_config({"batch_sizes": "[1, 4]", "runtimes": "[reference]",
+                        "runtime_options": "{tensorrt: {workspace_gb: 8.0}}"})
+    assert cfg.batch_sizes == [1, 4] and cfg.runtimes == ["reference"]
+    assert cfg.options_for("tensorrt").workspace_gb == 8.0
+
+
+def test_bounds_and_moved_keys_are_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"warmup": 10**12, "repeats": 10**12, "batch_sizes": [1, 10**9], "trt_workspace_gb": 8.0,
+                      "runtime_options": {"tensorrt": {"workspace_gb": "8", "speed": 1}, "compiled": {"x": 1}}})
+    message = str(info.value)
+    for expected in ("warmup: Input should be less than or equal to 100",
+                     "repeats: Input should be less than or equal to 1000",
+                     "batch_sizes: every value must be <= 4096, got [1000000000]",
+                     "trt_workspace_gb: this key has moved; use runtime_options: {tensorrt: {workspace_gb: ...}}",
+                     "tensorrt.workspace_gb: Input should be a valid number",
+                     "tensorrt.speed: unknown key; allowed keys: workspace_gb, optimization_level, allow_rebuild",
+                     "compiled.x: unknown key; allowed keys: (none: this runtime takes no options)"):
+        assert expected in message
+
+
+def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({
+        "run_name": "interrupted", "runtimes": ["reference"], "batch_sizes": [1, 2, 3], "input_lens": [8, 16],
+        "output_len": 4, "warmup": 0, "repeats": 1, "device": "cpu"}))
+    store = ResultsStore(tmp_path / "reports" / "interrupted")
+    proc = subprocess.Popen([COMMAND, "sweep", "spec.yaml", "--skip-build"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not any(r["status"] == "ok" for r in store.rows()):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    kept = sum(r["status"] == "ok" for r in store.rows())
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == (f"interrupted: {kept} finished rows kept in {store.csv_path}; "
+                                                "run the same command again to resume")
+    again = bench_kernels("sweep", "spec.yaml", "--skip-build", cwd=tmp_path)
+    assert again.returncode == 0 and f"{kept} of 6 shapes already done" in again.stdout
+    assert sum(r["status"] == "ok" for r in store.rows()) == 6

@@ -1,0 +1,120 @@
+"""The report renders for any mix of rows: none, one runtime, all-error runtimes, one shape, one batch size,
+no reference baseline; impossible values are shown as invalid and never starred."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench_kernels import plots
+from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE, WINNER_MARK, decision_matrix
+from bench_kernels.config import parse_config
+from bench_kernels.report import (availability_notes, build_table, method_notes, provenance_table, results_table,
+                                  unmeasured_summary)
+from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS
+from bench_kernels.sweep import run_sweeps
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    base = {"run_name": "t", "model": "m", "weights": "real", "device": "cpu", "cpu_name": "cpu", "output_len": 4,
+            "warmup": 1, "repeats": 2, "timestamp": "2026-11-27T00:00:00+00:00", "runtime_version": "v 1",
+            "runtime_precisions": "fp32 fp16 bf16", "runtime_needs_build": "false"}
+    df = pd.DataFrame([{c: {**base, **r}.get(c, "") for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    for column in NUMERIC_COLUMNS:
+        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
+    return df
+
+
+def ok(runtime: str, batch: int, length: int, tps: float, precision: str = "fp32", **extra: object) -> dict:
+    return {"stage": "inference", "runtime": runtime, "precision": precision, "batch_size": batch,
+            "input_len": length, "status": "ok", "tokens_per_s": tps, "prefill_tokens_per_s": 10 * tps,
+            "ttft_ms_p50": 10.0, "ttft_ms_p99": 12.0, "itl_ms_p50": 1000 / tps, "itl_ms_p99": 1100 / tps,
+            "latency_ms_p50": 4000 / tps, "latency_ms_p99": 4400 / tps, "peak_mem_gb": 1.0,
+            "roofline_tokens_per_s": 4 * tps, "efficiency": 0.25, **extra}
+
+
+def failed(runtime: str, batch: int, length: int, status: str = "error", precision: str = "fp32") -> dict:
+    return {"stage": "inference", "runtime": runtime, "precision": precision, "batch_size": batch,
+            "input_len": length, "status": status, "error": f"{runtime} cannot run: a reason"}
+
+
+BUILT = {"runtime_needs_build": "true"}
+MIXES = {
+    "no rows": [],
+    "reference only": [ok("reference", 1, 8, 10.0), ok("reference", 2, 8, 18.0)],
+    "a runtime with only errors": [ok("reference", 1, 8, 10.0), failed("compiled", 1, 8),
+                                   {"stage": "build", "runtime": "compiled", "precision": "fp32", "status": "error",
+                                    "error": "ValueError: model_type 'gemma2' is not supported", **BUILT},
+                                   failed("tensorrt", 1, 8, "unavailable")],
+    "one shape": [ok("reference", 1, 8, 10.0), ok("compiled", 1, 8, 30.0, **BUILT),
+                  {"stage": "build", "runtime": "compiled", "precision": "fp32", "status": "ok", "build_s": 5.0,
+                   **BUILT}],
+    "one batch size": [ok("reference", 1, 8, 10.0), ok("reference", 1, 16, 9.0),
+                       ok("onnxruntime", 1, 8, 12.0, **BUILT), ok("onnxruntime", 1, 16, 11.0, **BUILT)],
+    "no reference baseline (fp8 only)": [
+        failed("reference", 1, 8, "unavailable", "fp8"),
+        ok("compiled", 1, 8, 30.0, "fp8", runtime_precisions="fp32 fp16 bf16 fp8", **BUILT),
+        {"stage": "build", "runtime": "compiled", "precision": "fp8", "status": "ok", "build_s": 5.0,
+         "runtime_precisions": "fp32 fp16 bf16 fp8", **BUILT}],
+}
+
+
+@pytest.mark.parametrize("rows", MIXES.values(), ids=MIXES.keys())
+def test_every_table_and_chart_renders(rows: list[dict]) -> None:
+    df = frame(rows)
+    cfg = parse_config({})
+    decision_matrix(df)
+    for name, chart in plots.ALL_CHARTS.items():
+        figure = chart(df)
+        assert figure is None or figure.axes, name
+    results_table(df), build_table(df), provenance_table(df), unmeasured_summary(df)
+    assert availability_notes(df) and method_notes(cfg, df)
+
+
+def test_a_runtime_with_only_errors_says_why_in_every_cell() -> None:
+    matrix = decision_matrix(frame(MIXES["a runtime with only errors"]))
+    throughput = matrix.loc[matrix.index.str.startswith("throughput, batch 1")].iloc[0]
+    assert throughput["compiled"].startswith("not measured: error: compiled cannot run")
+    assert matrix.loc["build / export / compile time (s)", "compiled"].startswith("not measured: error: ValueError")
+
+
+def test_a_value_above_the_roofline_is_invalid_and_never_starred() -> None:
+    df = frame([ok("reference", 1, 8, 10.0, efficiency=0.5), ok("compiled", 1, 8, 30.0, efficiency=2.08, **BUILT),
+                ok("onnxruntime", 1, 8, 12.0, efficiency=0.6, **BUILT)])
+    row = decision_matrix(df).loc[lambda m: m.index.str.startswith("decode efficiency")].iloc[0]
+    assert row["compiled"] == "invalid: 208% is above the roofline (a measurement error)"
+    assert row["onnxruntime"] == WINNER_MARK + "60%" and row["winner"] == "onnxruntime"
+
+
+def test_a_model_that_fits_in_the_cpu_cache_has_no_roofline() -> None:
+    df = frame([ok("reference", 1, 8, 10.0, efficiency=math.nan, roofline_tokens_per_s=math.nan,
+                   notes=f"{ROOFLINE_NOT_APPLICABLE} (25.2 MB ...)")])
+    row = decision_matrix(df).loc[lambda m: m.index.str.startswith("decode efficiency")].iloc[0]
+    assert row["reference"] == "roofline not applicable (model fits in the CPU cache)"
+
+
+def test_a_real_fp8_only_sweep_on_the_cpu_renders(tiny_local_model: Path, tmp_path: Path) -> None:
+    cfg = parse_config({"run_name": "fp8", "model": f"local:{tiny_local_model}", "runtimes": ["reference", "compiled"],
+                        "precisions": ["fp8"], "batch_sizes": [1], "input_lens": [8], "output_len": 2,
+                        "device": "cpu", "reports_dir": str(tmp_path)})
+    df = run_sweeps(cfg)
+    inference = df[df["stage"] == "inference"].sort_values("runtime")
+    assert list(inference["status"]) == ["ok", "unavailable"]
+    matrix = decision_matrix(df)
+    assert list(matrix.columns) == ["compiled", "winner"]
+    for name, chart in plots.ALL_CHARTS.items():
+        figure = chart(df)
+        # No baseline to compare with; no roofline for a model that fits in the CPU cache.
+        assert (figure is None) == (name in ("speedup", "break-even", "efficiency")), name
+    assert "reference does not run fp8" in availability_notes(df)
+
+
+def test_a_build_taken_from_the_cache_says_so() -> None:
+    df = frame([ok("reference", 1, 8, 10.0), ok("tensorrt", 1, 8, 30.0, **BUILT),
+                {"stage": "build", "runtime": "tensorrt", "precision": "fp32", "status": "ok", "build_s": 104.4,
+                 "cache_hit": "true", **BUILT}])
+    cell = decision_matrix(df).loc["build / export / compile time (s)", "tensorrt"]
+    assert cell == "104.4 (from cache: what the first build took)"
