@@ -15,12 +15,15 @@ import pandas as pd
 INFERENCE_COLUMNS = [
     "runtime", "precision", "batch_size", "input_len", "output_len", "status", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
-    "latency_ms_p99", "peak_mem_gb", "token_agreement", "max_logit_diff", "roofline_tokens_per_s", "efficiency",
-    "error",
+    "latency_ms_p99", "peak_mem_gb", "token_agreement", "first_divergence_p50", "max_logit_diff",
+    "roofline_tokens_per_s", "efficiency", "error",
 ]
+QUALITY_COLUMNS = ["runtime", "precision", "status", "perplexity", "ppl_delta_pct", "error", "notes"]
 BUILD_COLUMNS = ["runtime", "precision", "status", "build_s", "artifact_mb", "cache_hit", "runtime_version",
                  "error", "notes"]
 WINNER_MARK = "★ "
+GATE_MARK = " ✗ over the accuracy gate"
+NOT_MEANINGFUL = "not meaningful: random weights"
 ROOFLINE_NOT_APPLICABLE = "roofline not applicable: model fits in cache"
 
 
@@ -132,22 +135,28 @@ def baseline_precision(df: pd.DataFrame, precision: str) -> str:
     return precision if precision in measured or not measured else measured[0]
 
 
-def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFrame:
+def decision_matrix(df: pd.DataFrame, precision: str | None = None,
+                    max_ppl_delta_pct: float | None = None) -> pd.DataFrame:
     """Rows = criteria, columns = runtimes (runtime + precision when the sweep has several precisions);
     each cell a measured value or 'not measured: why'.
 
     The best measured value of each ranked row is marked with a star (only when at least two
-    columns were measured on it). Shapes are stated in the row labels.
+    columns were measured on it). Shapes are stated in the row labels. With max_ppl_delta_pct, a
+    configuration over the accuracy gate is marked in its column label and never starred.
     """
     inference = inference_rows(df)
     if inference.empty:
         return pd.DataFrame()
     pairs = matrix_columns(df, precision)
     several = len({p for _, p in pairs}) > 1
-    label = {pair: f"{pair[0]} {pair[1]}" if several else pair[0] for pair in pairs}
+    failing = set(gate_failures(df, max_ppl_delta_pct)) if max_ppl_delta_pct is not None else set()
+    label = {pair: (f"{pair[0]} {pair[1]}" if several else pair[0]) + (GATE_MARK if pair in failing else "")
+             for pair in pairs}
     batches = sorted(inference["batch_size"].dropna().unique())
     lens = sorted(inference["input_len"].dropna().unique())
     b_min, b_max, l_min, l_max = int(batches[0]), int(batches[-1]), int(lens[0]), int(lens[-1])
+    output_len = pd.to_numeric(inference["output_len"], errors="coerce").max()
+    generated = f" (of {int(output_len)})" if pd.notna(output_len) else ""
     builds = build_rows(df)
 
     def build_time(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
@@ -183,8 +192,36 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
         def value(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
             if runtime == "reference" and prec == baseline_precision(frame, prec):
                 return "is the reference"
+            if random_weights(frame, runtime, prec):
+                return NOT_MEANINGFUL
             return _pick(frame, runtime, column, prec, batch_size=b_min, input_len=l_min)
         return value
+
+    def quality_row(frame: pd.DataFrame, runtime: str, prec: str) -> pd.Series | None:
+        rows = quality_rows(frame)
+        rows = rows[(rows["runtime"] == runtime) & (rows["precision"] == prec) & (rows["status"] == "ok")]
+        return rows.iloc[0] if not rows.empty else None
+
+    def ppl(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
+        if random_weights(frame, runtime, prec):
+            return NOT_MEANINGFUL
+        row = quality_row(frame, runtime, prec)
+        return float(row["perplexity"]) if row is not None else _why_not(frame, runtime, "quality", precision=prec)
+
+    def ppl_delta(frame: pd.DataFrame, runtime: str, prec: str) -> str:
+        row = quality_row(frame, runtime, prec)
+        return f" ({row['ppl_delta_pct']:+.2f}% vs reference)" if row is not None and pd.notna(
+            row["ppl_delta_pct"]) else ""
+
+    def gate(frame: pd.DataFrame, runtime: str, prec: str) -> str:
+        value = ppl(frame, runtime, prec)
+        row = quality_row(frame, runtime, prec)
+        if isinstance(value, str) or row is None:
+            return value if isinstance(value, str) else "not measured"
+        if pd.isna(row["ppl_delta_pct"]):
+            return "not judged: no reference perplexity"
+        verdict = "FAIL" if (runtime, prec) in failing else "pass"
+        return f"{verdict} ({row['ppl_delta_pct']:+.2f}%)"
 
     def dynamic_shapes(frame: pd.DataFrame, runtime: str, prec: str) -> str:
         return runtime_fact(frame, runtime, "runtime_dynamic_shapes") or "not recorded"
@@ -223,8 +260,13 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
         Criterion(f"break-even vs reference, batch {b_max}, input {l_max} (generated tokens)", "lower", break_even,
                   "{:,.0f}"),
         Criterion("dynamic shapes", "", dynamic_shapes),
+        Criterion("quality: perplexity on the packaged text", "lower", ppl, "{:.3f}", ppl_delta),
+        Criterion(f"accuracy gate: perplexity at most +{max_ppl_delta_pct:g}% over the reference"
+                  if max_ppl_delta_pct is not None else "accuracy gate: none set", "", gate),
         Criterion(f"quality: token agreement with reference, batch {b_min}, input {l_min}", "higher",
                   versus_reference("token_agreement"), "{:.3f}"),
+        Criterion(f"quality: median first divergent token{generated}, batch {b_min}, input {l_min}", "higher",
+                  versus_reference("first_divergence_p50"), "{:.0f}"),
         Criterion(f"quality: max |logit difference| at the first token, batch {b_min}, input {l_min}", "lower",
                   versus_reference("max_logit_diff"), "{:.2e}"),
     ]
@@ -233,10 +275,11 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
     for criterion in criteria:
         values = {label[pair]: criterion.value(df, *pair) for pair in pairs}
         numeric = {c: v for c, v in values.items() if isinstance(v, float) and not math.isnan(v)}
+        ranked = {label[pair]: numeric[label[pair]] for pair in pairs if label[pair] in numeric and pair not in failing}
         best = ""
-        if criterion.better and len(numeric) >= 2:
+        if criterion.better and len(ranked) >= 2:
             pick = max if criterion.better == "higher" else min
-            best = pick(numeric, key=numeric.__getitem__)
+            best = pick(ranked, key=ranked.__getitem__)
         table[criterion.label] = {
             label[pair]: (WINNER_MARK if label[pair] == best else "")
             + (criterion.fmt.format(values[label[pair]]) + (criterion.suffix(df, *pair) if criterion.suffix else "")
@@ -250,6 +293,22 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None) -> pd.DataFr
     precisions = ", ".join(dict.fromkeys(p for _, p in pairs))
     matrix.index.name = f"criterion ({precisions})"
     return matrix
+
+
+def quality_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["stage"] == "quality"].sort_values(["runtime", "precision"])
+
+
+def random_weights(df: pd.DataFrame, runtime: str, precision: str) -> bool:
+    rows = df[(df["runtime"] == runtime) & (df["precision"] == precision)]
+    return bool((rows["weights"] == "random").any())
+
+
+def gate_failures(df: pd.DataFrame, max_ppl_delta_pct: float) -> dict[tuple[str, str], float]:
+    """(runtime, precision) -> perplexity delta (%) of every configuration over the accuracy gate."""
+    rows = quality_rows(df)
+    over = rows[(rows["status"] == "ok") & (rows["ppl_delta_pct"] > max_ppl_delta_pct)]
+    return {(r.runtime, r.precision): float(r.ppl_delta_pct) for r in over.itertuples()}
 
 
 def break_even_table(df: pd.DataFrame) -> pd.DataFrame:

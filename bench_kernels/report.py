@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, WINNER_MARK, build_rows, decision_matrix,
-                                    inference_rows, shorten, unmeasured_summary)
+from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, WINNER_MARK, build_rows,
+                                    decision_matrix, gate_failures, inference_rows, quality_rows, shorten,
+                                    unmeasured_summary)
 from bench_kernels.config import SweepConfig
 from bench_kernels.results import ResultsStore
 from bench_kernels.workload import BATCH_FORMATION
@@ -58,14 +59,42 @@ def build_table(df: pd.DataFrame) -> pd.DataFrame:
     return build_rows(df)[BUILD_COLUMNS].reset_index(drop=True)
 
 
+def quality_table(df: pd.DataFrame, max_ppl_delta_pct: float) -> pd.DataFrame:
+    """Perplexity per runtime and precision, its delta against the reference, and the gate's verdict."""
+    table = quality_rows(df)[QUALITY_COLUMNS].reset_index(drop=True)
+    verdict = table["ppl_delta_pct"].map(lambda d: "" if pd.isna(d) else "FAIL" if d > max_ppl_delta_pct else "pass")
+    return table.assign(accuracy_gate=verdict)
+
+
+def quality_notes(df: pd.DataFrame, max_ppl_delta_pct: float) -> str:
+    """What the accuracy gate decided (HTML): which configurations failed it, and by how much."""
+    if (df["weights"] == "random").any():
+        return ("<p>Random weights: perplexity, token agreement and divergence are not meaningful, so no "
+                "configuration is judged on quality and none is starred for it.</p>")
+    quality = quality_rows(df)
+    if quality.empty:
+        return "<p>No perplexity was measured in this run.</p>"
+    failing = gate_failures(df, max_ppl_delta_pct)
+    gate = (f"The accuracy gate: perplexity at most {max_ppl_delta_pct:g}% above the reference's. ")
+    if not failing:
+        return f"<p>{gate}Every configuration with a measured perplexity passed it.</p>"
+    items = "".join(f"<li><b>{html.escape(runtime)} {html.escape(precision)}</b>: perplexity {delta:+.2f}% "
+                    f"({delta - max_ppl_delta_pct:.2f} points over the gate)</li>"
+                    for (runtime, precision), delta in sorted(failing.items()))
+    return (f"<p>{gate}These configurations failed it: they are marked in the decision matrix and never "
+            f"starred there.</p><ul>{items}</ul>")
+
+
 def styled_matrix(matrix: pd.DataFrame):
     """The decision matrix with winning cells highlighted."""
     def highlight(cell: object) -> str:
         text = str(cell)
         if text.startswith(WINNER_MARK):
             return "background-color: #d8f3dc; font-weight: bold"
-        if text.startswith("not measured"):
+        if text.startswith(("not measured", "not meaningful", "invalid")):
             return "color: #8a5a00; font-style: italic"
+        if text.startswith("FAIL"):
+            return "color: #b00020; font-weight: bold"
         return ""
 
     return matrix.style.map(highlight).set_properties(**{"text-align": "left", "white-space": "normal"})
@@ -94,6 +123,14 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         f"<b>Batches</b>: {html.escape(BATCH_FORMATION)}",
         "<b>Efficiency</b>: decode tokens/s (batch / per-token latency p50) over the roofline bound "
         "(all weights plus the batch's KV cache read once per step at the measured copy bandwidth).",
+        "<b>Perplexity</b>: teacher-forced through each runtime's own forward pass over the packaged text, cut "
+        "into consecutive windows of 512 tokens (fewer if the model's context is shorter); the first 8 windows "
+        "are scored, every token after a window's first predicted from those before it (4,088 predictions). "
+        f"Its delta is against the reference at the sweep's first reference precision; the accuracy gate "
+        f"(max_ppl_delta_pct = {cfg.max_ppl_delta_pct:g}%) reads MLPerf's 99%-of-reference rule as at most "
+        f"that much higher perplexity. Random weights get no perplexity.",
+        "<b>Token agreement</b> is the share of generated tokens equal to the reference's on the same prompts; "
+        "<b>first divergence</b> the median position of the first generated token that differs.",
     ]
     if not inference.empty and inference["efficiency"].gt(1.0).any():
         lines.append("<b style='color:#b00020'>Measurement error</b>: some rows exceed the roofline "
@@ -144,5 +181,5 @@ def show_figure(fig: Figure | None, what: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["availability_notes", "build_table", "decision_matrix", "load_run", "method_notes",
+__all__ = ["availability_notes", "build_table", "quality_notes", "quality_table", "decision_matrix", "load_run", "method_notes",
            "offline_template_dir", "provenance_table", "results_table", "show_charts", "show_figure", "styled_matrix"]

@@ -26,8 +26,8 @@ COLUMNS = (
     "status", "error", "warmup", "repeats",
     "tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99",
     "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
-    "build_s", "artifact_mb", "cache_hit", "token_agreement", "max_logit_diff",
-    "roofline_tokens_per_s", "efficiency",
+    "build_s", "artifact_mb", "cache_hit", "token_agreement", "first_divergence_p50", "max_logit_diff",
+    "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
     "runtime_version", "runtime_options", "runtime_precisions", "runtime_needs_build", "runtime_dynamic_shapes",
     "device", "gpu_name", "driver_version", "cuda_version", "cpu_name",
     "torch_version", "transformers_version", "git_sha", "copy_gbps", "matmul_tflops",
@@ -36,7 +36,8 @@ COLUMNS = (
 NUMERIC_COLUMNS = (
     "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s", "prefill_tokens_per_s",
     "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
-    "build_s", "artifact_mb", "token_agreement", "max_logit_diff", "roofline_tokens_per_s", "efficiency",
+    "build_s", "artifact_mb", "token_agreement", "first_divergence_p50", "max_logit_diff", "perplexity",
+    "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
     "copy_gbps", "matmul_tflops",
 )
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.

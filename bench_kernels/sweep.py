@@ -24,7 +24,8 @@ from bench_kernels.measure import measure_generation
 from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
-from bench_kernels.workload import load_text, make_prompts, text_token_ids
+from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
+from bench_kernels.workload import load_text, make_prompts, packaged_text, text_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,47 @@ def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Ten
             agreement = (ref["tokens"] == tokens).float().mean().item()
             logit_diff = (ref["logits"][:QUALITY_LOGIT_ROWS] - runtime.first_step_logits(ids)).abs().max().item()
             note = "" if ref_precision == precision else f"quality vs the {ref_precision} reference"
-            return {"token_agreement": agreement, "max_logit_diff": logit_diff, "notes": note}
+            return {"token_agreement": agreement, "first_divergence_p50": first_divergence_p50(ref["tokens"], tokens),
+                    "max_logit_diff": logit_diff, "notes": note}
     return {"notes": "quality not measured: no reference outputs for this shape (run the reference runtime)"}
+
+
+def baseline_precision(cfg: SweepConfig) -> str | None:
+    """The reference precision perplexity deltas are taken against: the sweep's first one the reference runs."""
+    runs = get_runtime("reference").precisions
+    return next((p for p in cfg.precisions if p in runs), None)
+
+
+def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: LoadedModel) -> dict[str, Any]:
+    """The quality row's columns: perplexity over the packaged text's fixed windows, and its delta against
+    the reference at the baseline precision (when that has been measured)."""
+    label = f"{runtime.name} {precision} perplexity"
+    try:
+        windows = perplexity_windows(text_token_ids(loaded.tokenizer, packaged_text()),
+                                     loaded.config.max_position_embeddings)
+        value, tokens = perplexity(lambda ids: runtime.sequence_logits(ids), windows)
+    except NotImplementedError as err:
+        return {"status": "unavailable", "error": str(err)}
+    except Exception as err:  # noqa: BLE001 - a failed score is a row, the sweep goes on
+        ctx.log_failure(label, err)
+        return {"status": "error", "error": readable_error(err)}
+    notes = (f"teacher-forced over {windows.shape[0]} windows of {windows.shape[1]} tokens of the packaged text "
+             f"({tokens} predictions)")
+    baseline = baseline_precision(ctx.cfg)
+    columns: dict[str, Any] = {"status": "ok", "perplexity": value}
+    if runtime.name == "reference" and precision == baseline:
+        columns["ppl_delta_pct"] = 0.0
+    else:
+        reference = [r for r in ctx.store.rows() if r["stage"] == "quality" and r["runtime"] == "reference"
+                     and r["precision"] == baseline and r["status"] == "ok"]
+        if reference:
+            columns["ppl_delta_pct"] = ppl_delta_pct(value, float(reference[0]["perplexity"]))
+            notes += f"; delta against the reference {baseline}"
+        else:
+            notes += f"; no reference {baseline or ''} perplexity to compare with".replace("  ", " ")
+    ctx.progress(f"{label}: {value:.3f}" + (f" ({columns['ppl_delta_pct']:+.3f}% vs reference {baseline})"
+                                            if "ppl_delta_pct" in columns else ""))
+    return {**columns, "notes": notes}
 
 
 def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size: int, input_len: int,
@@ -229,8 +269,12 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
         finished = ctx.store.finished_keys()  # one read of results.csv, not one per shape
         todo = [(b, s) for b, s in shapes
                 if row_key(_shape_key(ctx, "inference", runtime_name, precision, b, s)) not in finished]
-        ctx.progress(f"{runtime_name} {precision}: {len(shapes) - len(todo)} of {len(shapes)} shapes already done")
-        if not todo:
+        # Random weights carry no quality figure: no perplexity row for them.
+        scores = ctx.weights == "real" and row_key(_shape_key(ctx, "quality", runtime_name, precision, None,
+                                                              None)) not in finished
+        ctx.progress(f"{runtime_name} {precision}: {len(shapes) - len(todo)} of {len(shapes)} shapes already done"
+                     + ("" if scores or ctx.weights != "real" else "; perplexity done"))
+        if not todo and not scores:
             continue
 
         def write(status: str, batch_size: int, input_len: int, samples: dict | None = None, **columns: Any) -> None:
@@ -239,10 +283,17 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                    "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
             ctx.store.append(row, samples)
 
+        def write_quality(status: str, **columns: Any) -> None:
+            ctx.store.append({**ctx.base_row("quality", runtime_name, precision),
+                              **_shape_key(ctx, "quality", runtime_name, precision, None, None),
+                              "status": status, **columns})
+
         reason = unsupported_precision(runtime_cls, precision) or runtime_cls.unavailable_reason(ctx.device, precision)
         if reason:
             for b, s in todo:
                 write("unavailable", b, s, error=reason)
+            if scores:
+                write_quality("unavailable", error=reason)
             ctx.progress(f"{runtime_name} {precision}: unavailable: {reason}")
             continue
         runtime = loaded = None
@@ -255,11 +306,15 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
             ctx.log_failure(f"prepare {runtime_name} {precision}", err)
             for b, s in todo:
                 write("error", b, s, error=f"prepare failed: {readable_error(err)}")
+            if scores:
+                write_quality("error", error=f"prepare failed: {readable_error(err)}")
             _release(runtime, loaded)
             continue
         build_columns = _build_columns(build) if build else {}
         if build is not None:
             _record_build(ctx, runtime_name, precision, build)
+        if scores:
+            write_quality(**_perplexity(ctx, runtime, precision, loaded))
         step_weight_bytes = runtime.weight_bytes()
         for batch_size, input_len in todo:
             label = f"{runtime_name} {precision} batch {batch_size} input {input_len}"
@@ -288,9 +343,10 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
 
 
 def run_sweeps(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
-    """Every runtime of the sweep in turn; return the whole table."""
+    """Every runtime of the sweep in turn, the reference first (the others' quality is measured against its
+    outputs and perplexity); return the whole table."""
     results = ResultsStore(cfg.run_dir).load()
-    for runtime_name in cfg.runtimes:
+    for runtime_name in sorted(cfg.runtimes, key=lambda name: name != "reference"):
         results = run_inference_sweep(cfg, runtime_name, progress)
     return results
 

@@ -113,5 +113,10 @@ class Runtime(ABC):
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits for the token after the prompt, [B, V] float32 on CPU (quality check)."""
 
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits at every position of input_ids [B, S]: [B, S, V] (perplexity), through this
+        runtime's own forward pass."""
+        raise NotImplementedError(f"{self.name} does not score sequences (no perplexity)")
+
     def close(self) -> None:
         """Release device memory and handles."""

@@ -116,6 +116,9 @@ class CompiledRuntime(Runtime):
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.static.prefill_logits(input_ids.to(self.device)).cpu()
 
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.static.sequence_logits(input_ids.to(self.device))
+
     def close(self) -> None:
         if getattr(self, "static", None) is not None:
             self.static.release_state()

@@ -203,6 +203,12 @@ class StaticDecoder:
 
     def _prefill(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
         """Run the prompt [B, S], fill cache slots 0..S-1, return the next-token logits [B, V] fp32."""
+        return self._head(self._prefill_hidden(ids, k_caches, v_caches), self.final_norm, *self.lm_head,
+                          self.args.rms_norm_eps)
+
+    def _prefill_hidden(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]
+                        ) -> torch.Tensor:
+        """Run the prompt [B, S] through every layer, filling cache slots 0..S-1; the hidden states [B, S, D]."""
         S = ids.shape[1]
         x = F.embedding(ids, self.embed)
         cos, sin = self.cos_table[:S][None, None], self.sin_table[:S][None, None]  # [1, 1, S, Dh]
@@ -212,7 +218,7 @@ class StaticDecoder:
             k_cache[:, :, :S].copy_(k)
             v_cache[:, :, :S].copy_(v)
             x = self._prefill_tail(x, q, k, v, *self._tail_args(layer))
-        return self._head(x, self.final_norm, *self.lm_head, self.args.rms_norm_eps)
+        return x
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy choice [B, 1], never one of the suppressed ids (EOS: runs have a fixed length)."""
@@ -344,4 +350,11 @@ class StaticDecoder:
         if state is not None and state.batch_size == B and state.cache_len >= S:
             return self._prefill(ids, state.k_caches, state.v_caches)
         return self._prefill(ids, *self._new_caches(B, S))
+
+    @torch.inference_mode()
+    def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, S, V] at every position of ids [B, S] through the prefill path (eager head)."""
+        B, S = ids.shape
+        hidden = self._prefill_hidden(ids, *self._new_caches(B, S))
+        return linear(_rms_norm(hidden, self.final_norm, self.args.rms_norm_eps), *self.lm_head)
 

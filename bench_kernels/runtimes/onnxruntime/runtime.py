@@ -73,5 +73,14 @@ class OnnxRuntimeRuntime(Runtime):
         logits = first_step_logits(self._session(), input_ids.numpy().astype(np.int64), None)
         return torch.from_numpy(np.asarray(logits[:, -1], dtype=np.float32))
 
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+        import torch
+
+        from bench_kernels.runtimes.onnxruntime.generate import first_step_logits
+
+        return torch.from_numpy(np.asarray(first_step_logits(self._session(), input_ids.numpy().astype(np.int64),
+                                                             None)))
+
     def close(self) -> None:
         self.session = None

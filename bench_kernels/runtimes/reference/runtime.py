@@ -36,3 +36,10 @@ class ReferenceRuntime(Runtime):
             # logits_to_keep=1: only the last position's logits, not [B, S, vocab]
             out = self.loaded.hf_model(ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)
         return out.logits[:, -1].float().cpu()
+
+    def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        ids = input_ids.to(self.device)
+        with torch.inference_mode():
+            return self.loaded.hf_model(ids, attention_mask=torch.ones_like(ids)).logits
