@@ -19,6 +19,9 @@ KERNEL_NAME = "bench-kernels"
 REPORT_NOTEBOOK = "90_report.ipynb"
 # The kernel runs on this machine only: IPC sockets, not TCP (which the kernel warns about on every start).
 LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
+# The kernel's own log (e.g. "KeyboardInterrupt caught in kernel" when a slow machine stops it late) is noise
+# to a user: cell errors still fail the run with their message.
+QUIET_KERNEL = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 def notebooks_dir() -> Path:
@@ -125,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 str(notebooks_dir() / name), str(out_dir / name), parameters=parameters, kernel_name=kernel,
                 cwd=str(Path.cwd()), progress_bar=args.verbose, log_output=args.verbose,
                 stdout_file=None if args.verbose else sys.stdout, config=Config(LOCAL_KERNEL),
+                extra_arguments=[] if args.verbose else QUIET_KERNEL,
             )
         except papermill.PapermillExecutionError as err:
             if err.ename == "KeyboardInterrupt":  # Ctrl-C reaches the kernel too: stop, do not go on

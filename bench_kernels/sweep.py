@@ -313,8 +313,6 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
         build_columns = _build_columns(build) if build else {}
         if build is not None:
             _record_build(ctx, runtime_name, precision, build)
-        if scores:
-            write_quality(**_perplexity(ctx, runtime, precision, loaded))
         step_weight_bytes = runtime.weight_bytes()
         for batch_size, input_len in todo:
             label = f"{runtime_name} {precision} batch {batch_size} input {input_len}"
@@ -338,6 +336,8 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                 write("error", batch_size, input_len, error=readable_error(err))
                 ctx.progress(f"{label}: error: {readable_error(err)}")
                 _release()
+        if scores:  # after the timed shapes: scoring's long windows must not perturb them
+            write_quality(**_perplexity(ctx, runtime, precision, loaded))
         _release(runtime, loaded)
     return ctx.store.load()
 

@@ -34,6 +34,12 @@ def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale.contiguous()
 
 
+def quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8 e4m3 activations [M, K] and fp32 per-row scales [M, 1] with rows ~= q * scale."""
+    row_scale = (rows.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)  # row_scale: [M, 1]
+    return (rows.float() / row_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), row_scale
+
+
 @cache
 def triton_unavailable_reason() -> str | None:
     try:
@@ -140,9 +146,7 @@ def _scaled_mm_rowwise(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Te
     (a 64 x 2048-token prefill would otherwise need 7.5 GB for one fp32 copy)."""
     out = torch.empty((rows.shape[0], weight.shape[0]), dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], chunk_rows):
-        part = rows[start:start + chunk_rows]
-        row_scale = (part.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)  # [m, 1]
-        part_q = (part.float() / row_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        part_q, row_scale = quantize_rows_fp8(rows[start:start + chunk_rows])
         out[start:start + chunk_rows] = torch._scaled_mm(part_q, weight.t(), scale_a=row_scale, scale_b=scale[None, :],
                                                          out_dtype=torch.bfloat16)
     return out
@@ -204,8 +208,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) ->
     if weight.dtype == FP8 and scale is None:
         raise ValueError("an fp8 weight needs its per-channel scale")
     if not x.is_cuda:
-        # The CPU has no fp8 kernels: dequantize and multiply (exactly the math the GPU kernels do).
-        out = (rows.float() @ weight.float().t() * scale).to(x.dtype) if weight.dtype == FP8 else F.linear(rows, weight)
+        # The CPU has no fp8 kernels: dequantize and multiply, with the GPU's math: activations stay as they are
+        # up to GEMV_MAX_ROWS (weight-only kernel) and are rounded to fp8 per row beyond (scaled GEMM).
+        if weight.dtype != FP8:
+            out = F.linear(rows, weight)
+        else:
+            if rows.shape[0] > GEMV_MAX_ROWS:
+                rows_q, row_scale = quantize_rows_fp8(rows)
+                rows = rows_q.float() * row_scale
+            out = (rows.float() @ weight.float().t() * scale).to(x.dtype)
     elif rows.shape[0] <= GEMV_MAX_ROWS and _small_rows_backend(rows, weight, scale) == "triton":
         out = triton_gemv(rows, weight, scale)
     else:

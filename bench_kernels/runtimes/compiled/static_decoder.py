@@ -206,18 +206,21 @@ class StaticDecoder:
         return self._head(self._prefill_hidden(ids, k_caches, v_caches), self.final_norm, *self.lm_head,
                           self.args.rms_norm_eps)
 
-    def _prefill_hidden(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]
-                        ) -> torch.Tensor:
-        """Run the prompt [B, S] through every layer, filling cache slots 0..S-1; the hidden states [B, S, D]."""
+    def _prefill_hidden(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor],
+                        eager: bool = False) -> torch.Tensor:
+        """Run the prompt [B, S] through every layer, filling cache slots 0..S-1; the hidden states [B, S, D].
+
+        eager: the same functions uncompiled, so a one-off shape leaves the compiled ones' caches alone."""
+        qkv_rope, prefill_tail = (_qkv_rope, _prefill_layer_tail) if eager else (self._qkv_rope, self._prefill_tail)
         S = ids.shape[1]
         x = F.embedding(ids, self.embed)
         cos, sin = self.cos_table[:S][None, None], self.sin_table[:S][None, None]  # [1, 1, S, Dh]
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches):
             norm, w, s, bias, eps, heads, kv_heads, head_dim = self._layer_args(layer)
-            q, k, v = self._qkv_rope(x, norm, w, s, bias, cos, sin, eps, heads, kv_heads, head_dim)
+            q, k, v = qkv_rope(x, norm, w, s, bias, cos, sin, eps, heads, kv_heads, head_dim)
             k_cache[:, :, :S].copy_(k)
             v_cache[:, :, :S].copy_(v)
-            x = self._prefill_tail(x, q, k, v, *self._tail_args(layer))
+            x = prefill_tail(x, q, k, v, *self._tail_args(layer))
         return x
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
@@ -353,8 +356,9 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, S, V] at every position of ids [B, S] through the prefill path (eager head)."""
+        """Teacher-forced logits [B, S, V] at every position of ids [B, S] through the prefill path, uncompiled
+        (scoring's long windows would otherwise make dynamo recompile the timed functions for dynamic shapes)."""
         B, S = ids.shape
-        hidden = self._prefill_hidden(ids, *self._new_caches(B, S))
+        hidden = self._prefill_hidden(ids, *self._new_caches(B, S), eager=True)
         return linear(_rms_norm(hidden, self.final_norm, self.args.rms_norm_eps), *self.lm_head)
 
