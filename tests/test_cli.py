@@ -117,7 +117,8 @@ def test_bounds_and_moved_keys_are_named() -> None:
                      "batch_sizes: every value must be <= 4096, got [1000000000]",
                      "trt_workspace_gb: this key has moved; use runtime_options: {tensorrt: {workspace_gb: ...}}",
                      "tensorrt.workspace_gb: Input should be a valid number",
-                     "tensorrt.speed: unknown key; allowed keys: workspace_gb, optimization_level, allow_rebuild",
+                     "tensorrt.speed: unknown key; allowed keys: workspace_gb, optimization_level, allow_rebuild, "
+                     "kernel_specialization",
                      "compiled.x: unknown key; allowed keys: (none: this runtime takes no options)"):
         assert expected in message
 
