@@ -22,9 +22,10 @@ from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_
                                     last_level_cache_bytes, pick_device, provenance)
 from bench_kernels.measure import measure_generation
 from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config
+from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
-from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
+from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
 from bench_kernels.workload import load_text, make_prompts, packaged_text, text_token_ids
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,6 @@ def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_le
     folder = ctx.store.run_dir / "reference_outputs"
     folder.mkdir(exist_ok=True)
     return folder / f"{ctx.model_name}_{precision}_b{batch_size}_i{input_len}_o{ctx.cfg.output_len}.pt"
-
-
-# First-step logits are kept for this many prompts of a batch (a vocabulary row is 0.5 MB in fp32).
-QUALITY_LOGIT_ROWS = 4
 
 
 def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Tensor, tokens: torch.Tensor,

@@ -117,7 +117,8 @@ def test_bounds_and_moved_keys_are_named() -> None:
                      "batch_sizes: every value must be <= 4096, got [1000000000]",
                      "trt_workspace_gb: this key has moved; use runtime_options: {tensorrt: {workspace_gb: ...}}",
                      "tensorrt.workspace_gb: Input should be a valid number",
-                     "tensorrt.speed: unknown key; allowed keys: workspace_gb, optimization_level, allow_rebuild",
+                     "tensorrt.speed: unknown key; allowed keys: workspace_gb, optimization_level, allow_rebuild, "
+                     "kernel_specialization",
                      "compiled.x: unknown key; allowed keys: (none: this runtime takes no options)"):
         assert expected in message
 
@@ -134,10 +135,11 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    kept = sum(r["status"] == "ok" for r in store.rows())
+    kept = sum(r["status"] == "ok" for r in store.rows())  # shapes, and the perplexity row if it was reached
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == (f"interrupted: {kept} finished rows kept in {store.csv_path}; "
                                                 "run the same command again to resume")
     again = bench_kernels("sweep", "spec.yaml", "--skip-build", cwd=tmp_path)
-    assert again.returncode == 0 and f"{kept} of 6 shapes already done" in again.stdout
-    assert sum(r["status"] == "ok" for r in store.rows()) == 6
+    assert again.returncode == 0 and f"{kept} of 6 shapes already done" in again.stdout, again.stdout
+    assert sum(r["status"] == "ok" and r["stage"] == "inference" for r in store.rows()) == 6
+    assert [r["status"] for r in store.rows() if r["stage"] == "quality"] == ["ok"]

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from bench_kernels.config import parse_config
+from bench_kernels.measure import StepTimer
 from bench_kernels.models import load_model
 from bench_kernels.onnx_export import export_model
+from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
+from bench_kernels.runtimes.tensorrt.engine import (ShapeOutsideProfiles, TensorRTRuntimeError, build_engine,
+                                                    profile_for, profiles_for_sweep)
 from bench_kernels.runtimes.tensorrt.runtime import TensorRTOptions, TensorRTRuntime, tensorrt_status
 from bench_kernels.sweep import run_inference_sweep
-from bench_kernels.runtimes.tensorrt.engine import ShapeOutsideProfiles, build_engine, profiles_for_sweep
 
 CPU = torch.device("cpu")
 FLAVOR, VERSION, REASON = tensorrt_status(CPU)
@@ -66,12 +69,44 @@ def test_shape_outside_profiles_rebuilds_or_refuses(tiny_local_model: Path, tmp_
         strict.ensure_shape(4, 8, 4)
 
 
+@pytest.fixture
+def strict_runtime(tiny_local_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TensorRTRuntime:
+    """A real engine for a sweep of batch 8, input 8, output 4, that never rebuilds."""
+    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))
+    runtime = TensorRTRuntime(load_model(f"local:{tiny_local_model}", "fp32", CPU), "fp32", CPU,
+                              TensorRTOptions(allow_rebuild=False))
+    runtime.prepare([8], [8], 4)
+    return runtime
+
+
+def test_quality_check_prefill_is_inside_the_profiles(strict_runtime: TensorRTRuntime) -> None:
+    """The quality check runs the first QUALITY_LOGIT_ROWS prompts: batch 4 of a sweep whose smallest batch is 8."""
+    assert profile_for(strict_runtime.profiles, QUALITY_LOGIT_ROWS, 8, 0) == 0
+    assert strict_runtime.ensure_shape(QUALITY_LOGIT_ROWS, 8, 1) == 0.0
+    prompts = torch.ones(QUALITY_LOGIT_ROWS, 8, dtype=torch.int64)
+    with pytest.raises(TensorRTRuntimeError, match="could not load"):  # past the profiles, stopped by the CPU
+        strict_runtime.first_step_logits(prompts)
+    with pytest.raises(ShapeOutsideProfiles, match="batch=4, sequence=16"):  # checked before the runner loads
+        strict_runtime.first_step_logits(torch.ones(QUALITY_LOGIT_ROWS, 16, dtype=torch.int64))
+
+
+def test_runner_is_created_before_the_timer_starts(strict_runtime: TensorRTRuntime) -> None:
+    """Loading the engine is not part of TTFT: here loading fails (no GPU) and the timer was never started."""
+    timer = StepTimer(CPU)
+    with pytest.raises(TensorRTRuntimeError, match="could not load"):
+        strict_runtime.generate(torch.ones(8, 8, dtype=torch.int64), 4, timer)
+    with pytest.raises(RuntimeError, match=r"token\(\) called before start\(\)"):
+        timer.token()
+
+
 def test_inference_rows_are_unavailable_with_the_reason(tmp_path: Path, tiny_local_model: Path) -> None:
     cfg = parse_config({"run_name": "trt", "model": f"local:{tiny_local_model}", "runtimes": ["tensorrt"],
                         "batch_sizes": [1, 2], "input_lens": [8], "output_len": 2, "device": "cpu",
                         "reports_dir": str(tmp_path)})
     df = run_inference_sweep(cfg, "tensorrt")
-    assert len(df) == 2 and (df["status"] == "unavailable").all()
+    assert list(df["stage"]) == ["inference", "inference", "quality"]  # the perplexity row says why too
+    assert (df["status"] == "unavailable").all()
     assert df["error"].str.contains("engines run only on a CUDA GPU").all()
     assert df["error"].str.contains(f"{FLAVOR} {VERSION}").all()
     assert (df["runtime_version"] == f"{FLAVOR} {VERSION}").all()
+    assert df["runtime_options"].str.contains("kernel_specialization=eager").all()

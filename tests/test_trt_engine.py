@@ -3,6 +3,7 @@ cache, shape profiles, clean errors without a GPU, and mypy."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import os
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import types
+import typing
 import warnings
 from pathlib import Path
 
@@ -259,20 +261,89 @@ def test_runtime_api_used_by_the_runner_exists(tensorrt: te.TrtModule) -> None:
     used = {
         "Runtime": ["deserialize_cuda_engine"],
         "ICudaEngine": ["num_optimization_profiles", "get_tensor_profile_shape", "num_io_tensors", "get_tensor_name",
-                        "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype", "create_execution_context"],
+                        "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype", "create_execution_context",
+                        "get_device_memory_size_for_profile_v2"],
         "IExecutionContext": ["set_optimization_profile_async", "set_input_shape", "set_tensor_address",
-                              "execute_async_v3"],
+                              "execute_async_v3", "set_device_memory", "get_tensor_shape"],
+        "ExecutionContextAllocationStrategy": ["USER_MANAGED"],
         "TensorIOMode": ["INPUT"], "DataType": ["FLOAT", "HALF", "BF16", "INT64", "INT32"],
     }
     if tensorrt.flavor == "tensorrt_rtx":  # reached through Any-typed handles, so mypy cannot check these
         used |= {"ICudaEngine": used["ICudaEngine"] + ["create_runtime_config"],
-                 "IRuntimeConfig": ["create_runtime_cache", "set_runtime_cache", "cuda_graph_strategy"],
+                 "IRuntimeConfig": ["create_runtime_cache", "set_runtime_cache", "cuda_graph_strategy",
+                                    "set_execution_context_allocation_strategy",
+                                    "dynamic_shapes_kernel_specialization_strategy"],
                  "IRuntimeCache": ["deserialize", "serialize"], "CudaGraphStrategy": ["WHOLE_GRAPH_CAPTURE"],
+                 "DynamicShapesKernelSpecializationStrategy": [s.upper() for s in te.KERNEL_SPECIALIZATIONS],
                  "IBuilderConfig": ["num_compute_capabilities", "set_compute_capability"],
                  "ComputeCapability": ["CURRENT"]}
     missing = [f"{cls}.{name}" for cls, names in used.items() for name in names
                if not hasattr(getattr(tensorrt.module, cls), name)]
     assert not missing
+
+
+def test_kernel_specialization_option_matches_the_runner() -> None:
+    from bench_kernels.runtimes.tensorrt.runtime import TensorRTOptions
+
+    choices = typing.get_args(typing.get_type_hints(TensorRTOptions)["kernel_specialization"])
+    assert sorted(choices) == sorted(te.KERNEL_SPECIALIZATIONS)
+    with pytest.raises(ValueError, match="kernel_specialization must be one of"):
+        te.TrtDecoderRunner("never-read.engine", kernel_specialization="EAGER")
+
+
+def test_timing_cache_refusals_never_lose_the_build(tensorrt: te.TrtModule, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """attach_timing_cache / save_timing_cache on the real builder config.
+
+    TensorRT-RTX's timing-cache calls are no-ops that accept anything (empty, garbage, every one-byte corruption
+    of a serialized cache were tried), so TensorRT's refusal (False for a cache of another GPU or version) is
+    reached by replacing set_timing_cache on the IBuilderConfig class for this test only.
+    """
+    builder = tensorrt.module.Builder(te._trt_logger()[0])
+    path = tmp_path / "timing.cache"
+    accept = tensorrt.module.IBuilderConfig.set_timing_cache
+    answers: list[bool | None] = []
+
+    def set_timing_cache(config: object, cache: object, ignore_mismatch: bool) -> bool:
+        answer = answers.pop(0) if answers else None
+        return accept(config, cache, ignore_mismatch) if answer is None else answer
+
+    monkeypatch.setattr(tensorrt.module.IBuilderConfig, "set_timing_cache", set_timing_cache)
+
+    path.write_bytes(b"from another GPU")
+    answers[:] = [False]  # the saved cache is refused, an empty one accepted: the file is replaced
+    config = builder.create_builder_config()
+    te.attach_timing_cache(config, path)
+    assert config.get_timing_cache() is not None
+    te.save_timing_cache(config, path)
+    assert path.read_bytes() != b"from another GPU" and path.stat().st_size > 0
+
+    path.write_bytes(b"from another GPU")
+    answers[:] = [False, False]  # both refused: no cache attached, the build goes on and the file stays
+    config = builder.create_builder_config()
+    te.attach_timing_cache(config, path)
+    assert config.get_timing_cache() is None
+    te.save_timing_cache(config, path)  # raised AttributeError on None.serialize() before
+    assert path.read_bytes() == b"from another GPU"
+
+
+def test_one_logger_captures_errors_when_another_came_first(tensorrt: te.TrtModule, tmp_path: Path) -> None:
+    engine = tmp_path / "garbage.engine"
+    engine.write_bytes(b"not an engine" * 16)
+    engine.with_name(engine.name + ".sha256").write_text(hashlib.sha256(engine.read_bytes()).hexdigest())
+    assert te._trt_logger()[0] is te._trt_logger()[0]  # one logger for the process
+    gc.collect()  # no builder or runtime of ours left alive from earlier tests: the foreign logger registers first
+    foreign = tensorrt.module.Runtime(tensorrt.module.Logger(tensorrt.module.Logger.INTERNAL_ERROR))
+    try:
+        with pytest.raises(te.TensorRTRuntimeError) as caught:
+            te.deserialize_engine(engine)
+    finally:
+        del foreign
+    print(f"\n{caught.value}")
+    assert te._trt_logger()[1].superseded  # TensorRT answered our logger with LOGGER_SUPERSEDED
+    # tensorrt_rtx 1.7 still routes a runtime's errors to the logger it was created with
+    assert "IRuntime::deserializeCudaEngine" in str(caught.value)
+    assert "registered first" in te.CapturedErrors(superseded=True).describe("could not load x.engine")
 
 
 # --- static typing against tensorrt-stubs ---------------------------------------------------------
@@ -302,7 +373,7 @@ def _mypy(*files: str) -> subprocess.CompletedProcess[str]:
                     reason="needs mypy and tensorrt-stubs (pip install --no-deps tensorrt-stubs==10.13.0.35.1)")
 def test_trt_engine_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
     _prepare_tensorrt_stubs()
-    clean = _mypy("bench_kernels/runtimes/tensorrt/engine.py")
+    clean = _mypy("bench_kernels/runtimes/tensorrt/engine.py", "bench_kernels/runtimes/tensorrt/buffers.py")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     typo = tmp_path / "trt_engine_typo.py"
     source = (ROOT / "bench_kernels" / "runtimes" / "tensorrt" / "engine.py").read_text()

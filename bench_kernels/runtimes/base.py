@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 # Strict, frozen, no unknown keys: how every runtime's options class is declared.
 OPTIONS_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+# The quality check compares first-step logits for this many prompts of a batch (a vocabulary row is 0.5 MB
+# in fp32), so a runtime sees first_step_logits for batches of min(batch size, QUALITY_LOGIT_ROWS).
+QUALITY_LOGIT_ROWS = 4
+
 
 @options_dataclass(config=OPTIONS_CONFIG)
 class NoOptions:

@@ -1,6 +1,6 @@
 """TensorRT engines for the ONNX decoder: import, shape profiles, cached strongly typed builds, greedy runner.
 
-Works with NVIDIA TensorRT 10.x/11.x (`tensorrt`) and TensorRT for RTX (`tensorrt_rtx`), which share the
+Works with NVIDIA TensorRT 10.1+/11.x (`tensorrt`) and TensorRT for RTX (`tensorrt_rtx`), which share the
 builder/runtime API used here. The code is type-checked against tensorrt-stubs (mypy-tensorrt.ini);
 the few TensorRT-RTX-only members are reached through handles typed `Any`, and the tests check that
 the installed tensorrt_rtx has them.
@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -25,6 +25,7 @@ import torch
 
 from bench_kernels.measure import PeakMemory
 from bench_kernels.paths import atomic_write, remove_stale_temporaries
+from bench_kernels.runtimes.tensorrt.buffers import DecodeBuffers, DecoderLayout, decode_steps, greedy_loop, on_stream
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -88,27 +89,58 @@ def import_tensorrt() -> TrtModule:
     raise TensorRTUnavailable("no TensorRT Python module imports (" + "; ".join(errors) + ")")
 
 
+# What TensorRT logs to a logger passed to a new builder or runtime while another logger is registered.
+LOGGER_SUPERSEDED = "differs from one already registered"
+
+
+@dataclass
+class CapturedErrors:
+    """What the process's TensorRT logger captured since the last clear."""
+
+    messages: list[str] = field(default_factory=list)
+    # TensorRT said, at the last builder or runtime created, that it keeps a logger registered earlier
+    superseded: bool = False
+
+    def describe(self, message: str) -> str:
+        """message followed by TensorRT's errors, or by why there are none."""
+        if self.messages:
+            return message + ": " + " | ".join(self.messages)
+        if self.superseded:
+            return message + (" (no TensorRT error reached this project's logger: TensorRT said it keeps a logger "
+                              "that other code in this process registered first)")
+        return message + " (TensorRT logged no error)"
+
+
 @functools.cache
-def _trt_logger() -> tuple[trt.ILogger, list[str]]:
-    """One process-wide TensorRT logger forwarding to `log`, and the list it appends error messages to."""
-    errors: list[str] = []
+def _trt_logger() -> tuple[trt.ILogger, CapturedErrors]:
+    """The process's one TensorRT logger, forwarding to `log`, and what it captures.
+
+    One instance for every builder, parser and runtime: TensorRT registers the logger of the first one
+    alive and answers any other logger with a LOGGER_SUPERSEDED warning, which is recorded.
+    """
+    captured = CapturedErrors()
     severity = trt.ILogger.Severity
 
     class Logger(trt.ILogger):
         def log(self, level: trt.ILogger.Severity, msg: str) -> None:
             if level in (severity.INTERNAL_ERROR, severity.ERROR):
-                errors.append(msg)
+                captured.messages.append(msg)
                 log.error("TensorRT: %s", msg)
             elif level == severity.WARNING:
+                captured.superseded |= LOGGER_SUPERSEDED in msg
                 log.warning("TensorRT: %s", msg)
             elif level == severity.INFO:
                 log.debug("TensorRT: %s", msg)
 
-    return Logger(), errors
+    return Logger(), captured
 
 
-def _with_errors(message: str, errors: list[str]) -> str:
-    return message + (": " + " | ".join(errors) if errors else " (TensorRT logged no error)")
+def _logger_for_new_object() -> tuple[trt.ILogger, CapturedErrors]:
+    """The logger to create a builder or runtime with, its captures cleared for what that creation logs."""
+    logger, captured = _trt_logger()
+    captured.messages.clear()
+    captured.superseded = False
+    return logger, captured
 
 
 # --- shape profiles -------------------------------------------------------------------------------
@@ -323,8 +355,7 @@ def _build(found: TrtModule, onnx_path: Path, profiles: list[ShapeProfile], cach
     """Parse and build; returns the serialized engine and the parse time in seconds."""
     if found.flavor == "tensorrt" and not torch.cuda.is_available():
         raise EngineBuildError(f"TensorRT {found.version} builds only with a CUDA GPU, and none is visible")
-    logger, errors = _trt_logger()
-    errors.clear()
+    logger, captured = _logger_for_new_object()
     builder = trt.Builder(logger)
     # Required on TensorRT 10.x for strong typing; ignored by 11.x and TensorRT-RTX, which are always strongly typed.
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -353,23 +384,40 @@ def _build(found: TrtModule, onnx_path: Path, profiles: list[ShapeProfile], cach
     # a runtime cache instead (TrtDecoderRunner).
     timing_cache_path = cache_dir / f"timing-{found.version}-{re.sub(r'[^A-Za-z0-9.]+', '_', target)}.cache"
     if found.flavor == "tensorrt":
-        data = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
-        if not config.set_timing_cache(config.create_timing_cache(data), False):
-            log.warning("timing cache %s does not match this GPU or version: building without it", timing_cache_path)
+        attach_timing_cache(config, timing_cache_path)
         if target == "portable":
             config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif target != "portable":  # TensorRT-RTX builds for all its GPUs unless told which
         rtx_config: Any = config  # TensorRT-RTX-only members, not in tensorrt-stubs
         rtx: Any = found.module
         rtx_config.num_compute_capabilities = 1
-        rtx_config.set_compute_capability(rtx.ComputeCapability.CURRENT, 0)
+        if not rtx_config.set_compute_capability(rtx.ComputeCapability.CURRENT, 0):
+            raise EngineBuildError(captured.describe(f"{found.flavor} {found.version} refused to target {target}"))
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineBuildError(_with_errors(f"{found.flavor} {found.version} could not build {onnx_path}", errors))
+        raise EngineBuildError(captured.describe(f"{found.flavor} {found.version} could not build {onnx_path}"))
     if found.flavor == "tensorrt":
-        atomic_write(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
+        save_timing_cache(config, timing_cache_path)
     return plan, parse_s
+
+
+def attach_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Attach the timing cache saved at path, else a new empty one (which then replaces a refused file)."""
+    saved = path.read_bytes() if path.is_file() else b""
+    if config.set_timing_cache(config.create_timing_cache(saved), False):
+        return
+    log.warning("timing cache %s does not match this GPU or TensorRT version: starting an empty one", path)
+    if saved and config.set_timing_cache(config.create_timing_cache(b""), False):
+        return
+    log.warning("TensorRT refused an empty timing cache too: building without one, %s left as it is", path)
+
+
+def save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Write the timing cache the build used to path; nothing when none was attached (get_timing_cache is None)."""
+    cache = config.get_timing_cache()
+    if cache is not None:
+        atomic_write(path, memoryview(cache.serialize()))
 
 
 # --- running --------------------------------------------------------------------------------------
@@ -397,12 +445,11 @@ def deserialize_engine(engine_path: str | Path) -> tuple[trt.Runtime, trt.ICudaE
     found = import_tensorrt()
     if not _checksum_ok(engine_path):
         raise TensorRTRuntimeError(f"{engine_path} is missing or does not match its checksum; rebuild it")
-    logger, errors = _trt_logger()
-    errors.clear()
+    logger, captured = _logger_for_new_object()
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
-        raise TensorRTRuntimeError(_with_errors(f"{found.flavor} {found.version} could not load {engine_path}", errors))
+        raise TensorRTRuntimeError(captured.describe(f"{found.flavor} {found.version} could not load {engine_path}"))
     return runtime, engine
 
 
@@ -425,10 +472,24 @@ def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
     return table[dtype]
 
 
-class TrtDecoderRunner:
-    """Greedy generation with a decoder engine; the KV cache stays on the GPU in ping-pong buffers."""
+# TensorRT-RTX's dynamic_shapes_kernel_specialization_strategy, by its member names in lower case.
+KERNEL_SPECIALIZATIONS = ("lazy", "eager", "none")
 
-    def __init__(self, engine_path: str | Path, *, cuda_graphs: bool = False):
+
+class TrtDecoderRunner:
+    """Greedy generation with a decoder engine on a stream of its own; the KV cache stays on the GPU.
+
+    One execution context per optimization profile, each set to its profile once: switching a context's
+    profile makes TensorRT update layer resources on the next enqueue, which would land inside the
+    prefill or the first decode step of every generation. The contexts run one after the other on the
+    runner's stream, so they share one block of device memory (USER_MANAGED) sized for the larger profile.
+    """
+
+    def __init__(self, engine_path: str | Path, *, cuda_graphs: bool = False, kernel_specialization: str = "eager"):
+        """kernel_specialization: TensorRT-RTX's strategy (KERNEL_SPECIALIZATIONS); tensorrt has no such choice."""
+        if kernel_specialization not in KERNEL_SPECIALIZATIONS:
+            raise ValueError(f"kernel_specialization must be one of {KERNEL_SPECIALIZATIONS}, "
+                             f"got {kernel_specialization!r}")
         self.found = import_tensorrt()
         self.engine_path = Path(engine_path)
         self.runtime, self.engine = deserialize_engine(self.engine_path)
@@ -436,30 +497,50 @@ class TrtDecoderRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.input_dims = {n: _dims(self.engine.get_tensor_shape(n)) for n in self.inputs}  # -1 where dynamic
-        self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
-        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        kv_dims = self.engine.get_tensor_shape(self.past_names[0])  # [-1, KVH, -1, Dh]
-        self.kv_heads, self.head_dim = kv_dims[1], kv_dims[3]
-        self.vocab = self.engine.get_tensor_shape("logits")[2]
-        self.kv_dtype = _torch_dtype(self.engine.get_tensor_dtype(self.past_names[0]))
-        self.logits_dtype = _torch_dtype(self.engine.get_tensor_dtype("logits"))
+        past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
+        kv_dims = self.engine.get_tensor_shape(past_names[0])  # [-1, KVH, -1, Dh]
+        self.layout = DecoderLayout(
+            past_names, [n.replace("past_key_values.", "present.") for n in past_names], kv_dims[1], kv_dims[3],
+            _torch_dtype(self.engine.get_tensor_dtype(past_names[0])), self.engine.get_tensor_shape("logits")[2],
+            _torch_dtype(self.engine.get_tensor_dtype("logits")))
         if _torch_dtype(self.engine.get_tensor_dtype("input_ids")) != torch.int64:
             raise TensorRTRuntimeError(f"{engine_path}: input_ids must be int64 per the decoder contract")
         self.runtime_cache_path = self.engine_path.with_name(self.engine_path.name + ".rtx-runtime-cache")
         self._runtime_cache: Any = None
+        self.kernel_specialization = kernel_specialization
+        # Not the legacy default stream (handle 0): TensorRT synchronizes the device around enqueues there,
+        # and TensorRT-RTX's CUDA graphs cannot be captured from it.
+        self.stream = torch.cuda.Stream()
         self.first_logits = torch.empty(0)  # the last prefill's next-token logits, [B, V]
-        self.context = self._create_context(cuda_graphs)
+        self._suppressed: dict[tuple[int, ...], torch.Tensor] = {}  # suppressed ids -> their device index
+        self._checked_shapes: set[tuple[int, int, int]] = set()  # (batch, sequence, past) with verified outputs
+        self.contexts = self._create_contexts(cuda_graphs)
+        memory_bytes = max(self.engine.get_device_memory_size_for_profile_v2(i) for i in range(len(self.contexts)))
+        self.context_memory = torch.empty(memory_bytes, dtype=torch.uint8, device=self.stream.device)
+        for index, context in enumerate(self.contexts):
+            context.set_device_memory(self.context_memory.data_ptr(), memory_bytes)
+            if not context.set_optimization_profile_async(index, self.stream.cuda_stream):
+                raise TensorRTRuntimeError(f"set_optimization_profile_async({index}) was refused")
+        self.stream.synchronize()
 
-    def _create_context(self, cuda_graphs: bool) -> trt.IExecutionContext:
-        logger, errors = _trt_logger()
-        errors.clear()
+    def _create_contexts(self, cuda_graphs: bool) -> list[trt.IExecutionContext]:
+        """One execution context per optimization profile, without device memory of their own."""
+        _, captured = _trt_logger()
+        captured.messages.clear()
+        create: Callable[[], trt.IExecutionContext | None]
         if self.found.flavor == "tensorrt":
             if cuda_graphs:
                 raise ValueError("cuda_graphs is TensorRT-RTX's built-in capture; tensorrt has no such runtime option")
-            context = self.engine.create_execution_context()
+            strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            create = functools.partial(self.engine.create_execution_context, strategy)
         else:
             rtx: Any = self.found.module  # TensorRT-RTX-only members, not in tensorrt-stubs
             config: Any = self.engine.create_runtime_config()
+            config.set_execution_context_allocation_strategy(rtx.ExecutionContextAllocationStrategy.USER_MANAGED)
+            # explicit: the default (lazy) runs fallback kernels while each new shape compiles in the background,
+            # so the same step measures differently from one run to the next
+            config.dynamic_shapes_kernel_specialization_strategy = getattr(
+                rtx.DynamicShapesKernelSpecializationStrategy, self.kernel_specialization.upper())
             self._runtime_cache = config.create_runtime_cache()  # JIT-compiled kernels, kept across processes
             if self.runtime_cache_path.is_file() and not self._runtime_cache.deserialize(
                     self.runtime_cache_path.read_bytes()):
@@ -468,11 +549,15 @@ class TrtDecoderRunner:
             config.set_runtime_cache(self._runtime_cache)
             if cuda_graphs:
                 config.cuda_graph_strategy = rtx.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
-            context = self.engine.create_execution_context(config)
-        if context is None:
-            raise TensorRTRuntimeError(_with_errors(f"could not create an execution context for {self.engine_path}",
-                                                    errors))
-        return context
+            create = functools.partial(self.engine.create_execution_context, config)
+        contexts = []
+        for index in range(self.engine.num_optimization_profiles):
+            context = create()
+            if context is None:
+                raise TensorRTRuntimeError(captured.describe(
+                    f"could not create the execution context for profile {index} of {self.engine_path}"))
+            contexts.append(context)
+        return contexts
 
     def _profile_index(self, batch: int, sequence: int, past: int) -> int:
         index = profile_for(self.profiles, batch, sequence, past)
@@ -480,84 +565,86 @@ class TrtDecoderRunner:
             raise ShapeOutsideProfiles(batch, sequence, past, self.profiles)
         return index
 
-    def _run(self, batch: int, sequence: int, past: int, addresses: dict[str, int], stream: int) -> None:
-        """Set shapes and addresses for one engine call and enqueue it on stream."""
+    def _check_output_shapes(self, context: trt.IExecutionContext, buffers: DecodeBuffers, batch: int,
+                             sequence: int, past: int) -> None:
+        """Compare the output shapes TensorRT infers for this call with what the buffers hold (once per shape)."""
+        if (batch, sequence, past) in self._checked_shapes:
+            return
+        expected = buffers.output_shapes(sequence, past)
+        inferred = {name: _dims(context.get_tensor_shape(name)) for name in expected}
+        wrong = [f"{name} {inferred[name]} (buffer for {shape})" for name, shape in expected.items()
+                 if inferred[name] != shape]
+        if wrong:
+            raise TensorRTRuntimeError(f"{self.engine_path} at batch {batch}, sequence {sequence}, past {past} "
+                                       f"outputs shapes its buffers do not hold: " + ", ".join(wrong))
+        self._checked_shapes.add((batch, sequence, past))
+
+    def _run(self, context: trt.IExecutionContext, buffers: DecodeBuffers, sequence: int, past: int,
+             addresses: dict[str, int]) -> None:
+        """Set shapes and addresses for one engine call and enqueue it on the runner's stream."""
+        batch = buffers.batch
         for name in self.inputs:
             shape = _input_shape(name, self.input_dims[name], batch, sequence, past)
-            if not self.context.set_input_shape(name, shape):
+            if not context.set_input_shape(name, shape):
                 raise TensorRTRuntimeError(f"set_input_shape({name}, {shape}) was refused")
+        self._check_output_shapes(context, buffers, batch, sequence, past)
         for name, address in addresses.items():
-            if not self.context.set_tensor_address(name, address):
+            if not context.set_tensor_address(name, address):
                 raise TensorRTRuntimeError(f"set_tensor_address({name}) was refused")
-        _, errors = _trt_logger()
-        errors.clear()
-        if not self.context.execute_async_v3(stream):
-            raise TensorRTRuntimeError(_with_errors(f"execute_async_v3 failed at batch {batch}, sequence "
-                                                    f"{sequence}, past {past}", errors))
+        _, captured = _trt_logger()
+        captured.messages.clear()
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise TensorRTRuntimeError(captured.describe(f"execute_async_v3 failed at batch {batch}, sequence "
+                                                         f"{sequence}, past {past}"))
+
+    def _suppressed_index(self, token_ids: Sequence[int], device: torch.device) -> torch.Tensor:
+        """The device index of token_ids, copied to the GPU once per set of ids (the copy blocks the host)."""
+        key = tuple(token_ids)
+        if key not in self._suppressed:
+            self._suppressed[key] = torch.tensor(key, dtype=torch.int64, device=device)
+        return self._suppressed[key]
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, on_token: Callable[[], None],
-                 suppress_token_ids: Sequence[int] = ()) -> torch.Tensor:
+                 suppress_token_ids: Sequence[int] = (), on_start: Callable[[], None] = lambda: None) -> torch.Tensor:
         """Greedy-decode max_new_tokens for input_ids [B, S] int64 on CUDA, never emitting suppress_token_ids;
-        returns [B, max_new_tokens] on CUDA. The prefill's last logits stay in self.first_logits [B, V]."""
-        if input_ids.dim() != 2 or input_ids.dtype != torch.int64 or not input_ids.is_cuda:
-            raise ValueError(f"input_ids must be a [B, S] int64 CUDA tensor, got {input_ids.dtype} "
-                             f"{tuple(input_ids.shape)} on {input_ids.device}")
-        stream = torch.cuda.current_stream(input_ids.device).cuda_stream
-        return self._decode(input_ids.contiguous(), max_new_tokens, on_token, stream, list(suppress_token_ids))
+        returns [B, max_new_tokens] on CUDA. The prefill's last logits stay in self.first_logits [B, V].
+
+        Runs on self.stream, after the caller's queued work. on_start and on_token are called with that stream
+        current (a timer's CUDA events then time the generation itself), on_start before the prompt goes in.
+        """
+        if input_ids.dim() != 2 or input_ids.dtype != torch.int64 or input_ids.device != self.stream.device:
+            raise ValueError(f"input_ids must be a [B, S] int64 tensor on {self.stream.device}, got "
+                             f"{input_ids.dtype} {tuple(input_ids.shape)} on {input_ids.device}")
+        batch, seq = input_ids.shape
+        steps = decode_steps(seq, max_new_tokens)
+        contexts = [self.contexts[self._profile_index(batch, s, p)] for s, p in steps]  # fail before any GPU work
+        suppressed = self._suppressed_index(suppress_token_ids, input_ids.device)
+        caller = torch.cuda.current_stream(input_ids.device)
+        with on_stream(self.stream):
+            on_start()
+            buffers = DecodeBuffers(self.layout, input_ids, max_new_tokens, suppressed)
+
+            def enqueue(step: int, addresses: dict[str, int]) -> None:
+                sequence, past = steps[step]
+                self._run(contexts[step], buffers, sequence, past, addresses)
+
+            greedy_loop(buffers, steps, enqueue, on_token)
+            tokens = buffers.tokens.t().contiguous()  # [B, max_new_tokens]
+        self.first_logits = buffers.first_logits
+        for made_here in (tokens, self.first_logits):
+            made_here.record_stream(caller)  # the caller reads them: their memory is not reused before it has
+        return tokens
 
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] for the token after the prompt (the quality check against the reference)."""
         self.generate(input_ids, 1, lambda: None)
         return self.first_logits
 
-    def _decode(self, prompt: torch.Tensor, max_new_tokens: int, on_token: Callable[[], None],
-                stream: int, suppressed: list[int]) -> torch.Tensor:
-        """The greedy loop on the device of prompt [B, S], enqueued on stream; returns [B, max_new_tokens]."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        batch, seq = prompt.shape
-        steps = [(seq, 0)] + [(1, seq + t - 1) for t in range(1, max_new_tokens)]  # (sequence, past) per call
-        profile_indices = [self._profile_index(batch, s, p) for s, p in steps]  # fail before any GPU work
-        total = seq + max_new_tokens - 1  # longest present: the last token is never fed back
-        device = prompt.device
-
-        kv_numel = batch * self.kv_heads * total * self.head_dim
-        # two flat buffers per past tensor; a prefix of B*KVH*P*Dh elements is a contiguous [B, KVH, P, Dh]
-        kv = [[torch.empty(kv_numel, dtype=self.kv_dtype, device=device) for _ in range(2)] for _ in self.past_names]
-        logits = torch.empty(batch * seq * self.vocab, dtype=self.logits_dtype, device=device)  # prefix: [B, S, V]
-        tokens = torch.empty(max_new_tokens, batch, dtype=torch.int64, device=device)  # row t: token t, [B]
-        mask = torch.ones(batch * total, dtype=torch.int64, device=device)  # prefix viewed as [B, P + S]
-        prompt_positions = torch.arange(seq, device=device).expand(batch, seq).contiguous()  # [B, S]
-        decode_positions = torch.arange(total, device=device).repeat_interleave(batch).view(total, batch, 1)
-
-        src, active = 0, -1
-        for t, ((sequence, past), index) in enumerate(zip(steps, profile_indices)):
-            if index != active:
-                if not self.context.set_optimization_profile_async(index, stream):
-                    raise TensorRTRuntimeError(f"set_optimization_profile_async({index}) was refused")
-                active = index
-            ids = prompt if t == 0 else tokens[t - 1].view(batch, 1)  # [B, S] or [B, 1]
-            positions = prompt_positions if t == 0 else decode_positions[past]  # [B, S] or [B, 1]
-            addresses = {"input_ids": ids.data_ptr(), "position_ids": positions.data_ptr(),
-                         "attention_mask": mask.data_ptr(), "logits": logits.data_ptr()}
-            for past_name, present_name, pair in zip(self.past_names, self.present_names, kv):
-                addresses[past_name] = pair[src].data_ptr()  # reads [B, KVH, P, Dh]
-                addresses[present_name] = pair[1 - src].data_ptr()  # writes [B, KVH, P + S, Dh]
-            self._run(batch, sequence, past, addresses, stream)
-            last = logits[: batch * sequence * self.vocab].view(batch, sequence, self.vocab)[:, -1]  # [B, V]
-            if t == 0:
-                self.first_logits = last.clone()
-            if suppressed:
-                last[:, suppressed] = float("-inf")  # scratch buffer: the next call overwrites it
-            torch.argmax(last, dim=-1, out=tokens[t])
-            on_token()
-            src = 1 - src
-        return tokens.t().contiguous()  # [B, max_new_tokens]
-
     def close(self) -> None:
-        """Save the TensorRT-RTX runtime cache and release the context and engine."""
+        """Save the TensorRT-RTX runtime cache and release the contexts, their memory and the engine."""
         if self._runtime_cache is not None:
             atomic_write(self.runtime_cache_path, memoryview(self._runtime_cache.serialize()))
             self._runtime_cache = None
-        del self.context, self.engine, self.runtime
+        self.stream.synchronize()  # the contexts' memory may still be in use by queued work
+        del self.contexts, self.context_memory, self.engine, self.runtime

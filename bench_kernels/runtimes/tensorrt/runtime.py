@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from bench_kernels.runtimes.base import OPTIONS_CONFIG, BuildInfo, Runtime, options_dataclass
+from bench_kernels.runtimes.base import OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime, options_dataclass
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +25,10 @@ class TensorRTOptions:
     workspace_gb: Annotated[float, Field(gt=0, le=1024)] = 4.0  # builder workspace limit (GB)
     optimization_level: Annotated[int, Field(ge=0, le=5)] = 3  # builder optimization level
     allow_rebuild: bool = True  # rebuild the engine when a shape falls outside its profiles
+    # TensorRT-RTX only: when kernels specialized for a new shape compile. eager: blocking, at the first call of
+    # each shape (the warmup), so measured runs use them; lazy (RTX's default): in the background while fallback
+    # kernels run, so timings drift between runs; none: fallback kernels only.
+    kernel_specialization: Literal["eager", "lazy", "none"] = "eager"
 
 
 def tensorrt_status(device: torch.device) -> tuple[str, str, str | None]:
@@ -79,7 +83,10 @@ class TensorRTRuntime(Runtime):
         from bench_kernels.onnx_export import export_model
 
         self.export = export_model(self.loaded, self.precision)
-        self.profiles = profiles_for_sweep(batch_sizes, input_lens, output_len)
+        # the quality check's prefill runs the first QUALITY_LOGIT_ROWS prompts of a batch: fewer than the
+        # smallest batch when that is larger
+        quality_batch = min(min(batch_sizes), QUALITY_LOGIT_ROWS)
+        self.profiles = profiles_for_sweep([*batch_sizes, quality_batch], input_lens, output_len)
         self.runner = None
         return self._build()
 
@@ -121,18 +128,19 @@ class TensorRTRuntime(Runtime):
         from bench_kernels.runtimes.tensorrt.engine import TrtDecoderRunner
 
         if self.runner is None:
-            self.runner = TrtDecoderRunner(self.engine.path)
+            self.runner = TrtDecoderRunner(self.engine.path, kernel_specialization=self.options.kernel_specialization)
         return self.runner
 
     def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:
-        self.ensure_shape(input_ids.shape[0], input_ids.shape[1], output_len)
         from bench_kernels.models import eos_token_ids
 
+        self.ensure_shape(input_ids.shape[0], input_ids.shape[1], output_len)
+        runner = self._runner()  # before the timer starts: loading the engine (and RTX's JIT) is not TTFT
         ids = input_ids.to(self.device)  # ids: [B, S] on the GPU
-        timer.start()
-        return self._runner().generate(ids, output_len, timer.token, eos_token_ids(self.loaded)).cpu()
+        return runner.generate(ids, output_len, timer.token, eos_token_ids(self.loaded), on_start=timer.start).cpu()
 
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.ensure_shape(input_ids.shape[0], input_ids.shape[1], 1)
         return self._runner().first_step_logits(input_ids.to(self.device)).float().cpu()
 
     def close(self) -> None:
