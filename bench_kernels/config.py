@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench_kernels.paths import find_project, resolve_project_path
 from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions
@@ -36,6 +36,44 @@ MOVED_KEYS = {
 }
 # Keys naming a path; relative ones are taken from the spec file's folder.
 PATH_KEYS = ("reports_dir", "prompt_file")
+
+
+# Latency targets by name: MLPerf Inference's limits for Llama-3.1-8B (time to first token, time per output token).
+SLO_PRESETS: dict[str, dict[str, float]] = {
+    "none": {},
+    "mlperf-interactive": {"ttft_ms": 500.0, "tpot_ms": 30.0},
+    "mlperf-conversational": {"ttft_ms": 2000.0, "tpot_ms": 100.0},
+}
+HOURS_PER_MONTH = 730.0
+
+
+class Workload(BaseModel):
+    """The traffic the user will serve: how many requests run at once, and their lengths."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)  # the most requests the traffic keeps in flight at once
+    input_len: int = Field(ge=1)
+    output_len: int = Field(ge=1)
+
+
+class LatencyTargets(BaseModel):
+    """Service-level objectives: time to first token and time per output token, each optional."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+
+
+class Load(BaseModel):
+    """Requests per day (their lengths: the workload's unless given) for sizing a deployment."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    requests_per_day: float = Field(gt=0)
+    input_len: int | None = Field(None, ge=1)
+    output_len: int | None = Field(None, ge=1)
 
 
 class ConfigError(ValueError):
@@ -74,8 +112,14 @@ class SweepConfig(BaseModel):
     cpu_threads: int = Field(0, ge=0, le=4096)
     runtime_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     max_ppl_delta_pct: float = Field(DEFAULT_MAX_PPL_DELTA_PCT, ge=0, le=1000)
+    workload: dict[str, Any] = Field(default_factory=dict)
+    slo: str | dict[str, float] = "none"
+    gpu_hour_usd: float = Field(0.0, ge=0, le=10_000)
+    load: dict[str, Any] = Field(default_factory=dict)
+    profile: bool = False
 
-    @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", mode="before")
+    @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", "workload", "slo",
+                     "load", mode="before")
     @classmethod
     def _parse_text(cls, value: Any) -> Any:
         return _yaml_if_text(value)
@@ -116,6 +160,57 @@ class SweepConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown precision(s) {unknown}; allowed: {', '.join(map(repr, allowed))}")
         return _unique(values)
+
+    @field_validator("slo")
+    @classmethod
+    def _slo_preset_or_targets(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        if isinstance(value, str) and value not in SLO_PRESETS:
+            raise ValueError(f"unknown preset {value!r}; allowed: {', '.join(map(repr, SLO_PRESETS))} "
+                             "or a mapping {ttft_ms: ..., tpot_ms: ...}")
+        if isinstance(value, dict):
+            _nested(LatencyTargets, value)
+        return value
+
+    @model_validator(mode="after")
+    def _workload_was_measured(self) -> SweepConfig:
+        """workload and load are complete, and their lengths are shapes the sweep measures: the report reads them."""
+        _nested(Workload, {"batch_size": self.batch_sizes[0], "input_len": self.input_lens[0],
+                           "output_len": self.output_len, **self.workload}, "workload")
+        if self.load:
+            _nested(Load, self.load, "load")
+        shape = self.workload_shape
+        problems = []
+        if shape.input_len not in self.input_lens:
+            problems.append(f"workload.input_len {shape.input_len} is not measured; allowed: {self.input_lens}")
+        if shape.output_len != self.output_len:
+            problems.append(f"workload.output_len {shape.output_len} is not measured; allowed: {self.output_len}")
+        if self.load:
+            load = self.sized_load
+            if load.input_len not in self.input_lens:
+                problems.append(f"load.input_len {load.input_len} is not measured; allowed: {self.input_lens}")
+            if load.output_len != self.output_len:
+                problems.append(f"load.output_len {load.output_len} is not measured; allowed: {self.output_len}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def workload_shape(self) -> Workload:
+        """The user's workload; without one, the sweep's first shape."""
+        return Workload(**{"batch_size": self.batch_sizes[0], "input_len": self.input_lens[0],
+                           "output_len": self.output_len, **self.workload})
+
+    @property
+    def targets(self) -> LatencyTargets:
+        return LatencyTargets(**(SLO_PRESETS[self.slo] if isinstance(self.slo, str) else self.slo))
+
+    @property
+    def sized_load(self) -> Load | None:
+        """The load with its lengths filled in from the workload (None without a load)."""
+        if not self.load:
+            return None
+        shape = self.workload_shape
+        return Load(**{"input_len": shape.input_len, "output_len": shape.output_len, **self.load})
 
     @field_validator("prompt_file")
     @classmethod
@@ -168,6 +263,18 @@ class SweepConfig(BaseModel):
         return max(self.input_lens) + self.output_len
 
 
+def _nested(model: type[BaseModel], data: dict[str, Any], key: str = "") -> BaseModel:
+    """A nested mapping validated, its errors named key.field with the allowed fields."""
+    try:
+        return model(**data)
+    except ValidationError as err:
+        allowed = ", ".join(model.model_fields)
+        raise ValueError("; ".join(
+            f"{key + '.' if key else ''}{'.'.join(map(str, item['loc']))}: "
+            + ("unknown key" if item["type"] == "extra_forbidden" else item["msg"]) + f" (allowed keys: {allowed})"
+            for item in err.errors())) from None
+
+
 def _unique(values: list[str]) -> list[str]:
     if len(set(values)) != len(values):
         raise ValueError(f"values must be unique, got {values}")
@@ -190,6 +297,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
             got = item.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) or len(repr(got)) < 80 else ""
             message = str(item["msg"]).removeprefix("Value error, ")
+            if not item["loc"]:  # a rule across keys: its message names them
+                lines.append(f"  {message}")
+                continue
             lines.append(f"  {key}: {message}{got_text}")
     return f"invalid sweep spec {source}:\n" + "\n".join(lines)
 
