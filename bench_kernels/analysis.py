@@ -94,7 +94,7 @@ def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
         return "not measured"
     first = failed.iloc[0]
     # Shortened: the full reason is in the report's "not measured" list.
-    return f"not measured: {first['status']}: {shorten(str(first['error'] or first['notes']))}"
+    return f"not measured: {first['status']}: {shorten(str(first['error'] or first['notes']), 60)}"
 
 
 def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: Any) -> Any:
@@ -135,14 +135,16 @@ def baseline_precision(df: pd.DataFrame, precision: str) -> str:
     return precision if precision in measured or not measured else measured[0]
 
 
-def decision_matrix(df: pd.DataFrame, precision: str | None = None,
-                    max_ppl_delta_pct: float | None = None) -> pd.DataFrame:
+def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delta_pct: float | None = None,
+                    workload: Any = None) -> pd.DataFrame:
     """Rows = criteria, columns = runtimes (runtime + precision when the sweep has several precisions);
     each cell a measured value or 'not measured: why'.
 
     The best measured value of each ranked row is marked with a star (only when at least two
     columns were measured on it). Shapes are stated in the row labels. With max_ppl_delta_pct, a
-    configuration over the accuracy gate is marked in its column label and never starred.
+    configuration over the accuracy gate is marked in its column label and never starred. With a workload
+    (batch_size, input_len), every shape-specific row is read at the user's shape: the workload's input
+    length and the largest measured batch that its batch size fills; without one, at the sweep's extremes.
     """
     inference = inference_rows(df)
     if inference.empty:
@@ -155,6 +157,9 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None,
     batches = sorted(inference["batch_size"].dropna().unique())
     lens = sorted(inference["input_len"].dropna().unique())
     b_min, b_max, l_min, l_max = int(batches[0]), int(batches[-1]), int(lens[0]), int(lens[-1])
+    if workload is not None:
+        b_min = b_max = int(max([b for b in batches if b <= workload.batch_size], default=batches[0]))
+        l_min = l_max = int(workload.input_len)
     output_len = pd.to_numeric(inference["output_len"], errors="coerce").max()
     generated = f" (of {int(output_len)})" if pd.notna(output_len) else ""
     builds = build_rows(df)
@@ -272,7 +277,7 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None,
     ]
     table: dict[str, dict[str, str]] = {}
     winners: dict[str, str] = {}
-    for criterion in criteria:
+    for criterion in dict((c.label, c) for c in criteria).values():  # at one shape, two rows can coincide
         values = {label[pair]: criterion.value(df, *pair) for pair in pairs}
         numeric = {c: v for c, v in values.items() if isinstance(v, float) and not math.isnan(v)}
         ranked = {label[pair]: numeric[label[pair]] for pair in pairs if label[pair] in numeric and pair not in failing}

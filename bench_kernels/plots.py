@@ -148,3 +148,30 @@ ALL_CHARTS = {
     "speedup": speedup_heatmaps,
     "break-even": build_vs_break_even,
 }
+
+
+def pareto(table: pd.DataFrame, tpot_ms: float | None = None) -> Figure | None:
+    """Per-user tokens/s against tokens/s per GPU, one line per runtime x precision over batch sizes, points
+    labelled with the batch size; the region that meets the per-token latency target shaded."""
+    data = table.dropna(subset=["per_user_tokens_per_s", "tokens_per_s_per_gpu"])
+    if data.empty:
+        return None
+    data = data.assign(series=data["runtime"] + " " + data["precision"]).sort_values("batch_size")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sns.lineplot(data=data, x="per_user_tokens_per_s", y="tokens_per_s_per_gpu", hue="series", style="series",
+                 markers=True, dashes=False, sort=False, ax=ax)
+    for _, row in data.iterrows():
+        ax.annotate(f"b{int(row['batch_size'])}", (row["per_user_tokens_per_s"], row["tokens_per_s_per_gpu"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if tpot_ms:
+        threshold = 1000.0 / tpot_ms
+        right = max(float(data["per_user_tokens_per_s"].max()) * 1.1, threshold * 1.2)
+        ax.axvspan(threshold, right, color="#d8f3dc", alpha=0.6, zorder=0,
+                   label=f"meets {tpot_ms:g} ms per token (p50)")
+        ax.set_xlim(left=0, right=right)
+        ax.legend()
+    ax.set_xlabel("per-user tokens/s (1000 / per-token latency p50)")
+    ax.set_ylabel("tokens/s per GPU")
+    fig.suptitle("Throughput per GPU against speed per user (up and right is better)")
+    fig.tight_layout()
+    return fig

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from importlib import resources
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +20,9 @@ from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_CO
 from bench_kernels.config import SweepConfig
 from bench_kernels.results import ResultsStore
 from bench_kernels.workload import BATCH_FORMATION
+
+if TYPE_CHECKING:
+    from bench_kernels.decision import Recommendation, Targets
 
 PROVENANCE_COLUMNS = ["device", "gpu_name", "driver_version", "cuda_version", "cpu_name", "torch_version",
                       "transformers_version", "git_sha", "copy_gbps", "matmul_tflops"]
@@ -50,8 +56,10 @@ def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Inference rows with the columns a reader compares (errors shortened: the full text is listed above)."""
-    table = _int_columns(inference_rows(df)[INFERENCE_COLUMNS].reset_index(drop=True))
+    """Inference rows that ran or failed, with the columns a reader compares; unavailable rows are summarised
+    once in "What was and was not measured" instead (errors shortened: the full text is listed there)."""
+    rows = inference_rows(df)
+    table = _int_columns(rows[rows["status"] != "unavailable"][INFERENCE_COLUMNS].reset_index(drop=True))
     return table.assign(error=table["error"].map(shorten))
 
 
@@ -63,7 +71,7 @@ def quality_table(df: pd.DataFrame, max_ppl_delta_pct: float) -> pd.DataFrame:
     """Perplexity per runtime and precision, its delta against the reference, and the gate's verdict."""
     table = quality_rows(df)[QUALITY_COLUMNS].reset_index(drop=True)
     verdict = table["ppl_delta_pct"].map(lambda d: "" if pd.isna(d) else "FAIL" if d > max_ppl_delta_pct else "pass")
-    return table.assign(accuracy_gate=verdict)
+    return readable(table.assign(accuracy_gate=verdict))
 
 
 def quality_notes(df: pd.DataFrame, max_ppl_delta_pct: float) -> str:
@@ -98,6 +106,111 @@ def styled_matrix(matrix: pd.DataFrame):
         return ""
 
     return matrix.style.map(highlight).set_properties(**{"text-align": "left", "white-space": "normal"})
+
+
+def _targets_text(targets: "Targets") -> str:
+    parts = [f"batch at most {targets.batch_size}, input {targets.input_len}, output {targets.output_len} tokens"]
+    if targets.ttft_ms is not None:
+        parts.append(f"time to first token p99 &le; {targets.ttft_ms:g} ms")
+    if targets.tpot_ms is not None:
+        parts.append(f"time per output token p99 &le; {targets.tpot_ms:g} ms")
+    if targets.max_ppl_delta_pct is not None:
+        parts.append(f"perplexity at most {targets.max_ppl_delta_pct:g}% above the reference's")
+    return "; ".join(parts)
+
+
+def targets_for(cfg: SweepConfig) -> "Targets":
+    """The sweep's workload, latency targets and accuracy gate as the decision reads them."""
+    from bench_kernels.decision import Targets
+
+    shape, slo = cfg.workload_shape, cfg.targets
+    return Targets(shape.batch_size, shape.input_len, shape.output_len, slo.ttft_ms, slo.tpot_ms,
+                   cfg.max_ppl_delta_pct)
+
+
+@dataclass
+class Decision:
+    """Everything the report's first sections show, computed once from the rows and the spec."""
+
+    targets: "Targets"
+    configurations: pd.DataFrame
+    recommendation: "Recommendation"
+    costs: pd.DataFrame
+
+
+def decide(cfg: SweepConfig, results: pd.DataFrame) -> Decision:
+    """The configurations at the workload, the recommendation and the costs (raw samples give goodput)."""
+    from bench_kernels.decision import configurations, cost_table, index_samples, recommend
+
+    targets = targets_for(cfg)
+    table = configurations(results, targets, index_samples(ResultsStore(cfg.run_dir).load_samples()))
+    load = cfg.sized_load
+    costs = cost_table(table, cfg.gpu_hour_usd, load.requests_per_day if load else None, targets.output_len)
+    return Decision(targets, table, recommend(table, results), costs)
+
+
+def recommendation_html(rec: "Recommendation", targets: "Targets") -> str:
+    """The report's first words: what to ship, the runner-up, and why every other configuration lost."""
+    from bench_kernels.decision import describe
+
+    head = f"<p><b>Workload and targets</b>: {_targets_text(targets)}.</p>"
+    if rec.best is None:
+        return head + ("<p><b>No measured configuration meets these targets.</b> The closest attempt of each "
+                       "runtime and precision, and what it broke:</p>" + _losers_html(rec))
+    best = rec.best
+    text = (f"<p style='font-size:1.15em'><b>Ship {html.escape(describe(best))}</b>: "
+            f"{best['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU "
+            f"(goodput {best['goodput_tokens_per_s']:,.1f} tokens/s from requests that meet the targets; "
+            f"{best['per_user_tokens_per_s']:,.1f} tokens/s per user).</p>")
+    if rec.runner_up is not None:
+        lead = 100 * (best["tokens_per_s_per_gpu"] / rec.runner_up["tokens_per_s_per_gpu"] - 1)
+        text += (f"<p>Runner-up: {html.escape(describe(rec.runner_up))}, "
+                 f"{rec.runner_up['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU ({lead:.0f}% behind).</p>")
+    if not rec.quality_judged:
+        text += ("<p><i>Quality was not judged: no perplexity was measured in this run (random weights carry "
+                 "none), so the accuracy gate could not exclude any configuration.</i></p>")
+    return head + text + ("<p>Why the others lost:</p>" + _losers_html(rec) if not rec.losers.empty else "")
+
+
+def _losers_html(rec: "Recommendation") -> str:
+    items = "".join(f"<li><b>{html.escape(r.runtime)} {html.escape(r.precision)}</b>: {html.escape(r.reason)}</li>"
+                    for r in rec.losers.itertuples())
+    return f"<ul>{items}</ul>"
+
+
+def cost_html(cfg: SweepConfig, costs: pd.DataFrame) -> str:
+    """The cost section's words: the formulas, or what to set to get figures."""
+    from bench_kernels.decision import cost_formulas
+
+    if cfg.gpu_hour_usd <= 0:
+        return ("<p>No cost figures: set <code>gpu_hour_usd</code> (the price of one GPU hour) in the sweep spec, "
+                "and <code>load: {requests_per_day: ...}</code> to size a deployment.</p>")
+    if costs.empty:
+        return "<p>No configuration meets the targets, so nothing is priced.</p>"
+    load = cfg.sized_load
+    sizing = (f"Load: {load.requests_per_day:,.0f} requests a day of {load.output_len} generated tokens."
+              if load else "Set <code>load: {requests_per_day: ...}</code> to size a deployment.")
+    formulas = "".join(f"<li>{html.escape(f)}</li>" for f in cost_formulas())
+    return (f"<p>GPU hour: ${cfg.gpu_hour_usd:,.2f}. {sizing}</p>{readable(costs).to_html(index=False)}"
+            f"<ul>{formulas}</ul>")
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """Numbers to 4 significant digits, blanks instead of NaN, for display."""
+    def cell(value: object) -> object:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:,.4g}" if abs(value) < 1e15 else f"{value:.3e}"
+        return "" if value is None or value is pd.NA else value
+
+    return table.map(cell)
+
+
+def show_table(table: pd.DataFrame, caption: str) -> None:
+    """A complete, sortable and filterable table (itables, its JavaScript embedded: the report stays one file)."""
+    from itables import show
+
+    show(readable(table), caption=caption, lengthMenu=[10, 25, 50, 100, -1], pageLength=25,
+         classes="display compact")
 
 
 def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +258,32 @@ def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressFn | None = None) -> pd.DataFrame:
+class SweepMeter:
+    """A progress bar with an ETA over every shape a sweep still has to measure, as text (tqdm's format), so it
+    reads the same in a notebook, on the command line and in a log."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def advance(self, shapes: int = 1) -> str:
+        """Count finished shapes; the bar to print after them."""
+        from tqdm import tqdm
+
+        self.done = min(self.done + shapes, self.total)
+        return tqdm.format_meter(self.done, self.total, time.perf_counter() - self.started, unit="shape",
+                                 prefix="sweep", ncols=80)
+
+
+def shapes_to_measure(cfg: SweepConfig, runtime_name: str, finished: set[tuple[str, ...]], model_name: str
+                      ) -> int:
+    """How many (precision, batch, input length) rows of this runtime have no finished row yet."""
+    return sum(row_key({"stage": "inference", "runtime": runtime_name, "model": model_name, "precision": precision,
+                        "batch_size": b, "input_len": s, "output_len": cfg.output_len}) not in finished
+               for precision in cfg.precisions for b in cfg.batch_sizes for s in cfg.input_lens)
+
+
+def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressFn | None = None,
+                        meter: SweepMeter | None = None) -> pd.DataFrame:
     """Measure every (precision, batch size, input length) of one runtime; return the whole table."""
     ctx = make_context(cfg, progress)
     runtime_cls = get_runtime(runtime_name)
@@ -289,6 +315,8 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
         if reason:
             for b, s in todo:
                 write("unavailable", b, s, error=reason)
+            if meter is not None and todo:
+                ctx.progress(meter.advance(len(todo)))
             if scores:
                 write_quality("unavailable", error=reason)
             ctx.progress(f"{runtime_name} {precision}: unavailable: {reason}")
@@ -303,6 +331,8 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
             ctx.log_failure(f"prepare {runtime_name} {precision}", err)
             for b, s in todo:
                 write("error", b, s, error=f"prepare failed: {readable_error(err)}")
+            if meter is not None and todo:
+                ctx.progress(meter.advance(len(todo)))
             if scores:
                 write_quality("error", error=f"prepare failed: {readable_error(err)}")
             _release(runtime, loaded)
@@ -327,11 +357,13 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
                                             summary["itl_ms_p50"]))
                 write("ok", batch_size, input_len, measured.samples(), **columns)
                 ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
-                             f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms")
+                             f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms"
+                             + (f"  {meter.advance()}" if meter is not None else ""))
             except Exception as err:  # noqa: BLE001 - e.g. out of memory: a row with the message, sweep goes on
                 ctx.log_failure(label, err)
                 write("error", batch_size, input_len, error=readable_error(err))
-                ctx.progress(f"{label}: error: {readable_error(err)}")
+                ctx.progress(f"{label}: error: {readable_error(err)}"
+                             + (f"  {meter.advance()}" if meter is not None else ""))
                 _release()
         if scores:  # after the timed shapes: scoring's long windows must not perturb them
             write_quality(**_perplexity(ctx, runtime, precision, loaded))
@@ -342,9 +374,11 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
 def run_sweeps(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
     """Every runtime of the sweep in turn, the reference first (the others' quality is measured against its
     outputs and perplexity); return the whole table."""
-    results = ResultsStore(cfg.run_dir).load()
+    store = ResultsStore(cfg.run_dir)
+    results, finished, model_name = store.load(), store.finished_keys(), model_display_name(cfg.model)
+    meter = SweepMeter(sum(shapes_to_measure(cfg, name, finished, model_name) for name in cfg.runtimes))
     for runtime_name in sorted(cfg.runtimes, key=lambda name: name != "reference"):
-        results = run_inference_sweep(cfg, runtime_name, progress)
+        results = run_inference_sweep(cfg, runtime_name, progress, meter)
     return results
 
 

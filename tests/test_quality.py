@@ -65,7 +65,10 @@ def test_quality_stage_rows_match_the_reference_and_resume(tiny_local_model: Pat
                         "runtimes": ["onnxruntime", "reference"], "precisions": ["fp32"], "batch_sizes": [2],
                         "input_lens": [8], "output_len": 3, "warmup": 0, "repeats": 1, "device": "cpu",
                         "reports_dir": str(tmp_path)})
-    df = run_sweeps(cfg)  # the reference runs first, whatever the order asked for
+    first_lines: list[str] = []
+    df = run_sweeps(cfg, progress=first_lines.append)  # the reference runs first, whatever the order asked for
+    assert first_lines[0].startswith("reference fp32")
+    assert "sweep: 100%" in first_lines[-2] and "2/2 [" in first_lines[-2]  # the bar, with its time and rate
     quality = df[df["stage"] == "quality"].set_index("runtime")
     assert list(quality["status"]) == ["ok", "ok"]
     reference, onnx = quality.loc["reference"], quality.loc["onnxruntime"]

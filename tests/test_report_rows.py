@@ -12,8 +12,9 @@ import pytest
 from bench_kernels import plots
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE, WINNER_MARK, decision_matrix
 from bench_kernels.config import parse_config
-from bench_kernels.report import (availability_notes, build_table, method_notes, provenance_table, results_table,
-                                  unmeasured_summary)
+from bench_kernels.decision import Targets, configurations, cost_table, recommend
+from bench_kernels.report import (availability_notes, build_table, method_notes, provenance_table,
+                                  recommendation_html, results_table, unmeasured_summary)
 from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS
 from bench_kernels.sweep import run_sweeps
 
@@ -72,6 +73,12 @@ def test_every_table_and_chart_renders(rows: list[dict]) -> None:
         assert figure is None or figure.axes, name
     results_table(df), build_table(df), provenance_table(df), unmeasured_summary(df)
     assert availability_notes(df) and method_notes(cfg, df)
+    targets = Targets(batch_size=4, input_len=8, output_len=4, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
+    table = configurations(df, targets)
+    assert "Workload and targets" in recommendation_html(recommend(table, df), targets)
+    assert plots.pareto(table, targets.tpot_ms) is None or not table.empty
+    cost_table(table, 2.0, 1000.0, 4)
+    decision_matrix(df, workload=targets)
 
 
 def test_a_runtime_with_only_errors_says_why_in_every_cell() -> None:

@@ -1,0 +1,100 @@
+"""The decision: which configuration meets the latency targets and the accuracy gate with the most tokens/s
+per GPU, why the others lost, goodput from raw samples, and the cost arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from bench_kernels.decision import (Targets, configurations, cost_table, deployment_gpus, goodput_share,
+                                    recommend, summary_facts)
+from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    base = {"stage": "inference", "status": "ok", "model": "m", "weights": "real", "input_len": 128,
+            "output_len": 128}
+    df = pd.DataFrame([{c: {**base, **r}.get(c, "") for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    for column in NUMERIC_COLUMNS:
+        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
+    return df
+
+
+def config(runtime: str, precision: str, batch: int, tps: float, ttft: float, itl: float, **extra: object) -> dict:
+    return {"runtime": runtime, "precision": precision, "batch_size": batch, "tokens_per_s": tps,
+            "ttft_ms_p99": ttft, "itl_ms_p99": itl, "itl_ms_p50": itl * 0.9, **extra}
+
+
+TARGETS = Targets(batch_size=32, input_len=128, output_len=128, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
+ROWS = [
+    config("reference", "bf16", 8, 240.0, 45.0, 44.0),  # too slow per token
+    config("compiled", "bf16", 8, 1200.0, 22.0, 6.7),
+    config("compiled", "bf16", 32, 4100.0, 90.0, 7.5),
+    config("compiled", "bf16", 64, 7000.0, 180.0, 8.0),  # beyond the workload's batch: not a candidate
+    config("compiled", "fp8", 32, 4600.0, 110.0, 6.3),  # fastest, but over the accuracy gate
+    config("tensorrt", "bf16", 32, 4300.0, 620.0, 5.0),  # first token too late
+    {"stage": "quality", "runtime": "compiled", "precision": "fp8", "perplexity": 10.3, "ppl_delta_pct": 3.0},
+    {"stage": "quality", "runtime": "compiled", "precision": "bf16", "perplexity": 10.0, "ppl_delta_pct": 0.0},
+]
+
+
+def test_the_fastest_configuration_that_meets_every_target_wins() -> None:
+    df = frame(ROWS)
+    table = configurations(df, TARGETS)
+    assert 64 not in set(table["batch_size"])
+    rec = recommend(table, df)
+    assert summary_facts(rec)["best"] == "compiled bf16, batch 32"
+    assert rec.runner_up is None  # every other runtime x precision breaks a target
+    reasons = rec.losers.set_index(["runtime", "precision"])["reason"]
+    assert "perplexity +3.00% over the accuracy gate of 1%" in reasons[("compiled", "fp8")]
+    assert "time to first token p99 620.0 ms > 500 ms (+24%)" in reasons[("tensorrt", "bf16")]
+    assert "time per output token p99 44.0 ms > 30 ms (+47%)" in reasons[("reference", "bf16")]
+    assert rec.quality_judged
+
+
+def test_without_targets_the_fastest_wins_and_a_runner_up_is_another_runtime() -> None:
+    df = frame(ROWS[:6])
+    rec = recommend(configurations(df, Targets(batch_size=32, input_len=128, output_len=128)), df)
+    facts = summary_facts(rec)
+    assert facts["best"] == "compiled fp8, batch 32" and facts["runner_up"] == "tensorrt bf16, batch 32"
+    assert facts["lead_pct"] == pytest.approx(100 * (4600 / 4300 - 1))
+    assert not rec.quality_judged  # no perplexity rows: the report says quality was not judged
+
+
+def test_nothing_feasible_names_each_closest_miss() -> None:
+    df = frame([ROWS[0], ROWS[5]])
+    rec = recommend(configurations(df, TARGETS), df)
+    assert rec.best is None and rec.runner_up is None
+    assert len(rec.losers) == 2 and rec.losers["reason"].str.startswith("no batch size meets the targets").all()
+
+
+def test_tokens_per_gpu_divide_by_the_gpus_a_deployment_uses() -> None:
+    df = frame([config("compiled", "bf16", 8, 3000.0, 50.0, 10.0, gpu_count=2),
+                config("compiled", "fp8", 8, 2000.0, 50.0, 10.0, gpu_count=1)])
+    df["gpu_count"] = [2, 1]
+    table = configurations(df, Targets(batch_size=8, input_len=128, output_len=128))
+    assert table.iloc[0]["runtime"] == "compiled" and table.iloc[0]["precision"] == "fp8"
+    assert table.set_index("precision").loc["bf16", "tokens_per_s_per_gpu"] == 1500.0
+
+
+def test_goodput_counts_runs_that_meet_both_targets() -> None:
+    samples = {"ttft_ms": [100.0, 200.0, 600.0, 100.0], "latency_ms": [100 + 127 * 20, 200 + 127 * 40,
+                                                                      600 + 127 * 20, 100 + 127 * 29]}
+    # run 1 meets both; run 2 breaks the per-token target (40 ms); run 3 the first-token target; run 4 meets both
+    assert goodput_share(samples, 128, TARGETS) == 0.5
+    assert goodput_share(None, 128, TARGETS) is None
+
+
+def test_cost_arithmetic_by_hand() -> None:
+    df = frame([config("compiled", "bf16", 32, 1000.0, 50.0, 10.0)])
+    table = configurations(df, TARGETS)
+    costs = cost_table(table, gpu_hour_usd=2.0, requests_per_day=1_000_000, output_len=128).iloc[0]
+    assert costs["usd_per_million_tokens"] == pytest.approx(2.0 / (1000 * 3600) * 1e6)  # $0.556
+    # 1e6 x 128 tokens a day = 1,481.5 tokens/s: two GPUs at 1,000 tokens/s each, 2 x $2 x 730 h a month
+    assert costs["gpus_needed"] == 2 and costs["usd_per_month"] == pytest.approx(2 * 2.0 * 730)
+    assert cost_table(table, gpu_hour_usd=0.0, requests_per_day=None, output_len=128).empty
+    assert deployment_gpus(1_000_000, 128, 800.0, gpus_per_replica=2) == 2  # one 2-GPU replica: 1,600 tokens/s
+    assert deployment_gpus(1_000_000, 128, 300.0, gpus_per_replica=2) == 6  # three replicas of 600 tokens/s
+    assert math.isnan(table.iloc[0]["ppl_delta_pct"])
