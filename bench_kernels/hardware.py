@@ -145,6 +145,13 @@ def _best_time_s(work: Callable[[], object], device: torch.device, repeats: int)
     return best_s
 
 
+def _return_cached_memory(device: torch.device) -> None:
+    """Give a measurement's buffers back to the GPU: the sweep's process shares GPU 0 with rank 0 of a
+    tensor-parallel deployment, and a model that fills one card needs every GB."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 @functools.cache
 def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
     """Measured copy bandwidth in GB/s, counting bytes read plus bytes written (best of repeats)."""
@@ -152,7 +159,26 @@ def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: in
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
     gbps = 2 * nbytes / _best_time_s(lambda: dst.copy_(src), device, repeats) / 1e9
+    del src, dst
+    _return_cached_memory(device)
     log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
+    return gbps
+
+
+def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> float:
+    """Measured all-reduce bus bandwidth of the process group, in GB/s (best of repeats).
+
+    Bus bandwidth as nccl-tests defines it: a ring all-reduce of S bytes sends 2 (n-1)/n * S per rank, so
+    that traffic over this figure is the time it takes. Every rank must call it (it is a collective)."""
+    import torch.distributed as dist
+
+    nbytes = 256 * 2**20 if device.type == "cuda" else 16 * 2**20  # gloo on a CPU is slow; a smaller buffer
+    data = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    seconds = _best_time_s(lambda: dist.all_reduce(data), device, repeats)
+    del data
+    _return_cached_memory(device)
+    gbps = 2 * (world - 1) / world * nbytes / seconds / 1e9
+    log.info("measured all-reduce bus bandwidth over %d ranks: %.1f GB/s", world, gbps)
     return gbps
 
 
@@ -164,6 +190,8 @@ def matmul_tflops(device_type: str, repeats: int = 5) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     tflops = 2 * n**3 / _best_time_s(lambda: a @ b, device, repeats) / 1e12
+    del a, b
+    _return_cached_memory(device)
     log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, str(dtype).removeprefix("torch."), tflops)
     return tflops
 
