@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -148,10 +147,6 @@ class SweepConfig(BaseModel):
     def options_for(self, runtime: str) -> Any:
         """The runtime's typed options (its defaults, updated by runtime_options[runtime])."""
         return get_runtime(runtime).options_class(**self.runtime_options.get(runtime, {}))
-
-    def options_text(self, runtime: str) -> str:
-        """The runtime's options as one line for its rows ('' when it takes none)."""
-        return ", ".join(f"{k}={v}" for k, v in asdict(self.options_for(runtime)).items())
 
     @property
     def run_dir(self) -> Path:

@@ -91,6 +91,7 @@ def provenance(device: torch.device) -> dict[str, str]:
     return {
         "device": device.type,
         "gpu_name": torch.cuda.get_device_name(device) if cuda else "",
+        "gpu_memory_gb": f"{device_memory_bytes(device) / 1e9:.1f}" if cuda else "",  # one card's capacity
         "driver_version": _driver_version() if cuda else "",
         "cuda_version": (torch.version.cuda or "") if cuda else "",
         "cpu_name": cpu_name(),
@@ -218,9 +219,11 @@ def kv_bytes_per_token(config: Any, element_size: int) -> int:
 
 
 def decode_roofline_tokens_per_s(weight_bytes: int, kv_token_bytes: int, batch_size: int, input_len: int,
-                                 output_len: int, bandwidth_gbps: float) -> float:
-    """Upper bound on decode tokens/s: each step reads all weights and the batch's KV cache once."""
+                                 output_len: int, bandwidth_gbps: float, link_bytes: int = 0,
+                                 link_gbps: float | None = None) -> float:
+    """Upper bound on decode tokens/s: each step reads all weights and the batch's KV cache once (a device's
+    share of them, when the model is split) and sends link_bytes to the other devices at link_gbps."""
     mean_context = input_len + (output_len - 1) / 2  # tokens in the cache, averaged over the decode steps
     step_bytes = weight_bytes + batch_size * mean_context * kv_token_bytes
-    step_s = step_bytes / (bandwidth_gbps * 1e9)
+    step_s = step_bytes / (bandwidth_gbps * 1e9) + (link_bytes / (link_gbps * 1e9) if link_bytes else 0.0)
     return batch_size / step_s

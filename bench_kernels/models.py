@@ -54,6 +54,7 @@ class LoadedModel:
     source: str = ""  # the sweep spec's model string, to load the same model again in another process
     seed: int = 0
     placement: Placement = "device"
+    device_map: dict[str, Any] | None = None  # module name -> device, when accelerate split the model over devices
 
     @property
     def config(self) -> Any:
@@ -233,7 +234,10 @@ def random_skeleton(config: Any, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if config.tie_word_embeddings:
+        model.tie_weights()  # one parameter from the start, so a device map keeps the two together
+    return model
 
 
 def load_model(model: str, precision: str, device: torch.device | str, seed: int = 0, *,
