@@ -307,8 +307,10 @@ def weight_bytes(hf_model: Any) -> int:
 
 
 def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_len: int) -> int:
-    """Weights as loaded plus a full KV cache, from the config alone (decoder-only transformer layout)."""
+    """Weights as stored plus a full KV cache, from the config alone (decoder-only transformer layout); fp8
+    stores its projection weights in one byte, its embeddings and KV cache in bf16."""
     element = torch.finfo(DTYPES[precision]).bits // 8
+    projection_element = 1 if precision == "fp8" else element
     hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -316,7 +318,7 @@ def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_l
     mlp = 3 * hidden * config.intermediate_size
     embeddings = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
     kv_cache = 2 * layers * kv_heads * head_dim * batch_size * total_len
-    return (layers * (attention + mlp) + embeddings + kv_cache) * element
+    return layers * (attention + mlp) * projection_element + (embeddings + kv_cache) * element
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -115,6 +115,8 @@ def _shape_key(ctx: SweepContext, stage: str, deployment: Deployment, batch_size
 
 
 def _release(*objects: Any) -> None:
+    """Close runtimes and give cached GPU memory back. Call it once nothing refers to what should be freed (the
+    next deployment may be another process on the same GPU: a tensor-parallel rank)."""
     for obj in objects:
         if isinstance(obj, Runtime):
             obj.close()
@@ -180,7 +182,9 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
                 ctx.log_failure(label, err)
                 row.update(status="error", error=readable_error(err))
             finally:
-                _release(runtime, loaded)
+                _release(runtime)
+            runtime = loaded = None
+            _release()
             ctx.store.append(row)
             ctx.progress(f"{label}: {row['status']} {row.get('error') or ''}".rstrip())
     return ctx.store.load()
@@ -267,6 +271,7 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
     ctx = make_context(cfg, progress)
     for deployment in deployments(cfg, runtime_name, ctx.device):
         _measure_deployment(ctx, deployment)
+        _release()  # now that the deployment's model is unreferenced
     return ctx.store.load()
 
 
@@ -294,7 +299,7 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment) -> None:
             write("unavailable", b, s, error=reason)
         ctx.progress(f"{name}: unavailable: {reason}")
         return
-    runtime = loaded = None
+    runtime = None
     try:
         loaded = _load(ctx, deployment)
         runtime = runtime_cls(loaded, precision, ctx.device, deployment.options)
@@ -304,7 +309,7 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment) -> None:
         ctx.log_failure(f"prepare {name}", err)
         for b, s in todo:
             write("error", b, s, error=f"prepare failed: {readable_error(err)}")
-        _release(runtime, loaded)
+        _release(runtime)
         return
     build_columns = _build_columns(build) if build else {}
     if build is not None:
@@ -329,7 +334,7 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment) -> None:
             write("error", batch_size, input_len, error=readable_error(err))
             ctx.progress(f"{label}: error: {readable_error(err)}")
             _release()
-    _release(runtime, loaded)
+    _release(runtime)
 
 
 def run_sweeps(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:

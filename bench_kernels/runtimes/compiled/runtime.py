@@ -110,6 +110,9 @@ class CompiledRuntime(Runtime):
             return f"tensor_parallel {degree} needs {degree} GPUs; torch sees {torch.cuda.device_count()}"
         try:
             args = DecoderArgs.from_hf_config(config)
+        except ValueError:
+            return None  # a family the decoder does not support: preparing says so, in an error row
+        try:
             check_split(args.num_heads, args.num_kv_heads, degree)
         except ValueError as err:
             return str(err)
