@@ -88,7 +88,7 @@ def cpu_name() -> str:
 def provenance(device: torch.device) -> dict[str, str]:
     """The environment block every results row carries."""
     cuda = device.type == "cuda"
-    return {
+    block = {
         "device": device.type,
         "gpu_name": torch.cuda.get_device_name(device) if cuda else "",
         "gpu_memory_gb": f"{device_memory_bytes(device) / 1e9:.1f}" if cuda else "",  # one card's capacity
@@ -103,6 +103,8 @@ def provenance(device: torch.device) -> dict[str, str]:
         "matmul_tflops": f"{matmul_tflops(device.type):.1f}",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    _return_cached_memory(device)  # the measurements' buffers
+    return block
 
 
 def environment_report() -> dict[str, Any]:
@@ -160,8 +162,6 @@ def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: in
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
     gbps = 2 * nbytes / _best_time_s(lambda: dst.copy_(src), device, repeats) / 1e9
-    del src, dst
-    _return_cached_memory(device)
     log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
     return gbps
 
@@ -176,8 +176,6 @@ def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> f
     nbytes = 256 * 2**20 if device.type == "cuda" else 16 * 2**20  # gloo on a CPU is slow; a smaller buffer
     data = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     seconds = _best_time_s(lambda: dist.all_reduce(data), device, repeats)
-    del data
-    _return_cached_memory(device)
     gbps = 2 * (world - 1) / world * nbytes / seconds / 1e9
     log.info("measured all-reduce bus bandwidth over %d ranks: %.1f GB/s", world, gbps)
     return gbps
@@ -191,8 +189,6 @@ def matmul_tflops(device_type: str, repeats: int = 5) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     tflops = 2 * n**3 / _best_time_s(lambda: a @ b, device, repeats) / 1e12
-    del a, b
-    _return_cached_memory(device)
     log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, str(dtype).removeprefix("torch."), tflops)
     return tflops
 
