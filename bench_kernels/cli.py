@@ -147,13 +147,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """The notebooks' work without Jupyter: build stage, then each runtime's sweep."""
+    """The notebooks' work without Jupyter: build stage, then each runtime's sweep (or each deployment as a
+    Ray task with --ray)."""
+    from bench_kernels.config import validate_model
     from bench_kernels.sweep import run_build_stage, run_sweeps
 
-    cfg = _load(args.params, args.reports_dir)
-    if not args.skip_build:
-        run_build_stage(cfg, progress=print)
-    results = run_sweeps(cfg, progress=print)
+    if args.ray is not None:
+        from bench_kernels.cluster import run_sweeps_on_ray
+
+        # The GPUs are the cluster's: this machine's device and memory are not checked.
+        cfg = _load(args.params, args.reports_dir, measures=False)
+        validate_model(cfg, args.params)
+        results = run_sweeps_on_ray(cfg, args.ray or None, skip_build=args.skip_build, progress=print)
+    else:
+        cfg = _load(args.params, args.reports_dir)
+        if not args.skip_build:
+            run_build_stage(cfg, progress=print)
+        results = run_sweeps(cfg, progress=print)
     print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); render the report with: "
           f"bench-kernels run {Path(args.params).resolve()} --only 90"
           + (f" --reports-dir {Path(args.reports_dir).resolve()}" if args.reports_dir else ""))
@@ -205,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("params", help="sweep spec, e.g. params/default.yaml")
     sweep.add_argument("--reports-dir", help="override the spec's reports_dir")
     sweep.add_argument("--skip-build", action="store_true", help="skip the build stage rows")
+    sweep.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="run each deployment (runtime, precision, tensor-parallel degree) as a Ray task asking for "
+                            "the GPUs it uses: on the cluster at ADDRESS (e.g. 'auto' for the one this node joined "
+                            "with `ray start`, or 'ray://head:10001'), or without ADDRESS on a Ray instance started "
+                            "here; every node must see the results folder at the same path")
     sweep.set_defaults(func=cmd_sweep)
 
     validate = sub.add_parser("validate", parents=[common], help="check a sweep spec without running anything",

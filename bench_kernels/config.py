@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -248,10 +247,6 @@ class SweepConfig(BaseModel):
         """The runtime's typed options (its defaults, updated by runtime_options[runtime])."""
         return get_runtime(runtime).options_class(**self.runtime_options.get(runtime, {}))
 
-    def options_text(self, runtime: str) -> str:
-        """The runtime's options as one line for its rows ('' when it takes none)."""
-        return ", ".join(f"{k}={v}" for k, v in asdict(self.options_for(runtime)).items())
-
     @property
     def run_dir(self) -> Path:
         """reports/<run_name>/, relative paths taken from the project root."""
@@ -385,19 +380,24 @@ def check_device(cfg: SweepConfig, source: str = "") -> None:
 
 
 def memory_warnings(cfg: SweepConfig, hf_config: Any) -> list[str]:
-    """Shapes whose estimated weights + KV cache exceed the device's memory (a warning: estimates can be off)."""
+    """Shapes whose estimated weights + KV cache exceed one device's memory, for each number of devices a
+    deployment of the sweep splits the model over (a warning: estimates can be off)."""
     from bench_kernels.hardware import device_memory_bytes, pick_device
     from bench_kernels.models import estimated_memory_bytes
+    from bench_kernels.sweep import deployments
 
     device = pick_device(cfg.device)
     capacity = device_memory_bytes(device)
+    splits = sorted({d.gpu_count for runtime in cfg.runtimes for d in deployments(cfg, runtime, device)})
     warnings = []
     for precision in cfg.precisions:
         need = estimated_memory_bytes(hf_config, precision, max(cfg.batch_sizes), cfg.max_total_len)
-        if need > capacity:
-            warnings.append(f"{precision}: batch {max(cfg.batch_sizes)} at {cfg.max_total_len} tokens needs about "
-                            f"{need / 1e9:.1f} GB for weights and KV cache; this {device.type} has "
-                            f"{capacity / 1e9:.1f} GB (those shapes will be error rows)")
+        for devices in splits:
+            if need / devices > capacity:
+                over = f" split over {devices} devices ({need / devices / 1e9:.1f} GB each)" if devices > 1 else ""
+                warnings.append(f"{precision}: batch {max(cfg.batch_sizes)} at {cfg.max_total_len} tokens needs about "
+                                f"{need / 1e9:.1f} GB for weights and KV cache{over}; this {device.type} has "
+                                f"{capacity / 1e9:.1f} GB (those shapes will be error rows)")
     return warnings
 
 

@@ -88,9 +88,10 @@ def cpu_name() -> str:
 def provenance(device: torch.device) -> dict[str, str]:
     """The environment block every results row carries."""
     cuda = device.type == "cuda"
-    return {
+    block = {
         "device": device.type,
         "gpu_name": torch.cuda.get_device_name(device) if cuda else "",
+        "gpu_memory_gb": f"{device_memory_bytes(device) / 1e9:.1f}" if cuda else "",  # one card's capacity
         "driver_version": _driver_version() if cuda else "",
         "cuda_version": (torch.version.cuda or "") if cuda else "",
         "cpu_name": cpu_name(),
@@ -102,6 +103,8 @@ def provenance(device: torch.device) -> dict[str, str]:
         "matmul_tflops": f"{matmul_tflops(device.type):.1f}",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    _return_cached_memory(device)  # the measurements' buffers
+    return block
 
 
 def environment_report() -> dict[str, Any]:
@@ -145,6 +148,13 @@ def _best_time_s(work: Callable[[], object], device: torch.device, repeats: int)
     return best_s
 
 
+def _return_cached_memory(device: torch.device) -> None:
+    """Give a measurement's buffers back to the GPU: the sweep's process shares GPU 0 with rank 0 of a
+    tensor-parallel deployment, and a model that fills one card needs every GB."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 @functools.cache
 def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
     """Measured copy bandwidth in GB/s, counting bytes read plus bytes written (best of repeats)."""
@@ -153,6 +163,21 @@ def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: in
     dst = torch.empty_like(src)
     gbps = 2 * nbytes / _best_time_s(lambda: dst.copy_(src), device, repeats) / 1e9
     log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
+    return gbps
+
+
+def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> float:
+    """Measured all-reduce bus bandwidth of the process group, in GB/s (best of repeats).
+
+    Bus bandwidth as nccl-tests defines it: a ring all-reduce of S bytes sends 2 (n-1)/n * S per rank, so
+    that traffic over this figure is the time it takes. Every rank must call it (it is a collective)."""
+    import torch.distributed as dist
+
+    nbytes = 256 * 2**20 if device.type == "cuda" else 16 * 2**20  # gloo on a CPU is slow; a smaller buffer
+    data = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    seconds = _best_time_s(lambda: dist.all_reduce(data), device, repeats)
+    gbps = 2 * (world - 1) / world * nbytes / seconds / 1e9
+    log.info("measured all-reduce bus bandwidth over %d ranks: %.1f GB/s", world, gbps)
     return gbps
 
 
@@ -190,9 +215,11 @@ def kv_bytes_per_token(config: Any, element_size: int) -> int:
 
 
 def decode_roofline_tokens_per_s(weight_bytes: int, kv_token_bytes: int, batch_size: int, input_len: int,
-                                 output_len: int, bandwidth_gbps: float) -> float:
-    """Upper bound on decode tokens/s: each step reads all weights and the batch's KV cache once."""
+                                 output_len: int, bandwidth_gbps: float, link_bytes: int = 0,
+                                 link_gbps: float | None = None) -> float:
+    """Upper bound on decode tokens/s: each step reads all weights and the batch's KV cache once (a device's
+    share of them, when the model is split) and sends link_bytes to the other devices at link_gbps."""
     mean_context = input_len + (output_len - 1) / 2  # tokens in the cache, averaged over the decode steps
     step_bytes = weight_bytes + batch_size * mean_context * kv_token_bytes
-    step_s = step_bytes / (bandwidth_gbps * 1e9)
+    step_s = step_bytes / (bandwidth_gbps * 1e9) + (link_bytes / (link_gbps * 1e9) if link_bytes else 0.0)
     return batch_size / step_s

@@ -72,55 +72,71 @@ class StepTimer:
 
 
 class PeakMemory:
-    """Peak memory over a region.
+    """Peak memory over a region, per device (a model split over several GPUs has one peak on each).
 
     CUDA: torch's max allocated, or with device_wide the device memory in use (total - free, sampled
     every 5 ms), which also sees what TensorRT or ONNX Runtime allocate outside torch. CPU: the
     process RSS sampled every 5 ms.
     """
 
-    def __init__(self, device: torch.device, device_wide: bool = False, interval_s: float = 0.005):
-        self.device = device
-        self.sampled = device.type != "cuda" or device_wide
+    def __init__(self, device: torch.device | list[torch.device], device_wide: bool = False,
+                 interval_s: float = 0.005):
+        self.devices = device if isinstance(device, list) else [device]
+        self.cuda = [d for d in self.devices if d.type == "cuda"]
+        self.sampled = not self.cuda or device_wide
         self.interval_s = interval_s
-        self.peak_bytes = 0
+        self.peak_bytes_per_device = [0] * len(self.devices)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _in_use(self) -> int:
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
+    def _in_use(self, device: torch.device) -> int:
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
             return total - free
         return psutil.Process().memory_info().rss
 
+    def _record(self) -> None:
+        self.peak_bytes_per_device = [max(peak, self._in_use(d))
+                                      for peak, d in zip(self.peak_bytes_per_device, self.devices)]
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._in_use())
+            self._record()
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        for device in self.cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         if self.sampled:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        for device in self.cuda:
+            torch.cuda.synchronize(device)
         if self.sampled:
             self._stop.set()
             assert self._thread is not None
             self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, self._in_use())
+            self._record()
         else:
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes_per_device = [torch.cuda.max_memory_allocated(d) for d in self.devices]
+
+    @property
+    def peak_bytes(self) -> int:
+        """The deployment's peak: the per-device peaks added up."""
+        return sum(self.peak_bytes_per_device)
 
     @property
     def peak_gb(self) -> float:
         return self.peak_bytes / 1e9
+
+    @property
+    def peak_gb_per_device(self) -> float:
+        """The largest device's peak: what must fit one GPU."""
+        return max(self.peak_bytes_per_device) / 1e9
 
 
 @dataclass
@@ -134,7 +150,8 @@ class Measurement:
     ttft_ms: list[float] = field(default_factory=list)
     itl_ms: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
-    peak_mem_gb: float = float("nan")
+    peak_mem_gb: float = float("nan")  # all devices together
+    peak_mem_gb_per_gpu: float = float("nan")  # the largest device's peak
     last_output: Any = None  # what the last measured run returned (its tokens feed the quality check)
 
     def add_run(self, offsets_ms: list[float]) -> None:
@@ -152,6 +169,7 @@ class Measurement:
         out["tokens_per_s"] = self.batch_size * self.output_len / (out["latency_ms_p50"] / 1e3)
         out["prefill_tokens_per_s"] = self.batch_size * self.input_len / (out["ttft_ms_p50"] / 1e3)
         out["peak_mem_gb"] = self.peak_mem_gb
+        out["peak_mem_gb_per_gpu"] = self.peak_mem_gb_per_gpu
         return out
 
     def samples(self) -> dict[str, list[float]]:
@@ -160,7 +178,7 @@ class Measurement:
 
 def measure_generation(
     generate: Callable[[StepTimer], Any],
-    device: torch.device,
+    device: torch.device | list[torch.device],
     *,
     batch_size: int,
     input_len: int,
@@ -169,22 +187,24 @@ def measure_generation(
     repeats: int,
     device_wide_memory: bool = False,
 ) -> Measurement:
-    """Run `generate(timer)` warmup + repeats times; only the repeats are kept.
+    """Run `generate(timer)` warmup + repeats times; only the repeats are kept. Several devices (a model split
+    over GPUs): the first times the tokens, peak memory is taken on each.
 
     `generate` must call timer.start() before the prompt goes in and timer.token() once per
     generated token; a run that produces a different number of tokens is an error (speed runs use
     a fixed output length).
     """
+    devices = device if isinstance(device, list) else [device]
     result = Measurement(batch_size, input_len, output_len, warmup)
-    timer = StepTimer(device)
+    timer = StepTimer(devices[0])
     for _ in range(warmup):
         generate(timer)
         timer.offsets_ms()  # drains pending CUDA work so it cannot leak into the first measured run
-    with PeakMemory(device, device_wide_memory) as peak:
+    with PeakMemory(devices, device_wide_memory) as peak:
         for _ in range(repeats):
             result.last_output = generate(timer)
             if timer.tokens != output_len:
                 raise RuntimeError(f"runtime produced {timer.tokens} tokens, expected exactly {output_len}")
             result.add_run(timer.offsets_ms())
-    result.peak_mem_gb = peak.peak_gb
+    result.peak_mem_gb, result.peak_mem_gb_per_gpu = peak.peak_gb, peak.peak_gb_per_device
     return result

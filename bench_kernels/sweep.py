@@ -10,7 +10,7 @@ import gc
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,10 +19,9 @@ import torch
 
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import SweepConfig
-from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_per_s, kv_bytes_per_token,
-                                    last_level_cache_bytes, pick_device, provenance)
-from bench_kernels.measure import measure_generation
-from bench_kernels.models import LoadedModel, load_model, model_display_name, resolve_model_config
+from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_per_s, last_level_cache_bytes,
+                                    pick_device, provenance)
+from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
@@ -55,20 +54,51 @@ class SweepContext:
     progress: ProgressFn
     runtime_columns: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def base_row(self, stage: str, runtime: str, precision: str) -> dict[str, Any]:
+    def base_row(self, stage: str, runtime: str, precision: str, options: Any) -> dict[str, Any]:
         """What every row of this runtime carries: provenance, and the runtime's facts the report reads."""
         if runtime not in self.runtime_columns:
             runtime_cls = get_runtime(runtime)
             self.runtime_columns[runtime] = {"runtime_version": runtime_cls.version(self.device),
-                                             "runtime_options": self.cfg.options_text(runtime),
                                              **runtime_cls.facts()}
         return {"run_name": self.cfg.run_name, "stage": stage, "runtime": runtime, "model": self.model_name,
-                "weights": self.weights, "precision": precision, **self.env, **self.runtime_columns[runtime]}
+                "weights": self.weights, "precision": precision, **self.env, **self.runtime_columns[runtime],
+                "runtime_options": options_text(options)}
 
     def log_failure(self, what: str, err: BaseException) -> None:
         """Full traceback to errors.log beside the results; the row keeps one readable line."""
         with (self.store.run_dir / "errors.log").open("a", encoding="utf-8") as handle:
             handle.write(f"--- {what}\n{''.join(traceback.format_exception(err))}\n")
+
+
+def options_text(options: Any) -> str:
+    """A runtime's options as one line for its rows ('' when it takes none)."""
+    return ", ".join(f"{k}={v}" for k, v in asdict(options).items())
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One separately measured way to run a runtime: its precision and options (e.g. one tensor-parallel
+    degree of several), and how many devices it uses."""
+
+    runtime: str
+    precision: str
+    options: Any
+    gpu_count: int
+
+    @property
+    def label(self) -> str:
+        """'compiled fp8' for one device, 'compiled fp8 on 2 devices' for more."""
+        devices = f" on {self.gpu_count} devices" if self.gpu_count > 1 else ""
+        return f"{self.runtime} {self.precision}{devices}"
+
+
+def deployments(cfg: SweepConfig, runtime_name: str, device: torch.device,
+                precisions: list[str] | None = None) -> list[Deployment]:
+    """Every deployment of one runtime in the sweep, precisions outermost."""
+    runtime_cls = get_runtime(runtime_name)
+    shards = runtime_cls.shard_options(cfg.options_for(runtime_name))
+    return [Deployment(runtime_name, precision, options, runtime_cls.gpu_count(options, device))
+            for precision in precisions or cfg.precisions for options in shards]
 
 
 def make_context(cfg: SweepConfig, progress: ProgressFn | None = None) -> SweepContext:
@@ -80,14 +110,16 @@ def make_context(cfg: SweepConfig, progress: ProgressFn | None = None) -> SweepC
                         provenance(device), progress or (lambda message: log.info(message)))
 
 
-def _shape_key(ctx: SweepContext, stage: str, runtime: str, precision: str, batch_size: int | None,
+def _shape_key(ctx: SweepContext, stage: str, deployment: Deployment, batch_size: int | None,
                input_len: int | None) -> dict[str, Any]:
-    return {"stage": stage, "runtime": runtime, "model": ctx.model_name, "precision": precision,
-            "batch_size": batch_size, "input_len": input_len,
+    return {"stage": stage, "runtime": deployment.runtime, "model": ctx.model_name, "precision": deployment.precision,
+            "gpu_count": deployment.gpu_count, "batch_size": batch_size, "input_len": input_len,
             "output_len": ctx.cfg.output_len if batch_size is not None else None}
 
 
 def _release(*objects: Any) -> None:
+    """Close runtimes and give cached GPU memory back. Call it once nothing refers to what should be freed (the
+    next deployment may be another process on the same GPU: a tensor-parallel rank)."""
     for obj in objects:
         if isinstance(obj, Runtime):
             obj.close()
@@ -96,14 +128,10 @@ def _release(*objects: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _load(ctx: SweepContext, precision: str, runtime_cls: type[Runtime]) -> LoadedModel:
-    """The model on the sweep's device for torch runtimes; moved to the host for those that only export it
-    (loaded on the device first: random weights initialize in seconds on a GPU, minutes on a CPU)."""
-    loaded = load_model(ctx.cfg.model, precision, ctx.device, ctx.cfg.seed)
-    if not runtime_cls.runs_torch_model and ctx.device.type != "cpu":
-        loaded.hf_model.to("cpu")
-        torch.cuda.empty_cache()
-    return loaded
+def _load(ctx: SweepContext, deployment: Deployment) -> LoadedModel:
+    """The model as the deployment's runtime runs it (see Runtime.load)."""
+    return get_runtime(deployment.runtime).load(ctx.cfg.model, deployment.precision, ctx.device, ctx.cfg.seed,
+                                                deployment.options)
 
 
 def unsupported_precision(runtime_cls: type[Runtime], precision: str) -> str | None:
@@ -112,19 +140,29 @@ def unsupported_precision(runtime_cls: type[Runtime], precision: str) -> str | N
     return f"{runtime_cls.name} does not run {precision} (it runs {', '.join(runtime_cls.precisions)})"
 
 
+def unavailable(ctx: SweepContext, deployment: Deployment, *, building: bool = False) -> str | None:
+    """Why this deployment cannot run (or, building, cannot build) here, or None."""
+    runtime_cls = get_runtime(deployment.runtime)
+    device_reason = (runtime_cls.build_unavailable_reason if building else runtime_cls.unavailable_reason)(
+        ctx.device, deployment.precision)
+    return (unsupported_precision(runtime_cls, deployment.precision) or device_reason
+            or runtime_cls.options_unavailable_reason(deployment.options, ctx.device,
+                                                      resolve_model_config(ctx.cfg.model)))
+
+
 def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
     """One build row per (runtime, precision): export / engine build time, artifact size, cache hit."""
     ctx = make_context(cfg, progress)
     for runtime_name in cfg.runtimes:
         runtime_cls = get_runtime(runtime_name)
-        for precision in cfg.precisions:
-            key = _shape_key(ctx, "build", runtime_name, precision, None, None)
+        for deployment in deployments(cfg, runtime_name, ctx.device):
+            label = f"build {deployment.label}"
+            key = _shape_key(ctx, "build", deployment, None, None)
             if ctx.store.is_finished(key):
-                ctx.progress(f"build {runtime_name} {precision}: already done, kept")
+                ctx.progress(f"{label}: already done, kept")
                 continue
-            row = {**ctx.base_row("build", runtime_name, precision), **key}
-            unsupported = (unsupported_precision(runtime_cls, precision)
-                           or runtime_cls.build_unavailable_reason(ctx.device, precision))
+            row = {**ctx.base_row("build", runtime_name, deployment.precision, deployment.options), **key}
+            unsupported = unavailable(ctx, deployment, building=True)
             if unsupported:
                 row.update(status="unavailable", error=unsupported)
                 ctx.store.append(row)
@@ -133,32 +171,35 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
                 row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
                 ctx.store.append(row)
                 continue
-            log.info("build %s %s ...", runtime_name, precision)
+            log.info("%s ...", label)
             runtime = loaded = None
             try:
-                loaded = _load(ctx, precision, runtime_cls)
-                runtime = runtime_cls(loaded, precision, ctx.device, cfg.options_for(runtime_name))
+                loaded = _load(ctx, deployment)
+                runtime = runtime_cls(loaded, deployment.precision, ctx.device, deployment.options)
                 info = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
-                row.update(status="ok", **_build_columns(info))
-                reason = runtime_cls.unavailable_reason(ctx.device, precision)
+                row.update(status="ok", link_gbps=runtime.link_gbps, **_build_columns(info))
+                reason = runtime_cls.unavailable_reason(ctx.device, deployment.precision)
                 if reason:
                     row["notes"] = f"{row['notes']}; inference unavailable here: {reason}"
             except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
-                ctx.log_failure(f"build {runtime_name} {precision}", err)
+                ctx.log_failure(label, err)
                 row.update(status="error", error=readable_error(err))
             finally:
-                _release(runtime, loaded)
+                _release(runtime)
+            runtime = loaded = None
+            _release()
             ctx.store.append(row)
-            ctx.progress(f"build {runtime_name} {precision}: {row['status']} {row.get('error') or ''}".rstrip())
+            ctx.progress(f"{label}: {row['status']} {row.get('error') or ''}".rstrip())
     return ctx.store.load()
 
 
-def _record_build(ctx: SweepContext, runtime_name: str, precision: str, build: BuildInfo) -> None:
+def _record_build(ctx: SweepContext, deployment: Deployment, build: BuildInfo, link_gbps: float | None) -> None:
     """A build done for the inference sweep is the build row too, when the build stage has none yet."""
-    key = _shape_key(ctx, "build", runtime_name, precision, None, None)
+    key = _shape_key(ctx, "build", deployment, None, None)
     if not ctx.store.is_finished(key):
-        ctx.store.append({**ctx.base_row("build", runtime_name, precision), **key, "status": "ok",
-                          **_build_columns(build), "notes": f"{build.notes}; built by the inference sweep"})
+        ctx.store.append({**ctx.base_row("build", deployment.runtime, deployment.precision, deployment.options),
+                          **key, "status": "ok", "link_gbps": link_gbps, **_build_columns(build),
+                          "notes": f"{build.notes}; built by the inference sweep"})
 
 
 def _build_columns(info: BuildInfo | None) -> dict[str, Any]:
@@ -237,16 +278,21 @@ def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size
               itl_ms_p50: float) -> dict[str, Any]:
     """Decode roofline from measured copy bandwidth; efficiency = decode tokens/s over that bound.
 
+    A model split over devices counts the busiest device's share of weights and KV cache at the copy
+    bandwidth, plus what it sends per step (tensor-parallel collectives) at the measured link bandwidth.
     On a CPU whose last-level cache holds the weights and KV cache, DRAM bandwidth bounds nothing: no figure."""
-    kv_token_bytes = kv_bytes_per_token(runtime.loaded.config, runtime.kv_element_size())
+    kv_token_bytes = runtime.kv_bytes_per_token()
+    link_bytes = runtime.link_bytes_per_decode_step(batch_size)
     step_bytes = weight_bytes + batch_size * (input_len + ctx.cfg.output_len) * kv_token_bytes
     if ctx.device.type == "cpu" and step_bytes <= last_level_cache_bytes():
         return {"notes": f"{ROOFLINE_NOT_APPLICABLE} ({step_bytes / 1e6:.1f} MB of weights and KV cache fit in "
                          f"the CPU's {last_level_cache_bytes() / 2**20:.0f} MiB last-level cache)"}
     bound = decode_roofline_tokens_per_s(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len,
-                                         copy_bandwidth_gbps(ctx.device.type))
+                                         copy_bandwidth_gbps(ctx.device.type), link_bytes, runtime.link_gbps)
     decode_tokens_per_s = batch_size / (itl_ms_p50 / 1e3) if itl_ms_p50 > 0 else float("nan")
-    return {"roofline_tokens_per_s": bound, "efficiency": decode_tokens_per_s / bound}
+    notes = (f"roofline of the busiest device: {weight_bytes / 1e9:.2f} GB of weights, {kv_token_bytes} B of KV "
+             f"cache per token, {link_bytes / 1e6:.2f} MB sent per decode step" if link_bytes else "")
+    return {"roofline_tokens_per_s": bound, "efficiency": decode_tokens_per_s / bound, "notes": notes}
 
 
 def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -274,109 +320,110 @@ class SweepMeter:
                                  prefix="sweep", ncols=80)
 
 
-def shapes_to_measure(cfg: SweepConfig, runtime_name: str, finished: set[tuple[str, ...]], model_name: str
-                      ) -> int:
-    """How many (precision, batch, input length) rows of this runtime have no finished row yet."""
-    return sum(row_key({"stage": "inference", "runtime": runtime_name, "model": model_name, "precision": precision,
-                        "batch_size": b, "input_len": s, "output_len": cfg.output_len}) not in finished
-               for precision in cfg.precisions for b in cfg.batch_sizes for s in cfg.input_lens)
-
-
 def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressFn | None = None,
                         meter: SweepMeter | None = None) -> pd.DataFrame:
-    """Measure every (precision, batch size, input length) of one runtime; return the whole table."""
+    """Measure every (precision, deployment, batch size, input length) of one runtime; return the whole table."""
     ctx = make_context(cfg, progress)
-    runtime_cls = get_runtime(runtime_name)
-    shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.input_lens]
-    for precision in cfg.precisions:
-        finished = ctx.store.finished_keys()  # one read of results.csv, not one per shape
-        todo = [(b, s) for b, s in shapes
-                if row_key(_shape_key(ctx, "inference", runtime_name, precision, b, s)) not in finished]
-        # Random weights carry no quality figure: no perplexity row for them.
-        scores = ctx.weights == "real" and row_key(_shape_key(ctx, "quality", runtime_name, precision, None,
-                                                              None)) not in finished
-        ctx.progress(f"{runtime_name} {precision}: {len(shapes) - len(todo)} of {len(shapes)} shapes already done"
-                     + ("" if scores or ctx.weights != "real" else "; perplexity done"))
-        if not todo and not scores:
-            continue
-
-        def write(status: str, batch_size: int, input_len: int, samples: dict | None = None, **columns: Any) -> None:
-            row = {**ctx.base_row("inference", runtime_name, precision),
-                   **_shape_key(ctx, "inference", runtime_name, precision, batch_size, input_len),
-                   "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
-            ctx.store.append(row, samples)
-
-        def write_quality(status: str, **columns: Any) -> None:
-            ctx.store.append({**ctx.base_row("quality", runtime_name, precision),
-                              **_shape_key(ctx, "quality", runtime_name, precision, None, None),
-                              "status": status, **columns})
-
-        reason = unsupported_precision(runtime_cls, precision) or runtime_cls.unavailable_reason(ctx.device, precision)
-        if reason:
-            for b, s in todo:
-                write("unavailable", b, s, error=reason)
-            if meter is not None and todo:
-                ctx.progress(meter.advance(len(todo)))
-            if scores:
-                write_quality("unavailable", error=reason)
-            ctx.progress(f"{runtime_name} {precision}: unavailable: {reason}")
-            continue
-        runtime = loaded = None
-        try:
-            loaded = _load(ctx, precision, runtime_cls)
-            runtime = runtime_cls(loaded, precision, ctx.device, cfg.options_for(runtime_name))
-            build = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
-            token_ids = text_token_ids(loaded.tokenizer, load_text(cfg.prompt_file))
-        except Exception as err:  # noqa: BLE001 - a runtime that cannot start fails its rows, not the sweep
-            ctx.log_failure(f"prepare {runtime_name} {precision}", err)
-            for b, s in todo:
-                write("error", b, s, error=f"prepare failed: {readable_error(err)}")
-            if meter is not None and todo:
-                ctx.progress(meter.advance(len(todo)))
-            if scores:
-                write_quality("error", error=f"prepare failed: {readable_error(err)}")
-            _release(runtime, loaded)
-            continue
-        build_columns = _build_columns(build) if build else {}
-        if build is not None:
-            _record_build(ctx, runtime_name, precision, build)
-        step_weight_bytes = runtime.weight_bytes()
-        for batch_size, input_len in todo:
-            label = f"{runtime_name} {precision} batch {batch_size} input {input_len}"
-            log.info("%s ...", label)
-            try:
-                ids = make_prompts(token_ids, batch_size, input_len)
-                measured = measure_generation(
-                    lambda timer: runtime.generate(ids, cfg.output_len, timer), ctx.device,
-                    batch_size=batch_size, input_len=input_len, output_len=cfg.output_len,
-                    warmup=cfg.warmup, repeats=cfg.repeats, device_wide_memory=not runtime_cls.runs_torch_model)
-                summary = measured.summary()
-                columns = _merged(summary, build_columns,
-                                  _quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
-                                  _roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
-                                            summary["itl_ms_p50"]))
-                write("ok", batch_size, input_len, measured.samples(), **columns)
-                ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
-                             f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms"
-                             + (f"  {meter.advance()}" if meter is not None else ""))
-            except Exception as err:  # noqa: BLE001 - e.g. out of memory: a row with the message, sweep goes on
-                ctx.log_failure(label, err)
-                write("error", batch_size, input_len, error=readable_error(err))
-                ctx.progress(f"{label}: error: {readable_error(err)}"
-                             + (f"  {meter.advance()}" if meter is not None else ""))
-                _release()
-        if scores:  # after the timed shapes: scoring's long windows must not perturb them
-            write_quality(**_perplexity(ctx, runtime, precision, loaded))
-        _release(runtime, loaded)
+    for deployment in deployments(cfg, runtime_name, ctx.device):
+        _measure_deployment(ctx, deployment, meter)
+        _release()  # now that the deployment's model is unreferenced
     return ctx.store.load()
+
+
+def _todo(ctx: SweepContext, deployment: Deployment, finished: set[tuple[str, ...]]) -> list[tuple[int, int]]:
+    """The (batch size, input length) shapes of a deployment with no finished row yet."""
+    return [(b, s) for b in ctx.cfg.batch_sizes for s in ctx.cfg.input_lens
+            if row_key(_shape_key(ctx, "inference", deployment, b, s)) not in finished]
+
+
+def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepMeter | None = None) -> None:
+    """Every (batch size, input length) of one deployment not yet finished: build once, then measure each; then,
+    for real weights, its perplexity (a `quality` row)."""
+    cfg, runtime_name, precision = ctx.cfg, deployment.runtime, deployment.precision
+    runtime_cls = get_runtime(runtime_name)
+    shapes = len(cfg.batch_sizes) * len(cfg.input_lens)
+    finished = ctx.store.finished_keys()  # one read of results.csv, not one per shape
+    todo = _todo(ctx, deployment, finished)
+    # Random weights carry no quality figure: no perplexity row for them.
+    scores = ctx.weights == "real" and row_key(_shape_key(ctx, "quality", deployment, None, None)) not in finished
+    name = deployment.label
+    ctx.progress(f"{name}: {shapes - len(todo)} of {shapes} shapes already done"
+                 + ("" if scores or ctx.weights != "real" else "; perplexity done"))
+    if not todo and not scores:
+        return
+
+    def bar(shapes_done: int = 1) -> str:
+        return f"  {meter.advance(shapes_done)}" if meter is not None else ""
+
+    def write_quality(status: str, **columns: Any) -> None:
+        ctx.store.append({**ctx.base_row("quality", runtime_name, precision, deployment.options),
+                          **_shape_key(ctx, "quality", deployment, None, None), "status": status, **columns})
+
+    def write(status: str, batch_size: int, input_len: int, samples: dict | None = None, **columns: Any) -> None:
+        row = {**ctx.base_row("inference", runtime_name, precision, deployment.options),
+               **_shape_key(ctx, "inference", deployment, batch_size, input_len),
+               "status": status, "warmup": cfg.warmup, "repeats": cfg.repeats, **columns}
+        ctx.store.append(row, samples)
+
+    reason = unavailable(ctx, deployment)
+    if reason:
+        for b, s in todo:
+            write("unavailable", b, s, error=reason)
+        if scores:
+            write_quality("unavailable", error=reason)
+        ctx.progress(f"{name}: unavailable: {reason}" + (bar(len(todo)) if todo else ""))
+        return
+    runtime = None
+    try:
+        loaded = _load(ctx, deployment)
+        runtime = runtime_cls(loaded, precision, ctx.device, deployment.options)
+        build = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
+        token_ids = text_token_ids(loaded.tokenizer, load_text(cfg.prompt_file))
+    except Exception as err:  # noqa: BLE001 - a runtime that cannot start fails its rows, not the sweep
+        ctx.log_failure(f"prepare {name}", err)
+        for b, s in todo:
+            write("error", b, s, error=f"prepare failed: {readable_error(err)}")
+        if scores:
+            write_quality("error", error=f"prepare failed: {readable_error(err)}")
+        ctx.progress(f"{name}: prepare failed: {readable_error(err)}" + (bar(len(todo)) if todo else ""))
+        _release(runtime)
+        return
+    build_columns = _build_columns(build) if build else {}
+    if build is not None:
+        _record_build(ctx, deployment, build, runtime.link_gbps)
+    step_weight_bytes = runtime.weight_bytes()
+    for batch_size, input_len in todo:
+        label = f"{name} batch {batch_size} input {input_len}"
+        log.info("%s ...", label)
+        try:
+            ids = make_prompts(token_ids, batch_size, input_len)
+            measured = runtime.measure(ids, cfg.output_len, cfg.warmup, cfg.repeats)
+            summary = measured.summary()
+            columns = _merged(summary, build_columns,
+                              _quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
+                              _roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
+                                        summary["itl_ms_p50"]))
+            write("ok", batch_size, input_len, measured.samples(), link_gbps=runtime.link_gbps, **columns)
+            ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
+                         f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms{bar()}")
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory: a row with the message, sweep goes on
+            ctx.log_failure(label, err)
+            write("error", batch_size, input_len, error=readable_error(err))
+            ctx.progress(f"{label}: error: {readable_error(err)}{bar()}")
+            _release()
+    if scores:  # after the timed shapes: scoring's long windows must not perturb them
+        write_quality(**_perplexity(ctx, runtime, precision, loaded))
+    _release(runtime)
 
 
 def run_sweeps(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
     """Every runtime of the sweep in turn, the reference first (the others' quality is measured against its
     outputs and perplexity); return the whole table."""
-    store = ResultsStore(cfg.run_dir)
-    results, finished, model_name = store.load(), store.finished_keys(), model_display_name(cfg.model)
-    meter = SweepMeter(sum(shapes_to_measure(cfg, name, finished, model_name) for name in cfg.runtimes))
+    ctx = make_context(cfg, progress)
+    finished = ctx.store.finished_keys()
+    meter = SweepMeter(sum(len(_todo(ctx, deployment, finished)) for runtime_name in cfg.runtimes
+                           for deployment in deployments(cfg, runtime_name, ctx.device)))
+    results = ctx.store.load()
     for runtime_name in sorted(cfg.runtimes, key=lambda name: name != "reference"):
         results = run_inference_sweep(cfg, runtime_name, progress, meter)
     return results

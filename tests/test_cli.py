@@ -110,7 +110,7 @@ def test_papermill_style_string_lists_are_read_as_yaml() -> None:
 def test_bounds_and_moved_keys_are_named() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"warmup": 10**12, "repeats": 10**12, "batch_sizes": [1, 10**9], "trt_workspace_gb": 8.0,
-                      "runtime_options": {"tensorrt": {"workspace_gb": "8", "speed": 1}, "compiled": {"x": 1}}})
+                      "runtime_options": {"tensorrt": {"workspace_gb": "8", "speed": 1}, "onnxruntime": {"x": 1}}})
     message = str(info.value)
     for expected in ("warmup: Input should be less than or equal to 100",
                      "repeats: Input should be less than or equal to 1000",
@@ -119,7 +119,7 @@ def test_bounds_and_moved_keys_are_named() -> None:
                      "tensorrt.workspace_gb: Input should be a valid number",
                      "tensorrt.speed: unknown key; allowed keys: workspace_gb, optimization_level, allow_rebuild, "
                      "kernel_specialization",
-                     "compiled.x: unknown key; allowed keys: (none: this runtime takes no options)"):
+                     "onnxruntime.x: unknown key; allowed keys: (none: this runtime takes no options)"):
         assert expected in message
 
 

@@ -133,3 +133,19 @@ def test_results_of_earlier_versions_load(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     store.append(row(1))
     assert store.rows()[0]["runtime_version"] == "tensorrt_rtx 1.7.1.116"
+
+
+def test_rows_written_before_gpu_count_are_single_device_rows(tmp_path: Path) -> None:
+    """A resumed sweep keeps rows (and samples) written before gpu_count joined the key: they are 1-device rows."""
+    (tmp_path / "results.csv").write_text(
+        "run_name,stage,runtime,model,precision,batch_size,input_len,output_len,status,tokens_per_s\n"
+        "t,inference,reference,m,fp32,1,8,4,ok,12.5\n")
+    (tmp_path / "samples.jsonl").write_text(
+        '{"key": {"stage": "inference", "runtime": "reference", "model": "m", "precision": "fp32", "batch_size": "1",'
+        ' "input_len": "8", "output_len": "4"}, "ttft_ms": [1.0]}\n')
+    store = ResultsStore(tmp_path)
+    assert store.is_finished(row(1, gpu_count=1)) and not store.is_finished(row(1, gpu_count=2))
+    store.append(row(1, gpu_count=2), {"ttft_ms": [2.0]})
+    df = store.load().set_index("gpu_count")
+    assert df.loc[1, "tokens_per_s"] == 12.5 and len(df) == 2
+    assert sorted(s["ttft_ms"][0] for s in store.load_samples()) == [1.0, 2.0]

@@ -17,7 +17,7 @@ from pydantic.dataclasses import dataclass as options_dataclass
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.measure import Measurement, StepTimer
     from bench_kernels.models import LoadedModel
 
 # Strict, frozen, no unknown keys: how every runtime's options class is declared.
@@ -71,6 +71,37 @@ class Runtime(ABC):
         self.precision = precision
         self.device = device
         self.options = options if options is not None else self.options_class()
+        self.link_gbps: float | None = None  # measured bandwidth between the devices of a multi-device runtime
+
+    @classmethod
+    def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
+        """The model as this runtime runs it: on the device, or on the host for runtimes that only export it
+        (loaded on the device first: random weights initialize in seconds on a GPU, minutes on a CPU)."""
+        import torch
+
+        from bench_kernels.models import load_model
+
+        loaded = load_model(model, precision, device, seed)
+        if not cls.runs_torch_model and device.type != "cpu":
+            loaded.hf_model.to("cpu")
+            torch.cuda.empty_cache()
+        return loaded
+
+    @classmethod
+    def shard_options(cls, options: Any) -> list[Any]:
+        """The options of each separately measured deployment an options value asks for (one by default; the
+        compiled runtime's tensor_parallel list gives one per degree)."""
+        return [options]
+
+    @classmethod
+    def gpu_count(cls, options: Any, device: torch.device) -> int:
+        """How many devices one deployment with these options uses (a row's gpu_count)."""
+        return 1
+
+    @classmethod
+    def options_unavailable_reason(cls, options: Any, device: torch.device, config: Any) -> str | None:
+        """None when these options can run this model here, else why not (e.g. more GPUs than there are)."""
+        return None
 
     @classmethod
     def version(cls, device: torch.device) -> str:
@@ -104,6 +135,29 @@ class Runtime(ABC):
         import torch
 
         return torch.finfo(self.loaded.hf_model.dtype).bits // 8
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of keys and values one token adds to the cache (on the busiest device of a split model)."""
+        from bench_kernels.hardware import kv_bytes_per_token
+
+        return kv_bytes_per_token(self.loaded.config, self.kv_element_size())
+
+    def link_bytes_per_decode_step(self, batch_size: int) -> int:
+        """Bytes one device sends to the others per decode step (collectives of a tensor-parallel runtime)."""
+        return 0
+
+    def devices(self) -> list[torch.device]:
+        """Every device the model runs on; the first one times the tokens."""
+        return [self.device]
+
+    def measure(self, input_ids: torch.Tensor, output_len: int, warmup: int, repeats: int) -> Measurement:
+        """Time warmup + repeats generations of input_ids [B, S] with the one timer (bench_kernels.measure)."""
+        from bench_kernels.measure import measure_generation
+
+        return measure_generation(lambda timer: self.generate(input_ids, output_len, timer), self.devices(),
+                                  batch_size=input_ids.shape[0], input_len=input_ids.shape[1],
+                                  output_len=output_len, warmup=warmup, repeats=repeats,
+                                  device_wide_memory=not self.runs_torch_model)
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo | None:
         """Export / build / compile for these shapes; None when the runtime has no build step."""

@@ -157,7 +157,8 @@ def _time_ms(fn, iters: int = 20) -> float:
     fn()  # autotune and compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: under tensor parallelism the process group's watchdog thread may query events meanwhile.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         for _ in range(iters):
             fn()
     graph.replay()

@@ -5,6 +5,10 @@ shape as CUDA graphs.
 Numbers follow decoder.Decoder exactly (same RoPE, norms and GQA head grouping); only the kernels and
 the cache layout change. Prompts of a batch are equally long (workload.make_prompts), so every row
 shares one position and no padding mask is needed.
+
+With a Shard (tensor parallelism, sharding.py) each process holds its part of every projection and of
+the KV cache; the all-reduces after o and down and the LM head's all-gather sit inside the compiled
+functions, so they are part of the captured CUDA graphs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, rope_inv_freq, rotate_half
 from bench_kernels.runtimes.compiled.linear_ops import linear, quantize_fp8
+from bench_kernels.runtimes.compiled.sharding import Shard, all_gather_columns, all_reduce_sum, check_split
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +45,13 @@ class LayerWeights:
         return [self.input_norm, *self.qkv, self.qkv_bias, *self.o, self.post_norm, *self.gate_up, *self.down]
 
 
-def _project(weight: torch.Tensor, weight_format: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _project(weight: torch.Tensor, weight_format: str, own: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stored form of a projection weight. own: copy even a contiguous view (a shard of a larger weight), so
+    the full weight can be freed."""
     # detach(): a new tensor on the same storage, so moving the source module to "meta" later keeps it alive.
     if weight_format == "fp8":
         return quantize_fp8(weight)
-    return weight.detach().contiguous(), None
+    return (weight.detach().clone() if own else weight.detach().contiguous()), None
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -69,11 +76,14 @@ def _qkv_rope(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Ten
 
 def _out_and_mlp(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor | None,
                  post_norm: torch.Tensor, wgu: torch.Tensor, sgu: torch.Tensor | None, wd: torch.Tensor,
-                 sd: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """Output projection, residual, norm and SwiGLU MLP; attn: [B, S, H*Dh]."""
-    x = x + linear(attn, wo, so)
+                 sd: torch.Tensor | None, eps: float, group: str | None) -> torch.Tensor:
+    """Output projection, residual, norm and SwiGLU MLP; attn: [B, S, H*Dh] (this rank's heads). With a
+    tensor-parallel group, o and down give partial sums over this rank's features: one all-reduce each."""
+    out = linear(attn, wo, so)
+    x = x + (all_reduce_sum(out, group) if group else out)
     gate, up = linear(_rms_norm(x, post_norm, eps), wgu, sgu).chunk(2, dim=-1)
-    return x + linear(F.silu(gate) * up, wd, sd)
+    down = linear(F.silu(gate) * up, wd, sd)
+    return x + (all_reduce_sum(down, group) if group else down)
 
 
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, valid: torch.Tensor):
@@ -90,19 +100,26 @@ def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     return (probs @ v_cache).reshape(B, 1, H * Dh)  # [B, 1, H*Dh]
 
 
-def _decode_layer_tail(x, q, k_cache, v_cache, valid, wo, so, post_norm, wgu, sgu, wd, sd, eps):
-    return _out_and_mlp(x, _decode_attention(q, k_cache, v_cache, valid), wo, so, post_norm, wgu, sgu, wd, sd, eps)
+def _decode_layer_tail(x, q, k_cache, v_cache, valid, wo, so, post_norm, wgu, sgu, wd, sd, eps, group):
+    return _out_and_mlp(x, _decode_attention(q, k_cache, v_cache, valid), wo, so, post_norm, wgu, sgu, wd, sd, eps,
+                        group)
 
 
-def _prefill_layer_tail(x, q, k, v, wo, so, post_norm, wgu, sgu, wd, sd, eps):
+def _prefill_layer_tail(x, q, k, v, wo, so, post_norm, wgu, sgu, wd, sd, eps, group):
     B, H, S, Dh = q.shape
     attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # [B, H, S, Dh]
-    return _out_and_mlp(x, attn.transpose(1, 2).reshape(B, S, H * Dh), wo, so, post_norm, wgu, sgu, wd, sd, eps)
+    return _out_and_mlp(x, attn.transpose(1, 2).reshape(B, S, H * Dh), wo, so, post_norm, wgu, sgu, wd, sd, eps,
+                        group)
 
 
-def _head(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """Final norm and LM head for the last position only: logits [B, V] in fp32."""
-    return linear(_rms_norm(x[:, -1:], norm, eps), w, s)[:, 0].float()
+def _head(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, eps: float,
+          group: str | None, world: int, vocab_size: int) -> torch.Tensor:
+    """Final norm and LM head for the last position only: logits [B, V] in fp32. With a group, each rank
+    holds a slice of the (padded) vocabulary; the slices are gathered in the model's dtype, then cast."""
+    logits = linear(_rms_norm(x[:, -1:], norm, eps), w, s)[:, 0]  # [B, V / world, padded]
+    if group:
+        logits = all_gather_columns(logits, world, group)[:, :vocab_size]
+    return logits.float()
 
 
 @dataclass
@@ -129,9 +146,15 @@ class StaticDecoder:
 
     def __init__(self, args: DecoderArgs, embed: torch.Tensor, layers: list[LayerWeights], final_norm: torch.Tensor,
                  lm_head: tuple[torch.Tensor, torch.Tensor | None], weight_format: str, compile_mode: str | None,
-                 suppress_token_ids: Sequence[int] = ()):
+                 suppress_token_ids: Sequence[int] = (), shard: Shard | None = None):
         self.args, self.embed, self.layers, self.final_norm, self.lm_head = args, embed, layers, final_norm, lm_head
         self.weight_format = weight_format
+        self.shard = shard
+        # This rank's heads (all of them without a shard) and the collectives' group (None: no collectives).
+        self.heads = shard.query_heads(args.num_heads, args.num_kv_heads)[1] if shard else args.num_heads
+        self.kv_heads = shard.kv_heads(args.num_kv_heads)[1] if shard else args.num_kv_heads
+        self.group = shard.group_name if shard and shard.world > 1 else None
+        self.world = shard.world if shard else 1
         self.dtype, self.device = embed.dtype, embed.device
         inv_freq = rope_inv_freq(args, self.device)
         positions = torch.arange(args.max_position_embeddings, device=self.device).float()
@@ -154,37 +177,75 @@ class StaticDecoder:
         self.use_cuda_graphs = self.device.type == "cuda"
 
     @classmethod
-    @torch.inference_mode()
     def from_decoder(cls, decoder: Decoder, weight_format: str = "native", compile_mode: str | None = "default",
-                     suppress_token_ids: Sequence[int] = (), release: Callable[[int], None] | None = None
-                     ) -> StaticDecoder:
-        """Fuse q/k/v and gate/up (and quantize to fp8 if asked). `release(i)` is called after layer i is
-        packed so the caller can free the unfused originals before the next layer is copied."""
+                     suppress_token_ids: Sequence[int] = (), release: Callable[[int], None] | None = None,
+                     shard: Shard | None = None) -> StaticDecoder:
+        """Pack a shared decoder's weights (see from_modules)."""
+        return cls.from_modules(decoder.args, decoder.embed_tokens.weight, lambda i: decoder.layers[i],
+                                decoder.norm.weight, decoder.lm_head.weight, weight_format, compile_mode,
+                                suppress_token_ids, release, shard)
+
+    @classmethod
+    @torch.inference_mode()
+    def from_modules(cls, args: DecoderArgs, embed: torch.Tensor, block: Callable[[int], torch.nn.Module],
+                     final_norm: torch.Tensor, lm_head: torch.Tensor, weight_format: str = "native",
+                     compile_mode: str | None = "default", suppress_token_ids: Sequence[int] = (),
+                     release: Callable[[int], None] | None = None, shard: Shard | None = None) -> StaticDecoder:
+        """Fuse q/k/v and gate/up (and quantize to fp8 if asked), keeping only this shard's part of each.
+
+        block(i) gives layer i with the shared decoder's (and transformers' Llama) module names, its weights on
+        the device the decoder will run on; `release(i)` is called once layer i is packed, so the caller can
+        free it before the next one arrives (a model larger than the device's memory streams through)."""
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format {weight_format!r} is not one of {WEIGHT_FORMATS}")
+        a = args
+        shard = shard or Shard(0, 1, "")
+        check_split(a.num_heads, a.num_kv_heads, shard.world)
+        own = shard.world > 1
+        q_first, q_count = shard.query_heads(a.num_heads, a.num_kv_heads)
+        kv_first, kv_count = shard.kv_heads(a.num_kv_heads)
+        mlp_first, mlp_count = shard.span(a.intermediate_size)
+        q_rows = (q_first * a.head_dim, q_count * a.head_dim)
+        kv_rows = (kv_first * a.head_dim, kv_count * a.head_dim)
+
+        def qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            # This rank's query, key and value heads, fused along the output features: [q | k | v].
+            return torch.cat([q.narrow(0, *q_rows), k.narrow(0, *kv_rows), v.narrow(0, *kv_rows)])
+
         layers = []
-        for i, block in enumerate(decoder.layers):
-            attn, mlp = block.self_attn, block.mlp
-            bias = (torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+        for i in range(a.num_layers):
+            layer = block(i)
+            attn, mlp = layer.self_attn, layer.mlp
+            bias = (qkv(attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)
                     if attn.q_proj.bias is not None else None)
+            gate_up = torch.cat([mlp.gate_proj.weight.narrow(0, mlp_first, mlp_count),
+                                 mlp.up_proj.weight.narrow(0, mlp_first, mlp_count)])
             layers.append(LayerWeights(
-                input_norm=block.input_layernorm.weight.detach(),
-                qkv=_project(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), weight_format),
+                input_norm=(layer.input_layernorm.weight.detach().clone() if own
+                            else layer.input_layernorm.weight.detach()),
+                qkv=_project(qkv(attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight), weight_format),
                 qkv_bias=bias,
-                o=_project(attn.o_proj.weight, weight_format),
-                post_norm=block.post_attention_layernorm.weight.detach(),
-                gate_up=_project(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), weight_format),
-                down=_project(mlp.down_proj.weight, weight_format),
+                o=_project(attn.o_proj.weight.narrow(1, *q_rows), weight_format, own),
+                post_norm=(layer.post_attention_layernorm.weight.detach().clone() if own
+                           else layer.post_attention_layernorm.weight.detach()),
+                gate_up=_project(gate_up, weight_format),
+                down=_project(mlp.down_proj.weight.narrow(1, mlp_first, mlp_count), weight_format, own),
             ))
             if release is not None:
                 release(i)
         # The LM head stays in the model's precision, as common fp8 recipes keep it: it sets every logit directly.
-        return cls(decoder.args, decoder.embed_tokens.weight.detach(), layers, decoder.norm.weight.detach(),
-                   (decoder.lm_head.weight.detach(), None), weight_format, compile_mode, suppress_token_ids)
+        # Sharded, each rank keeps its rows of the vocabulary padded to a multiple of the group size (zero rows,
+        # whose logits are cut off after the gather).
+        head = lm_head.detach()
+        if own:
+            rows = shard.padded_vocab(a.vocab_size)
+            head = F.pad(head, (0, 0, 0, rows * shard.world - a.vocab_size)).narrow(0, shard.rank * rows, rows).clone()
+        return cls(a, embed.detach(), layers, final_norm.detach(), (head, None), weight_format, compile_mode,
+                   suppress_token_ids, shard if own else None)
 
     # ---- sizes -------------------------------------------------------------------------------------
     def weight_bytes(self) -> int:
-        """Bytes of every stored weight (a tied embedding and LM head counted once)."""
+        """Bytes of every weight this process stores (a tied embedding and LM head counted once)."""
         from bench_kernels.models import tensor_bytes
 
         kept = [t for layer in self.layers for t in layer.tensors()] + [self.embed, self.final_norm, *self.lm_head]
@@ -193,18 +254,35 @@ class StaticDecoder:
     def kv_element_size(self) -> int:
         return self.embed.element_size()
 
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of keys and values one token adds to this process's cache, across all layers."""
+        return 2 * self.args.num_layers * self.kv_heads * self.args.head_dim * self.kv_element_size()
+
+    def link_bytes_per_token(self) -> int:
+        """Bytes this rank sends per decode step and batch row: two ring all-reduces of [D] per layer
+        (2 (n-1)/n of the message each) and its part of the logits all-gather ((n-1)/n of [V padded])."""
+        if self.world == 1:
+            return 0
+        n, element = self.world, self.embed.element_size()
+        all_reduces = 2 * self.args.num_layers * 2 * (n - 1) / n * self.args.hidden_size * element
+        gather = (n - 1) / n * self.lm_head[0].shape[0] * n * element
+        return int(all_reduces + gather)
+
     # ---- the forward pieces --------------------------------------------------------------------------
     def _layer_args(self, layer: LayerWeights) -> tuple:
         a = self.args
-        return layer.input_norm, *layer.qkv, layer.qkv_bias, a.rms_norm_eps, a.num_heads, a.num_kv_heads, a.head_dim
+        return layer.input_norm, *layer.qkv, layer.qkv_bias, a.rms_norm_eps, self.heads, self.kv_heads, a.head_dim
 
     def _tail_args(self, layer: LayerWeights) -> tuple:
-        return (*layer.o, layer.post_norm, *layer.gate_up, *layer.down, self.args.rms_norm_eps)
+        return (*layer.o, layer.post_norm, *layer.gate_up, *layer.down, self.args.rms_norm_eps, self.group)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._head(x, self.final_norm, *self.lm_head, self.args.rms_norm_eps, self.group, self.world,
+                          self.args.vocab_size)
 
     def _prefill(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
         """Run the prompt [B, S], fill cache slots 0..S-1, return the next-token logits [B, V] fp32."""
-        return self._head(self._prefill_hidden(ids, k_caches, v_caches), self.final_norm, *self.lm_head,
-                          self.args.rms_norm_eps)
+        return self._logits(self._prefill_hidden(ids, k_caches, v_caches))
 
     def _prefill_hidden(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor],
                         eager: bool = False) -> torch.Tensor:
@@ -242,7 +320,7 @@ class StaticDecoder:
             k_cache.index_copy_(2, pos, k)
             v_cache.index_copy_(2, pos, v)
             x = self._decode_tail(x, q, k_cache, v_cache, valid, *self._tail_args(layer))
-        nxt = self._pick(self._head(x, self.final_norm, *self.lm_head, self.args.rms_norm_eps))
+        nxt = self._pick(self._logits(x))
         state.token.copy_(nxt)
         state.generated.index_copy_(1, state.step, nxt)
         state.step.add_(1)
@@ -251,7 +329,7 @@ class StaticDecoder:
     # ---- shapes ----------------------------------------------------------------------------------------
     def _new_caches(self, batch_size: int, cache_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         a = self.args
-        shape = (batch_size, a.num_kv_heads, cache_len, a.head_dim)
+        shape = (batch_size, self.kv_heads, cache_len, a.head_dim)
         # Zeros, not empty: masked slots still enter the matmul, and 0 * NaN from stale memory would be NaN.
         return ([torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)],
                 [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)])
@@ -303,11 +381,15 @@ class StaticDecoder:
                 for _ in range(2):
                     warm()
             torch.cuda.current_stream().wait_stream(side)
+            # Sharded, the graphs hold NCCL collectives; the process group's watchdog thread queries the events
+            # of earlier collectives, which a global-mode capture would count as an error of the capture.
+            mode = "thread_local" if self.group else "global"
+            torch.cuda.synchronize()
             state.prefill_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(state.prefill_graph):
+            with torch.cuda.graph(state.prefill_graph, capture_error_mode=mode):
                 self._prefill_step(state)
             state.decode_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(state.decode_graph):
+            with torch.cuda.graph(state.decode_graph, capture_error_mode=mode):
                 self._decode_step(state)
         else:
             warm()  # compile now, not inside the first timed run

@@ -1,0 +1,42 @@
+"""The reference runtime with device_map auto and the random weights it relies on: drawn by name, so a layer
+drawn alone (a rank, a GPU of a device map, a layer streamed into a packer) equals the whole model's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench_kernels.config import parse_config
+from bench_kernels.models import load_model
+from bench_kernels.sweep import run_inference_sweep
+
+
+def test_random_weights_drawn_module_by_module_equal_the_whole_model():
+    whole = load_model("preset:smollm2-135m", "fp32", "cpu", seed=3)
+    streamed = load_model("preset:smollm2-135m", "fp32", "cpu", seed=3, placement="streamed")
+    assert streamed.hf_model.model.layers[5].mlp.up_proj.weight.is_meta
+    for name in ("model.layers.5", "model.embed_tokens", "model.norm"):
+        streamed.materialize(name, "cpu")
+    for name, param in streamed.hf_model.named_parameters():
+        if not param.is_meta:
+            torch.testing.assert_close(param, whole.hf_model.get_parameter(name), rtol=0, atol=0)
+    other_seed = load_model("preset:smollm2-135m", "fp32", "cpu", seed=4)
+    assert not torch.equal(other_seed.hf_model.model.layers[5].mlp.up_proj.weight,
+                           whole.hf_model.model.layers[5].mlp.up_proj.weight)
+    assert whole.hf_model.lm_head.weight is whole.hf_model.model.embed_tokens.weight  # tied, as configured
+
+
+def test_reference_with_device_map_auto_runs_on_the_cpu(tmp_path: Path, tiny_local_model: Path):
+    """On a machine without GPUs accelerate maps everything to the CPU: one device, the plain reference's tokens."""
+    params = dict(run_name="map", model=f"local:{tiny_local_model}", runtimes=["reference"], precisions=["fp32"],
+                  batch_sizes=[2], input_lens=[8], output_len=6, warmup=0, repeats=1, device="cpu",
+                  reports_dir=str(tmp_path))
+    plain = run_inference_sweep(parse_config(params), "reference")
+    mapped = run_inference_sweep(parse_config({**params, "run_name": "mapped",
+                                               "runtime_options": {"reference": {"device_map": "auto"}}}), "reference")
+    assert (mapped.status == "ok").all() and (mapped.gpu_count == 1).all()
+    assert mapped.runtime_options.iloc[0] == "device_map=auto, gpus=0"
+    plain_tokens = torch.load(next((tmp_path / "map" / "reference_outputs").glob("*.pt")))["tokens"]
+    mapped_tokens = torch.load(next((tmp_path / "mapped" / "reference_outputs").glob("*.pt")))["tokens"]
+    assert torch.equal(plain_tokens, mapped_tokens) and plain.tokens_per_s.notna().all()

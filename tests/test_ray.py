@@ -1,0 +1,42 @@
+"""Sweeps on Ray: the tiny sweep split over two Ray workers on the CPU gives the serial run's rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench_kernels.cluster import run_sweeps_on_ray
+from bench_kernels.config import parse_config
+from bench_kernels.results import ResultsStore, row_key
+from bench_kernels.sweep import run_build_stage, run_sweeps
+
+
+def _tiny(tmp_path: Path, model: Path, run_name: str) -> dict:
+    # Three deployments: the reference, and the compiled runtime on one and on two ranks (eager: compiling
+    # on this CPU would dominate the test's time; tests/test_tensor_parallel.py compiles).
+    return dict(run_name=run_name, model=f"local:{model}", runtimes=["reference", "compiled"], precisions=["fp32"],
+                batch_sizes=[1, 2], input_lens=[8], output_len=4, warmup=0, repeats=1, device="cpu",
+                reports_dir=str(tmp_path), runtime_options={"compiled": {"compile": False, "tensor_parallel": [1, 2]}})
+
+
+def test_ray_sweep_gives_the_serial_rows_and_resumes(tmp_path: Path, tiny_local_model: Path) -> None:
+    serial_cfg = parse_config(_tiny(tmp_path, tiny_local_model, "serial"))
+    run_build_stage(serial_cfg)
+    serial = run_sweeps(serial_cfg)
+    ray_cfg = parse_config(_tiny(tmp_path, tiny_local_model, "ray"))
+    lines: list[str] = []
+    # A local Ray instance of two CPUs: two workers at a time; the two-rank deployment takes both.
+    on_ray = run_sweeps_on_ray(ray_cfg, num_cpus=2, log_to_driver=False, progress=lines.append)
+    assert "3 deployments submitted" in lines[0]
+
+    serial_rows, ray_rows = ResultsStore(serial_cfg.run_dir).rows(), ResultsStore(ray_cfg.run_dir).rows()
+    assert len(serial_rows) == len(serial) == 9
+    assert sorted(map(row_key, ray_rows)) == sorted(map(row_key, serial_rows))
+    assert {r["status"] for r in serial_rows} == {r["status"] for r in ray_rows} == {"ok", "skipped"}
+    compiled = on_ray[(on_ray.stage == "inference") & (on_ray.runtime == "compiled")]
+    # The compiled tasks waited for the reference task: their quality columns are measured.
+    assert (compiled.token_agreement == 1.0).all()
+    assert set(compiled.gpu_count) == {1, 2}
+    # A second run finds every row finished and measures nothing again.
+    before = {row_key(r): r["timestamp"] for r in ResultsStore(ray_cfg.run_dir).rows()}
+    run_sweeps_on_ray(ray_cfg, num_cpus=2, log_to_driver=False, progress=lines.append)
+    assert {row_key(r): r["timestamp"] for r in ResultsStore(ray_cfg.run_dir).rows()} == before
