@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench_kernels.cluster import run_sweeps_on_ray
 from bench_kernels.config import parse_config
 from bench_kernels.results import ResultsStore, row_key
@@ -29,7 +31,10 @@ def test_ray_sweep_gives_the_serial_rows_and_resumes(tmp_path: Path, tiny_local_
     assert "3 deployments submitted" in lines[0]
 
     serial_rows, ray_rows = ResultsStore(serial_cfg.run_dir).rows(), ResultsStore(ray_cfg.run_dir).rows()
-    assert len(serial_rows) == len(serial) == 9
+    assert len(serial_rows) == len(serial) == 12  # builds, shapes, and a perplexity row per deployment
+    perplexity = {(r["runtime"], r["gpu_count"]): float(r["perplexity"]) for r in serial_rows if r["stage"] == "quality"}
+    # Two ranks score through the sharded decoder and its gathered vocabulary: the same perplexity as one.
+    assert perplexity[("compiled", "2")] == pytest.approx(perplexity[("compiled", "1")], rel=1e-4)
     assert sorted(map(row_key, ray_rows)) == sorted(map(row_key, serial_rows))
     assert {r["status"] for r in serial_rows} == {r["status"] for r in ray_rows} == {"ok", "skipped"}
     compiled = on_ray[(on_ray.stage == "inference") & (on_ray.runtime == "compiled")]

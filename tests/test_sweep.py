@@ -42,6 +42,7 @@ def test_kill_mid_sweep_then_rerun_keeps_finished_rows(tmp_path: Path) -> None:
     lines = []
     df = run_inference_sweep(parse_config(params), "reference", progress=lines.append)
     assert f"{len(first)} of 4 shapes already done" in lines[0]
+    df = df[df["stage"] == "inference"]
     assert len(df) == 4 and (df["status"] == "ok").all()
     for _, r in df.iterrows():
         key = (str(int(r["batch_size"])), str(int(r["input_len"])))

@@ -245,7 +245,9 @@ class CompiledRuntime(Runtime):
         return self.static.prefill_logits(input_ids.to(self.device)).cpu()
 
     def sequence_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.static.sequence_logits(input_ids.to(self.device))
+        if self.coordinates_ranks:
+            return self._call_ranks("sequence_logits", input_ids)[0]
+        return self.static.sequence_logits(input_ids.to(self.device)).cpu()
 
     def close(self) -> None:
         if self.group is not None:

@@ -442,5 +442,8 @@ class StaticDecoder:
         (scoring's long windows would otherwise make dynamo recompile the timed functions for dynamic shapes)."""
         B, S = ids.shape
         hidden = self._prefill_hidden(ids, *self._new_caches(B, S), eager=True)
-        return linear(_rms_norm(hidden, self.final_norm, self.args.rms_norm_eps), *self.lm_head)
+        logits = linear(_rms_norm(hidden, self.final_norm, self.args.rms_norm_eps), *self.lm_head)
+        if self.group:  # each rank holds a slice of the (padded) vocabulary
+            logits = all_gather_columns(logits.reshape(B * S, -1), self.world, self.group)[:, :self.args.vocab_size]
+        return logits.reshape(B, S, -1)
 
