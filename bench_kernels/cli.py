@@ -1,4 +1,4 @@
-"""`bench-kernels`: validate a sweep spec, run the notebooks with papermill, export the HTML report."""
+"""`bench-kernels`: validate a sweep spec, run the notebooks with papermill, export the report, compare two runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,8 @@ log = logging.getLogger("bench_kernels.cli")
 
 KERNEL_NAME = "bench-kernels"
 REPORT_NOTEBOOK = "90_report.ipynb"
+# Not numbered: `run` leaves it out, `compare` runs it alone.
+COMPARE_NOTEBOOK = "compare.ipynb"
 # The kernel runs on this machine only: IPC sockets, not TCP (which the kernel warns about on every start).
 LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
 # The kernel's own log (e.g. "KeyboardInterrupt caught in kernel" when a slow machine stops it late) is noise
@@ -100,9 +103,26 @@ def export_report(executed_notebook: Path, html_path: Path) -> Path:
     return html_path
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def execute_notebook(name: str, executed: Path, parameters: dict[str, Any], kernel: str, verbose: bool) -> None:
+    """Execute a packaged notebook with papermill: quiet (only what it prints) unless verbose."""
     import papermill
     from traitlets.config import Config
+
+    try:
+        papermill.execute_notebook(
+            str(notebooks_dir() / name), str(executed), parameters=parameters, kernel_name=kernel,
+            cwd=str(Path.cwd()), progress_bar=verbose, log_output=verbose,
+            stdout_file=None if verbose else sys.stdout, config=Config(LOCAL_KERNEL),
+            extra_arguments=[] if verbose else QUIET_KERNEL,
+        )
+    except papermill.PapermillExecutionError as err:
+        if err.ename == "KeyboardInterrupt":  # Ctrl-C reaches the kernel too: stop, do not go on
+            raise KeyboardInterrupt from None
+        raise
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import papermill
 
     selected = [nb for nb in notebook_names() if not args.only or any(nb.startswith(p) for p in args.only)]
     if not selected:
@@ -123,16 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for index, name in enumerate(selected, 1):
         print(f"[{index}/{len(selected)}] {name}", flush=True)
         try:
-            # Quiet: only what the notebooks print (one line per stage and shape); --verbose: every output.
-            papermill.execute_notebook(
-                str(notebooks_dir() / name), str(out_dir / name), parameters=parameters, kernel_name=kernel,
-                cwd=str(Path.cwd()), progress_bar=args.verbose, log_output=args.verbose,
-                stdout_file=None if args.verbose else sys.stdout, config=Config(LOCAL_KERNEL),
-                extra_arguments=[] if args.verbose else QUIET_KERNEL,
-            )
+            execute_notebook(name, out_dir / name, parameters, kernel, args.verbose)
         except papermill.PapermillExecutionError as err:
-            if err.ename == "KeyboardInterrupt":  # Ctrl-C reaches the kernel too: stop, do not go on
-                raise KeyboardInterrupt from None
             failed.append(name)
             print(f"  {name} failed: {err.ename}: {err.evalue}; see {out_dir / name}", file=sys.stderr)
     report_nb = out_dir / REPORT_NOTEBOOK
@@ -167,6 +179,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); render the report with: "
           f"bench-kernels run {Path(args.params).resolve()} --only 90"
           + (f" --reports-dir {Path(args.reports_dir).resolve()}" if args.reports_dir else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Render run B against run A into one HTML file; both folders are checked before a kernel starts."""
+    import papermill
+
+    from bench_kernels.compare import compare_runs, summary_line
+
+    run_a, run_b = Path(args.run_a).resolve(), Path(args.run_b).resolve()
+    comparison = compare_runs(run_a, run_b)
+    html_path = Path(args.out).resolve() if args.out else run_b / f"compare-vs-{run_a.name}.html"
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        executed = Path(scratch) / COMPARE_NOTEBOOK
+        try:
+            execute_notebook(COMPARE_NOTEBOOK, executed, {"run_a": str(run_a), "run_b": str(run_b)},
+                             _kernel_name(args.kernel), args.verbose)
+        except papermill.PapermillExecutionError as err:
+            print(f"{COMPARE_NOTEBOOK} failed: {err.ename}: {err.evalue} (-v shows every output)", file=sys.stderr)
+            return 1
+        export_report(executed, html_path)
+    print(summary_line(comparison))
+    print(f"comparison: {html_path}")
     return 0
 
 
@@ -230,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--show-defaults", action="store_true",
                           help="print every key with its default, and each runtime's options")
     validate.set_defaults(func=cmd_validate)
+
+    compare = sub.add_parser("compare", parents=[common], help="render run B against run A: per-shape ratios, "
+                             "changes beyond the runs' spread, provenance differences",
+                             description="Compare two run folders (each holding the results.csv and samples.jsonl a "
+                                         "sweep writes): ratios B / A per shape of tokens/s, TTFT, per-token latency, "
+                                         "latency, peak memory and perplexity, flagged only where |B - A| exceeds "
+                                         "the larger of the two runs' spreads (interquartile range of the raw "
+                                         "samples), and the provenance fields that differ. Executes "
+                                         f"{COMPARE_NOTEBOOK} with papermill and exports one self-contained HTML "
+                                         "file; prints one summary line and where the file is.")
+    compare.add_argument("run_a", metavar="RUN_A", help="the baseline run folder, e.g. reports/h100-llama3.1-8b-trt")
+    compare.add_argument("run_b", metavar="RUN_B", help="the run compared with it (ratios are B / A)")
+    compare.add_argument("--out", metavar="PATH",
+                         help="the HTML file to write (default: RUN_B/compare-vs-<name of RUN_A>.html)")
+    compare.add_argument("--kernel",
+                         help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
+    compare.set_defaults(func=cmd_compare)
 
     presets = sub.add_parser("presets", parents=[common], help="list the architecture presets for random-weight runs",
                              description="List the packaged presets, usable as model: preset:<name>.")

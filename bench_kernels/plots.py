@@ -8,6 +8,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from bench_kernels.analysis import baseline_precision, break_even_table, ok_rows, speedup_table
+from bench_kernels.compare import BETTER, NOT_JUDGED, SPEED, SPEED_WORDS, UNCHANGED, WORSE
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -136,6 +137,36 @@ def build_vs_break_even(df: pd.DataFrame) -> Figure | None:
     return _facet_panels(table, "batch_size", "break_even_tokens", "input_len",
                          "Build time against break-even: tokens to generate before the build beats the reference",
                          "break-even (generated tokens)", log_x=True, log_y=True)
+
+
+def comparison_ratios(changes: pd.DataFrame) -> Figure | None:
+    """tokens/s of run B over run A per shape (a compare.Comparison's changes), one panel per runtime and
+    precision; the grey bar around 1 is the runs' spread, within which a ratio counts as unchanged."""
+    speed = changes[changes["metric"] == SPEED.label]
+    if speed.empty:
+        return None
+    panels = list(speed.groupby(["runtime", "precision"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.45 * len(speed) + 2 * len(panels) + 1, 3.8),
+                             squeeze=False, sharey=True)
+    colours = {BETTER: "#2d6a4f", WORSE: "#b00020", UNCHANGED: "#6c757d", NOT_JUDGED: "#adb5bd"}
+    for ax, ((runtime, precision), panel) in zip(axes[0], panels):
+        panel = panel.sort_values(["batch_size", "input_len", "output_len"]).reset_index(drop=True)
+        tolerance = panel[["spread_a", "spread_b"]].max(axis=1, skipna=False) / panel["a"]
+        ax.bar(panel.index, 2 * tolerance, bottom=1 - tolerance, width=0.6, color="#e9ecef")
+        for verdict, word in SPEED_WORDS.items():
+            points = panel[panel["verdict"] == verdict]
+            if not points.empty:
+                ax.scatter(points.index, points["ratio"], color=colours[verdict], s=60, zorder=3, label=word)
+        ax.axhline(1.0, color="#343a40", linewidth=1)
+        ax.set_xticks(panel.index, [f"b{b:.0f} in{i:.0f} out{o:.0f}" for b, i, o in
+                                    panel[["batch_size", "input_len", "output_len"]].itertuples(index=False)],
+                      rotation=30, ha="right")
+        ax.set_title(f"{runtime} {precision}")
+        ax.set_ylabel("tokens/s B / A")
+        ax.legend(fontsize=8)
+    fig.suptitle("tokens/s of run B over run A per shape (> 1 is faster; grey: within the runs' spread)")
+    fig.tight_layout()
+    return fig
 
 
 # The report shows these in order: a new chart is one entry here.
