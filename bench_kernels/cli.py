@@ -207,7 +207,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from bench_kernels.models import presets_dir, preset_names
+    from bench_kernels.architecture import preset_names, presets_dir
 
     for name in preset_names():
         first = (presets_dir() / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")

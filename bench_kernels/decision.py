@@ -69,7 +69,7 @@ def index_samples(records: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[s
 
 
 def _row_key(row: pd.Series) -> tuple[str, ...]:
-    return tuple(str(int(row[c])) if c in ("batch_size", "input_len", "output_len") else str(row[c])
+    return tuple(str(int(row[c])) if c in ("gpu_count", "batch_size", "input_len", "output_len") else str(row[c])
                  for c in KEY_COLUMNS)
 
 

@@ -1,4 +1,4 @@
-"""Provenance (what ran where) and the roofline (measured copy bandwidth)."""
+"""Provenance (what ran where) and the rates the roofline divides by (measured copy bandwidth, matmul rate)."""
 
 from __future__ import annotations
 
@@ -206,20 +206,3 @@ def last_level_cache_bytes() -> int:
         units = {"K": 2**10, "M": 2**20, "G": 2**30}
         sizes[level] = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
     return sizes[max(sizes)] if sizes else 0
-
-
-def kv_bytes_per_token(config: Any, element_size: int) -> int:
-    """Bytes of keys and values one token adds to the cache, across all layers."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element_size
-
-
-def decode_roofline_tokens_per_s(weight_bytes: int, kv_token_bytes: int, batch_size: int, input_len: int,
-                                 output_len: int, bandwidth_gbps: float, link_bytes: int = 0,
-                                 link_gbps: float | None = None) -> float:
-    """Upper bound on decode tokens/s: each step reads all weights and the batch's KV cache once (a device's
-    share of them, when the model is split) and sends link_bytes to the other devices at link_gbps."""
-    mean_context = input_len + (output_len - 1) / 2  # tokens in the cache, averaged over the decode steps
-    step_bytes = weight_bytes + batch_size * mean_context * kv_token_bytes
-    step_s = step_bytes / (bandwidth_gbps * 1e9) + (link_bytes / (link_gbps * 1e9) if link_bytes else 0.0)
-    return batch_size / step_s

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
-import yaml
 
+from bench_kernels.architecture import kv_bytes_per_token, parameter_counts, preset_fields, preset_names
 from bench_kernels.paths import cache_dir, resolve_project_path
 
 log = logging.getLogger(__name__)
@@ -71,25 +71,12 @@ class LoadedModel:
         return module
 
 
-def presets_dir() -> Path:
-    """The architecture presets shipped in the package (bench_kernels/presets/)."""
-    from importlib import resources
-
-    return Path(str(resources.files("bench_kernels").joinpath("presets")))
-
-
-def preset_names() -> list[str]:
-    """Names of the architecture presets (model: preset:<name>)."""
-    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
-
-
 def _preset_config(name: str) -> Any:
     from transformers import AutoConfig
 
-    path = presets_dir() / f"{name}.yaml"
-    if not path.is_file():
+    if name not in preset_names():
         raise ModelError(f"unknown preset {name!r}; allowed presets: {', '.join(preset_names()) or '(none found)'}")
-    fields = yaml.safe_load(path.read_text())
+    fields = preset_fields(name)
     model_type = fields.pop("model_type")
     return AutoConfig.for_model(model_type, **fields)
 
@@ -310,15 +297,10 @@ def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_l
     """Weights as stored plus a full KV cache, from the config alone (decoder-only transformer layout); fp8
     stores its projection weights in one byte, its embeddings and KV cache in bf16."""
     element = torch.finfo(DTYPES[precision]).bits // 8
+    counts = parameter_counts(config)
     projection_element = 1 if precision == "fp8" else element
-    hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    attention = hidden * head_dim * (2 * config.num_attention_heads + 2 * kv_heads)
-    mlp = 3 * hidden * config.intermediate_size
-    embeddings = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
-    kv_cache = 2 * layers * kv_heads * head_dim * batch_size * total_len
-    return layers * (attention + mlp) * projection_element + (embeddings + kv_cache) * element
+    kv_cache = kv_bytes_per_token(config, element) * batch_size * total_len
+    return counts.projections * projection_element + (counts.total - counts.projections) * element + kv_cache
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -146,7 +146,8 @@ class ResultsStore:
             except json.JSONDecodeError:
                 log.warning("skipping a torn line in %s", self.samples_path)
                 continue
-            latest[tuple(record["key"].get(c) or KEY_DEFAULTS.get(c, "") for c in KEY_COLUMNS)] = record
+            record["key"] = {c: record["key"].get(c) or KEY_DEFAULTS.get(c, "") for c in KEY_COLUMNS}
+            latest[tuple(record["key"].values())] = record
         return list(latest.values())
 
 

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
+from bench_kernels.architecture import decode_roofline_tokens_per_s
 from bench_kernels.config import SweepConfig
-from bench_kernels.hardware import (copy_bandwidth_gbps, decode_roofline_tokens_per_s, last_level_cache_bytes,
-                                    pick_device, provenance)
+from bench_kernels.hardware import copy_bandwidth_gbps, last_level_cache_bytes, pick_device, provenance
 from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key

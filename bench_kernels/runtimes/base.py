@@ -138,7 +138,7 @@ class Runtime(ABC):
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of keys and values one token adds to the cache (on the busiest device of a split model)."""
-        from bench_kernels.hardware import kv_bytes_per_token
+        from bench_kernels.architecture import kv_bytes_per_token
 
         return kv_bytes_per_token(self.loaded.config, self.kv_element_size())
 

@@ -1,0 +1,423 @@
+"""Claims check: published figures set beside this run's measurements and the physical limit on its GPU.
+
+A claims file (params/claims/<name>.yaml) lists what was claimed and maps it onto this project's terms
+(preset, runtime, precision, batch, GPU). Every limit and verdict here is computed from the presets and the
+run's rows; the file holds only the claims.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from bench_kernels.architecture import (ParameterCounts, decode_roofline_tokens_per_s, kv_bytes_per_token,
+                                        parameter_counts, preset_fields, preset_names)
+from bench_kernels.paths import resolve_project_path
+from bench_kernels.runtimes import runtime_names
+
+UNITS = {"tokens_per_s": "tokens/s", "build_min": "min", "memory_gb": "GB"}
+MEASUREMENTS = {"tokens_per_s": "decode throughput", "build_min": "build", "memory_gb": "peak memory"}
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int4")
+# Bytes per projection weight (attention and MLP matrices); int4 is AWQ-style: 4 bits plus an fp16 scale per
+# group of 128 weights. Per-tensor or per-channel fp8 scales are under 0.1% of the bytes and not counted.
+PROJECTION_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int4": 0.5 + 2 / 128}
+# Embedding, LM head and norms stay 16-bit when projections are quantized, as the compiled runtime's fp8 and the
+# common fp8 and AWQ recipes keep them: the LM head sets every logit directly.
+UNQUANTIZED_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 2.0, "int4": 2.0}
+# Bytes per cached key/value element: an fp8 model may cache in fp8, the generous case for a bound.
+KV_ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int4": 2}
+# The context a throughput claim is bounded and matched at when the claim states none.
+DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN = 128, 128
+# Measurement spread allowed before a claim is called beyond a limit or not reproduced.
+TOLERANCE = 0.05
+
+BEYOND = "beyond the hardware's limit"
+BELOW_WEIGHTS = "less than its weights occupy"
+CONSISTENT = "consistent"
+NOT_REPRODUCED = "not reproduced"
+NOT_MEASURED = "not measured here"
+VERDICTS = (BEYOND, BELOW_WEIGHTS, CONSISTENT, NOT_REPRODUCED, NOT_MEASURED)
+VERDICT_STYLES = {BEYOND: "color: #b00020; font-weight: bold", BELOW_WEIGHTS: "color: #b00020; font-weight: bold",
+                  CONSISTENT: "color: #1b6e2e; font-weight: bold", NOT_REPRODUCED: "color: #8a5a00; font-weight: bold",
+                  NOT_MEASURED: "color: #555555; font-style: italic"}
+
+REQUIRED_KEYS = ("id", "statement", "source", "metric", "claimed", "model", "runtime", "precision", "gpu")
+OPTIONAL_KEYS = ("runtime_version", "gpu_count", "batch_size", "input_len", "output_len")
+THROUGHPUT_ONLY_KEYS = ("batch_size", "input_len", "output_len")
+CHECK_COLUMNS = ["claim", "statement", "source", "claimed_configuration", "metric", "unit", "claimed", "measured",
+                 "measured_configuration", "physical_limit", "physical_limit_basis", "claimed_over_limit", "verdict",
+                 "detail"]
+
+
+class ClaimsError(ValueError):
+    """A claims file that cannot be used, naming the file, the claim and the key at fault."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One published figure and its mapping onto this project's presets, runtimes and precisions."""
+
+    id: str
+    statement: str  # the figure in the source's words
+    source: str  # the source's description, from the file's `sources`
+    metric: str  # a key of UNITS
+    claimed: float
+    model: str  # preset:<name>
+    runtime: str
+    precision: str
+    gpu: str  # matched case-insensitively within a row's gpu_name
+    runtime_version: str = ""  # as the source gives it, e.g. "TensorRT 10.2"
+    gpu_count: int = 1
+    batch_size: int | None = None
+    input_len: int = DEFAULT_INPUT_LEN
+    output_len: int = DEFAULT_OUTPUT_LEN
+
+    @property
+    def preset(self) -> str:
+        return self.model.removeprefix("preset:")
+
+
+# ---- loading ----------------------------------------------------------------------------------------------------
+
+def load_claims(path: str | Path) -> list[Claim]:
+    """The claims of a claims file (relative paths against the project root), validated key by key."""
+    path = resolve_project_path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ClaimsError(f"claims file {path} cannot be read: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ClaimsError(f"claims file {path} is not valid YAML: {err}") from None
+    where = f"claims file {path}"
+    if not isinstance(data, dict):
+        raise ClaimsError(f"{where}: expected a mapping with keys 'sources' and 'claims'")
+    for key in data:
+        if key not in ("sources", "claims"):
+            raise ClaimsError(f"{where}: unknown key {key!r}; allowed: sources, claims")
+    sources, entries = data.get("sources"), data.get("claims")
+    if not isinstance(sources, dict) or not sources or not all(isinstance(v, str) and v for v in sources.values()):
+        raise ClaimsError(f"{where}: key 'sources' must map each source's name to its description")
+    if not isinstance(entries, list) or not entries:
+        raise ClaimsError(f"{where}: key 'claims' must be a non-empty list of claims")
+    claims = [_parse_claim(entry, f"{where}, claim {i + 1}", sources) for i, entry in enumerate(entries)]
+    ids = [claim.id for claim in claims]
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicated:
+        raise ClaimsError(f"{where}: key 'id' repeated: {', '.join(duplicated)}")
+    return claims
+
+
+def _parse_claim(entry: Any, where: str, sources: dict[str, str]) -> Claim:
+    if not isinstance(entry, dict):
+        raise ClaimsError(f"{where}: expected a mapping of keys, got {entry!r}")
+    if isinstance(entry.get("id"), str):
+        where += f" ({entry['id']!r})"
+    for key in entry:
+        if key not in REQUIRED_KEYS + OPTIONAL_KEYS:
+            raise ClaimsError(f"{where}: unknown key {key!r}; allowed: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}")
+    for key in REQUIRED_KEYS:
+        if key not in entry:
+            raise ClaimsError(f"{where}: missing key {key!r}")
+
+    def text(key: str) -> str:
+        value = entry.get(key, "")
+        if not isinstance(value, str) or (key in REQUIRED_KEYS and not value.strip()):
+            raise ClaimsError(f"{where}: key {key!r} must be a non-empty string, got {value!r}")
+        return value
+
+    def positive_int(key: str, default: int) -> int:
+        value = entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ClaimsError(f"{where}: key {key!r} must be a positive integer, got {value!r}")
+        return value
+
+    def one_of(key: str, allowed: tuple[str, ...] | list[str]) -> str:
+        value = text(key)
+        if value not in allowed:
+            raise ClaimsError(f"{where}: key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
+        return value
+
+    metric = one_of("metric", tuple(UNITS))
+    claimed = entry["claimed"]
+    if isinstance(claimed, bool) or not isinstance(claimed, (int, float)) or not claimed > 0:
+        raise ClaimsError(f"{where}: key 'claimed' must be a positive number in {UNITS[metric]}, got {claimed!r}")
+    model = text("model")
+    if not model.startswith("preset:") or model.removeprefix("preset:") not in preset_names():
+        raise ClaimsError(f"{where}: key 'model' is {model!r}; allowed: "
+                          + ", ".join(f"preset:{name}" for name in preset_names()))
+    if metric == "tokens_per_s" and "batch_size" not in entry:
+        raise ClaimsError(f"{where}: missing key 'batch_size' (a tokens_per_s claim is bounded at its batch)")
+    if metric != "tokens_per_s":
+        for key in THROUGHPUT_ONLY_KEYS:
+            if key in entry:
+                raise ClaimsError(f"{where}: key {key!r} means nothing for metric {metric!r}; remove it")
+    return Claim(id=text("id"), statement=text("statement"), source=sources[one_of("source", list(sources))],
+                 metric=metric, claimed=float(claimed), model=model, runtime=one_of("runtime", runtime_names()),
+                 precision=one_of("precision", PRECISIONS), gpu=text("gpu"), runtime_version=text("runtime_version"),
+                 gpu_count=positive_int("gpu_count", 1),
+                 batch_size=positive_int("batch_size", 1) if "batch_size" in entry else None,
+                 input_len=positive_int("input_len", DEFAULT_INPUT_LEN),
+                 output_len=positive_int("output_len", DEFAULT_OUTPUT_LEN))
+
+
+# ---- physical limits --------------------------------------------------------------------------------------------
+
+def preset_parameter_counts(preset: str) -> ParameterCounts:
+    """Parameter counts of an architecture preset, read without transformers or torch."""
+    return parameter_counts(SimpleNamespace(**preset_fields(preset)))
+
+
+def stored_weight_bytes(counts: ParameterCounts, precision: str) -> float:
+    """Bytes the weights occupy at this precision: the memory no runtime can go below."""
+    unquantized = counts.norms + counts.embedding + counts.lm_head
+    return counts.projections * PROJECTION_BYTES[precision] + unquantized * UNQUANTIZED_BYTES[precision]
+
+
+def decode_step_weight_bytes(counts: ParameterCounts, precision: str) -> float:
+    """Weight bytes one decode step reads: every matrix once, the embedding table only for the batch's rows
+    (not counted; a tied embedding is still read whole as the LM head)."""
+    head = counts.lm_head or counts.embedding
+    return counts.projections * PROJECTION_BYTES[precision] + (counts.norms + head) * UNQUANTIZED_BYTES[precision]
+
+
+def _throughput_limit(claim: Claim, on_gpu: pd.DataFrame) -> tuple[float, str]:
+    """The decode roofline for the claim at the best copy bandwidth this run measured on the claim's GPU."""
+    if on_gpu.empty:
+        return math.nan, f"none: this run has no rows on a GPU named {claim.gpu!r}"
+    if on_gpu["copy_gbps"].isna().all():
+        return math.nan, f"none: this run recorded no copy bandwidth on {on_gpu['gpu_name'].iloc[0]}"
+    # The highest measurement (each already the best of several copies): the limit is as generous as the run allows.
+    best = on_gpu.loc[on_gpu["copy_gbps"].idxmax()]
+    config = SimpleNamespace(**preset_fields(claim.preset))
+    weight_bytes = decode_step_weight_bytes(parameter_counts(config), claim.precision)
+    kv_token_bytes = kv_bytes_per_token(config, KV_ELEMENT_BYTES[claim.precision])
+    assert claim.batch_size is not None  # load_claims requires it for tokens_per_s
+    # Ideal tensor parallelism: each GPU reads its share of the weights, so the bandwidths add.
+    limit = decode_roofline_tokens_per_s(round(weight_bytes), kv_token_bytes, claim.batch_size, claim.input_len,
+                                         claim.output_len, best["copy_gbps"] * claim.gpu_count)
+    gpus = f" x {claim.gpu_count} GPUs" if claim.gpu_count > 1 else ""
+    return limit, (f"{weight_bytes / 1e9:.2f} GB of {claim.precision} weights read per decode step plus the KV cache "
+                   f"of batch {claim.batch_size} at {claim.input_len} in / {claim.output_len} out, at "
+                   f"{best['copy_gbps']:,.0f} GB/s{gpus} (the highest copy bandwidth this run measured on "
+                   f"{best['gpu_name']})")
+
+
+def _memory_floor(claim: Claim) -> tuple[float, str]:
+    """The bytes the claim's weights occupy at its precision, in GB."""
+    counts = preset_parameter_counts(claim.preset)
+    floor_gb = stored_weight_bytes(counts, claim.precision) / 1e9
+    p = claim.precision
+    return floor_gb, (f"{counts.total / 1e9:.2f} B parameters: {PROJECTION_BYTES[p]:.3g} bytes per projection "
+                      f"parameter, {UNQUANTIZED_BYTES[p]:g} per embedding, LM head and norm parameter; weights alone, "
+                      "no KV cache")
+
+
+def _physical_limit(claim: Claim, on_gpu: pd.DataFrame) -> tuple[float, str]:
+    if claim.metric == "tokens_per_s":
+        return _throughput_limit(claim, on_gpu)
+    if claim.metric == "memory_gb":
+        return _memory_floor(claim)
+    return math.nan, "none: a build's duration depends on the builder, not on a hardware rate"
+
+
+# ---- the nearest measurement ------------------------------------------------------------------------------------
+
+def _product(runtime_version: str) -> str:
+    """The product a version string names ('TensorRT 10.2' -> 'tensorrt', 'tensorrt_rtx 1.7' -> 'tensorrt_rtx')."""
+    return runtime_version.split(" ")[0].lower().replace("-", "_") if runtime_version.strip() else ""
+
+
+def _candidates(claim: Claim, rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows that measured the claim's metric, with that measurement in `measured` and their distance from the claim."""
+    ok = rows[rows["status"] == "ok"]
+    if claim.metric == "tokens_per_s":
+        ok = ok[(ok["stage"] == "inference") & (ok["itl_ms_p50"] > 0)]
+        measured = ok["batch_size"] * 1e3 / ok["itl_ms_p50"]  # decode rate: the quantity the roofline bounds
+    elif claim.metric == "memory_gb":
+        ok = ok[(ok["stage"] == "inference") & (ok["peak_mem_gb"] > 0)]
+        measured = ok["peak_mem_gb"]
+    else:
+        ok = ok[(ok["stage"] == "build") & (ok["build_s"] > 0)]
+        measured = ok["build_s"] / 60
+    product = _product(claim.runtime_version)
+    shaped = claim.metric == "tokens_per_s"
+    return ok.assign(
+        measured=measured,
+        other_runtime=ok["runtime"] != claim.runtime,
+        other_product=ok["runtime_version"].map(lambda v: bool(product) and _product(v) != product),
+        other_precision=ok["precision"] != claim.precision,
+        batch_distance=(ok["batch_size"] / (claim.batch_size or 1)).map(lambda r: abs(math.log2(r))) if shaped else 0.0,
+        input_distance=(ok["input_len"] - claim.input_len).abs() if shaped else 0.0,
+        output_distance=(ok["output_len"] - claim.output_len).abs() if shaped else 0.0,
+    )
+
+
+def _nearest(claim: Claim, rows: pd.DataFrame) -> pd.Series | None:
+    """The measurement nearest the claim: same runtime first, then product, precision, batch, input and output
+    length; for memory the smallest footprint (nearest a weights-only figure)."""
+    candidates = _candidates(claim, rows)
+    if candidates.empty:
+        return None
+    order = ["other_runtime", "other_product", "other_precision", "batch_distance", "input_distance",
+             "output_distance", "measured"]
+    ascending = [True] * (len(order) - 1) + [claim.metric != "tokens_per_s"]
+    return candidates.sort_values(order, ascending=ascending, kind="stable").iloc[0]
+
+
+def _comparable(row: pd.Series) -> bool:
+    """Whether the row measured the claim's configuration: runtime, product, precision and batch."""
+    return not (row["other_runtime"] or row["other_product"] or row["other_precision"] or row["batch_distance"])
+
+
+def _row_configuration(row: pd.Series) -> str:
+    version = f" ({row['runtime_version']})" if row["runtime_version"] else ""
+    if row["stage"] == "build":
+        shape = " build"
+    else:
+        shape = f", batch {row['batch_size']:.0f}, {row['input_len']:.0f} in / {row['output_len']:.0f} out"
+    return f"{row['runtime']}{version} {row['precision']}{shape}, {row['gpu_name']}, run {row['run_name']}"
+
+
+def _claimed_configuration(claim: Claim) -> str:
+    version = f" ({claim.runtime_version})" if claim.runtime_version else ""
+    batch = f", batch {claim.batch_size}" if claim.batch_size else ""
+    return f"{claim.model} {claim.runtime}{version} {claim.precision}{batch}, {claim.gpu_count} x {claim.gpu}"
+
+
+# ---- verdicts ---------------------------------------------------------------------------------------------------
+
+def format_value(value: float, metric: str) -> str:
+    """A figure with its unit, at the precision the metric deserves."""
+    if pd.isna(value):
+        return ""
+    digits = 0 if metric == "tokens_per_s" else 1
+    return f"{value:,.{digits}f} {UNITS[metric]}"
+
+
+def _reproduces(claim: Claim, measured: float) -> bool:
+    """Whether the measurement is at least as good as the claim, within the tolerance."""
+    if claim.metric == "tokens_per_s":
+        return measured >= claim.claimed * (1 - TOLERANCE)
+    return measured <= claim.claimed * (1 + TOLERANCE)  # minutes and GB: less is better
+
+
+def _verdict(claim: Claim, limit: float, nearest: pd.Series | None) -> str:
+    # A missing limit (NaN) compares False, so only the measurement decides.
+    if claim.metric == "tokens_per_s" and claim.claimed > limit * (1 + TOLERANCE):
+        return BEYOND
+    if claim.metric == "memory_gb" and claim.claimed < limit * (1 - TOLERANCE):
+        return BELOW_WEIGHTS
+    if nearest is None or not _comparable(nearest):
+        return NOT_MEASURED
+    return CONSISTENT if _reproduces(claim, nearest["measured"]) else NOT_REPRODUCED
+
+
+def _limit_sentence(claim: Claim, limit: float, basis: str) -> str:
+    if math.isnan(limit):
+        return f"No physical limit: {basis.removeprefix('none: ')}."
+    ratio = claim.claimed / limit
+    if claim.metric == "memory_gb":
+        return f"The claim is {ratio:.2f}x the {limit:,.1f} GB its weights occupy at {claim.precision}."
+    sentence = f"The claim is {ratio:.2f}x the most this GPU's measured bandwidth allows"
+    if ratio > 1 + TOLERANCE:
+        # Bandwidths add at best linearly across GPUs, so this many would be needed even with perfect scaling.
+        sentence += (f"; even ideal tensor parallelism would need at least {math.ceil(ratio * claim.gpu_count)} "
+                     "such GPUs")
+    return sentence + "."
+
+
+def _measured_sentence(claim: Claim, nearest: pd.Series | None) -> str:
+    what = MEASUREMENTS[claim.metric]
+    if nearest is None:
+        return f"This run has no {what} of {claim.preset} on {claim.gpu}."
+    share = nearest["measured"] / claim.claimed
+    figure = f"{format_value(nearest['measured'], claim.metric)} ({share:.0%} of the claim)"
+    if _comparable(nearest):
+        return f"This run measured {figure} for {_row_configuration(nearest)}."
+    sentence = (f"This run has no {what} of {claim.runtime} {claim.precision}"
+                + (f" at batch {claim.batch_size}" if claim.batch_size else "")
+                + f"; nearest: {figure} for {_row_configuration(nearest)}")
+    if not nearest["other_runtime"] and nearest["other_product"]:
+        sentence += (f", and {nearest['runtime_version']} is not {claim.runtime_version}: "
+                     "it neither confirms nor refutes the claim")
+    return sentence + "."
+
+
+def _check(claim: Claim, results: pd.DataFrame) -> dict[str, Any]:
+    on_gpu = results[results["gpu_name"].str.contains(claim.gpu, case=False, regex=False)]
+    limit, basis = _physical_limit(claim, on_gpu)
+    nearest = _nearest(claim, on_gpu[on_gpu["model"] == claim.preset])
+    return {
+        "claim": claim.id, "statement": claim.statement, "source": claim.source,
+        "claimed_configuration": _claimed_configuration(claim), "metric": claim.metric,
+        "unit": UNITS[claim.metric], "claimed": claim.claimed,
+        "measured": math.nan if nearest is None else nearest["measured"],
+        "measured_configuration": "" if nearest is None else _row_configuration(nearest),
+        "physical_limit": limit, "physical_limit_basis": basis, "claimed_over_limit": claim.claimed / limit,
+        "verdict": _verdict(claim, limit, nearest),
+        "detail": f"{_limit_sentence(claim, limit, basis)} {_measured_sentence(claim, nearest)}",
+    }
+
+
+def check_claims(claims: list[Claim], results: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: the claim, this run's nearest measurement, the physical limit on its GPU, the verdict."""
+    return pd.DataFrame([_check(claim, results) for claim in claims], columns=CHECK_COLUMNS)
+
+
+# ---- the report section -----------------------------------------------------------------------------------------
+
+def verdict_rule_html() -> str:
+    """How limits and verdicts are computed (HTML), with the constants this module uses."""
+    tolerance, e = f"{TOLERANCE:.0%}", html.escape
+    return (
+        "<p>Each claim is set beside the physical limit for it on the GPU this run measured and beside what this "
+        "run measured for the nearest configuration. <b>Throughput limit</b>: a decode step reads every weight "
+        "matrix once (projections at the claim's precision; LM head and norms 16-bit, as the compiled runtime and "
+        "common fp8 and AWQ recipes keep them; of the embedding table only the batch's rows, not counted) and the "
+        "batch's KV cache (fp8 for fp8 claims) at the claim's context, "
+        f"{DEFAULT_INPUT_LEN} in / {DEFAULT_OUTPUT_LEN} out where it states none; tokens/s &le; batch &times; "
+        "bandwidth / bytes per step, with the highest copy bandwidth (bytes read plus written per second) this run "
+        "measured on that GPU, times the claim's GPU count (ideal tensor parallelism). Measured tokens/s is the "
+        "decode rate (batch / per-token latency p50), the quantity that limit bounds. <b>Memory limit</b>: a "
+        "floor, the claim's weights alone at its precision (claimed / limit below 1 claims less than they occupy). "
+        "Build times have no physical limit.</p>"
+        f"<p>Verdicts: <b>{e(BEYOND)}</b>: a throughput more than {tolerance} above its limit; "
+        f"<b>{e(BELOW_WEIGHTS)}</b>: a memory figure more than {tolerance} below its weights' bytes; "
+        f"<b>{e(CONSISTENT)}</b>: within the limit, and this run measured the same runtime (same product), "
+        f"precision and batch at least as well as the claim, within {tolerance}; <b>{e(NOT_REPRODUCED)}</b>: "
+        f"within the limit, but this run's same configuration fell short of it by more than {tolerance}; "
+        f"<b>{e(NOT_MEASURED)}</b>: within the limit (or none applies), and nothing comparable ran here; the "
+        "nearest measurement is still shown.</p>"
+    )
+
+
+def claims_section_html(checked: pd.DataFrame) -> str:
+    """The claims section (HTML): how verdicts are reached, then one table row per checked claim."""
+    if checked.empty:
+        return verdict_rule_html() + "<p>No claims to check.</p>"
+    e = html.escape
+    rows = []
+    for _, row in checked.iterrows():
+        limit = format_value(row["physical_limit"], row["metric"]) or "none"
+        ratio = "" if pd.isna(row["claimed_over_limit"]) else f"{row['claimed_over_limit']:.2f}"
+        rows.append(
+            f"<tr><td>{e(row['statement'])}<br><small>{e(row['source'])}; checked as "
+            f"{e(row['claimed_configuration'])}</small></td>"
+            f"<td>{e(format_value(row['claimed'], row['metric']))}</td>"
+            f"<td>{e(format_value(row['measured'], row['metric']) or 'nothing')}<br>"
+            f"<small>{e(row['measured_configuration'])}</small></td>"
+            f"<td>{e(limit)}<br><small>{e(row['physical_limit_basis'])}</small></td>"
+            f"<td>{ratio}</td>"
+            f"<td><span style=\"{VERDICT_STYLES[row['verdict']]}\">{e(row['verdict'])}</span><br>"
+            f"<small>{e(row['detail'])}</small></td></tr>")
+    header = "".join(f"<th>{h}</th>" for h in ("claim", "claimed", "this run measured (nearest configuration)",
+                                               "physical limit", "claimed / limit", "verdict"))
+    return (verdict_rule_html() + "<table class=\"claims\"><thead><tr>" + header + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
