@@ -188,24 +188,26 @@ def decode_step_weight_bytes(counts: ParameterCounts, precision: str) -> float:
 
 
 def _throughput_limit(claim: Claim, on_gpu: pd.DataFrame) -> tuple[float, str]:
-    """The decode roofline for the claim at the best copy bandwidth this run measured on the claim's GPU."""
+    """The decode roofline for the claim at the best streaming bandwidth this run measured on the claim's GPU."""
     if on_gpu.empty:
         return math.nan, f"none: this run has no rows on a GPU named {claim.gpu!r}"
-    if on_gpu["copy_gbps"].isna().all():
+    bandwidth = on_gpu[["copy_gbps", "read_gbps"]].max(axis=1)  # the roofline's: the faster of copy and read
+    if bandwidth.isna().all():
         return math.nan, f"none: this run recorded no copy bandwidth on {on_gpu['gpu_name'].iloc[0]}"
-    # The highest measurement (each already the best of several copies): the limit is as generous as the run allows.
-    best = on_gpu.loc[on_gpu["copy_gbps"].idxmax()]
+    # The highest measurement (each already the best of several): the limit is as generous as the run allows.
+    best = on_gpu.loc[bandwidth.idxmax()]
+    best_gbps = float(bandwidth.max())
     config = SimpleNamespace(**preset_fields(claim.preset))
     weight_bytes = decode_step_weight_bytes(parameter_counts(config), claim.precision)
     kv_token_bytes = kv_bytes_per_token(config, KV_ELEMENT_BYTES[claim.precision])
     assert claim.batch_size is not None  # load_claims requires it for tokens_per_s
     # Ideal tensor parallelism: each GPU reads its share of the weights, so the bandwidths add.
     limit = decode_roofline_tokens_per_s(round(weight_bytes), kv_token_bytes, claim.batch_size, claim.input_len,
-                                         claim.output_len, best["copy_gbps"] * claim.gpu_count)
+                                         claim.output_len, best_gbps * claim.gpu_count)
     gpus = f" x {claim.gpu_count} GPUs" if claim.gpu_count > 1 else ""
     return limit, (f"{weight_bytes / 1e9:.2f} GB of {claim.precision} weights read per decode step plus the KV cache "
                    f"of batch {claim.batch_size} at {claim.input_len} in / {claim.output_len} out, at "
-                   f"{best['copy_gbps']:,.0f} GB/s{gpus} (the highest copy bandwidth this run measured on "
+                   f"{best_gbps:,.0f} GB/s{gpus} (the highest copy or read bandwidth this run measured on "
                    f"{best['gpu_name']})")
 
 
@@ -383,7 +385,7 @@ def verdict_rule_html() -> str:
         "common fp8 and AWQ recipes keep them; of the embedding table only the batch's rows, not counted) and the "
         "batch's KV cache (fp8 for fp8 claims) at the claim's context, "
         f"{DEFAULT_INPUT_LEN} in / {DEFAULT_OUTPUT_LEN} out where it states none; tokens/s &le; batch &times; "
-        "bandwidth / bytes per step, with the highest copy bandwidth (bytes read plus written per second) this run "
+        "bandwidth / bytes per step, with the highest streaming bandwidth (the faster of copy and read) this run "
         "measured on that GPU, times the claim's GPU count (ideal tensor parallelism). Measured tokens/s is the "
         "decode rate (batch / per-token latency p50), the quantity that limit bounds. <b>Memory limit</b>: a "
         "floor, the claim's weights alone at its precision (claimed / limit below 1 claims less than they occupy). "

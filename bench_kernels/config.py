@@ -34,7 +34,7 @@ MOVED_KEYS = {
     "trt_allow_rebuild": "runtime_options: {tensorrt: {allow_rebuild: ...}}",
 }
 # Keys naming a path; relative ones are taken from the spec file's folder.
-PATH_KEYS = ("reports_dir", "prompt_file")
+PATH_KEYS = ("reports_dir", "prompt_file", "claims")
 
 
 # Latency targets by name: MLPerf Inference's limits for Llama-3.1-8B (time to first token, time per output token).
@@ -116,6 +116,7 @@ class SweepConfig(BaseModel):
     gpu_hour_usd: float = Field(0.0, ge=0, le=10_000)
     load: dict[str, Any] = Field(default_factory=dict)
     profile: bool = False
+    claims: str = ""
 
     @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", "workload", "slo",
                      "load", mode="before")
@@ -210,6 +211,18 @@ class SweepConfig(BaseModel):
             return None
         shape = self.workload_shape
         return Load(**{"input_len": shape.input_len, "output_len": shape.output_len, **self.load})
+
+    @field_validator("claims")
+    @classmethod
+    def _claims_file_reads(cls, value: str) -> str:
+        if value:
+            from bench_kernels.claims import ClaimsError, load_claims
+
+            try:
+                load_claims(value)
+            except ClaimsError as err:
+                raise ValueError(str(err)) from None
+        return value
 
     @field_validator("prompt_file")
     @classmethod

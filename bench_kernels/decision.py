@@ -111,7 +111,8 @@ def configurations(df: pd.DataFrame, targets: Targets,
 
 @dataclass
 class Recommendation:
-    """The configuration to ship, the runner-up (best of another runtime x precision), and why the others lost."""
+    """The configuration to ship, the runner-up (best of another runtime x precision x GPU count), and why the
+    others lost."""
 
     best: pd.Series | None
     runner_up: pd.Series | None
@@ -125,11 +126,12 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame) -> Recommendation:
                                                                  ascending=[False, True])
     best = feasible.iloc[0] if not feasible.empty else None
     others = feasible if best is None else feasible[(feasible["runtime"] != best["runtime"])
-                                                   | (feasible["precision"] != best["precision"])]
+                                                   | (feasible["precision"] != best["precision"])
+                                                   | (feasible["gpu_count"] != best["gpu_count"])]
     runner_up = others.iloc[0] if best is not None and not others.empty else None
     losers = []
-    for (runtime, precision), group in table.groupby(["runtime", "precision"], sort=False):
-        if best is not None and (runtime, precision) == (best["runtime"], best["precision"]):
+    for (runtime, precision, gpus), group in table.groupby(["runtime", "precision", "gpu_count"], sort=False):
+        if best is not None and (runtime, precision, gpus) == (best["runtime"], best["precision"], best["gpu_count"]):
             continue
         ok = group[group["feasible"].astype(bool)]
         if not ok.empty:
@@ -140,29 +142,31 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame) -> Recommendation:
         else:
             top = group.iloc[0]
             reason = f"no batch size meets the targets; at batch {int(top['batch_size'])}: {top['why_not']}"
-        losers.append({"runtime": runtime, "precision": precision, "batch_size": int(top["batch_size"]),
-                       "tokens_per_s_per_gpu": top["tokens_per_s_per_gpu"], "reason": reason})
+        losers.append({"runtime": runtime, "precision": precision, "gpu_count": int(gpus),
+                       "batch_size": int(top["batch_size"]), "tokens_per_s_per_gpu": top["tokens_per_s_per_gpu"],
+                       "reason": reason})
     judged = not df[(df["stage"] == "quality") & (df["status"] == "ok")].empty
-    return Recommendation(best, runner_up, pd.DataFrame(losers, columns=["runtime", "precision", "batch_size",
-                                                                         "tokens_per_s_per_gpu", "reason"]),
-                          judged)
+    return Recommendation(best, runner_up, pd.DataFrame(losers, columns=["runtime", "precision", "gpu_count",
+                                                                         "batch_size", "tokens_per_s_per_gpu",
+                                                                         "reason"]), judged)
 
 
 def cost_table(table: pd.DataFrame, gpu_hour_usd: float, requests_per_day: float | None,
                output_len: int) -> pd.DataFrame:
     """Per runtime x precision at its best feasible batch: $ per million generated tokens, and for a load the
     GPUs it needs and their monthly cost (see cost_formulas)."""
-    columns = ["runtime", "precision", "batch_size", "tokens_per_s_per_gpu", "usd_per_million_tokens",
+    columns = ["runtime", "precision", "gpu_count", "batch_size", "tokens_per_s_per_gpu", "usd_per_million_tokens",
                "gpus_needed", "usd_per_month"]
     feasible = table[table["feasible"].astype(bool)]
     if feasible.empty or gpu_hour_usd <= 0:
         return pd.DataFrame(columns=columns)
     rows = []
-    for (runtime, precision), group in feasible.groupby(["runtime", "precision"], sort=False):
+    for (runtime, precision, _), group in feasible.groupby(["runtime", "precision", "gpu_count"], sort=False):
         top = group.sort_values("tokens_per_s_per_gpu", ascending=False).iloc[0]
         per_gpu = top["tokens_per_s_per_gpu"]
         gpus = deployment_gpus(requests_per_day, output_len, per_gpu, top["gpu_count"]) if requests_per_day else None
-        rows.append({"runtime": runtime, "precision": precision, "batch_size": int(top["batch_size"]),
+        rows.append({"runtime": runtime, "precision": precision, "gpu_count": int(top["gpu_count"]),
+                     "batch_size": int(top["batch_size"]),
                      "tokens_per_s_per_gpu": per_gpu,
                      "usd_per_million_tokens": gpu_hour_usd / (per_gpu * 3600) * 1e6,
                      "gpus_needed": gpus, "usd_per_month": gpus * gpu_hour_usd * HOURS_PER_MONTH if gpus else None})
@@ -189,10 +193,11 @@ def cost_formulas() -> list[str]:
 
 
 def describe(row: pd.Series | None) -> str:
-    """'compiled fp8, batch 8' for a configuration row."""
+    """'compiled fp8, batch 8' for a configuration row ('compiled fp8 on 2 GPUs, batch 8' for a split one)."""
     if row is None:
         return "none"
-    return f"{row['runtime']} {row['precision']}, batch {int(row['batch_size'])}"
+    gpus = f" on {int(row['gpu_count'])} GPUs" if row["gpu_count"] > 1 else ""
+    return f"{row['runtime']} {row['precision']}{gpus}, batch {int(row['batch_size'])}"
 
 
 def summary_facts(rec: Recommendation) -> dict[str, Any]:

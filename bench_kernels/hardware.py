@@ -100,6 +100,7 @@ def provenance(device: torch.device) -> dict[str, str]:
         "git_sha": git_sha(),
         # Measured once per process at the start of a sweep: the roofline's denominators.
         "copy_gbps": f"{copy_bandwidth_gbps(device.type):.1f}",
+        "read_gbps": f"{read_bandwidth_gbps(device.type):.1f}",
         "matmul_tflops": f"{matmul_tflops(device.type):.1f}",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -164,6 +165,22 @@ def copy_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: in
     gbps = 2 * nbytes / _best_time_s(lambda: dst.copy_(src), device, repeats) / 1e9
     log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
     return gbps
+
+
+@functools.cache
+def read_bandwidth_gbps(device_type: str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Measured read bandwidth in GB/s: a sum over a buffer, which reads every byte and writes almost nothing
+    (a decode step mostly reads; on some cards reading alone is faster than copying)."""
+    device = torch.device(device_type)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    gbps = nbytes / _best_time_s(lambda: src.sum(), device, repeats) / 1e9
+    log.info("measured %s read bandwidth: %.1f GB/s", device.type, gbps)
+    return gbps
+
+
+def streaming_bandwidth_gbps(device_type: str) -> float:
+    """The roofline's bandwidth: the faster of the measured copy and read rates."""
+    return max(copy_bandwidth_gbps(device_type), read_bandwidth_gbps(device_type))
 
 
 def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> float:

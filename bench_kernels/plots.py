@@ -187,7 +187,8 @@ def pareto(table: pd.DataFrame, tpot_ms: float | None = None) -> Figure | None:
     data = table.dropna(subset=["per_user_tokens_per_s", "tokens_per_s_per_gpu"])
     if data.empty:
         return None
-    data = data.assign(series=data["runtime"] + " " + data["precision"]).sort_values("batch_size")
+    gpus = data["gpu_count"].map(lambda n: f" on {int(n)} GPUs" if n > 1 else "")
+    data = data.assign(series=data["runtime"] + " " + data["precision"] + gpus).sort_values("batch_size")
     fig, ax = plt.subplots(figsize=(8, 5))
     sns.lineplot(data=data, x="per_user_tokens_per_s", y="tokens_per_s_per_gpu", hue="series", style="series",
                  markers=True, dashes=False, sort=False, ax=ax)

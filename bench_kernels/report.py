@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bench_kernels.decision import Recommendation, Targets
 
 PROVENANCE_COLUMNS = ["device", "gpu_name", "driver_version", "cuda_version", "cpu_name", "torch_version",
-                      "transformers_version", "git_sha", "copy_gbps", "matmul_tflops"]
+                      "transformers_version", "git_sha", "copy_gbps", "read_gbps", "matmul_tflops"]
 
 
 def offline_template_dir() -> Path:
@@ -173,7 +173,8 @@ def recommendation_html(rec: "Recommendation", targets: "Targets") -> str:
 
 
 def _losers_html(rec: "Recommendation") -> str:
-    items = "".join(f"<li><b>{html.escape(r.runtime)} {html.escape(r.precision)}</b>: {html.escape(r.reason)}</li>"
+    items = "".join(f"<li><b>{html.escape(r.runtime)} {html.escape(r.precision)}"
+                    f"{f' on {r.gpu_count} GPUs' if r.gpu_count > 1 else ''}</b>: {html.escape(r.reason)}</li>"
                     for r in rec.losers.itertuples())
     return f"<ul>{items}</ul>"
 
@@ -213,18 +214,35 @@ def show_table(table: pd.DataFrame, caption: str) -> None:
          classes="display compact")
 
 
+def claims_html(cfg: SweepConfig, results: pd.DataFrame) -> str:
+    """Published claims set beside this run's measurements and the hardware's limit, or what to set."""
+    if not cfg.claims:
+        return ("<p>No claims checked: set <code>claims: params/claims/&lt;name&gt;.yaml</code> in the sweep spec "
+                "(for example <code>tensorrt-vs-llama-blog.yaml</code>, the article's figures).</p>")
+    from bench_kernels.claims import check_claims, claims_section_html, load_claims
+
+    return claims_section_html(check_claims(load_claims(cfg.claims), results))
+
+
 def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
     """The measurement method in plain words (HTML), stated in every report."""
     inference = inference_rows(df)
     devices = ", ".join(sorted(set(df["device"]) - {""})) or cfg.device
     random_weights = (df["weights"] == "random").any()
+
+    def measured(column: str, spec_value: int) -> str:
+        """What the rows record (they may come from several calls), else the spec's value."""
+        values = sorted({int(v) for v in inference[column].dropna()})
+        return " or ".join(map(str, values)) if values else str(spec_value)
+
     lines = [
         f"<b>Model</b>: {html.escape(str(df['model'].iloc[0]) if not df.empty else cfg.model)}"
         + (" with <b>random weights</b> from an architecture preset: valid for speed and memory, "
            "never for quality." if random_weights else " (real weights)."),
-        f"<b>Output length</b>: fixed at {cfg.output_len} new tokens per prompt (minimum = maximum, EOS ignored), "
-        "so every runtime generates the same amount of work.",
-        f"<b>Runs</b>: {cfg.warmup} warmup run(s) per shape, never counted; {cfg.repeats} measured run(s). "
+        f"<b>Output length</b>: fixed at {measured('output_len', cfg.output_len)} new tokens per prompt (minimum = "
+        "maximum, EOS ignored), so every runtime generates the same amount of work.",
+        f"<b>Runs</b>: {measured('warmup', cfg.warmup)} warmup run(s) per shape, never counted; "
+        f"{measured('repeats', cfg.repeats)} measured run(s). "
         "p50 / p99 are over the measured runs (per-token latency: over every decode step of every run).",
         f"<b>Timing</b> on {html.escape(devices)}: CUDA events read after one synchronize on GPU, "
         "<code>time.perf_counter</code> on CPU. TTFT = prompt in to first token out (prefill + first token); "
@@ -235,7 +253,9 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         "and libraries included).",
         f"<b>Batches</b>: {html.escape(BATCH_FORMATION)}",
         "<b>Efficiency</b>: decode tokens/s (batch / per-token latency p50) over the roofline bound "
-        "(all weights plus the batch's KV cache read once per step at the measured copy bandwidth).",
+        "(all weights plus the batch's KV cache read once per step at the measured streaming bandwidth: the "
+        "faster of a copy, counting bytes read and written, and a read-only sum, both measured at the start of "
+        "the sweep; rows written before the read rate was measured used the copy rate alone).",
         "<b>Perplexity</b>: teacher-forced through each runtime's own forward pass over the packaged text, cut "
         "into consecutive windows of 512 tokens (fewer if the model's context is shorter); the first 8 windows "
         "are scored, every token after a window's first predicted from those before it (4,088 predictions). "
@@ -294,5 +314,6 @@ def show_figure(fig: Figure | None, what: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["availability_notes", "build_table", "quality_notes", "quality_table", "decision_matrix", "load_run", "method_notes",
+__all__ = ["availability_notes", "build_table", "claims_html", "cost_html", "decide", "readable",
+           "recommendation_html", "show_table", "quality_notes", "quality_table", "decision_matrix", "load_run", "method_notes",
            "offline_template_dir", "provenance_table", "results_table", "show_charts", "show_figure", "styled_matrix"]

@@ -33,7 +33,7 @@ COLUMNS = (
     "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
     "runtime_version", "runtime_options", "runtime_precisions", "runtime_needs_build", "runtime_dynamic_shapes",
     "device", "gpu_name", "gpu_memory_gb", "driver_version", "cuda_version", "cpu_name",
-    "torch_version", "transformers_version", "git_sha", "copy_gbps", "matmul_tflops", "link_gbps",
+    "torch_version", "transformers_version", "git_sha", "copy_gbps", "read_gbps", "matmul_tflops", "link_gbps",
     "timestamp", "notes",
 )
 NUMERIC_COLUMNS = (
@@ -41,7 +41,7 @@ NUMERIC_COLUMNS = (
     "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
     "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu", "build_s", "artifact_mb", "token_agreement",
     "first_divergence_p50", "max_logit_diff", "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
-    "gpu_memory_gb", "copy_gbps", "matmul_tflops", "link_gbps",
+    "gpu_memory_gb", "copy_gbps", "read_gbps", "matmul_tflops", "link_gbps",
 )
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
 FINISHED = ("ok", "skipped")

@@ -20,7 +20,7 @@ import torch
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.architecture import decode_roofline_tokens_per_s
 from bench_kernels.config import SweepConfig
-from bench_kernels.hardware import copy_bandwidth_gbps, last_level_cache_bytes, pick_device, provenance
+from bench_kernels.hardware import last_level_cache_bytes, pick_device, provenance, streaming_bandwidth_gbps
 from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
@@ -288,7 +288,7 @@ def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size
         return {"notes": f"{ROOFLINE_NOT_APPLICABLE} ({step_bytes / 1e6:.1f} MB of weights and KV cache fit in "
                          f"the CPU's {last_level_cache_bytes() / 2**20:.0f} MiB last-level cache)"}
     bound = decode_roofline_tokens_per_s(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len,
-                                         copy_bandwidth_gbps(ctx.device.type), link_bytes, runtime.link_gbps)
+                                         streaming_bandwidth_gbps(ctx.device.type), link_bytes, runtime.link_gbps)
     decode_tokens_per_s = batch_size / (itl_ms_p50 / 1e3) if itl_ms_p50 > 0 else float("nan")
     notes = (f"roofline of the busiest device: {weight_bytes / 1e9:.2f} GB of weights, {kv_token_bytes} B of KV "
              f"cache per token, {link_bytes / 1e6:.2f} MB sent per decode step" if link_bytes else "")
