@@ -15,7 +15,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 class BrowserCheck:
     """What a browser saw when it opened the report."""
 
-    images: list[dict] = field(default_factory=list)  # {"ok": decoded, "width": natural width}
+    images: list[dict] = field(default_factory=list)  # {"ok": decoded, "width": natural width, "alt": text}
+    filtered_rows: tuple[int, int] | None = None  # the last interactive table's rows before and after filtering
     problems: list[str] = field(default_factory=list)  # console errors/warnings, page errors, failed requests
 
 
@@ -23,7 +24,8 @@ def find_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def check_report(html_path: Path, screenshot_path: Path | None = None, width: int = 1280) -> BrowserCheck:
+def check_report(html_path: Path, screenshot_path: Path | None = None, width: int = 1280,
+                 filter_text: str | None = None) -> BrowserCheck:
     """Load the report from disk in headless Chromium (Playwright drives it) and inspect it."""
     from playwright.sync_api import sync_playwright
 
@@ -42,7 +44,17 @@ def check_report(html_path: Path, screenshot_path: Path | None = None, width: in
             page.goto(Path(html_path).resolve().as_uri())
             page.wait_for_load_state("load")
             seen.images = page.evaluate(
-                "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, width: i.naturalWidth}))")
+                "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, "
+                "width: i.naturalWidth, alt: i.getAttribute('alt') || ''}))")
+            if filter_text is not None:
+                # The results table is the report's last interactive one: type into its search box, as a reader.
+                search = page.locator("input[type=search]").last
+                search.wait_for(timeout=10_000)
+                table = page.locator("table.dataTable").last
+                before = table.locator("tbody tr").count()
+                search.fill(filter_text)
+                page.wait_for_timeout(300)
+                seen.filtered_rows = (before, table.locator("tbody tr").count())
             if screenshot_path is not None:
                 page.screenshot(path=str(screenshot_path), full_page=True)
         finally:

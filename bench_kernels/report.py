@@ -224,6 +224,23 @@ def claims_html(cfg: SweepConfig, results: pd.DataFrame) -> str:
     return claims_section_html(check_claims(load_claims(cfg.claims), results))
 
 
+def profiles_html(cfg: SweepConfig) -> str:
+    """The top kernels of every recorded profile (the Chrome traces lie beside results.csv), or what to set."""
+    from bench_kernels.profiles import top_kernels
+
+    profiles = top_kernels(cfg.run_dir)
+    if not profiles:
+        return ("<p>No profiles: set <code>profile: true</code> to record a torch profiler trace per runtime and "
+                "precision at the workload's shape (Chrome trace format, in <code>profiles/</code> beside "
+                "results.csv).</p>")
+    parts = ["<p>Self time of the top kernels (operators on a CPU) over the prefill and the first decode steps; "
+             "open the <code>.json</code> file of the same name in <code>chrome://tracing</code> or Perfetto. "
+             "Work outside torch (ONNX Runtime on the CPU) is not seen by torch's profiler.</p>"]
+    for name, rows in profiles.items():
+        parts.append(f"<h4>{html.escape(name)}</h4>" + pd.DataFrame(rows).to_html(index=False))
+    return "".join(parts)
+
+
 def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
     """The measurement method in plain words (HTML), stated in every report."""
     inference = inference_rows(df)
@@ -314,6 +331,6 @@ def show_figure(fig: Figure | None, what: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["availability_notes", "build_table", "claims_html", "cost_html", "decide", "readable",
+__all__ = ["availability_notes", "build_table", "claims_html", "profiles_html", "cost_html", "decide", "readable",
            "recommendation_html", "show_table", "quality_notes", "quality_table", "decision_matrix", "load_run", "method_notes",
            "offline_template_dir", "provenance_table", "results_table", "show_charts", "show_figure", "styled_matrix"]

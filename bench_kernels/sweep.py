@@ -236,6 +236,26 @@ def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Ten
     return {"notes": "quality not measured: no reference outputs for this shape (run the reference runtime)"}
 
 
+def _workload_shape(cfg: SweepConfig) -> tuple[int, int]:
+    """The measured (batch size, input length) the workload's traffic fills: where a profile is recorded."""
+    shape = cfg.workload_shape
+    return max([b for b in cfg.batch_sizes if b <= shape.batch_size], default=cfg.batch_sizes[0]), shape.input_len
+
+
+def _profile(ctx: SweepContext, runtime: Runtime, deployment: Deployment, ids: torch.Tensor) -> dict[str, str]:
+    """One more generation under torch.profiler (outside the measured runs); a failure is a note, not an error."""
+    from bench_kernels.profiles import PROFILE_DECODE_STEPS, profile_name, record_profile
+
+    name = profile_name(deployment.runtime, deployment.precision, deployment.gpu_count, *ids.shape)
+    try:
+        record_profile(lambda timer: runtime.generate(ids, ctx.cfg.output_len, timer), ctx.device.type,
+                       ctx.store.run_dir / "profiles", name, ctx.cfg.output_len)
+    except Exception as err:  # noqa: BLE001 - the measured row stands without its profile
+        ctx.log_failure(f"profile {name}", err)
+        return {"notes": f"profile not recorded: {readable_error(err)}"}
+    return {"notes": f"profile: profiles/{name}.json (prefill and {PROFILE_DECODE_STEPS} decode steps)"}
+
+
 def baseline_precision(cfg: SweepConfig) -> str | None:
     """The reference precision perplexity deltas are taken against: the sweep's first one the reference runs."""
     runs = get_runtime("reference").precisions
@@ -403,6 +423,8 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
                               _quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
                               _roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
                                         summary["itl_ms_p50"]))
+            if cfg.profile and (batch_size, input_len) == _workload_shape(cfg):
+                columns = _merged(columns, _profile(ctx, runtime, deployment, ids))
             write("ok", batch_size, input_len, measured.samples(), link_gbps=runtime.link_gbps, **columns)
             ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
                          f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms{bar()}")

@@ -79,8 +79,11 @@ def test_report_in_headless_chromium(run_dir: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing on CI: .ci/run must install Debian's chromium package")
         pytest.skip("chromium is not installed (apt-get install chromium); the browser check did not run")
-    seen = check_report(run_dir / "report.html", run_dir / "report.png")
+    seen = check_report(run_dir / "report.html", run_dir / "report.png", filter_text="onnxruntime")
     assert len(seen.images) >= 7 and all(img["ok"] and img["width"] > 300 for img in seen.images), seen.images
+    assert all(len(img["alt"]) > 20 for img in seen.images), [img["alt"] for img in seen.images]
     assert seen.problems == []
+    before, after = seen.filtered_rows
+    assert before >= 8 and after == 4, seen.filtered_rows  # 12 rows that ran, 4 of them onnxruntime
     png = (run_dir / "report.png").read_bytes()
     assert png.startswith(base64.b64decode("iVBORw0KGgo=")) and len(png) > 50_000

@@ -13,7 +13,7 @@ from bench_kernels import plots
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE, WINNER_MARK, decision_matrix
 from bench_kernels.config import parse_config
 from bench_kernels.decision import Targets, configurations, cost_table, recommend
-from bench_kernels.report import (availability_notes, build_table, method_notes, provenance_table,
+from bench_kernels.report import (availability_notes, build_table, method_notes, profiles_html, provenance_table,
                                   recommendation_html, results_table, unmeasured_summary)
 from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS
 from bench_kernels.sweep import run_sweeps
@@ -125,3 +125,18 @@ def test_a_build_taken_from_the_cache_says_so() -> None:
                  "cache_hit": "true", **BUILT}])
     cell = decision_matrix(df).loc["build / export / compile time (s)", "tensorrt"]
     assert cell == "104.4 (from cache: what the first build took)"
+
+
+def test_a_profile_is_recorded_at_the_workload_and_shown(tiny_local_model: Path, tmp_path: Path) -> None:
+    cfg = parse_config({"run_name": "profiled", "model": f"local:{tiny_local_model}", "runtimes": ["reference"],
+                        "batch_sizes": [1, 2], "input_lens": [8], "output_len": 3, "warmup": 0, "repeats": 1,
+                        "device": "cpu", "reports_dir": str(tmp_path), "profile": True,
+                        "workload": {"batch_size": 2}})
+    df = run_sweeps(cfg)
+    rows = df[df["stage"] == "inference"].set_index("batch_size")
+    assert "profile: profiles/reference-fp32-1gpu-b2-i8.json" in rows.loc[2, "notes"]
+    assert "profile:" not in rows.loc[1, "notes"]  # only the workload's shape
+    trace = cfg.run_dir / "profiles" / "reference-fp32-1gpu-b2-i8.json"
+    assert trace.stat().st_size > 1000 and '"traceEvents"' in trace.read_text()
+    section = profiles_html(cfg)
+    assert "reference-fp32-1gpu-b2-i8" in section and "aten::" in section and "self_time_us" in section
