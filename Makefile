@@ -41,4 +41,4 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 clean-reports:
-	find reports -mindepth 1 -maxdepth 1 -type d ! -name 'h100-*' ! -name 'sample-*' -exec rm -rf {} +
+	find reports -mindepth 1 -maxdepth 1 -type d ! -name 'h100*' ! -name 'h200*' ! -name 'sample-*' -exec rm -rf {} +

@@ -32,6 +32,21 @@ def shorten(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def split_deployments(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose runtime ran on several GPU counts (e.g. one card and tensor parallel 2) relabelled
+    'compiled (2 GPUs)', so each deployment is its own column and line; other rows keep their runtime's name."""
+    if "gpu_count" not in df or df.empty:
+        return df
+    gpus = pd.to_numeric(df["gpu_count"], errors="coerce").fillna(1)
+    several = df.assign(gpus=gpus).groupby("runtime")["gpus"].transform("nunique") > 1
+    relabel = several & (gpus > 1)
+    if not relabel.any():
+        return df
+    out = df.copy()
+    out.loc[relabel, "runtime"] = out.loc[relabel, "runtime"] + gpus[relabel].map(lambda n: f" ({int(n)} GPUs)")
+    return out
+
+
 def inference_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["stage"] == "inference"].sort_values(["runtime", "precision", "batch_size", "input_len"])
 
@@ -146,6 +161,7 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
     (batch_size, input_len), every shape-specific row is read at the user's shape: the workload's input
     length and the largest measured batch that its batch size fills; without one, at the sweep's extremes.
     """
+    df = split_deployments(df)
     inference = inference_rows(df)
     if inference.empty:
         return pd.DataFrame()
@@ -319,6 +335,7 @@ def gate_failures(df: pd.DataFrame, max_ppl_delta_pct: float) -> dict[tuple[str,
 def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per built (runtime, precision) and shape: build seconds and the generated tokens after which the
     build has paid for itself against the reference (inf: never faster)."""
+    df = split_deployments(df)
     builds = build_rows(df)
     builds = builds[(builds["status"] == "ok") & (builds["build_s"] > 0)]
     rows = []

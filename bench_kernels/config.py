@@ -43,7 +43,6 @@ SLO_PRESETS: dict[str, dict[str, float]] = {
     "mlperf-interactive": {"ttft_ms": 500.0, "tpot_ms": 30.0},
     "mlperf-conversational": {"ttft_ms": 2000.0, "tpot_ms": 100.0},
 }
-HOURS_PER_MONTH = 730.0
 
 
 class Workload(BaseModel):
@@ -147,19 +146,12 @@ class SweepConfig(BaseModel):
     @field_validator("runtimes")
     @classmethod
     def _registered_runtimes(cls, values: list[str]) -> list[str]:
-        unknown = [v for v in values if v not in RUNTIMES]
-        if unknown:
-            raise ValueError(f"unknown runtime(s) {unknown}; allowed: {', '.join(map(repr, RUNTIMES))}")
-        return _unique(values)
+        return _known_unique(values, list(RUNTIMES), "runtime")
 
     @field_validator("precisions")
     @classmethod
     def _known_precisions(cls, values: list[str]) -> list[str]:
-        allowed = known_precisions()
-        unknown = [v for v in values if v not in allowed]
-        if unknown:
-            raise ValueError(f"unknown precision(s) {unknown}; allowed: {', '.join(map(repr, allowed))}")
-        return _unique(values)
+        return _known_unique(values, known_precisions(), "precision")
 
     @field_validator("slo")
     @classmethod
@@ -283,7 +275,11 @@ def _nested(model: type[BaseModel], data: dict[str, Any], key: str = "") -> Base
             for item in err.errors())) from None
 
 
-def _unique(values: list[str]) -> list[str]:
+def _known_unique(values: list[str], allowed: list[str], what: str) -> list[str]:
+    """values, each one of allowed and none twice; else an error naming the bad ones and the allowed ones."""
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; allowed: {', '.join(map(repr, allowed))}")
     if len(set(values)) != len(values):
         raise ValueError(f"values must be unique, got {values}")
     return values

@@ -7,14 +7,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import baseline_precision, break_even_table, ok_rows, speedup_table
+from bench_kernels.analysis import baseline_precision, break_even_table, ok_rows, speedup_table, split_deployments
 from bench_kernels.compare import BETTER, NOT_JUDGED, SPEED, SPEED_WORDS, UNCHANGED, WORSE
 
 sns.set_theme(style="whitegrid", context="notebook")
 
 
 def _series_label(df: pd.DataFrame) -> pd.Series:
-    return df["runtime"] + " " + df["precision"]
+    """'compiled fp8', or 'compiled fp8 on 2 GPUs' for a deployment over several GPUs."""
+    gpus = pd.to_numeric(df["gpu_count"], errors="coerce").fillna(1) if "gpu_count" in df else 1
+    suffix = gpus.map(lambda n: f" on {int(n)} GPUs" if n > 1 else "") if isinstance(gpus, pd.Series) else ""
+    return df["runtime"] + " " + df["precision"] + suffix
 
 
 def _facet_panels(data: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,
@@ -75,8 +78,18 @@ def ttft_vs_input_len(df: pd.DataFrame) -> Figure | None:
 
 
 def memory_vs_batch(df: pd.DataFrame) -> Figure | None:
-    return _facet_lines(df, "batch_size", "peak_mem_gb", "input_len",
-                        "Peak memory vs batch size (see Method for what each device counts)", "peak memory (GB)")
+    """Peak memory of the busiest device (all of it for a single device), against one card's capacity."""
+    rows = ok_rows(df)
+    per_device = rows["peak_mem_gb_per_gpu"].fillna(rows["peak_mem_gb"]) if "peak_mem_gb_per_gpu" in rows \
+        else rows["peak_mem_gb"]
+    fig = _facet_lines(df.assign(memory_gb=pd.Series(per_device, index=rows.index)), "batch_size", "memory_gb",
+                       "input_len", "Peak memory per device vs batch size (see Method for what each device counts)",
+                       "peak memory per device (GB)")
+    capacity = pd.to_numeric(rows.get("gpu_memory_gb"), errors="coerce").max() if "gpu_memory_gb" in rows else None
+    if fig is not None and capacity and capacity == capacity:
+        for ax in fig.axes:
+            ax.axhline(capacity, color="#b00020", linestyle="--", linewidth=1, label=f"one card: {capacity:.0f} GB")
+    return fig
 
 
 def efficiency_vs_batch(df: pd.DataFrame) -> Figure | None:
@@ -100,6 +113,7 @@ def efficiency_vs_batch(df: pd.DataFrame) -> Figure | None:
 
 def speedup_heatmaps(df: pd.DataFrame) -> Figure | None:
     """Throughput over the reference per (batch, input length), one heatmap per runtime and precision."""
+    df = split_deployments(df)
     panels = []
     measured = ok_rows(df)[["runtime", "precision"]].drop_duplicates()
     for runtime, precision in measured[measured["runtime"] != "reference"].itertuples(index=False):

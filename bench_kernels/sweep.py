@@ -296,9 +296,9 @@ def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: Loa
 
 def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size: int, input_len: int,
               itl_ms_p50: float) -> dict[str, Any]:
-    """Decode roofline from measured copy bandwidth; efficiency = decode tokens/s over that bound.
+    """Decode roofline from the measured streaming bandwidth; efficiency = decode tokens/s over that bound.
 
-    A model split over devices counts the busiest device's share of weights and KV cache at the copy
+    A model split over devices counts the busiest device's share of weights and KV cache at that
     bandwidth, plus what it sends per step (tensor-parallel collectives) at the measured link bandwidth.
     On a CPU whose last-level cache holds the weights and KV cache, DRAM bandwidth bounds nothing: no figure."""
     kv_token_bytes = runtime.kv_bytes_per_token()

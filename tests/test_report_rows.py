@@ -140,3 +140,17 @@ def test_a_profile_is_recorded_at_the_workload_and_shown(tiny_local_model: Path,
     assert trace.stat().st_size > 1000 and '"traceEvents"' in trace.read_text()
     section = profiles_html(cfg)
     assert "reference-fp32-1gpu-b2-i8" in section and "aten::" in section and "self_time_us" in section
+
+
+def test_deployments_over_several_gpu_counts_stay_apart() -> None:
+    one = ok("compiled", 1, 8, 48.0, "fp8", runtime_precisions="fp8", gpu_count=1, peak_mem_gb_per_gpu=73.0)
+    two = ok("compiled", 1, 8, 68.0, "fp8", runtime_precisions="fp8", gpu_count=2, peak_mem_gb_per_gpu=37.6)
+    df = frame([one, two, {**one, "batch_size": 8, "tokens_per_s": 270.0},
+                {**two, "batch_size": 8, "tokens_per_s": 400.0}])
+    matrix = decision_matrix(df)
+    assert list(matrix.columns) == ["compiled", "compiled (2 GPUs)", "winner"]
+    throughput = matrix.loc[matrix.index.str.startswith("throughput, batch 8")].iloc[0]
+    assert throughput["compiled"] == "270.0" and throughput["compiled (2 GPUs)"] == WINNER_MARK + "400.0"
+    figure = plots.throughput_vs_batch(df)
+    labels = {t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    assert labels == {"compiled fp8", "compiled fp8 on 2 GPUs"}
