@@ -145,7 +145,7 @@ def test_shipped_build_claim_against_the_tensorrt_rtx_run_says_which_builder_ran
 def test_the_section_states_the_rule_and_escapes_every_claim() -> None:
     checked = check_claims(load_claims(SHIPPED), load_results("reports/h100-llama3.1-8b/results.csv"))
     section = claims_section_html(checked)
-    assert f"{TOLERANCE:.0%} above its limit" in section and "copy bandwidth" in section
+    assert f"{TOLERANCE:.0%} above its limit" in section and "streaming bandwidth" in section
     assert section.count("<tr>") == len(checked) + 1
     assert "Llama &quot;8B&quot; FP8, batch 1: 2,400 tokens/s" in section
     assert "No claims to check" in claims_section_html(checked.iloc[0:0])
