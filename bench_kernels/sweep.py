@@ -248,7 +248,7 @@ def _profile(ctx: SweepContext, runtime: Runtime, deployment: Deployment, ids: t
 
     name = profile_name(deployment.runtime, deployment.precision, deployment.gpu_count, *ids.shape)
     if deployment.gpu_count > 1:
-        return {"notes": "profile not recorded: a deployment over several GPUs generates in its ranks' processes"}
+        return {"notes": "profile not recorded: profiles cover deployments on one device"}
     try:
         record_profile(lambda timer: runtime.generate(ids, ctx.cfg.output_len, timer), ctx.device.type,
                        ctx.store.run_dir / "profiles", name, ctx.cfg.output_len)
