@@ -151,7 +151,7 @@ def decide(cfg: SweepConfig, results: pd.DataFrame) -> Decision:
 
 def recommendation_html(rec: "Recommendation", targets: "Targets") -> str:
     """The report's first words: what to ship, the runner-up, and why every other configuration lost."""
-    from bench_kernels.decision import describe
+    from bench_kernels.decision import describe, summary_facts
 
     head = f"<p><b>Workload and targets</b>: {_targets_text(targets)}.</p>"
     if rec.best is None:
@@ -163,7 +163,7 @@ def recommendation_html(rec: "Recommendation", targets: "Targets") -> str:
             f"(goodput {best['goodput_tokens_per_s']:,.1f} tokens/s from requests that meet the targets; "
             f"{best['per_user_tokens_per_s']:,.1f} tokens/s per user).</p>")
     if rec.runner_up is not None:
-        lead = 100 * (best["tokens_per_s_per_gpu"] / rec.runner_up["tokens_per_s_per_gpu"] - 1)
+        lead = summary_facts(rec)["lead_pct"]
         text += (f"<p>Runner-up: {html.escape(describe(rec.runner_up))}, "
                  f"{rec.runner_up['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU ({lead:.0f}% behind).</p>")
     if not rec.quality_judged:

@@ -110,7 +110,8 @@ def test_a_runtime_defined_here_is_validated_swept_and_reported(plugged_in, tiny
 
 def test_importing_the_report_loads_no_torch() -> None:
     done = subprocess.run([sys.executable, "-c", "import sys, bench_kernels.report, bench_kernels.plots, "
-                           "bench_kernels.runtimes, bench_kernels.config; "
+                           "bench_kernels.runtimes, bench_kernels.config, bench_kernels.claims, bench_kernels.compare, "
+                           "bench_kernels.decision; "
                            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
