@@ -61,6 +61,7 @@ class CompiledRuntime(Runtime):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "fp8")
     dynamic_shapes = ("any batch and length; a new shape allocates its static cache and captures a graph "
                       "(under a second), compiled code is reused")
+    splits_prefill_over_gpus = True  # tensor parallelism: every rank computes its share of each projection
 
     def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: Any = None, *,
                  shard: Shard | None = None):
@@ -78,6 +79,14 @@ class CompiledRuntime(Runtime):
     @classmethod
     def version(cls, device: torch.device) -> str:
         return ", ".join(v for v in (distribution_version("torch"), distribution_version("triton")) if v)
+
+    @classmethod
+    def prefill_compute_precision(cls, device: torch.device, precision: str) -> str:
+        """fp8 prefills compute in fp8 on a GPU (rows rounded to e4m3, torch._scaled_mm beyond GEMV_MAX_ROWS rows);
+        the CPU dequantizes to fp32."""
+        if precision == "fp8":
+            return "fp8" if device.type == "cuda" else "fp32"
+        return super().prefill_compute_precision(device, precision)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
