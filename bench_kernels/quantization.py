@@ -8,12 +8,14 @@ s = mean|x|^alpha / mean|w|^(1 - alpha) (|w| relative to its group's largest, as
 "duo scaling") before quantizing, divides the layer's input by s (folded into the RMSNorm or the
 layer before, so the model computes the same function in floating point), and searches alpha per layer
 group to minimise the int4 error of the block's output (the attention block for q/k/v, the MLP for gate/up)
-on calibration text. Not done here: AutoAWQ's weight
+on calibration text; where no alpha beats plain round-to-nearest the group stays unscaled, so on the
+calibration tokens AWQ is never worse. Not done here: AutoAWQ's weight
 clipping search, and scaling o_proj when grouped-query attention makes v_proj narrower than it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -108,7 +110,7 @@ class AwqScales:
     the alpha chosen for it, and its block-output error on the calibration tokens against round-to-nearest's."""
 
     scales: dict[str, torch.Tensor] = field(default_factory=dict)
-    alphas: dict[str, float] = field(default_factory=dict)
+    alphas: dict[str, float | None] = field(default_factory=dict)  # None: round-to-nearest was best
     error_awq: dict[str, float] = field(default_factory=dict)
     error_rtn: dict[str, float] = field(default_factory=dict)
 
@@ -154,25 +156,24 @@ def _relative_weight_magnitude(layers: list[nn.Linear]) -> torch.Tensor:
     return relative.reshape(weight.shape).mean(dim=0)
 
 
-def search_awq_scales(x: torch.Tensor, layers: list[nn.Linear], probe: _Probe) -> tuple[torch.Tensor, float, float,
-                                                                                        float]:
+def search_awq_scales(x: torch.Tensor, layers: list[nn.Linear], probe: _Probe) -> tuple[torch.Tensor, float | None,
+                                                                                        float, float]:
     """The per-input-channel scales (fp32 [K]) for layers sharing input x [T, K] that minimise the int4 error of
     the probed module's output (AutoAWQ's 'module to inspect': the attention block for q/k/v, the MLP for
-    gate/up), with the chosen alpha, its error and plain round-to-nearest's error."""
+    gate/up), with the chosen alpha (None: no scaling beat plain round-to-nearest), its error and round-to-
+    nearest's."""
     channel_mean = x.float().abs().mean(dim=0)  # [K]
     weight_mean = _relative_weight_magnitude(layers)  # [K]
-    best: tuple[float, float, torch.Tensor] | None = None
-    error_rtn = float("nan")
+    ones = torch.ones_like(channel_mean)
+    error_rtn = probe.error_with(layers, ones)
+    best: tuple[float | None, float, torch.Tensor] = (None, error_rtn, ones)
     for step in range(AWQ_GRID):
         alpha = step / AWQ_GRID
         scales = (channel_mean.pow(alpha) / (weight_mean.pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
         scales = scales / (scales.max() * scales.min()).sqrt()  # centred around 1, as AutoAWQ does
         error = probe.error_with(layers, scales)
-        if step == 0:
-            error_rtn = error
-        if best is None or error < best[1]:
+        if error < best[1]:
             best = (alpha, error, scales)
-    assert best is not None
     return best[2], best[0], best[1], error_rtn
 
 
@@ -259,17 +260,18 @@ def fold_awq_scales(hf_model: Any, awq: AwqScales) -> None:
 def apply_awq(loaded: Any) -> AwqScales:
     """AWQ-scale a loaded model's weights in place (its transformers model, on whichever device it is), with the
     scales searched on the packaged calibration tokens, or read from the cache when this model's were found
-    before (keyed by its weights and dtype)."""
+    before (keyed by its weights, dtype, calibration tokens and search grid)."""
     from bench_kernels.paths import cache_dir
 
     hf_model = loaded.hf_model
     dtype = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
-    path = cache_dir("awq") / f"{loaded.name}-{loaded.weights_id}-{dtype}-v1.pt"
+    calibration = awq_calibration_ids(loaded.tokenizer, loaded.config.max_position_embeddings)
+    method = hashlib.sha256(calibration.numpy().tobytes() + f"{AWQ_GRID}/{INT4_GROUP_SIZE}".encode()).hexdigest()
+    path = cache_dir("awq") / f"{loaded.name}-{loaded.weights_id}-{dtype}-{method[:12]}.pt"
     if path.exists():
         awq = AwqScales(**torch.load(path, weights_only=True))
         log.info("AWQ scales from %s", path)
     else:
-        calibration = awq_calibration_ids(loaded.tokenizer, loaded.config.max_position_embeddings)
         awq = search_awq(hf_model, calibration)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(vars(awq), temporary)

@@ -1,0 +1,151 @@
+"""int4 quantization, AWQ, and the compiled runtime's int4 kernels (run by Triton's interpreter on the CPU)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+from bench_kernels.quantization import (
+    AwqScales,
+    dequantize_int4,
+    fold_awq_scales,
+    int4_codes,
+    int4_group_size,
+    quantize_int4,
+    search_awq,
+    unpack_int4,
+)
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def test_group_size_falls_back_to_a_dividing_power_of_two() -> None:
+    assert int4_group_size(4096) == 128
+    assert int4_group_size(14336) == 128
+    assert int4_group_size(576) == 64  # SmolLM2's hidden size
+    assert int4_group_size(30) == 30  # no power of two from 16 up divides it: one group per row
+    with pytest.raises(ValueError, match="odd"):
+        int4_group_size(33)
+
+
+def test_int4_round_trip_is_exact_at_each_groups_extreme_and_close_elsewhere() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(24, 256)
+    quantized = quantize_int4(weight)
+    assert quantized.packed.dtype == torch.uint8 and quantized.packed.shape == (24, 128)
+    assert quantized.scales.shape == (24, 2) and quantized.nbytes() == 24 * 128 + 24 * 2 * 2
+    codes, _ = int4_codes(weight, 128)
+    assert torch.equal(unpack_int4(quantized.packed), codes)
+    assert int(codes.min()) >= -8 and int(codes.max()) <= 7
+    restored = dequantize_int4(quantized)
+    groups, restored_groups = weight.view(24, 2, 128), restored.view(24, 2, 128)
+    extreme = groups.abs().argmax(dim=2, keepdim=True)
+    # The largest magnitude lands on code -8: exact up to the bf16 rounding of its scale.
+    torch.testing.assert_close(restored_groups.gather(2, extreme), groups.gather(2, extreme), rtol=4e-3, atol=0)
+    # Elsewhere the error is at most half a step (plus the scale's rounding), except where a weight of the
+    # extreme's size but opposite sign is clamped from code 8 to 7: one step.
+    step = (groups.abs().amax(dim=2, keepdim=True) / 8).expand_as(groups)
+    error = (restored_groups - groups).abs()
+    clamped = (groups / step * -groups.gather(2, extreme).sign()) > 7.5
+    assert bool((error[~clamped] <= 0.5 * step[~clamped] * 1.01).all())
+    assert bool((error <= step * 1.01).all())
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # uneven input channels, as trained models have, so scaling has something to find
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.copy_(torch.rand(128) * 4 + 0.1)
+            layer.post_attention_layernorm.weight.copy_(torch.rand(128) * 4 + 0.1)
+    return model
+
+
+def test_awq_folding_keeps_the_float_function_and_never_loses_to_round_to_nearest() -> None:
+    model = _tiny_llama()
+    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    awq = search_awq(model, ids)
+    # q/k/v, gate/up, down, and o (no grouped-query attention here) in each of the 2 layers.
+    assert len(awq.scales) == 8 and all(s.shape in ((128,), (256,)) for s in awq.scales.values())
+    assert all(awq.error_awq[name] <= awq.error_rtn[name] for name in awq.scales)
+    assert any(alpha is not None for alpha in awq.alphas.values())
+    assert sum(awq.error_awq.values()) < sum(awq.error_rtn.values())
+    scaled = copy.deepcopy(model)
+    fold_awq_scales(scaled, awq)
+    with torch.no_grad():
+        after = scaled(input_ids=ids).logits
+        assert not torch.equal(scaled.model.layers[0].self_attn.q_proj.weight, model.model.layers[0].self_attn.q_proj.weight)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_awq_refuses_architectures_whose_norms_it_cannot_fold_into() -> None:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    with pytest.raises(ValueError, match="model_type 'gemma2'"):
+        search_awq(model, torch.zeros(1, 8, dtype=torch.long))
+    assert AwqScales().summary().startswith("AWQ scaled 0 layer groups")
+
+
+INTERPRETED_KERNEL_CHECK = """
+import sys, torch
+from bench_kernels.quantization import dequantize_int4, quantize_int4
+from bench_kernels.runtimes.compiled.linear_ops import triton_int4_linear
+rows, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
+torch.manual_seed(rows)
+weight = quantize_int4(torch.randn(48, 256), group_size=64)
+x = torch.randn(rows, 256).to(dtype)
+out = triton_int4_linear(x, weight.packed, weight.scales, block_n=16)
+expected = x.float() @ dequantize_int4(weight).t()
+assert out.shape == (rows, 48) and out.dtype == dtype, (out.shape, out.dtype)
+torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=expected.abs().max().item() * 1e-2)
+print("ok", (out.float() - expected).abs().max().item())
+"""
+
+
+@needs_triton
+@pytest.mark.parametrize(("rows", "dtype"), [(1, "bfloat16"), (5, "float16"), (70, "float16")])
+def test_triton_int4_kernels_match_the_dequantized_weight(rows: int, dtype: str) -> None:
+    """The kernels as written, run by Triton's interpreter (TRITON_INTERPRET must be set before triton is imported,
+    hence a fresh process). The interpreter's tensor-core dot mishandles bf16 on the CPU, so the many-row kernel is
+    checked with fp16 activations (the same code path on the GPU)."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", INTERPRETED_KERNEL_CHECK, str(rows), dtype], capture_output=True,
+                          text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
+
+
+def test_compiled_int4_and_awq_perplexity_on_the_embedded_model() -> None:
+    """Real SmolLM2 weights through the compiled runtime's own forward pass (eager on the CPU): int4 costs
+    perplexity, AWQ gets part of it back."""
+    from bench_kernels.quality import perplexity, perplexity_windows
+    from bench_kernels.runtimes import get_runtime
+    from bench_kernels.workload import packaged_text, text_token_ids
+
+    cls = get_runtime("compiled")
+    options = cls.options_class(compile=False)
+    device = torch.device("cpu")
+    scores, stored = {}, {}
+    for precision in ("bf16", "int4", "int4-awq"):
+        runtime = cls(cls.load("embedded", precision, device, 0, options), precision, device, options)
+        runtime.prepare([1], [8], 2)
+        windows = perplexity_windows(text_token_ids(runtime.loaded.tokenizer, packaged_text()), 8192)[:2]
+        scores[precision] = perplexity(runtime.sequence_logits, windows)[0]
+        stored[precision] = runtime.weight_bytes()
+        runtime.close()
+    assert scores["bf16"] < scores["int4-awq"] < scores["int4"] < scores["bf16"] * 1.3
+    # Projections in half a byte (plus scales); embeddings and the norms stay bf16.
+    assert stored["int4"] == stored["int4-awq"] < 0.45 * stored["bf16"]
