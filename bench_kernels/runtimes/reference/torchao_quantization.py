@@ -43,9 +43,9 @@ def is_quantized(weight: torch.Tensor) -> bool:
     return is_traceable_wrapper_subclass(weight)
 
 
-def quantize_projections(hf_model: Any, precision: str) -> tuple[int, int]:
-    """Quantize every nn.Linear but the LM head in place; (layers quantized, layers offered). torchao leaves a
-    layer as it is when its shape does not suit the config (int4: input features not a multiple of the group)."""
+def quantize_projections(hf_model: Any, precision: str) -> None:
+    """Quantize every nn.Linear but the LM head in place. torchao leaves a layer as it is when its shape does not
+    suit the config (int4: input features not a multiple of the group), and the log says how many it left."""
     import torch
     from torchao.quantization import quantize_
 
@@ -58,10 +58,9 @@ def quantize_projections(hf_model: Any, precision: str) -> tuple[int, int]:
     quantize_(hf_model, torchao_config(precision), filter_fn=is_projection)
     quantized = sum(is_quantized(m.weight) for m in projections)
     if quantized < len(projections):
-        log.warning("torchao %s quantized %d of %d projection layers; the rest stay %s (input features not a "
-                    "multiple of group size %d)", precision, quantized, len(projections), hf_model.dtype,
-                    INT4_GROUP_SIZE)
-    return quantized, len(projections)
+        log.warning("torchao %s quantized %d of %d projection layers; the rest stay %s (shapes its config does "
+                    "not take: for int4, input features not a multiple of %d)", precision, quantized,
+                    len(projections), hf_model.dtype, INT4_GROUP_SIZE)
 
 
 @functools.cache
