@@ -12,11 +12,14 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from bench_kernels.gpu_specs import specified_bandwidth_gbps
+
 INFERENCE_COLUMNS = [
     "runtime", "precision", "batch_size", "input_len", "output_len", "status", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
     "latency_ms_p99", "peak_mem_gb", "token_agreement", "first_divergence_p50", "max_logit_diff",
-    "roofline_tokens_per_s", "efficiency", "error",
+    "roofline_tokens_per_s", "efficiency", "decode_gbps", "mbu", "prefill_precision", "prefill_tflops",
+    "prefill_efficiency", "error",
 ]
 QUALITY_COLUMNS = ["runtime", "precision", "status", "perplexity", "ppl_delta_pct", "error", "notes"]
 BUILD_COLUMNS = ["runtime", "precision", "status", "build_s", "artifact_mb", "cache_hit", "runtime_version",
@@ -264,6 +267,21 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
                 return "roofline not applicable (model fits in the CPU cache)"
         return value
 
+    def prefill_efficiency(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
+        """Above the measured matmul rate is a measurement error, as for decode; rows without one say why."""
+        value = _pick(frame, runtime, "prefill_efficiency", prec, batch_size=b_max, input_len=l_max)
+        if isinstance(value, float) and value > 1.0:
+            return f"invalid: {value:.0%} is above the compute roofline (a measurement error)"
+        if isinstance(value, str) and value == "not measured":
+            return no_prefill_efficiency(frame, runtime, prec)
+        return value
+
+    def model_bandwidth_utilization(frame: pd.DataFrame, runtime: str, prec: str) -> Any:
+        value = _pick(frame, runtime, "mbu", prec, batch_size=b_min, input_len=l_min)
+        if isinstance(value, str) and value == "not measured":
+            return no_mbu(frame, runtime, prec)
+        return value
+
     criteria = [
         Criterion(f"throughput, batch {b_min}, input {l_max} (tokens/s)", "higher",
                   measured("tokens_per_s", b_min, l_max)),
@@ -272,10 +290,16 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
         Criterion(f"latency p99, batch {b_max}, input {l_max} (ms)", "lower", measured("latency_ms_p99", b_max, l_max)),
         Criterion(f"time to first token p50, batch {b_min}, input {l_max} (ms)", "lower",
                   measured("ttft_ms_p50", b_min, l_max)),
+        Criterion(f"time to first token p50, batch {b_max}, input {l_max} (ms)", "lower",
+                  measured("ttft_ms_p50", b_max, l_max)),
         Criterion(f"per-token latency p50, batch {b_min}, input {l_max} (ms)", "lower",
                   measured("itl_ms_p50", b_min, l_max), "{:.2f}"),
         Criterion(f"decode efficiency vs roofline, batch {b_min}, input {l_min}", "higher",
                   efficiency, "{:.0%}"),
+        Criterion(f"MBU: decode bytes/s over the card's specified bandwidth, batch {b_min}, input {l_min}", "higher",
+                  model_bandwidth_utilization, "{:.0%}"),
+        Criterion(f"prefill efficiency vs compute roofline, batch {b_max}, input {l_max}", "higher",
+                  prefill_efficiency, "{:.0%}", prefill_precision(b_max, l_max)),
         Criterion(f"peak memory, batch {b_max}, input {l_max} (GB)", "lower",
                   measured("peak_mem_gb", b_max, l_max), "{:.2f}"),
         Criterion("build / export / compile time (s)", "lower", build_time, "{:.1f}", cached),
@@ -315,6 +339,43 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
     precisions = ", ".join(dict.fromkeys(p for _, p in pairs))
     matrix.index.name = f"criterion ({precisions})"
     return matrix
+
+
+def prefill_precision(batch_size: int, input_len: int) -> Callable[[pd.DataFrame, str, str], str]:
+    """Words after a prefill efficiency: the compute precision whose matmul rate bounds it."""
+    def suffix(frame: pd.DataFrame, runtime: str, prec: str) -> str:
+        rows = ok_rows(frame)
+        rows = rows[(rows["runtime"] == runtime) & (rows["precision"] == prec) & (rows["batch_size"] == batch_size)
+                    & (rows["input_len"] == input_len)]
+        computed = [p for p in rows["prefill_precision"] if isinstance(p, str) and p]
+        return f" (of the {computed[0]} matmul rate)" if computed else ""
+    return suffix
+
+
+def _rows_of(df: pd.DataFrame, runtime: str, precision: str) -> pd.DataFrame:
+    rows = ok_rows(df)
+    return rows[(rows["runtime"] == runtime) & (rows["precision"] == precision)]
+
+
+def no_prefill_efficiency(df: pd.DataFrame, runtime: str, precision: str) -> str:
+    """Why measured rows of a configuration carry no prefill efficiency."""
+    rows = _rows_of(df, runtime, precision)
+    computed = [p for p in rows["prefill_precision"] if isinstance(p, str) and p]
+    if not computed:
+        return "not recorded: rows written before prefill was set against the compute roofline"
+    return f"no {computed[0]} matmul rate measured on this device"
+
+
+def no_mbu(df: pd.DataFrame, runtime: str, precision: str) -> str:
+    """Why measured rows of a configuration carry no MBU: a CPU, a card whose specified bandwidth is not in
+    gpu_specs, or rows from before MBU was recorded."""
+    rows = _rows_of(df, runtime, precision)
+    gpu = next((g for g in rows["gpu_name"] if isinstance(g, str) and g), "")
+    if not gpu:
+        return "no MBU on a CPU (no specified bandwidth)"
+    if specified_bandwidth_gbps(gpu) is None:
+        return f"no MBU: {gpu}'s specified bandwidth is not in the table"
+    return "not recorded: rows written before MBU was"
 
 
 def quality_rows(df: pd.DataFrame) -> pd.DataFrame:

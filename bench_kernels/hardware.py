@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from bench_kernels.paths import project_root
+from bench_kernels.results import MATMUL_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def provenance(device: torch.device) -> dict[str, str]:
         # Measured once per process at the start of a sweep: the roofline's denominators.
         "copy_gbps": f"{copy_bandwidth_gbps(device.type):.1f}",
         "read_gbps": f"{read_bandwidth_gbps(device.type):.1f}",
-        "matmul_tflops": f"{matmul_tflops(device.type):.1f}",
+        **{f"matmul_tflops_{precision}": f"{tflops:.4g}" for precision, tflops in
+           matmul_rates_tflops(device.type).items()},
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     _return_cached_memory(device)  # the measurements' buffers
@@ -204,16 +206,47 @@ def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> f
     return gbps
 
 
-@functools.cache
-def matmul_tflops(device_type: str, repeats: int = 5) -> float:
-    """Measured dense matmul rate in TFLOP/s: bf16 8192^3 on a GPU, fp32 1024^3 on a CPU (best of repeats)."""
-    device = torch.device(device_type)
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+def _matmul_work(precision: str, n: int, device: torch.device) -> Callable[[], object]:
+    """One n x n x n matmul in a compute precision, as the runtimes' prefills issue it."""
+    if precision == "fp8":
+        if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+            raise RuntimeError("fp8 e4m3 matmuls need a CUDA GPU of compute capability 8.9 or newer")
+        # What the compiled runtime's fp8 prefill runs: e4m3 rows and weights, fp32 per-row and per-column scales.
+        a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()  # column-major, as _scaled_mm wants
+        scale_a = torch.ones(n, 1, device=device)
+        scale_b = torch.ones(1, n, device=device)
+        return lambda: torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16)
+    if precision == "int8":
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device).t()
+        return lambda: torch._int_mm(a, b)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    tflops = 2 * n**3 / _best_time_s(lambda: a @ b, device, repeats) / 1e12
-    log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, str(dtype).removeprefix("torch."), tflops)
-    return tflops
+    return lambda: a @ b
+
+
+@functools.cache
+def matmul_rates_tflops(device_type: str) -> dict[str, float]:
+    """Measured dense matmul rate in TFLOP/s per compute precision (best of several after one untimed call).
+
+    GPU: 8192^3 in every precision of MATMUL_PRECISIONS that runs there (fp32 as torch runs it by default, without
+    TF32; fp8 through torch._scaled_mm with rowwise scales; int8 through torch._int_mm, in TOP/s). CPU: 2048^3 in
+    fp32 and bf16 (under a second together)."""
+    device = torch.device(device_type)
+    n, precisions, repeats = (8192, MATMUL_PRECISIONS, 10) if device.type == "cuda" else (2048, ("fp32", "bf16"), 3)
+    rates = {}
+    for precision in precisions:
+        try:
+            work = _matmul_work(precision, n, device)
+            rates[precision] = 2 * n**3 / _best_time_s(work, device, repeats) / 1e12
+        except RuntimeError as err:  # this device or torch build cannot run it: no rate, and the reason logged
+            log.info("%s %s matmul rate not measured: %s", device.type, precision, str(err).splitlines()[0])
+            continue
+        log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, precision, rates[precision])
+    _return_cached_memory(device)
+    return rates
 
 
 @functools.cache

@@ -92,23 +92,33 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def efficiency_vs_batch(df: pd.DataFrame) -> Figure | None:
-    """Decode efficiency against the roofline; the red line is the bound, points above it are flagged."""
-    fig = _facet_lines(df, "batch_size", "efficiency", "input_len",
-                       "Decode efficiency vs the roofline (decode tokens/s over the bandwidth bound; 1.0 = bound)",
-                       "efficiency", log_x=True)
+def _against_bound(df: pd.DataFrame, column: str, title: str, x: str, facet: str, above: str) -> Figure | None:
+    """A share of a roofline per shape; the red line is the bound, points above it are flagged (`above`)."""
+    fig = _facet_lines(df, x, column, facet, title, column.replace("_", " "), log_x=True)
     if fig is None:
         return None
-    data = ok_rows(df).dropna(subset=["efficiency"])
-    facets = sorted(data["input_len"].unique())
+    data = ok_rows(df).dropna(subset=[column])
+    facets = sorted(data[facet].unique())
     for ax, value in zip(fig.axes, facets):
         ax.axhline(1.0, color="#b00020", linestyle="--", linewidth=1)
-        over = data[(data["input_len"] == value) & (data["efficiency"] > 1.0)]
+        over = data[(data[facet] == value) & (data[column] > 1.0)]
         if not over.empty:  # above the bound is impossible: a measurement error, shown as such
-            ax.scatter(over["batch_size"], over["efficiency"], s=120, facecolors="none", edgecolors="#b00020",
-                       label="above roofline: measurement error")
-        ax.set_ylim(0, max(1.1, float(data["efficiency"].max()) * 1.05))
+            ax.scatter(over[x], over[column], s=120, facecolors="none", edgecolors="#b00020", label=above)
+        ax.set_ylim(0, max(1.1, float(data[column].max()) * 1.05))
     return fig
+
+
+def efficiency_vs_batch(df: pd.DataFrame) -> Figure | None:
+    """Decode efficiency against the bandwidth roofline, per batch size."""
+    return _against_bound(df, "efficiency", "Decode efficiency vs the roofline (decode tokens/s over the bandwidth "
+                          "bound; 1.0 = bound)", "batch_size", "input_len", "above roofline: measurement error")
+
+
+def prefill_efficiency_vs_batch(df: pd.DataFrame) -> Figure | None:
+    """Prefill efficiency against the compute roofline (the measured matmul rate of its precision), per batch size."""
+    return _against_bound(df, "prefill_efficiency", "Prefill efficiency vs the compute roofline (prefill FLOP/s "
+                          "over the measured matmul rate of its precision; 1.0 = bound)", "batch_size", "input_len",
+                          "above compute roofline: measurement error")
 
 
 def speedup_heatmaps(df: pd.DataFrame) -> Figure | None:
@@ -190,6 +200,7 @@ ALL_CHARTS = {
     "time to first token": ttft_vs_input_len,
     "memory": memory_vs_batch,
     "efficiency": efficiency_vs_batch,
+    "prefill efficiency": prefill_efficiency_vs_batch,
     "speedup": speedup_heatmaps,
     "break-even": build_vs_break_even,
 }

@@ -15,17 +15,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, WINNER_MARK, build_rows,
-                                    decision_matrix, gate_failures, inference_rows, quality_rows, shorten,
+                                    decision_matrix, gate_failures, inference_rows, ok_rows, quality_rows, shorten,
                                     unmeasured_summary)
 from bench_kernels.config import SweepConfig
-from bench_kernels.results import ResultsStore
+from bench_kernels.gpu_specs import specified_bandwidth_gbps
+from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
 from bench_kernels.workload import BATCH_FORMATION
 
 if TYPE_CHECKING:
     from bench_kernels.decision import Recommendation, Targets
 
 PROVENANCE_COLUMNS = ["device", "gpu_name", "driver_version", "cuda_version", "cpu_name", "torch_version",
-                      "transformers_version", "git_sha", "copy_gbps", "read_gbps", "matmul_tflops"]
+                      "transformers_version", "git_sha", "copy_gbps", "read_gbps", *MATMUL_COLUMNS]
 
 
 def offline_template_dir() -> Path:
@@ -99,7 +100,7 @@ def styled_matrix(matrix: pd.DataFrame):
         text = str(cell)
         if text.startswith(WINNER_MARK):
             return "background-color: #d8f3dc; font-weight: bold"
-        if text.startswith(("not measured", "not meaningful", "invalid")):
+        if text.startswith(("not measured", "not meaningful", "not recorded", "no ", "invalid")):
             return "color: #8a5a00; font-style: italic"
         if text.startswith("FAIL"):
             return "color: #b00020; font-weight: bold"
@@ -273,6 +274,24 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         "(all weights plus the batch's KV cache read once per step at the measured streaming bandwidth: the "
         "faster of a copy, counting bytes read and written, and a read-only sum, both measured at the start of "
         "the sweep; rows written before the read rate was measured used the copy rate alone).",
+        "<b>MBU</b> (model bandwidth utilization, as PyTorch's <i>GPT, Fast</i> post defines it): the bytes a "
+        "decode step reads (all weights plus the batch's KV cache, averaged over the steps) per second of "
+        "per-token latency p50 (<code>decode_gbps</code>), over the card's <i>specified</i> bandwidth from its "
+        "NVIDIA data sheet. Efficiency divides by what this card measurably streams, so it says how much headroom "
+        "is left here; MBU divides by the data-sheet figure, which no kernel reaches (this project's H100s copy "
+        "at 85-87% of it), so it compares with published MBU figures. No MBU on a CPU or on a card whose data "
+        "sheet is not in <code>bench_kernels/gpu_specs.py</code>.",
+        "<b>Prefill efficiency</b>: the prefill's matmul FLOPs over TTFT p50 (<code>prefill_tflops</code>), over "
+        "the matmul rate measured at the start of the sweep (GPU: 8192&sup3; GEMMs; CPU: 2048&sup3;) in the precision "
+        "the runtime's prefill computes in (<code>prefill_precision</code>: the weights' precision for fp32, fp16 and "
+        "bf16; bf16 for weight-only quantized weights; fp8 for the compiled runtime's fp8 on a GPU; fp32 for ONNX "
+        "Runtime on a CPU), times the GPUs that share each prefill (tensor-parallel ranks). FLOPs = 2 &times; P "
+        "&times; B &times; S (P: the attention and MLP projection parameters of every layer) + 2 &times; V &times; D "
+        "&times; B &times; H (the LM head, H = S for runtimes that compute logits at every prompt position, ONNX "
+        "Runtime and TensorRT, else 1) + 4 &times; L &times; A &times; Dh &times; B &times; S(S+1)/2 (causal "
+        "attention, QK<sup>T</sup> and PV), with batch B, prompt length S, vocabulary V, hidden size D, layers L, "
+        "query heads A and head dimension Dh. TTFT also holds the embedding, norms, the first token's sampling and "
+        "the host's work, so this is a lower bound on the prefill's own rate.",
         "<b>Perplexity</b>: teacher-forced through each runtime's own forward pass over the packaged text, cut "
         "into consecutive windows of 512 tokens (fewer if the model's context is shorter); the first 8 windows "
         "are scored, every token after a window's first predicted from those before it (4,088 predictions). "
@@ -286,7 +305,47 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         lines.append("<b style='color:#b00020'>Measurement error</b>: some rows exceed the roofline "
                      "(efficiency above 1.0); treat them as bugs, not results. (On a CPU, a model small "
                      "enough to stay in the caches also reads faster than the DRAM bandwidth measured.)")
+    if not inference.empty and inference["prefill_efficiency"].gt(1.0).any():
+        lines.append("<b style='color:#b00020'>Measurement error</b>: some rows exceed the compute roofline "
+                     "(prefill efficiency above 1.0): a prefill cannot compute faster than the measured matmul "
+                     "rate of its precision; treat them as bugs, not results.")
     return "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+
+
+ROOFLINE_COLUMNS = ["runtime", "precision", "gpu_count", "batch_size", "input_len", "efficiency", "decode_gbps",
+                    "mbu", "prefill_precision", "prefill_tflops", "prefill_efficiency"]
+
+
+def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every measured row against both rooflines: decode (efficiency, MBU) and prefill (compute)."""
+    return readable(_int_columns(ok_rows(df)[ROOFLINE_COLUMNS].reset_index(drop=True)))
+
+
+def roofline_html(df: pd.DataFrame) -> str:
+    """The rates the rooflines divide by, per environment, and why a column is blank where it is (HTML)."""
+    inference = ok_rows(df)
+    if inference.empty:
+        return "<p>No measured inference rows.</p>"
+    items = []
+    for gpu, rows in inference.groupby("gpu_name"):
+        where = html.escape(gpu or f"CPU ({rows['cpu_name'].iloc[0]})")
+        rates = ", ".join(f"{column.removeprefix('matmul_tflops_')} {rows[column].max():,.4g}"
+                          for column in MATMUL_COLUMNS if rows[column].notna().any())
+        streams = rows[["copy_gbps", "read_gbps"]].max(axis=1).max()  # the decode roofline's: the faster
+        specified = specified_bandwidth_gbps(gpu) if gpu else None
+        spec = (f"specified bandwidth {specified:,.0f} GB/s (data sheet)" if specified
+                else "no MBU: no specified bandwidth for a CPU" if not gpu
+                else "no MBU: its specified bandwidth is not in <code>bench_kernels/gpu_specs.py</code>")
+        stream = f"{streams:,.1f} GB/s" if pd.notna(streams) else "not recorded"
+        items.append(f"<li><b>{where}</b>: streaming bandwidth (measured) {stream}; matmul TFLOP/s (measured): "
+                     f"{rates or 'not recorded'}; {spec}.</li>")
+    notes = []
+    if inference["prefill_precision"].isna().all() or (inference["prefill_precision"] == "").all():
+        notes.append("These rows were written before prefill was set against the compute roofline and MBU was "
+                     "recorded: those columns are blank.")
+    return ("<p>Decode reads every weight once per step, so its bound is memory bandwidth; prefill multiplies "
+            "whole prompts through the same weights, so its bound is the matmul rate. The rates of this run:</p>"
+            f"<ul>{''.join(items)}</ul>" + "".join(f"<p>{n}</p>" for n in notes))
 
 
 def availability_notes(df: pd.DataFrame) -> str:
@@ -333,4 +392,5 @@ def show_figure(fig: Figure | None, what: str) -> None:
 
 __all__ = ["availability_notes", "build_table", "claims_html", "profiles_html", "cost_html", "decide", "readable",
            "recommendation_html", "show_table", "quality_notes", "quality_table", "decision_matrix", "load_run", "method_notes",
-           "offline_template_dir", "provenance_table", "results_table", "show_charts", "show_figure", "styled_matrix"]
+           "offline_template_dir", "provenance_table", "results_table", "roofline_html", "roofline_table", "show_charts",
+           "show_figure", "styled_matrix"]

@@ -20,6 +20,9 @@ from bench_kernels.paths import atomic_write, remove_stale_temporaries
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error", "skipped", "unavailable")
+# Compute precisions whose matmul rate a sweep measures (hardware.matmul_rates_tflops), one provenance column each.
+MATMUL_PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
+MATMUL_COLUMNS = tuple(f"matmul_tflops_{precision}" for precision in MATMUL_PRECISIONS)
 # gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers over;
 # 1 for a single device, the CPU included); rows written before it existed read as 1.
 KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", "batch_size", "input_len", "output_len")
@@ -30,10 +33,11 @@ COLUMNS = (
     "tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99",
     "latency_ms_p50", "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu",
     "build_s", "artifact_mb", "cache_hit", "token_agreement", "first_divergence_p50", "max_logit_diff",
-    "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
+    "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency", "decode_gbps", "mbu",
+    "prefill_precision", "prefill_tflops", "prefill_efficiency",
     "runtime_version", "runtime_options", "runtime_precisions", "runtime_needs_build", "runtime_dynamic_shapes",
     "device", "gpu_name", "gpu_memory_gb", "driver_version", "cuda_version", "cpu_name",
-    "torch_version", "transformers_version", "git_sha", "copy_gbps", "read_gbps", "matmul_tflops", "link_gbps",
+    "torch_version", "transformers_version", "git_sha", "copy_gbps", "read_gbps", *MATMUL_COLUMNS, "link_gbps",
     "timestamp", "notes",
 )
 NUMERIC_COLUMNS = (
@@ -41,7 +45,8 @@ NUMERIC_COLUMNS = (
     "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
     "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu", "build_s", "artifact_mb", "token_agreement",
     "first_divergence_p50", "max_logit_diff", "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
-    "gpu_memory_gb", "copy_gbps", "read_gbps", "matmul_tflops", "link_gbps",
+    "decode_gbps", "mbu", "prefill_tflops", "prefill_efficiency", "gpu_memory_gb", "copy_gbps", "read_gbps",
+    *MATMUL_COLUMNS, "link_gbps",
 )
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
 FINISHED = ("ok", "skipped")
@@ -62,7 +67,8 @@ def row_key(row: dict[str, Any]) -> tuple[str, ...]:
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
     """The rows of a results.csv as strings; rows written before runtime_version existed get it from
-    their trt_flavor / trt_version."""
+    their trt_flavor / trt_version, and rows from before the matmul rate was measured per precision get their one
+    rate (bf16 8192^3 on a GPU, fp32 on a CPU) in that precision's column."""
     if not csv_path.is_file():
         return []
     with csv_path.open(newline="", encoding="utf-8") as handle:
@@ -70,6 +76,8 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
     for row in rows:
         if "runtime_version" not in row and row.get("trt_version"):
             row["runtime_version"] = f"{row.get('trt_flavor', '')} {row['trt_version']}".strip()
+        if row.get("matmul_tflops") and not any(row.get(c) for c in MATMUL_COLUMNS):
+            row["matmul_tflops_bf16" if row.get("device") == "cuda" else "matmul_tflops_fp32"] = row["matmul_tflops"]
         for column, default in KEY_DEFAULTS.items():
             row[column] = row.get(column) or default
     return rows

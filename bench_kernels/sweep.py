@@ -18,9 +18,11 @@ import pandas as pd
 import torch
 
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
-from bench_kernels.architecture import decode_roofline_tokens_per_s
+from bench_kernels.architecture import decode_roofline_tokens_per_s, decode_step_bytes, prefill_flops
 from bench_kernels.config import SweepConfig
-from bench_kernels.hardware import last_level_cache_bytes, pick_device, provenance, streaming_bandwidth_gbps
+from bench_kernels.gpu_specs import mbu
+from bench_kernels.hardware import (last_level_cache_bytes, matmul_rates_tflops, pick_device, provenance,
+                                    streaming_bandwidth_gbps)
 from bench_kernels.models import PROJECTION_BYTES, LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
@@ -299,7 +301,8 @@ def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: Loa
 
 def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size: int, input_len: int,
               itl_ms_p50: float) -> dict[str, Any]:
-    """Decode roofline from the measured streaming bandwidth; efficiency = decode tokens/s over that bound.
+    """Decode roofline from the measured streaming bandwidth; efficiency = decode tokens/s over that bound. Beside
+    it the bytes a decode step reads per second (decode_gbps) and their share of the card's specified bandwidth (mbu).
 
     A model split over devices counts the busiest device's share of weights and KV cache at that
     bandwidth, plus what it sends per step (tensor-parallel collectives) at the measured link bandwidth.
@@ -312,10 +315,30 @@ def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size
                          f"the CPU's {last_level_cache_bytes() / 2**20:.0f} MiB last-level cache)"}
     bound = decode_roofline_tokens_per_s(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len,
                                          streaming_bandwidth_gbps(ctx.device.type), link_bytes, runtime.link_gbps)
-    decode_tokens_per_s = batch_size / (itl_ms_p50 / 1e3) if itl_ms_p50 > 0 else float("nan")
+    step_s = itl_ms_p50 / 1e3 if itl_ms_p50 > 0 else float("nan")
+    decode_gbps = decode_step_bytes(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len) \
+        / step_s / 1e9
     notes = (f"roofline of the busiest device: {weight_bytes / 1e9:.2f} GB of weights, {kv_token_bytes} B of KV "
              f"cache per token, {link_bytes / 1e6:.2f} MB sent per decode step" if link_bytes else "")
-    return {"roofline_tokens_per_s": bound, "efficiency": decode_tokens_per_s / bound, "notes": notes}
+    return {"roofline_tokens_per_s": bound, "efficiency": batch_size / step_s / bound, "decode_gbps": decode_gbps,
+            "mbu": mbu(decode_gbps, ctx.env["gpu_name"]), "notes": notes}
+
+
+def _prefill_roofline(ctx: SweepContext, runtime: Runtime, gpu_count: int, batch_size: int, input_len: int,
+                      ttft_ms_p50: float) -> dict[str, Any]:
+    """Prefill against the compute roofline: its matmul FLOPs (architecture.prefill_flops) over TTFT p50, and
+    that over the measured matmul rate of the precision the runtime's prefill computes in (times the GPUs that
+    share each prefill: tensor-parallel ranks; GPUs that take turns compute one at a time)."""
+    runtime_cls = type(runtime)
+    precision = runtime_cls.prefill_compute_precision(ctx.device, runtime.precision)
+    flops = prefill_flops(runtime.loaded.config, batch_size, input_len, runtime_cls.prefill_logits_every_position)
+    tflops = flops / (ttft_ms_p50 / 1e3) / 1e12
+    rate = matmul_rates_tflops(ctx.device.type).get(precision)
+    if rate is None:
+        return {"prefill_precision": precision, "prefill_tflops": tflops,
+                "notes": f"no prefill efficiency: no {precision} matmul rate was measured on this {ctx.device.type}"}
+    sharing = gpu_count if runtime_cls.splits_prefill_over_gpus else 1
+    return {"prefill_precision": precision, "prefill_tflops": tflops, "prefill_efficiency": tflops / (rate * sharing)}
 
 
 def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +448,9 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
             columns = _merged(summary, build_columns,
                               _quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
                               _roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
-                                        summary["itl_ms_p50"]))
+                                        summary["itl_ms_p50"]),
+                              _prefill_roofline(ctx, runtime, deployment.gpu_count, batch_size, input_len,
+                                                summary["ttft_ms_p50"]))
             if cfg.profile and (batch_size, input_len) == _workload_shape(cfg):
                 columns = _merged(columns, _profile(ctx, runtime, deployment, ids))
             write("ok", batch_size, input_len, measured.samples(), link_gbps=runtime.link_gbps, **columns)

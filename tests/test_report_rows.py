@@ -14,8 +14,9 @@ from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE, WINNER_MARK, decisio
 from bench_kernels.config import parse_config
 from bench_kernels.decision import Targets, configurations, cost_table, recommend
 from bench_kernels.report import (availability_notes, build_table, method_notes, profiles_html, provenance_table,
-                                  recommendation_html, results_table, unmeasured_summary)
-from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS
+                                  recommendation_html, results_table, roofline_html, roofline_table,
+                                  unmeasured_summary)
+from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS, load_results
 from bench_kernels.sweep import run_sweeps
 
 
@@ -71,8 +72,8 @@ def test_every_table_and_chart_renders(rows: list[dict]) -> None:
     for name, chart in plots.ALL_CHARTS.items():
         figure = chart(df)
         assert figure is None or figure.axes, name
-    results_table(df), build_table(df), provenance_table(df), unmeasured_summary(df)
-    assert availability_notes(df) and method_notes(cfg, df)
+    results_table(df), build_table(df), provenance_table(df), unmeasured_summary(df), roofline_table(df)
+    assert availability_notes(df) and method_notes(cfg, df) and roofline_html(df)
     targets = Targets(batch_size=4, input_len=8, output_len=4, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
     table = configurations(df, targets)
     assert "Workload and targets" in recommendation_html(recommend(table, df), targets)
@@ -94,6 +95,53 @@ def test_a_value_above_the_roofline_is_invalid_and_never_starred() -> None:
     row = decision_matrix(df).loc[lambda m: m.index.str.startswith("decode efficiency")].iloc[0]
     assert row["compiled"] == "invalid: 208% is above the roofline (a measurement error)"
     assert row["onnxruntime"] == WINNER_MARK + "60%" and row["winner"] == "onnxruntime"
+
+
+def test_a_prefill_above_the_compute_roofline_is_invalid_and_never_starred() -> None:
+    df = frame([ok("reference", 1, 8, 10.0, prefill_precision="fp32", prefill_efficiency=0.4),
+                ok("compiled", 1, 8, 30.0, prefill_precision="fp32", prefill_efficiency=1.3, **BUILT),
+                ok("onnxruntime", 1, 8, 12.0, prefill_precision="fp32", prefill_efficiency=0.5, **BUILT)])
+    row = decision_matrix(df).loc[lambda m: m.index.str.startswith("prefill efficiency")].iloc[0]
+    assert row["compiled"] == "invalid: 130% is above the compute roofline (a measurement error)"
+    assert row["onnxruntime"] == WINNER_MARK + "50% (of the fp32 matmul rate)" and row["winner"] == "onnxruntime"
+    assert "exceed the compute roofline" in method_notes(parse_config({}), df)
+    assert plots.prefill_efficiency_vs_batch(df).axes[0].collections  # the invalid point is circled
+
+
+def test_mbu_is_shown_where_the_card_is_known_and_says_why_not_elsewhere() -> None:
+    h100 = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "precision": "bf16",
+            "runtime_precisions": "fp32 fp16 bf16 fp8"}
+    df = frame([ok("reference", 1, 8, 10.0, mbu=0.2, decode_gbps=670.0, prefill_precision="bf16", **h100),
+                ok("compiled", 1, 8, 30.0, mbu=0.6, decode_gbps=2010.0, prefill_precision="bf16", **h100, **BUILT),
+                ok("onnxruntime", 1, 8, 12.0, prefill_precision="bf16", **BUILT,
+                   **{**h100, "gpu_name": "NVIDIA Imaginary 1"})])
+    row = decision_matrix(df).loc[lambda m: m.index.str.startswith("MBU")].iloc[0]
+    assert row["compiled"] == WINNER_MARK + "60%" and row["reference"] == "20%"
+    assert row["onnxruntime"] == "no MBU: NVIDIA Imaginary 1's specified bandwidth is not in the table"
+    assert "specified bandwidth 3,350 GB/s" in roofline_html(df)
+    cpu = decision_matrix(frame([ok("reference", 1, 8, 10.0, prefill_precision="fp32")]))
+    assert cpu.loc[lambda m: m.index.str.startswith("MBU")].iloc[0]["reference"].startswith("no MBU on a CPU")
+
+
+@pytest.mark.parametrize("results_csv", sorted(Path(__file__).resolve().parents[1].glob("reports/*/results.csv")),
+                         ids=lambda path: path.parent.name)
+def test_committed_reports_written_before_the_new_columns_still_render(results_csv: Path) -> None:
+    df = load_results(results_csv)
+    matrix = decision_matrix(df)
+    assert not matrix.empty
+    prefill = matrix.loc[lambda m: m.index.str.startswith("prefill efficiency")].iloc[0].drop("winner")
+    assert all(cell.startswith(("not recorded", "not measured")) for cell in prefill)
+    # Their one matmul rate (bf16 on a GPU) reads as the bf16 rate; the report names it.
+    inference = df[(df["stage"] == "inference") & (df["status"] == "ok")]
+    if results_csv.parent.name in ("h100-llama3.1-8b", "h200x2-llama3.1-70b"):
+        assert inference["matmul_tflops_bf16"].gt(500).all()
+        assert "bf16 7" in roofline_html(df)
+    assert "written before prefill was set against the compute roofline" in roofline_html(df)
+    roofline_table(df), provenance_table(df), results_table(df)
+    assert method_notes(parse_config({}), df)
+    for name, chart in plots.ALL_CHARTS.items():
+        figure = chart(df)
+        assert (figure is None) == (name == "prefill efficiency") or name in ("speedup", "break-even"), name
 
 
 def test_a_model_that_fits_in_the_cpu_cache_has_no_roofline() -> None:

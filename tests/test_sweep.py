@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 
+import pandas as pd
+import pytest
+import yaml
+
+from bench_kernels.architecture import prefill_flops
 from bench_kernels.config import parse_config
+from bench_kernels.models import resolve_model_config
 from bench_kernels.results import ResultsStore, load_results
 from bench_kernels.sweep import run_inference_sweep
 
@@ -68,3 +74,20 @@ def test_out_of_memory_becomes_error_row_and_sweep_goes_on(tmp_path: Path, tiny_
     assert df.loc[4096, "status"] == "error"
     assert "memory" in df.loc[4096, "error"].lower() or "alloc" in df.loc[4096, "error"].lower()
     assert (tmp_path / "oom" / "errors.log").read_text().count("Traceback") >= 1
+
+
+def test_a_tiny_spec_row_is_set_against_the_compute_roofline(tmp_path: Path) -> None:
+    """The tiny spec's ONNX Runtime deployment (logits at every prompt position, fp32 on a CPU) at its first shape:
+    the row carries its prefill FLOP rate and that rate's share of the fp32 matmul rate measured at the start."""
+    spec = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    cfg = parse_config({**spec, "runtimes": ["onnxruntime"], "batch_sizes": spec["batch_sizes"][:1],
+                        "input_lens": spec["input_lens"][:1], "reports_dir": str(tmp_path)})
+    df = run_inference_sweep(cfg, "onnxruntime")
+    row = df[(df["stage"] == "inference") & (df["status"] == "ok")].iloc[0]
+    assert row["prefill_precision"] == "fp32" and row["prefill_tflops"] > 0
+    # TTFT p50 holds the prefill: its FLOPs (the head on every position) over TTFT give the achieved rate
+    flops = prefill_flops(resolve_model_config(cfg.model), cfg.batch_sizes[0], cfg.input_lens[0],
+                          logits_every_position=True)
+    assert row["prefill_tflops"] == pytest.approx(flops / (row["ttft_ms_p50"] / 1e3) / 1e12, rel=1e-6)
+    assert 0 < row["prefill_efficiency"] == pytest.approx(row["prefill_tflops"] / row["matmul_tflops_fp32"], rel=1e-3)
+    assert pd.isna(row["mbu"])  # a CPU has no specified bandwidth

@@ -65,6 +65,11 @@ class Runtime(ABC):
     runs_torch_model: ClassVar[bool] = True
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
     options_class: ClassVar[type] = NoOptions
+    # True: the prefill computes logits for every prompt position ([B, S, V]); False: for the last one only.
+    prefill_logits_every_position: ClassVar[bool] = False
+    # True: a deployment's GPUs share each prefill's matmuls (tensor parallelism); False: one device computes at a
+    # time (a single device, or layers split over GPUs that take turns).
+    splits_prefill_over_gpus: ClassVar[bool] = False
 
     def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: Any = None):
         self.loaded = loaded
@@ -113,6 +118,13 @@ class Runtime(ABC):
         """What the report needs to know about this runtime, written into each of its rows."""
         return {"runtime_precisions": " ".join(cls.precisions), "runtime_needs_build": str(cls.needs_build).lower(),
                 "runtime_dynamic_shapes": cls.dynamic_shapes}
+
+    @classmethod
+    def prefill_compute_precision(cls, device: torch.device, precision: str) -> str:
+        """The precision the prefill's matmuls compute in at this weight precision (whose measured matmul rate
+        bounds it): the precision itself for fp32 / fp16 / bf16; bf16 for weight-only quantized precisions, whose
+        weights are dequantized to the bf16 activations."""
+        return precision if precision in ("fp32", "fp16", "bf16") else "bf16"
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:

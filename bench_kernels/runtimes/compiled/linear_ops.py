@@ -1,5 +1,6 @@
-"""The compiled runtime's matrix-vector products: weight-only fp8 (e4m3, per-output-channel scales) and
-small-batch GEMV in Triton, with cuBLAS / torch._scaled_mm where those are faster.
+"""The compiled runtime's matrix products: weight-only fp8 (e4m3, per-output-channel scales), weight-only int4
+(group-wise scales, bench_kernels.quantization's layout) and small-batch GEMV in Triton, with cuBLAS /
+torch._scaled_mm where those are faster.
 
 All projections of the compiled decoder go through one custom op, `bench_kernels::linear`, so
 torch.compile treats it as a single opaque call and fuses the elementwise work around it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from functools import cache
 
 import torch
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
+INT4 = torch.uint8  # int4 weights are stored packed, two per byte (bench_kernels.quantization's layout)
 # Up to this many activation rows (decode batches) a step is bound by reading the weights: the Triton
 # weight-only kernel reads fp8 weights as they are stored; beyond it, prefill-sized GEMMs use tensor cores.
 GEMV_MAX_ROWS = 64
@@ -59,24 +62,29 @@ def fp8_unavailable_reason(device: torch.device) -> str | None:
     return triton_unavailable_reason()
 
 
+def _autotune_timing(triton) -> dict:
+    """Candidates are timed from CUDA graphs where this triton can: the kernels run there, and a plain timing loop
+    of a 20 us kernel measures Python's launch cost instead."""
+    import triton.testing
+
+    if "do_bench" in inspect.signature(triton.autotune).parameters:
+        return {"do_bench": lambda fn, quantiles: triton.testing.do_bench_cudagraph(fn, quantiles=quantiles)}
+    if "use_cuda_graph" in inspect.signature(triton.autotune).parameters:
+        return {"use_cuda_graph": True}
+    return {}
+
+
 @cache
 def _kernels():
     """The Triton kernels, compiled lazily so importing this module never needs triton."""
     import triton
     import triton.language as tl
-    import triton.testing
 
     def configs(block_ns, block_ks):
         return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                 for n in block_ns for k in block_ks for w in (4, 8) for s in (3,)]
 
-    # Candidates are timed from CUDA graphs where this triton can: the kernels run there, and a plain
-    # timing loop of a 20 us kernel measures Python's launch cost instead.
-    autotune_timing = {}
-    if "do_bench" in inspect.signature(triton.autotune).parameters:
-        autotune_timing["do_bench"] = lambda fn, quantiles: triton.testing.do_bench_cudagraph(fn, quantiles=quantiles)
-    elif "use_cuda_graph" in inspect.signature(triton.autotune).parameters:
-        autotune_timing["use_cuda_graph"] = True
+    autotune_timing = _autotune_timing(triton)
 
     @triton.autotune(configs=configs((8, 16, 32), (256, 512)), key=["N", "K"], **autotune_timing)
     @triton.jit
@@ -121,6 +129,139 @@ def _kernels():
     return triton, gemv_one_row, gemv_few_rows
 
 
+@cache
+def _int4_kernels():
+    """Triton kernels for int4 weights: packed uint8 [N, K / 2] (input channel 2j in byte j's low nibble, 2j + 1 in
+    its high one, each stored + 8) and scales [N, K / GROUP]. Codes are dequantized in registers; the weights are
+    read once, as stored. Even and odd input channels are loaded apart, so a byte's two nibbles need no
+    interleaving."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def int4_gemv_one_row(x_ptr, packed_ptr, scale_ptr, y_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+        # One group of input channels per iteration; products scaled and accumulated elementwise, reduced once.
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_j = tl.arange(0, GROUP // 2)
+        n_ok = offs_n < N
+        groups = K // GROUP
+        acc = tl.zeros((BLOCK_N, GROUP // 2), dtype=tl.float32)
+        for g in range(0, groups):
+            packed = tl.load(packed_ptr + offs_n[:, None] * (K // 2) + g * (GROUP // 2) + offs_j[None, :],
+                             mask=n_ok[:, None], other=0).to(tl.int32)
+            x_even = tl.load(x_ptr + g * GROUP + 2 * offs_j).to(tl.float32)
+            x_odd = tl.load(x_ptr + g * GROUP + 2 * offs_j + 1).to(tl.float32)
+            scale = tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)
+            low = ((packed & 0xF) - 8).to(tl.float32)
+            high = ((packed >> 4) - 8).to(tl.float32)
+            acc += (low * x_even[None, :] + high * x_odd[None, :]) * scale[:, None]
+        tl.store(y_ptr + offs_n, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=n_ok)
+
+    @triton.jit
+    def int4_gemm(x_ptr, packed_ptr, scale_ptr, y_ptr, M, N, K, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+        # Tensor-core dots of the activations with the codes (exact in bf16/fp16), scaled per group in fp32.
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_j = tl.arange(0, GROUP // 2)
+        n_ok, m_ok = offs_n < N, offs_m < M
+        groups = K // GROUP
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in range(0, groups):
+            packed = tl.load(packed_ptr + offs_n[:, None] * (K // 2) + g * (GROUP // 2) + offs_j[None, :],
+                             mask=n_ok[:, None], other=0).to(tl.int32)
+            x_even = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + 2 * offs_j[None, :], mask=m_ok[:, None],
+                             other=0.0)
+            x_odd = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + 2 * offs_j[None, :] + 1, mask=m_ok[:, None],
+                            other=0.0)
+            low = ((packed & 0xF) - 8).to(x_ptr.dtype.element_ty)
+            high = ((packed >> 4) - 8).to(x_ptr.dtype.element_ty)
+            part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))
+            acc += part * tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU tests run the kernels as written, untuned
+        return triton, int4_gemv_one_row, int4_gemm
+    timing = _autotune_timing(triton)
+    one_row = triton.autotune([triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+                               for n in (8, 16, 32, 64) for w in (2, 4, 8) for s in (2, 3, 4)],
+                              key=["N", "K", "GROUP"], **timing)(int4_gemv_one_row)
+    many_rows = triton.autotune([triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+                                 for n in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)],
+                                key=["M", "N", "K", "GROUP", "BLOCK_M"], **timing)(int4_gemm)
+    return triton, one_row, many_rows
+
+
+def int4_triton_group_ok(group_size: int) -> bool:
+    """Whether the Triton kernels take this group size (a power of two, so half a group is a Triton range)."""
+    return group_size >= 32 and group_size & (group_size - 1) == 0
+
+
+@cache
+def _row_quantize_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def quantize_rows_fp8_kernel(x_ptr, q_ptr, scale_ptr, K, FP8_LIMIT: tl.constexpr, BLOCK_K: tl.constexpr):
+        # quantize_rows_fp8 in one kernel per row: the row is read twice (the second time from cache) and written
+        # once in fp8, where the eager version makes several full passes with fp32 copies.
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK_K)
+        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_ptr + row * K + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        scale = tl.maximum(tl.max(amax, axis=0) / FP8_LIMIT, 1e-12)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_ptr + row * K + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+            q = tl.minimum(tl.maximum(x / scale, -FP8_LIMIT), FP8_LIMIT)
+            tl.store(q_ptr + row * K + k0 + offs, q.to(q_ptr.dtype.element_ty), mask=k0 + offs < K)
+        tl.store(scale_ptr + row, scale)
+
+    return quantize_rows_fp8_kernel
+
+
+def triton_quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows_fp8 fused into one Triton kernel (the same values)."""
+    M, K = rows.shape
+    rows = rows.contiguous()
+    quantized = torch.empty((M, K), dtype=FP8, device=rows.device)
+    row_scale = torch.empty((M, 1), dtype=torch.float32, device=rows.device)
+    _row_quantize_kernel()[(M,)](rows, quantized, row_scale, K, FP8_LIMIT=FP8_MAX, BLOCK_K=1024)
+    return quantized, row_scale
+
+
+def triton_int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                       block_n: int | None = None) -> torch.Tensor:
+    """rows [M, K] (bf16/fp16) times the int4 weight [N, K] transposed: [M, N] in rows' dtype. block_n: run
+    untuned with this tile width (the Triton interpreter on the CPU), else autotuned."""
+    triton, one_row, many_rows = _int4_kernels()
+    M, K = rows.shape
+    N = packed.shape[0]
+    group = K // scales.shape[1]
+    rows = rows.contiguous()
+    out = torch.empty((M, N), dtype=rows.dtype, device=rows.device)
+    tile = {"BLOCK_N": block_n} if block_n else {}
+    if M == 1:
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+        one_row[grid](rows, packed, scales, out, N, K, GROUP=group, **tile)
+    else:
+        block_m = max(16, min(64, triton.next_power_of_2(M)))
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))  # noqa: E731
+        many_rows[grid](rows, packed, scales, out, M, N, K, GROUP=group, BLOCK_M=block_m, **tile)
+    return out
+
+
+def dequantize_int4_weight(packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The int4 weight [N, K] in dtype, on packed's device (for library GEMMs and the CPU)."""
+    from bench_kernels.quantization import Int4Weight, dequantize_int4
+
+    group = packed.shape[1] * 2 // scales.shape[1]
+    return dequantize_int4(Int4Weight(packed, scales, group), dtype)
+
+
 def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """rows [M <= GEMV_MAX_ROWS, K] (bf16/fp16) times weight [N, K] (bf16, fp16 or fp8) transposed, times scale [N]."""
     triton, gemv_one_row, gemv_few_rows = _kernels()
@@ -139,14 +280,14 @@ def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
 
 
 def _scaled_mm_rowwise(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                       chunk_rows: int = 8192) -> torch.Tensor:
+                       chunk_rows: int = 16384) -> torch.Tensor:
     """fp8 GEMM for many rows: activations quantized per row, weights per channel, bf16 out (Hopper).
 
-    Long prefills go in chunks of rows, so the fp32 and fp8 copies of the activations stay small
-    (a 64 x 2048-token prefill would otherwise need 7.5 GB for one fp32 copy)."""
+    Long prefills go in chunks of rows, so the fp8 copy of the activations stays small."""
+    quantize = quantize_rows_fp8 if triton_unavailable_reason() else triton_quantize_rows_fp8
     out = torch.empty((rows.shape[0], weight.shape[0]), dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], chunk_rows):
-        part_q, row_scale = quantize_rows_fp8(rows[start:start + chunk_rows])
+        part_q, row_scale = quantize(rows[start:start + chunk_rows])
         out[start:start + chunk_rows] = torch._scaled_mm(part_q, weight.t(), scale_a=row_scale, scale_b=scale[None, :],
                                                          out_dtype=torch.bfloat16)
     return out
@@ -171,30 +312,55 @@ def _time_ms(fn, iters: int = 20) -> float:
 
 
 def _library_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """The library path: torch._scaled_mm for fp8 weights, cuBLAS otherwise."""
+    """The library path: torch._scaled_mm for fp8 weights, cuBLAS otherwise (int4 dequantized first)."""
     if weight.dtype == FP8:
         return _scaled_mm_rowwise(rows, weight, scale)
+    if weight.dtype == INT4:
+        return F.linear(rows, dequantize_int4_weight(weight, scale, rows.dtype))
     return F.linear(rows, weight)
 
 
-def _small_rows_backend(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> str:
+def _triton_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    if weight.dtype == INT4:
+        return triton_int4_linear(rows, weight, scale)
+    return triton_gemv(rows, weight, scale)
+
+
+def _has_triton_kernel(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> bool:
+    """Whether a Triton kernel takes this product: up to GEMV_MAX_ROWS rows, or int4 weights at any size."""
+    if triton_unavailable_reason():
+        return False
+    if weight.dtype == INT4:
+        return int4_triton_group_ok(weight.shape[1] * 2 // scale.shape[1])
+    return rows.shape[0] <= GEMV_MAX_ROWS
+
+
+def _backend(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> str:
     """"triton" or "library" for this (rows, weight) shape: whichever measured faster here, on first use."""
+    if not _has_triton_kernel(rows, weight, scale):
+        return "library"
     key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0])
     if key not in _CHOSEN_BACKEND:
-        if torch.cuda.is_current_stream_capturing() or triton_unavailable_reason():
-            # Cannot time inside a CUDA graph capture; fp8 at few rows has no library kernel worth taking.
-            return "triton" if weight.dtype == FP8 and not triton_unavailable_reason() else "library"
-        triton_ms = _time_ms(lambda: triton_gemv(rows, weight, scale))
+        if torch.cuda.is_current_stream_capturing():
+            # Cannot time inside a CUDA graph capture; quantized weights at few rows have no library kernel
+            # worth taking (fp8: none reads fp8 as stored; int4: the library path dequantizes first).
+            return "triton" if weight.dtype in (FP8, INT4) else "library"
+        triton_ms = _time_ms(lambda: _triton_linear(rows, weight, scale))
         try:
             library_ms = _time_ms(lambda: _library_linear(rows, weight, scale))
         except RuntimeError as err:  # e.g. a _scaled_mm shape constraint
             log.info("library kernel for %s x %s unavailable: %s", tuple(rows.shape), tuple(weight.shape), err)
             library_ms = float("inf")
         _CHOSEN_BACKEND[key] = "triton" if triton_ms < library_ms else "library"
-        log.info("%s rows %s x weight %s: triton %.1f us, %s %.1f us -> %s", str(weight.dtype).removeprefix("torch."),
-                 tuple(rows.shape), tuple(weight.shape), triton_ms * 1e3,
-                 "_scaled_mm" if weight.dtype == FP8 else "cuBLAS", library_ms * 1e3, _CHOSEN_BACKEND[key])
+        library = {FP8: "_scaled_mm", INT4: "dequantize + cuBLAS"}.get(weight.dtype, "cuBLAS")
+        log.info("%s rows %s x weight %s: triton %.1f us, %s %.1f us -> %s", _weight_kind(weight),
+                 tuple(rows.shape), tuple(weight.shape), triton_ms * 1e3, library, library_ms * 1e3,
+                 _CHOSEN_BACKEND[key])
     return _CHOSEN_BACKEND[key]
+
+
+def _weight_kind(weight: torch.Tensor) -> str:
+    return "int4" if weight.dtype == INT4 else str(weight.dtype).removeprefix("torch.")
 
 
 def chosen_backends() -> dict[tuple, str]:
@@ -204,22 +370,25 @@ def chosen_backends() -> dict[tuple, str]:
 
 @torch.library.custom_op("bench_kernels::linear", mutates_args=())
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """x [..., K] @ weight[N, K].T, times scale [N] when the weight is fp8; the output has x's dtype."""
+    """x [..., K] @ weight[N, K].T; the output has x's dtype. fp8 weights carry per-channel scales [N]; int4 weights
+    are packed uint8 [N, K / 2] with group scales [N, K / group]."""
     rows = x.reshape(-1, x.shape[-1])
-    if weight.dtype == FP8 and scale is None:
-        raise ValueError("an fp8 weight needs its per-channel scale")
+    if weight.dtype in (FP8, INT4) and scale is None:
+        raise ValueError(f"an {_weight_kind(weight)} weight needs its scales")
     if not x.is_cuda:
-        # The CPU has no fp8 kernels: dequantize and multiply, with the GPU's math: activations stay as they are
-        # up to GEMV_MAX_ROWS (weight-only kernel) and are rounded to fp8 per row beyond (scaled GEMM).
-        if weight.dtype != FP8:
+        # The CPU has no fp8 or int4 kernels: dequantize and multiply, with the GPU's math: fp8 activations stay as
+        # they are up to GEMV_MAX_ROWS (weight-only kernel) and are rounded to fp8 per row beyond (scaled GEMM).
+        if weight.dtype == INT4:
+            out = (rows.float() @ dequantize_int4_weight(weight, scale, torch.float32).t()).to(x.dtype)
+        elif weight.dtype != FP8:
             out = F.linear(rows, weight)
         else:
             if rows.shape[0] > GEMV_MAX_ROWS:
                 rows_q, row_scale = quantize_rows_fp8(rows)
                 rows = rows_q.float() * row_scale
             out = (rows.float() @ weight.float().t() * scale).to(x.dtype)
-    elif rows.shape[0] <= GEMV_MAX_ROWS and _small_rows_backend(rows, weight, scale) == "triton":
-        out = triton_gemv(rows, weight, scale)
+    elif _backend(rows, weight, scale) == "triton":
+        out = _triton_linear(rows, weight, scale)
     else:
         out = _library_linear(rows, weight, scale)
     return out.reshape(*x.shape[:-1], weight.shape[0])

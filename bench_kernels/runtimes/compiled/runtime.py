@@ -2,8 +2,10 @@
 
 The shared decoder with fused projections and a static KV cache; per-layer functions under
 torch.compile (inductor); on CUDA the whole decode step is one CUDA graph per shape. Precisions:
-fp32 / fp16 / bf16 weights as loaded, or fp8 e4m3 weights with per-channel scales (activations
-stay bf16: a Triton weight-only GEMV for up to 64 rows, torch._scaled_mm beyond).
+fp32 / fp16 / bf16 weights as loaded; fp8 e4m3 weights with per-channel scales (activations stay bf16 in a
+Triton weight-only GEMV up to 64 rows, are rounded to fp8 per row for torch._scaled_mm beyond); int4 weights
+with group scales, round-to-nearest or AWQ-scaled (bench_kernels.quantization), dequantized in registers by
+Triton kernels (bf16 activations) or, where that measures faster for a prefill, into bf16 for cuBLAS.
 
 With tensor_parallel > 1 the sweep's process only coordinates: the model is split over that many
 ranks (one process per GPU, or per part of the CPU), started and stopped by the runtime itself
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Degree = Literal[1, 2, 4, 8]
+# How each quantized precision stores its projection weights (static_decoder.WEIGHT_FORMATS); others: as loaded.
+WEIGHT_FORMAT_OF = {"fp8": "fp8", "int4": "int4", "int4-awq": "int4"}
+PACKED_AS = {"fp8": "fp8 e4m3, per-channel scales", "int4": "int4, round-to-nearest, bf16 scales per group of 128",
+             "int4-awq": "int4, AWQ-scaled, bf16 scales per group of 128"}
 
 
 @options_dataclass(config=OPTIONS_CONFIG)
@@ -58,9 +64,10 @@ class CompiledRuntime(Runtime):
                    "tensor parallel over several GPUs")
     needs_build = True
     options_class = CompiledOptions
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "fp8")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "fp8", "int4", "int4-awq")
     dynamic_shapes = ("any batch and length; a new shape allocates its static cache and captures a graph "
                       "(under a second), compiled code is reused")
+    splits_prefill_over_gpus = True  # tensor parallelism: every rank computes its share of each projection
 
     def __init__(self, loaded: LoadedModel, precision: str, device: torch.device, options: Any = None, *,
                  shard: Shard | None = None):
@@ -78,6 +85,16 @@ class CompiledRuntime(Runtime):
     @classmethod
     def version(cls, device: torch.device) -> str:
         return ", ".join(v for v in (distribution_version("torch"), distribution_version("triton")) if v)
+
+    @classmethod
+    def prefill_compute_precision(cls, device: torch.device, precision: str) -> str:
+        """fp8 prefills compute in fp8 on a GPU (rows rounded to e4m3, torch._scaled_mm beyond GEMV_MAX_ROWS rows),
+        int4 ones in bf16; the CPU dequantizes quantized weights to fp32."""
+        if precision in WEIGHT_FORMAT_OF and device.type == "cpu":
+            return "fp32"
+        if precision == "fp8":
+            return "fp8"
+        return super().prefill_compute_precision(device, precision)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
@@ -122,8 +139,17 @@ class CompiledRuntime(Runtime):
     def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
         """Random weights are drawn layer by layer as they are packed (a model whose bf16 weights exceed the
         device can still pack to fp8 on it); with tensor_parallel > 1 this process holds no weights at all."""
-        from bench_kernels.models import load_model
+        from bench_kernels.models import ModelError, load_model
+        from bench_kernels.quantization import apply_awq
 
+        if precision == "int4-awq":
+            if options.tensor_parallel > 1:
+                raise ModelError("int4-awq runs on one device here: AWQ's scale search needs the whole model in one "
+                                 "process; use int4 with tensor_parallel, or tensor_parallel 1")
+            # AWQ runs the whole model on calibration text first, so no layer can be packed before the others.
+            loaded = load_model(model, precision, device, seed, placement="device")
+            apply_awq(loaded)
+            return loaded
         if options.tensor_parallel > 1:
             return load_model(model, precision, device, seed, placement="none")
         return load_model(model, precision, device, seed,
@@ -142,7 +168,8 @@ class CompiledRuntime(Runtime):
         lm_head = embed if args.tie_word_embeddings else loaded.materialize("lm_head", device).weight
         self.static = StaticDecoder.from_modules(
             args, embed, lambda i: loaded.materialize(f"model.layers.{i}", device),
-            loaded.materialize("model.norm", device).weight, lm_head, "fp8" if self.precision == "fp8" else "native",
+            loaded.materialize("model.norm", device).weight, lm_head,
+            WEIGHT_FORMAT_OF.get(self.precision, "native"),
             compile_mode="default" if self.options.compile else None, suppress_token_ids=eos_token_ids(loaded),
             release=lambda i: loaded.hf_model.model.layers[i].to("meta"), shard=self.shard)
         if self.static.group and not args.tie_word_embeddings:
@@ -197,7 +224,7 @@ class CompiledRuntime(Runtime):
         what = ("eager (compile: false)" if not self.options.compile
                 else f"torch.compile {torch.__version__} of 4 functions")
         notes = (f"{what}, {shapes} shapes warmed{' and captured as CUDA graphs' if self.device.type == 'cuda' else ''}; "
-                 f"weights packed ({'fp8 e4m3, per-channel scales' if self.precision == 'fp8' else self.precision}) "
+                 f"weights packed ({PACKED_AS.get(self.precision, self.precision)}) "
                  f"in {pack_s:.1f} s")
         if not_warmed:
             notes += f"; out of memory while warming {', '.join(not_warmed)}"

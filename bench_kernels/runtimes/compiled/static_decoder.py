@@ -21,17 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, rope_inv_freq, rotate_half
+from bench_kernels.quantization import quantize_int4
 from bench_kernels.runtimes.compiled.linear_ops import linear, quantize_fp8
 from bench_kernels.runtimes.compiled.sharding import Shard, all_gather_columns, all_reduce_sum, check_split
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FORMATS = ("native", "fp8")
+WEIGHT_FORMATS = ("native", "fp8", "int4")
 
 
 @dataclass
 class LayerWeights:
-    """One block's weights; a projection is (weight [N, K], per-channel scale [N] or None)."""
+    """One block's weights; a projection is (weight, scales): (weight [N, K], None), fp8 (weight [N, K], per-channel
+    scales [N]) or int4 (packed uint8 [N, K / 2], group scales [N, K / group])."""
 
     input_norm: torch.Tensor
     qkv: tuple[torch.Tensor, torch.Tensor | None]
@@ -51,6 +53,9 @@ def _project(weight: torch.Tensor, weight_format: str, own: bool = False) -> tup
     # detach(): a new tensor on the same storage, so moving the source module to "meta" later keeps it alive.
     if weight_format == "fp8":
         return quantize_fp8(weight)
+    if weight_format == "int4":
+        quantized = quantize_int4(weight)
+        return quantized.packed, quantized.scales
     return (weight.detach().clone() if own else weight.detach().contiguous()), None
 
 
@@ -191,7 +196,7 @@ class StaticDecoder:
                      final_norm: torch.Tensor, lm_head: torch.Tensor, weight_format: str = "native",
                      compile_mode: str | None = "default", suppress_token_ids: Sequence[int] = (),
                      release: Callable[[int], None] | None = None, shard: Shard | None = None) -> StaticDecoder:
-        """Fuse q/k/v and gate/up (and quantize to fp8 if asked), keeping only this shard's part of each.
+        """Fuse q/k/v and gate/up (and quantize to fp8 or int4 if asked), keeping only this shard's part of each.
 
         block(i) gives layer i with the shared decoder's (and transformers' Llama) module names, its weights on
         the device the decoder will run on; `release(i)` is called once layer i is packed, so the caller can
@@ -233,7 +238,8 @@ class StaticDecoder:
             ))
             if release is not None:
                 release(i)
-        # The LM head stays in the model's precision, as common fp8 recipes keep it: it sets every logit directly.
+        # The LM head stays in the model's precision, as common fp8 and int4 recipes keep it: it sets every logit
+        # directly.
         # Sharded, each rank keeps its rows of the vocabulary padded to a multiple of the group size (zero rows,
         # whose logits are cut off after the gather).
         head = lm_head.detach()

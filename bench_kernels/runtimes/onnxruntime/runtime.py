@@ -20,10 +20,16 @@ class OnnxRuntimeRuntime(Runtime):
     needs_build = True
     runs_torch_model = False
     dynamic_shapes = "any batch and length (dynamic ONNX axes), no rebuild"
+    prefill_logits_every_position = True  # the exported decoder's head runs on every position: logits [B, S, V]
 
     @classmethod
     def version(cls, device: torch.device) -> str:
         return distribution_version("onnxruntime-gpu", "onnxruntime")
+
+    @classmethod
+    def prefill_compute_precision(cls, device: torch.device, precision: str) -> str:
+        """The CPU provider computes in fp32 (it wraps fp16 / bf16 matmuls, for which it has no kernels, in casts)."""
+        return "fp32" if device.type == "cpu" else super().prefill_compute_precision(device, precision)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:

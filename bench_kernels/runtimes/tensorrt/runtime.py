@@ -57,6 +57,7 @@ class TensorRTRuntime(Runtime):
     options_class = TensorRTOptions
     runs_torch_model = False
     dynamic_shapes = "only inside the engine's optimization profiles; any other shape needs a rebuild"
+    prefill_logits_every_position = True  # the engine of the exported decoder: logits [B, S, V] for the prompt
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
