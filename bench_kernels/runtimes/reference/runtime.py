@@ -1,6 +1,7 @@
 """The reference implementation: transformers generate(), eager, dynamic cache; optionally with its layers
 split over several GPUs by accelerate (device_map="auto"), as transformers users run a model larger than one
-card; its quantized precisions (fp8, int8, int4 weights) through torchao, as transformers users quantize."""
+card; its quantized precisions (fp8, int8, int4 weights) through torchao, as transformers users quantize, int4-awq
+after the package's AWQ scaling."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class ReferenceRuntime(Runtime):
 
     name = "reference"
     description = ("transformers generate(), eager, dynamic KV cache; layers split over GPUs with device_map: auto; "
-                   "fp8, int8 and int4 weights through torchao's quantize_")
+                   "fp8, int8 and int4 weights through torchao's quantize_ (int4-awq: after AWQ scaling)")
     dynamic_shapes = "any batch and length, no rebuild (dynamic KV cache)"
     precisions = ("fp32", "fp16", "bf16", *TORCHAO_PRECISIONS)
     options_class = ReferenceOptions
@@ -71,9 +72,13 @@ class ReferenceRuntime(Runtime):
     @classmethod
     def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
         """The model on its device(s), its projections quantized by torchao for a quantized precision (after
-        placement: torchao packs weights for the device they are on)."""
+        placement: torchao packs weights for the device they are on); int4-awq scales the weights by AWQ first."""
         loaded = (cls._load_split(model, precision, device, seed, options) if options.device_map == "auto"
                   else super().load(model, precision, device, seed, options))
+        if precision == "int4-awq":
+            from bench_kernels.quantization import apply_awq
+
+            apply_awq(loaded)
         if precision in TORCHAO_PRECISIONS:
             from bench_kernels.runtimes.reference.torchao_quantization import quantize_projections
 

@@ -1,5 +1,6 @@
 """The reference's quantized precisions, as a transformers user applies torchao: quantize_() with a weight-only
-config on the projection layers (the LM head and embeddings stay bf16, as the other runtimes keep them).
+config on the projection layers (the LM head and embeddings stay bf16, as the other runtimes keep them); int4-awq
+is the same int4 after the package's AWQ scaling (bench_kernels.quantization).
 
 Imported without torch (the registry reads TORCHAO_PRECISIONS); torch and torchao load inside the functions."""
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TORCHAO_PRECISIONS = ("fp8", "int8", "int4")
+TORCHAO_PRECISIONS = ("fp8", "int8", "int4", "int4-awq")
 INT4_GROUP_SIZE = 128
 
 
@@ -29,7 +30,7 @@ def torchao_config(precision: str) -> Any:
         return Float8WeightOnlyConfig(set_inductor_config=False)  # e4m3, one scale per output channel
     if precision == "int8":
         return Int8WeightOnlyConfig(set_inductor_config=False)  # one scale per output channel
-    if precision == "int4":
+    if precision in ("int4", "int4-awq"):
         # tile_packed_to_4d is tinygemm (in core torch); the default packing needs the separate mslk package.
         return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d",
                                     set_inductor_config=False)
