@@ -148,7 +148,8 @@ def matrix_columns(df: pd.DataFrame, precision: str | None = None) -> list[tuple
 
 def baseline_precision(df: pd.DataFrame, precision: str) -> str:
     """The reference precision to compare a precision with: the same if the reference measured it, else the
-    first the reference measured (fp8 has no reference of its own: it is compared with the bf16 one)."""
+    first the reference measured (e.g. a compiled fp8 where the reference's fp8 was unavailable: compared with
+    the bf16 one)."""
     measured = list(dict.fromkeys(ok_rows(df)[lambda d: d["runtime"] == "reference"]["precision"]))
     return precision if precision in measured or not measured else measured[0]
 

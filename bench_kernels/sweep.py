@@ -23,7 +23,7 @@ from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import mbu
 from bench_kernels.hardware import (last_level_cache_bytes, matmul_rates_tflops, pick_device, provenance,
                                     streaming_bandwidth_gbps)
-from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
+from bench_kernels.models import PROJECTION_BYTES, LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
@@ -261,9 +261,10 @@ def _profile(ctx: SweepContext, runtime: Runtime, deployment: Deployment, ids: t
 
 
 def baseline_precision(cfg: SweepConfig) -> str | None:
-    """The reference precision perplexity deltas are taken against: the sweep's first one the reference runs."""
+    """The reference precision perplexity deltas are taken against: the sweep's first unquantized one the reference
+    runs (a quantized reference's perplexity is measured against it, not used as the yardstick)."""
     runs = get_runtime("reference").precisions
-    return next((p for p in cfg.precisions if p in runs), None)
+    return next((p for p in cfg.precisions if p in runs and p not in PROJECTION_BYTES), None)
 
 
 def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: LoadedModel) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The reference implementation: transformers generate(), eager, dynamic cache; optionally with its layers
 split over several GPUs by accelerate (device_map="auto"), as transformers users run a model larger than one
-card."""
+card; its quantized precisions (fp8, int8, int4 weights) through torchao, as transformers users quantize, int4-awq
+after the package's AWQ scaling."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field
 
 from bench_kernels.runtimes.base import OPTIONS_CONFIG, Runtime, distribution_version, options_dataclass
+from bench_kernels.runtimes.reference.torchao_quantization import TORCHAO_PRECISIONS
 
 if TYPE_CHECKING:
     import torch
@@ -39,13 +41,21 @@ class ReferenceRuntime(Runtime):
     """Hugging Face generate() in eager mode with a fixed output length (EOS suppressed)."""
 
     name = "reference"
-    description = "transformers generate(), eager, dynamic KV cache; layers split over GPUs with device_map: auto"
+    description = ("transformers generate(), eager, dynamic KV cache; layers split over GPUs with device_map: auto; "
+                   "fp8, int8 and int4 weights through torchao's quantize_ (int4-awq: after AWQ scaling)")
     dynamic_shapes = "any batch and length, no rebuild (dynamic KV cache)"
+    precisions = ("fp32", "fp16", "bf16", *TORCHAO_PRECISIONS)
     options_class = ReferenceOptions
 
     @classmethod
     def version(cls, device: torch.device) -> str:
-        return distribution_version("transformers")
+        return ", ".join(v for v in (distribution_version("transformers"), distribution_version("torchao")) if v)
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        from bench_kernels.runtimes.reference.torchao_quantization import torchao_unavailable_reason
+
+        return torchao_unavailable_reason(device, precision) if precision in TORCHAO_PRECISIONS else None
 
     @classmethod
     def gpu_count(cls, options: ReferenceOptions, device: torch.device) -> int:
@@ -61,10 +71,25 @@ class ReferenceRuntime(Runtime):
 
     @classmethod
     def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
-        """With device_map auto: accelerate's balanced map over the GPUs (never CPU offload), each module's weights
-        placed (or drawn) on its device, then dispatched with hooks that move activations between devices."""
-        if options.device_map != "auto":
-            return super().load(model, precision, device, seed, options)
+        """The model on its device(s), its projections quantized by torchao for a quantized precision (after
+        placement: torchao packs weights for the device they are on); int4-awq scales the weights by AWQ first."""
+        loaded = (cls._load_split(model, precision, device, seed, options) if options.device_map == "auto"
+                  else super().load(model, precision, device, seed, options))
+        if precision == "int4-awq":
+            from bench_kernels.quantization import apply_awq
+
+            apply_awq(loaded)
+        if precision in TORCHAO_PRECISIONS:
+            from bench_kernels.runtimes.reference.torchao_quantization import quantize_projections
+
+            quantize_projections(loaded.hf_model, precision)
+        return loaded
+
+    @classmethod
+    def _load_split(cls, model: str, precision: str, device: torch.device, seed: int,
+                    options: ReferenceOptions) -> LoadedModel:
+        """accelerate's balanced map over the GPUs (never CPU offload), each module's weights placed (or drawn)
+        on its device, then dispatched with hooks that move activations between devices."""
         import psutil
         import torch
         from accelerate import dispatch_model, infer_auto_device_map
