@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
+INT4_TRITON_MAX_ROWS = 512
 INT4 = torch.uint8  # int4 weights are stored packed, two per byte (bench_kernels.quantization's layout)
 # Up to this many activation rows (decode batches) a step is bound by reading the weights: the Triton
 # weight-only kernel reads fp8 weights as they are stored; beyond it, prefill-sized GEMMs use tensor cores.
@@ -216,7 +217,8 @@ def _row_quantize_kernel():
         scale = tl.maximum(tl.max(amax, axis=0) / FP8_LIMIT, 1e-12)
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_ptr + row * K + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-            q = tl.minimum(tl.maximum(x / scale, -FP8_LIMIT), FP8_LIMIT)
+            # div_rn: IEEE division, as torch divides (Triton's / is approximate), so both round alike.
+            q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_LIMIT), FP8_LIMIT)
             tl.store(q_ptr + row * K + k0 + offs, q.to(q_ptr.dtype.element_ty), mask=k0 + offs < K)
         tl.store(scale_ptr + row, scale)
 
@@ -327,11 +329,13 @@ def _triton_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
 
 
 def _has_triton_kernel(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> bool:
-    """Whether a Triton kernel takes this product: up to GEMV_MAX_ROWS rows, or int4 weights at any size."""
+    """Whether a Triton kernel takes this product: up to GEMV_MAX_ROWS rows, int4 weights up to INT4_TRITON_MAX_ROWS
+    (beyond, a prefill's GEMM is compute-bound and cuBLAS on the dequantized weight wins; not autotuning there
+    saves the build minutes)."""
     if triton_unavailable_reason():
         return False
     if weight.dtype == INT4:
-        return int4_triton_group_ok(weight.shape[1] * 2 // scale.shape[1])
+        return rows.shape[0] <= INT4_TRITON_MAX_ROWS and int4_triton_group_ok(weight.shape[1] * 2 // scale.shape[1])
     return rows.shape[0] <= GEMV_MAX_ROWS
 
 
