@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from test_decoder import (  # one model load per session; one_torch_thread is an autouse fixture
@@ -16,8 +17,13 @@ from test_decoder import (  # one model load per session; one_torch_thread is an
 )
 
 from bench_kernels.decoder import Decoder, DecoderArgs, empty_past, position_ids_from_mask
+from bench_kernels.measure import StepTimer
 from bench_kernels.onnx_export import DATA_FILE, MODEL_FILE, export_decoder, input_names, output_names
+from bench_kernels.quality import perplexity, perplexity_windows
+from bench_kernels.quantization import int4_codes, int4_group_size
 from bench_kernels.runtimes.onnxruntime.generate import first_step_logits, make_session, ort_greedy_generate
+from bench_kernels.runtimes.onnxruntime.runtime import OnnxRuntimeRuntime
+from bench_kernels.workload import packaged_text, text_token_ids
 
 MODEL_KEY = "smollm2-135m-instruct-q4_1"
 
@@ -164,3 +170,114 @@ def test_failed_export_leaves_no_cache_entry(tiny_decoder, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     assert not export_decoder(tiny_decoder, "tiny", "fp32", tmp_path).cache_hit
+
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def int4_rounded(decoder: Decoder) -> Decoder:
+    """A copy of decoder whose projections hold their int4 round trip (fp32 scales, groups as int4_group_size)."""
+    rounded = decoder.cast(torch.float32)
+    for name, module in rounded.named_modules():
+        if name.rsplit(".", 1)[-1] in PROJECTIONS:
+            codes, scales = int4_codes(module.weight, int4_group_size(module.in_features), torch.float32)
+            module.weight = torch.nn.Parameter(codes.float() * scales.repeat_interleave(
+                module.in_features // scales.shape[1], dim=1), requires_grad=False)
+    return rounded
+
+
+def int4_stored_bytes(decoder: Decoder, scale_bytes: int) -> int:
+    """Bytes of the projections as int4 codes plus one scale per group."""
+    return sum(m.weight.numel() // 2 + m.weight.numel() // int4_group_size(m.in_features) * scale_bytes
+               for name, m in decoder.named_modules() if name.rsplit(".", 1)[-1] in PROJECTIONS)
+
+
+def test_int4_matmulnbits_export_is_round_to_nearest_on_the_projections(tiny_decoder, tmp_path):
+    record = export_decoder(tiny_decoder, "tiny", "int4", tmp_path, dtype="fp32", int4_format="MatMulNBits")
+    graph = onnx.load(str(record.path)).graph
+    quantized = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(quantized) == 7 * tiny_decoder.args.num_layers
+    for node in quantized:
+        attrs = {a.name: a.i for a in node.attribute}
+        assert attrs["bits"] == 4 and attrs["block_size"] == int4_group_size(attrs["K"])  # 64 and 128 here
+        assert "accuracy_level" not in attrs, "activations stay fp32"
+    assert [n.name for n in graph.node if n.op_type == "MatMul" and "lm_head" in n.name] == ["/lm_head/MatMul"]
+    assert record.int4_bytes == int4_stored_bytes(tiny_decoder, scale_bytes=4)
+    fp32 = export_decoder(tiny_decoder, "tiny", "fp32", tmp_path)
+    assert record.artifact_mb < 0.5 * fp32.artifact_mb
+
+    # ONNX Runtime's symmetric round-to-nearest is bench_kernels.quantization's: same codes, same scales
+    actual, expected = tiny_prefill(int4_rounded(tiny_decoder), make_session(record.path))
+    assert rel_err(torch.from_numpy(actual), torch.from_numpy(expected)) < 1e-5
+    _, unrounded = tiny_prefill(tiny_decoder, make_session(fp32.path))
+    assert rel_err(torch.from_numpy(actual), torch.from_numpy(unrounded)) > 1e-3, "the int4 rounding shows"
+
+
+def test_int4_block_dequantize_export_holds_int4_weights(tiny_decoder, tmp_path):
+    record = export_decoder(tiny_decoder, "tiny", "int4", tmp_path, dtype="bf16", int4_format="DequantizeLinear")
+    model = onnx.load(str(record.path))
+    assert {o.domain: o.version for o in model.opset_import}[""] == 21 and model.ir_version >= 10
+    initializers = {t.name: t for t in model.graph.initializer}
+    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dequantize) == 7 * tiny_decoder.args.num_layers
+    for node in dequantize:
+        weight, scales = initializers[node.input[0]], initializers[node.input[1]]
+        k, n = weight.dims
+        attrs = {a.name: a.i for a in node.attribute}
+        assert weight.data_type == onnx.TensorProto.INT4 and len(weight.raw_data) == k * n // 2
+        assert attrs == {"axis": 0, "block_size": int4_group_size(k)}
+        assert scales.data_type == onnx.TensorProto.BFLOAT16 and list(scales.dims) == [k // attrs["block_size"], n]
+    assert record.int4_bytes == int4_stored_bytes(tiny_decoder, scale_bytes=2)
+
+    # the same layout in fp32 runs on ONNX Runtime: codes, nibble order and block axis give the rounded weights
+    fp32 = export_decoder(tiny_decoder, "tiny", "int4", tmp_path, dtype="fp32", int4_format="DequantizeLinear")
+    options = ort.SessionOptions()
+    # ONNX Runtime fuses DequantizeLinear -> MatMul into MatMulNBits at accuracy level 4 (int8 activations) unless told
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    session = ort.InferenceSession(str(fp32.path), options, providers=["CPUExecutionProvider"])
+    actual, expected = tiny_prefill(int4_rounded(tiny_decoder), session)
+    assert rel_err(torch.from_numpy(actual), torch.from_numpy(expected)) < 1e-5
+
+
+def test_int4_exports_never_share_a_cache_entry(tiny_decoder, tmp_path):
+    def export(precision, **kwargs):
+        return export_decoder(tiny_decoder, "tiny", precision, tmp_path, **kwargs)
+
+    paths = {export("fp32").path, export("int4", dtype="fp32", int4_format="MatMulNBits").path,
+             export("int4-awq", dtype="fp32", int4_format="MatMulNBits").path,
+             export("int4", dtype="fp32", int4_format="DequantizeLinear").path}
+    assert len(paths) == 4
+    again = export("int4-awq", dtype="fp32", int4_format="MatMulNBits")
+    assert again.cache_hit and again.precision == "int4-awq" and again.int4_format == "MatMulNBits"
+    with pytest.raises(ValueError, match="needs a float dtype"):
+        export("int4", dtype="fp32")
+    with pytest.raises(ValueError, match="without an int4 format"):
+        export("fp32", int4_format="MatMulNBits")
+
+
+def test_ort_int4_and_int4_awq_on_the_embedded_model():
+    """Real weights: int4 costs perplexity, AWQ wins some of it back, greedy decoding still answers; the stored
+    weights are a third of fp32's."""
+    cpu = torch.device("cpu")
+    prompt = None
+    results = {}
+    for precision in ("fp32", "int4", "int4-awq"):
+        loaded = OnnxRuntimeRuntime.load("embedded", precision, cpu, 0, None)
+        runtime = OnnxRuntimeRuntime(loaded, precision, cpu)
+        runtime.prepare([1], [8], 4)
+        # the first two of the quality stage's windows: enough to order the three
+        windows = perplexity_windows(text_token_ids(loaded.tokenizer, packaged_text()),
+                                     loaded.config.max_position_embeddings)[:2]
+        value, _ = perplexity(runtime.sequence_logits, windows)
+        prompt = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+        tokens = runtime.generate(prompt, 4, StepTimer(cpu))
+        graph = onnx.load(str(runtime.export.path), load_external_data=False).graph
+        matmul_nbits = sum(n.op_type == "MatMulNBits" for n in graph.node)
+        results[precision] = (value, tokens, runtime.weight_bytes(), runtime.export.artifact_mb, matmul_nbits)
+        runtime.close()
+    fp32, int4, awq = results["fp32"], results["int4"], results["int4-awq"]
+    assert fp32[4] == 0 and int4[4] == awq[4] == 7 * 30
+    assert fp32[0] < awq[0] < int4[0] < 1.35 * fp32[0]
+    for result in (int4, awq):
+        assert result[1].shape == (1, 4) and result[1][0, 0] == fp32[1][0, 0]  # " Paris"
+        assert result[2] < 0.35 * fp32[2] and result[3] < 0.5 * fp32[3]

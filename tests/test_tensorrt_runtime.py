@@ -17,7 +17,7 @@ from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
 from bench_kernels.runtimes.tensorrt.engine import (ShapeOutsideProfiles, TensorRTRuntimeError, build_engine,
                                                     profile_for, profiles_for_sweep)
 from bench_kernels.runtimes.tensorrt.runtime import TensorRTOptions, TensorRTRuntime, tensorrt_status
-from bench_kernels.sweep import run_inference_sweep
+from bench_kernels.sweep import run_build_stage, run_inference_sweep
 
 CPU = torch.device("cpu")
 FLAVOR, VERSION, REASON = tensorrt_status(CPU)
@@ -110,3 +110,26 @@ def test_inference_rows_are_unavailable_with_the_reason(tmp_path: Path, tiny_loc
     assert df["error"].str.contains(f"{FLAVOR} {VERSION}").all()
     assert (df["runtime_version"] == f"{FLAVOR} {VERSION}").all()
     assert df["runtime_options"].str.contains("kernel_specialization=eager").all()
+
+
+def test_int4_precisions_build_rows_and_unavailable_inference(tmp_path: Path, tiny_local_model: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """int4 and int4-awq build real engines here, each from its own export; inference rows say why they cannot run.
+    (This model's projections are too small for int4 to shrink its engine: test_trt_engine checks the size.)"""
+    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path / "cache"))  # every export and build is real
+    cfg = parse_config({"run_name": "trt-int4", "model": f"local:{tiny_local_model}", "runtimes": ["tensorrt"],
+                        "precisions": ["bf16", "int4", "int4-awq"], "batch_sizes": [1], "input_lens": [8],
+                        "output_len": 2, "device": "cpu", "reports_dir": str(tmp_path)})
+    builds = run_build_stage(cfg).set_index("precision")
+    assert (builds["status"] == "ok").all() and (builds["build_s"] > 0).all()
+    assert (builds["cache_hit"] == "false").all(), "int4-awq's weights differ from int4's: a build of its own"
+    assert (builds["artifact_mb"] > 0).all()
+    exports = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
+    assert [name.split("-torch")[0].split("-local-")[1].split("-", 1)[1] for name in exports] == [
+        "bf16", "int4-DequantizeLinear-bf16", "int4-awq-DequantizeLinear-bf16"]
+
+    df = run_inference_sweep(cfg, "tensorrt")
+    inference = df[df["stage"] != "build"]
+    assert set(inference["precision"]) == {"bf16", "int4", "int4-awq"}
+    assert (inference["status"] == "unavailable").all()
+    assert inference["error"].str.contains("engines run only on a CUDA GPU").all()

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from bench_kernels.measure import Measurement, StepTimer
     from bench_kernels.models import LoadedModel
 
+# Weight-only int4 precisions: round-to-nearest, and the same after AWQ's activation-aware scaling
+# (bench_kernels.quantization); each runtime that lists them rounds to int4 its own way.
+INT4_PRECISIONS = ("int4", "int4-awq")
+
 # Strict, frozen, no unknown keys: how every runtime's options class is declared.
 OPTIONS_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
 

@@ -1,15 +1,21 @@
-"""ONNX Runtime: the shared decoder exported to ONNX, generated step by step with the KV cache fed back."""
+"""ONNX Runtime: the shared decoder exported to ONNX, generated step by step with the KV cache fed back.
+
+Precisions: fp32 / fp16 / bf16 graphs as exported; int4 and int4-awq store the projections through ONNX Runtime's
+own MatMulNBitsQuantizer (block-quantized MatMulNBits, symmetric round-to-nearest, one scale per group of input
+channels) with activations in fp32 on the CPU (fp16 on CUDA); int4-awq AWQ-scales the model first.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from bench_kernels.runtimes.base import BuildInfo, Runtime, distribution_version
+from bench_kernels.runtimes.base import INT4_PRECISIONS, BuildInfo, Runtime, distribution_version
 
 if TYPE_CHECKING:
     import torch
 
     from bench_kernels.measure import StepTimer
+    from bench_kernels.models import LoadedModel
 
 
 class OnnxRuntimeRuntime(Runtime):
@@ -21,15 +27,35 @@ class OnnxRuntimeRuntime(Runtime):
     runs_torch_model = False
     dynamic_shapes = "any batch and length (dynamic ONNX axes), no rebuild"
     prefill_logits_every_position = True  # the exported decoder's head runs on every position: logits [B, S, V]
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", *INT4_PRECISIONS)
 
     @classmethod
     def version(cls, device: torch.device) -> str:
         return distribution_version("onnxruntime-gpu", "onnxruntime")
 
+    @staticmethod
+    def int4_activations(device: torch.device) -> str:
+        """The float precision around int4 weights: fp32 on the CPU (its provider has no bf16 kernels), fp16 on CUDA."""
+        return "fp32" if device.type == "cpu" else "fp16"
+
     @classmethod
     def prefill_compute_precision(cls, device: torch.device, precision: str) -> str:
-        """The CPU provider computes in fp32 (it wraps fp16 / bf16 matmuls, for which it has no kernels, in casts)."""
-        return "fp32" if device.type == "cpu" else super().prefill_compute_precision(device, precision)
+        """The CPU provider computes in fp32 (it wraps fp16 / bf16 matmuls, for which it has no kernels, in casts);
+        MatMulNBits dequantizes int4 to the activations' precision."""
+        if device.type == "cpu":
+            return "fp32"
+        if precision in INT4_PRECISIONS:
+            return cls.int4_activations(device)
+        return super().prefill_compute_precision(device, precision)
+
+    @classmethod
+    def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
+        from bench_kernels.quantization import apply_awq
+
+        loaded = super().load(model, precision, device, seed, options)
+        if precision == "int4-awq":
+            apply_awq(loaded)  # the float model, rescaled: the export then rounds it to int4 like int4
+        return loaded
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
@@ -43,10 +69,24 @@ class OnnxRuntimeRuntime(Runtime):
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
         from bench_kernels.onnx_export import export_model
 
-        self.export = export_model(self.loaded, self.precision)
+        if self.precision in INT4_PRECISIONS:
+            self.export = export_model(self.loaded, self.precision, self.int4_activations(self.device), "MatMulNBits")
+        else:
+            self.export = export_model(self.loaded, self.precision)
         self.session = None
         return BuildInfo(self.export.build_s, self.export.artifact_mb, self.export.cache_hit,
                          notes=f"ONNX export ({self.export.path.parent.name})")
+
+    def weight_bytes(self) -> int:
+        return self.export.weight_bytes(self.loaded.config)
+
+    def kv_element_size(self) -> int:
+        """Bytes per cached element in the graph's float precision (int4 precisions load bf16 but export fp32)."""
+        import torch
+
+        from bench_kernels.onnx_export import PRECISIONS
+
+        return torch.finfo(PRECISIONS[self.export.dtype]).bits // 8
 
     def _session(self):
         """The inference session, created on first use (the build stage only exports)."""

@@ -1,19 +1,26 @@
-"""TensorRT: the shared ONNX decoder built into an engine (`tensorrt`, else `tensorrt_rtx`) and run on the GPU."""
+"""TensorRT: the shared ONNX decoder built into an engine (`tensorrt`, else `tensorrt_rtx`) and run on the GPU.
+
+Precisions: fp32 / fp16 / bf16 graphs as exported; int4 and int4-awq export bf16 with the projections as INT4
+initializers dequantized block-wise (DequantizeLinear, one bf16 scale per group of input channels) into their
+MatMuls, which strongly typed TensorRT builds as weight-only int4 GEMMs; int4-awq AWQ-scales the model first.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from bench_kernels.runtimes.base import OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime, options_dataclass
+from bench_kernels.runtimes.base import (INT4_PRECISIONS, OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime,
+                                         options_dataclass)
 
 if TYPE_CHECKING:
     import torch
 
     from bench_kernels.measure import StepTimer
+    from bench_kernels.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,16 @@ class TensorRTRuntime(Runtime):
     runs_torch_model = False
     dynamic_shapes = "only inside the engine's optimization profiles; any other shape needs a rebuild"
     prefill_logits_every_position = True  # the engine of the exported decoder: logits [B, S, V] for the prompt
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", *INT4_PRECISIONS)
+
+    @classmethod
+    def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
+        from bench_kernels.quantization import apply_awq
+
+        loaded = super().load(model, precision, device, seed, options)
+        if precision == "int4-awq":
+            apply_awq(loaded)  # the float model, rescaled: the export then rounds it to int4 like int4
+        return loaded
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
@@ -83,7 +100,10 @@ class TensorRTRuntime(Runtime):
 
         from bench_kernels.onnx_export import export_model
 
-        self.export = export_model(self.loaded, self.precision)
+        if self.precision in INT4_PRECISIONS:
+            self.export = export_model(self.loaded, self.precision, "bf16", "DequantizeLinear")
+        else:
+            self.export = export_model(self.loaded, self.precision)
         # the quality check's prefill runs the first QUALITY_LOGIT_ROWS prompts of a batch: fewer than the
         # smallest batch when that is larger
         quality_batch = min(min(batch_sizes), QUALITY_LOGIT_ROWS)
@@ -103,6 +123,9 @@ class TensorRTRuntime(Runtime):
                  f"{self.engine.peak_build_rss_gb:.2f} GB; ONNX export {self.export.build_s:.1f} s "
                  f"({self.export.artifact_mb:.0f} MB) not included in build_s; profiles: {ranges}")
         return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes)
+
+    def weight_bytes(self) -> int:
+        return self.export.weight_bytes(self.loaded.config)
 
     def ensure_shape(self, batch_size: int, input_len: int, output_len: int) -> float:
         """Rebuild when a request falls outside the built profiles (if allowed); returns the rebuild seconds."""
