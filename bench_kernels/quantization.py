@@ -35,7 +35,9 @@ AWQ_CALIBRATION_TOKENS = 512  # after the perplexity windows of the packaged tex
 class Int4Weight:
     """weight [N, K] ~= (packed nibbles - 8) * scales repeated over groups of group_size along K.
 
-    packed: uint8 [N, K // 2], the even input channel in the low nibble; scales: [N, K // group_size]."""
+    packed: uint8 [N, K // 2]; byte j of group g holds input channel g * group_size + j in its low nibble and
+    g * group_size + group_size / 2 + j in its high one, so a kernel multiplies each half of a group by a
+    contiguous slice of the activations. scales: [N, K // group_size]."""
 
     packed: torch.Tensor
     scales: torch.Tensor
@@ -80,21 +82,24 @@ def quantize_int4(weight: torch.Tensor, group_size: int = INT4_GROUP_SIZE,
     """Round-to-nearest int4 of weight [N, K] with one scale per group of input channels."""
     group_size = int4_group_size(weight.shape[1], group_size)
     codes, scales = int4_codes(weight, group_size, scale_dtype)
-    nibbles = (codes + 8).to(torch.uint8)
-    packed = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
+    n, k = weight.shape
+    nibbles = (codes + 8).to(torch.uint8).reshape(n, k // group_size, 2, group_size // 2)
+    packed = (nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)).reshape(n, k // 2)
     return Int4Weight(packed.contiguous(), scales.contiguous(), group_size)
 
 
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The signed codes int8 [N, K] of packed uint8 [N, K // 2]."""
-    low = (packed & 0xF).to(torch.int8) - 8
-    high = (packed >> 4).to(torch.int8) - 8
-    return torch.stack((low, high), dim=2).reshape(packed.shape[0], -1)
+def unpack_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The signed codes int8 [N, K] of packed uint8 [N, K // 2] (Int4Weight's layout)."""
+    n = packed.shape[0]
+    halves = packed.reshape(n, -1, 1, group_size // 2)
+    low = (halves & 0xF).to(torch.int8) - 8
+    high = (halves >> 4).to(torch.int8) - 8
+    return torch.cat((low, high), dim=2).reshape(n, -1)
 
 
 def dequantize_int4(weight: Int4Weight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight [N, K] the int4 codes and scales stand for."""
-    codes = unpack_int4(weight.packed).float()
+    codes = unpack_int4(weight.packed, weight.group_size).float()
     scales = weight.scales.float().repeat_interleave(weight.group_size, dim=1)
     return (codes * scales).to(dtype)
 

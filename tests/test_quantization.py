@@ -38,7 +38,9 @@ def test_int4_round_trip_is_exact_at_each_groups_extreme_and_close_elsewhere() -
     assert quantized.packed.dtype == torch.uint8 and quantized.packed.shape == (24, 128)
     assert quantized.scales.shape == (24, 2) and quantized.nbytes() == 24 * 128 + 24 * 2 * 2
     codes, _ = int4_codes(weight, 128)
-    assert torch.equal(unpack_int4(quantized.packed), codes)
+    assert torch.equal(unpack_int4(quantized.packed, 128), codes)
+    # Byte j of a group: channel j low, channel 64 + j high.
+    assert int(quantized.packed[0, 0]) == int(codes[0, 0] + 8) | int(codes[0, 64] + 8) << 4
     assert int(codes.min()) >= -8 and int(codes.max()) <= 7
     restored = dequantize_int4(quantized)
     groups, restored_groups = weight.view(24, 2, 128), restored.view(24, 2, 128)

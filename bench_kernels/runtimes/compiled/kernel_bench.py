@@ -48,6 +48,8 @@ def decode_table(shapes: dict[str, tuple[int, int]], copy_gbps: float) -> None:
         fp8, fp8_scale = quantize_fp8(weight)
         int4 = quantize_int4(weight)
         reference = dequantize_int4(int4, torch.float32)
+        if not torch.equal(dequantize_int4_weight(int4.packed, int4.scales, torch.float32), reference):
+            raise AssertionError(f"the int4 dequantization kernel differs from dequantize_int4 at {name}")
         for rows in DECODE_ROWS:
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             out = triton_int4_linear(x, int4.packed, int4.scales)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-INT4_TRITON_MAX_ROWS = 512
+INT4_TRITON_MAX_ROWS = 64
 INT4 = torch.uint8  # int4 weights are stored packed, two per byte (bench_kernels.quantization's layout)
 # Up to this many activation rows (decode batches) a step is bound by reading the weights: the Triton
 # weight-only kernel reads fp8 weights as they are stored; beyond it, prefill-sized GEMMs use tensor cores.
@@ -132,66 +132,91 @@ def _kernels():
 
 @cache
 def _int4_kernels():
-    """Triton kernels for int4 weights: packed uint8 [N, K / 2] (input channel 2j in byte j's low nibble, 2j + 1 in
-    its high one, each stored + 8) and scales [N, K / GROUP]. Codes are dequantized in registers; the weights are
-    read once, as stored. Even and odd input channels are loaded apart, so a byte's two nibbles need no
-    interleaving."""
+    """Triton kernels for int4 weights in bench_kernels.quantization's layout: packed uint8 [N, K / 2] (byte j of a
+    group holds its channels j and GROUP / 2 + j, each stored + 8) and scales [N, K / GROUP]. Codes are dequantized
+    in registers, so the weights are read once, as stored; each half of a group meets a contiguous slice of the
+    activations."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def int4_gemv_one_row(x_ptr, packed_ptr, scale_ptr, y_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
-        # One group of input channels per iteration; products scaled and accumulated elementwise, reduced once.
+    def int4_gemv_one_row(x_ptr, packed_ptr, scale_ptr, y_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                          GROUPS_PER_STEP: tl.constexpr):
+        # GROUPS_PER_STEP groups per iteration; products scaled and accumulated elementwise, reduced once at the end.
+        HALF: tl.constexpr = GROUP // 2
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_j = tl.arange(0, GROUP // 2)
+        offs_s = tl.arange(0, GROUPS_PER_STEP)
+        offs_j = tl.arange(0, HALF)
         n_ok = offs_n < N
         groups = K // GROUP
-        acc = tl.zeros((BLOCK_N, GROUP // 2), dtype=tl.float32)
-        for g in range(0, groups):
-            packed = tl.load(packed_ptr + offs_n[:, None] * (K // 2) + g * (GROUP // 2) + offs_j[None, :],
-                             mask=n_ok[:, None], other=0).to(tl.int32)
-            x_even = tl.load(x_ptr + g * GROUP + 2 * offs_j).to(tl.float32)
-            x_odd = tl.load(x_ptr + g * GROUP + 2 * offs_j + 1).to(tl.float32)
-            scale = tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)
+        acc = tl.zeros((BLOCK_N, GROUPS_PER_STEP, HALF), dtype=tl.float32)
+        for g0 in range(0, groups, GROUPS_PER_STEP):
+            g = g0 + offs_s
+            g_ok = g < groups
+            ok = n_ok[:, None] & g_ok[None, :]
+            packed = tl.load(packed_ptr + offs_n[:, None, None] * (K // 2) + g[None, :, None] * HALF
+                             + offs_j[None, None, :], mask=ok[:, :, None], other=0x88).to(tl.int32)
+            x_low = tl.load(x_ptr + g[:, None] * GROUP + offs_j[None, :], mask=g_ok[:, None], other=0.0)
+            x_high = tl.load(x_ptr + g[:, None] * GROUP + HALF + offs_j[None, :], mask=g_ok[:, None], other=0.0)
+            scale = tl.load(scale_ptr + offs_n[:, None] * groups + g[None, :], mask=ok, other=0.0).to(tl.float32)
             low = ((packed & 0xF) - 8).to(tl.float32)
             high = ((packed >> 4) - 8).to(tl.float32)
-            acc += (low * x_even[None, :] + high * x_odd[None, :]) * scale[:, None]
-        tl.store(y_ptr + offs_n, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=n_ok)
+            acc += (low * x_low.to(tl.float32)[None, :, :] + high * x_high.to(tl.float32)[None, :, :]) \
+                * scale[:, :, None]
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     @triton.jit
     def int4_gemm(x_ptr, packed_ptr, scale_ptr, y_ptr, M, N, K, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr):
         # Tensor-core dots of the activations with the codes (exact in bf16/fp16), scaled per group in fp32.
+        HALF: tl.constexpr = GROUP // 2
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_j = tl.arange(0, GROUP // 2)
+        offs_j = tl.arange(0, HALF)
         n_ok, m_ok = offs_n < N, offs_m < M
         groups = K // GROUP
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for g in range(0, groups):
-            packed = tl.load(packed_ptr + offs_n[:, None] * (K // 2) + g * (GROUP // 2) + offs_j[None, :],
-                             mask=n_ok[:, None], other=0).to(tl.int32)
-            x_even = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + 2 * offs_j[None, :], mask=m_ok[:, None],
+            # [HALF, BLOCK_N]: loaded K-major, as the dot takes its second operand.
+            packed = tl.load(packed_ptr + offs_n[None, :] * (K // 2) + g * HALF + offs_j[:, None],
+                             mask=n_ok[None, :], other=0x88).to(tl.int32)
+            x_low = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + offs_j[None, :], mask=m_ok[:, None], other=0.0)
+            x_high = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + HALF + offs_j[None, :], mask=m_ok[:, None],
                              other=0.0)
-            x_odd = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + 2 * offs_j[None, :] + 1, mask=m_ok[:, None],
-                            other=0.0)
             low = ((packed & 0xF) - 8).to(x_ptr.dtype.element_ty)
             high = ((packed >> 4) - 8).to(x_ptr.dtype.element_ty)
-            part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))
+            part = tl.dot(x_low, low) + tl.dot(x_high, high)
             acc += part * tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
 
+    @triton.jit
+    def int4_dequantize(packed_ptr, scale_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+        # One group of BLOCK_N rows per program: w [N, K] in w's dtype.
+        HALF: tl.constexpr = GROUP // 2
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        g = tl.program_id(1)
+        offs_j = tl.arange(0, HALF)
+        n_ok = offs_n < N
+        packed = tl.load(packed_ptr + offs_n[:, None] * (K // 2) + g * HALF + offs_j[None, :], mask=n_ok[:, None],
+                         other=0x88).to(tl.int32)
+        scale = tl.load(scale_ptr + offs_n * (K // GROUP) + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        row = w_ptr + offs_n[:, None] * K + g * GROUP + offs_j[None, :]
+        tl.store(row, (((packed & 0xF) - 8).to(tl.float32) * scale).to(w_ptr.dtype.element_ty), mask=n_ok[:, None])
+        tl.store(row + HALF, (((packed >> 4) - 8).to(tl.float32) * scale).to(w_ptr.dtype.element_ty),
+                 mask=n_ok[:, None])
+
     if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU tests run the kernels as written, untuned
-        return triton, int4_gemv_one_row, int4_gemm
+        return triton, int4_gemv_one_row, int4_gemm, int4_dequantize
     timing = _autotune_timing(triton)
-    one_row = triton.autotune([triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
-                               for n in (8, 16, 32, 64) for w in (2, 4, 8) for s in (2, 3, 4)],
+    one_row = triton.autotune([triton.Config({"BLOCK_N": n, "GROUPS_PER_STEP": g}, num_warps=w, num_stages=s)
+                               for n in (16, 32, 64) for g in (1, 2, 4) for w in (4, 8) for s in (2, 3)],
                               key=["N", "K", "GROUP"], **timing)(int4_gemv_one_row)
-    many_rows = triton.autotune([triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
-                                 for n in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)],
+    many_rows = triton.autotune([triton.Config({"BLOCK_N": n}, num_warps=4, num_stages=s)
+                                 for n in (16, 32, 64) for s in (2, 3, 4)],
                                 key=["M", "N", "K", "GROUP", "BLOCK_M"], **timing)(int4_gemm)
-    return triton, one_row, many_rows
+    return triton, one_row, many_rows, int4_dequantize
 
 
 def int4_triton_group_ok(group_size: int) -> bool:
@@ -239,7 +264,7 @@ def triton_int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales: torch.T
                        block_n: int | None = None) -> torch.Tensor:
     """rows [M, K] (bf16/fp16) times the int4 weight [N, K] transposed: [M, N] in rows' dtype. block_n: run
     untuned with this tile width (the Triton interpreter on the CPU), else autotuned."""
-    triton, one_row, many_rows = _int4_kernels()
+    triton, one_row, many_rows, _ = _int4_kernels()
     M, K = rows.shape
     N = packed.shape[0]
     group = K // scales.shape[1]
@@ -248,7 +273,8 @@ def triton_int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales: torch.T
     tile = {"BLOCK_N": block_n} if block_n else {}
     if M == 1:
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-        one_row[grid](rows, packed, scales, out, N, K, GROUP=group, **tile)
+        one_row[grid](rows, packed, scales, out, N, K, GROUP=group, **tile,
+                      **({"GROUPS_PER_STEP": 2} if block_n else {}))
     else:
         block_m = max(16, min(64, triton.next_power_of_2(M)))
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))  # noqa: E731
@@ -257,11 +283,18 @@ def triton_int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales: torch.T
 
 
 def dequantize_int4_weight(packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The int4 weight [N, K] in dtype, on packed's device (for library GEMMs and the CPU)."""
+    """The int4 weight [N, K] in dtype, on packed's device: one Triton pass on a GPU (for cuBLAS at prefill sizes),
+    torch ops on the CPU."""
     from bench_kernels.quantization import Int4Weight, dequantize_int4
 
-    group = packed.shape[1] * 2 // scales.shape[1]
-    return dequantize_int4(Int4Weight(packed, scales, group), dtype)
+    N, K = packed.shape[0], packed.shape[1] * 2
+    group = K // scales.shape[1]
+    if not packed.is_cuda or triton_unavailable_reason() or not int4_triton_group_ok(group):
+        return dequantize_int4(Int4Weight(packed, scales, group), dtype)
+    triton, _, _, dequantize = _int4_kernels()
+    weight = torch.empty((N, K), dtype=dtype, device=packed.device)
+    dequantize[(triton.cdiv(N, 64), K // group)](packed, scales, weight, N, K, GROUP=group, BLOCK_N=64)
+    return weight
 
 
 def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
