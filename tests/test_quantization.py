@@ -102,7 +102,7 @@ def test_awq_refuses_architectures_whose_norms_it_cannot_fold_into() -> None:
 INTERPRETED_KERNEL_CHECK = """
 import sys, torch
 from bench_kernels.quantization import dequantize_int4, quantize_int4
-from bench_kernels.runtimes.compiled.linear_ops import triton_int4_linear
+from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, triton_int4_linear
 rows, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
 torch.manual_seed(rows)
 weight = quantize_int4(torch.randn(48, 256), group_size=64)
@@ -111,6 +111,10 @@ out = triton_int4_linear(x, weight.packed, weight.scales, block_n=16)
 expected = x.float() @ dequantize_int4(weight).t()
 assert out.shape == (rows, 48) and out.dtype == dtype, (out.shape, out.dtype)
 torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=expected.abs().max().item() * 1e-2)
+_, _, _, dequantize = _int4_kernels()
+restored = torch.empty(48, 256)
+dequantize[(1, 4)](weight.packed, weight.scales, restored, 48, 256, GROUP=64, BLOCK_N=64)
+assert torch.equal(restored, dequantize_int4(weight)), "the dequantization kernel"
 print("ok", (out.float() - expected).abs().max().item())
 """
 
