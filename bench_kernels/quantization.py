@@ -206,7 +206,7 @@ def _groups(layer: nn.Module) -> list[tuple[str, str, list[nn.Linear], nn.Module
     return groups
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as the runtimes run models: random weights drawn under it refuse plain no_grad forwards
 def search_awq(hf_model: Any, calibration_ids: torch.Tensor) -> AwqScales:
     """AWQ's scales for a Llama-family transformers model (see the module docstring), found one layer group at a
     time on the calibration tokens [B, S]; the model is left as it was."""
@@ -248,18 +248,24 @@ def search_awq(hf_model: Any, calibration_ids: torch.Tensor) -> AwqScales:
 @torch.no_grad()
 def fold_awq_scales(hf_model: Any, awq: AwqScales) -> None:
     """Multiply each group's input channels by its scales and divide them out of the module before, in place: the
-    model computes the same function in floating point, with weights that quantize to int4 with less error."""
+    model computes the same function in floating point, with weights that quantize to int4 with less error.
+    Parameters get new tensors of their own kind (random weights drawn under inference mode are inference tensors,
+    which refuse in-place writes outside it)."""
+    def rescale(param: torch.nn.Parameter, factor: torch.Tensor) -> None:
+        with torch.inference_mode(param.is_inference()):
+            param.data = (param.data.float() * factor).to(param.dtype)
+
     for index, layer in enumerate(_decoder_layers(hf_model)):
         for suffix, _, scaled, divide_into, divide_rows in _groups(layer):
             scales = awq.scales[f"layers.{index}.{suffix}"].to(layer.input_layernorm.weight.device)
             for linear in scaled:
-                linear.weight.copy_((linear.weight.float() * scales).to(linear.weight.dtype))
+                rescale(linear.weight, scales)
             if divide_rows:
-                divide_into.weight.copy_((divide_into.weight.float() / scales[:, None]).to(divide_into.weight.dtype))
+                rescale(divide_into.weight, 1.0 / scales[:, None])
                 if getattr(divide_into, "bias", None) is not None:
-                    divide_into.bias.copy_((divide_into.bias.float() / scales).to(divide_into.bias.dtype))
+                    rescale(divide_into.bias, 1.0 / scales)
             else:
-                divide_into.weight.copy_((divide_into.weight.float() / scales).to(divide_into.weight.dtype))
+                rescale(divide_into.weight, 1.0 / scales)
 
 
 def apply_awq(loaded: Any) -> AwqScales:

@@ -89,6 +89,18 @@ def test_awq_folding_keeps_the_float_function_and_never_loses_to_round_to_neares
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
+def test_awq_on_weights_drawn_under_inference_mode() -> None:
+    """Random weights on a GPU are drawn under inference mode; AWQ must search and fold them all the same."""
+    with torch.inference_mode():
+        model = _tiny_llama()
+    ids = torch.randint(0, 512, (1, 32), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+    fold_awq_scales(model, search_awq(model, ids))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-4, atol=1e-4)
+
+
 def test_awq_refuses_architectures_whose_norms_it_cannot_fold_into() -> None:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
