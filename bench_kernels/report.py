@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, WINNER_MARK, build_rows,
                                     decision_matrix, gate_failures, inference_rows, ok_rows, quality_rows, shorten,
-                                    unmeasured_summary)
+                                    not_yet_run, unmeasured_summary)
 from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
@@ -348,16 +348,26 @@ def roofline_html(df: pd.DataFrame) -> str:
             f"<ul>{''.join(items)}</ul>" + "".join(f"<p>{n}</p>" for n in notes))
 
 
-def availability_notes(df: pd.DataFrame) -> str:
-    """Plain statement of every runtime that could not be measured, and why (HTML)."""
+def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
+    """Plain statement of every runtime that could not be measured, and why, and of the spec's shapes that have not
+    run yet (HTML)."""
     missing = unmeasured_summary(df)
-    if missing.empty:
+    pending = not_yet_run(df, cfg.runtimes, cfg.precisions, cfg.batch_sizes, cfg.input_lens)
+    if missing.empty and pending.empty:
         return "<p>Every configured runtime was measured on every shape.</p>"
-    items = []
-    for _, row in missing.iterrows():
-        items.append(f"<li><b>{html.escape(row['runtime'])}</b> ({html.escape(row['precision'])}, {row['stage']}): "
-                     f"{row['status']} on {row['rows']} row(s): {html.escape(str(row['reason']))}</li>")
-    return "<p>Not measured in this run:</p><ul>" + "".join(items) + "</ul>"
+    parts = []
+    if not pending.empty:
+        items = [f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}: {row['missing']} of "
+                 f"{row['shapes']} shapes</li>" for _, row in pending.iterrows()]
+        parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping every "
+                     "finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
+                     + "".join(items) + "</ul>")
+    if not missing.empty:
+        items = [f"<li><b>{html.escape(row['runtime'])}</b> ({html.escape(row['precision'])}, {row['stage']}): "
+                 f"{row['status']} on {row['rows']} row(s): {html.escape(str(row['reason']))}</li>"
+                 for _, row in missing.iterrows()]
+        parts.append("<p>Not measured in this run:</p><ul>" + "".join(items) + "</ul>")
+    return "".join(parts)
 
 
 def show_charts(df: pd.DataFrame) -> None:

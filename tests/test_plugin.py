@@ -105,7 +105,7 @@ def test_a_runtime_defined_here_is_validated_swept_and_reported(plugged_in, tiny
     assert "eager-decoder" in results_table(df)["runtime"].values
     assert "eager-decoder" in build_table(df)["runtime"].values
     assert "eager-decoder" in provenance_table(df).loc["runtimes"].iloc[0]
-    assert "eager-decoder" in availability_notes(df) and "Output length" in method_notes(cfg, df)
+    assert "eager-decoder" in availability_notes(df, cfg) and "Output length" in method_notes(cfg, df)
 
 
 def test_importing_the_report_loads_no_torch() -> None:

@@ -73,7 +73,7 @@ def test_every_table_and_chart_renders(rows: list[dict]) -> None:
         figure = chart(df)
         assert figure is None or figure.axes, name
     results_table(df), build_table(df), provenance_table(df), unmeasured_summary(df), roofline_table(df)
-    assert availability_notes(df) and method_notes(cfg, df) and roofline_html(df)
+    assert availability_notes(df, cfg) and method_notes(cfg, df) and roofline_html(df)
     targets = Targets(batch_size=4, input_len=8, output_len=4, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
     table = configurations(df, targets)
     assert "Workload and targets" in recommendation_html(recommend(table, df), targets)
@@ -202,3 +202,16 @@ def test_deployments_over_several_gpu_counts_stay_apart() -> None:
     figure = plots.throughput_vs_batch(df)
     labels = {t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert labels == {"compiled fp8", "compiled fp8 on 2 GPUs"}
+
+
+def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
+    """A sweep split over calls (or stopped) leaves some of the spec's shapes without rows: the report says which,
+    instead of claiming everything ran."""
+    cfg = parse_config({"runtimes": ["reference", "compiled"], "precisions": ["bf16", "fp8"], "batch_sizes": [1, 8],
+                        "input_lens": [8]})
+    df = frame([ok("reference", 1, 8, 10.0, "bf16"), ok("reference", 8, 8, 40.0, "bf16"),
+                ok("compiled", 1, 8, 30.0, "bf16")])
+    notes = availability_notes(df, cfg)
+    assert "Not run yet" in notes
+    assert "<b>compiled</b> bf16: 1 of 2 shapes" in notes and "<b>compiled</b> fp8: 2 of 2 shapes" in notes
+    assert "<b>reference</b> bf16" not in notes
