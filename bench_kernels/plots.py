@@ -194,6 +194,32 @@ def comparison_ratios(changes: pd.DataFrame) -> Figure | None:
 
 
 # The report shows these in order: a new chart is one entry here.
+def speed_vs_quality(df: pd.DataFrame) -> Figure | None:
+    """Each runtime x precision with a perplexity: its best measured tokens/s (any shape) against how much worse
+    its perplexity is than the reference's, so the precisions' trade-off reads off one chart."""
+    quality = df[(df["stage"] == "quality") & (df["status"] == "ok")].dropna(subset=["ppl_delta_pct"]) \
+        if "ppl_delta_pct" in df else df.iloc[0:0]
+    speed = ok_rows(df).dropna(subset=["tokens_per_s"])
+    if quality.empty or speed.empty:
+        return None
+    best = speed.groupby(["runtime", "precision"])["tokens_per_s"].max().rename("best_tokens_per_s").reset_index()
+    points = quality.merge(best, on=["runtime", "precision"])
+    if points.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.scatterplot(data=points, x="ppl_delta_pct", y="best_tokens_per_s", hue="precision", style="runtime", s=90,
+                    ax=ax)
+    for _, point in points.iterrows():
+        ax.annotate(f"{point['runtime']} {point['precision']}", (point["ppl_delta_pct"], point["best_tokens_per_s"]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("perplexity above the reference's (%, lower is better)")
+    ax.set_ylabel("best measured tokens/s")
+    fig.suptitle("Speed against quality per runtime and precision (up and left is better)")
+    fig.tight_layout()
+    return fig
+
+
 ALL_CHARTS = {
     "throughput": throughput_vs_batch,
     "latency": latency_vs_batch,
@@ -201,6 +227,7 @@ ALL_CHARTS = {
     "memory": memory_vs_batch,
     "efficiency": efficiency_vs_batch,
     "prefill efficiency": prefill_efficiency_vs_batch,
+    "speed vs quality": speed_vs_quality,
     "speedup": speedup_heatmaps,
     "break-even": build_vs_break_even,
 }

@@ -215,3 +215,18 @@ def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
     assert "Not run yet" in notes
     assert "<b>compiled</b> bf16: 1 of 2 shapes" in notes and "<b>compiled</b> fp8: 2 of 2 shapes" in notes
     assert "<b>reference</b> bf16" not in notes
+
+
+def test_speed_against_quality_places_each_precision_by_its_perplexity() -> None:
+    quality = [{"stage": "quality", "runtime": runtime, "precision": precision, "status": "ok", "perplexity": ppl,
+                "ppl_delta_pct": delta}
+               for runtime, precision, ppl, delta in (("reference", "bf16", 40.0, 0.0), ("compiled", "int4", 48.0, 20.0),
+                                                      ("compiled", "int4-awq", 46.0, 15.0))]
+    df = frame([ok("reference", 1, 8, 10.0, "bf16"), ok("compiled", 1, 8, 30.0, "int4"),
+                ok("compiled", 4, 8, 90.0, "int4"), ok("compiled", 1, 8, 29.0, "int4-awq"), *quality])
+    figure = plots.speed_vs_quality(df)
+    labels = {text.get_text() for text in figure.axes[0].texts}
+    assert labels == {"reference bf16", "compiled int4", "compiled int4-awq"}
+    positions = {text.get_text(): text.xy for text in figure.axes[0].texts}
+    assert positions["compiled int4"] == (20.0, 90.0)  # its best measured tokens/s, at batch 4
+    assert plots.speed_vs_quality(frame([ok("reference", 1, 8, 10.0, "bf16")])) is None  # no perplexity: no chart

@@ -184,10 +184,12 @@ class CompiledRuntime(Runtime):
 
     def backends(self) -> list[str]:
         """The GEMV backend measured fastest per weight shape of this precision, e.g. '8192x8192@1:triton'."""
-        from bench_kernels.runtimes.compiled.linear_ops import chosen_backends
+        from bench_kernels.runtimes.compiled.linear_ops import INT4, chosen_backends
 
-        return sorted({f"{n}x{k}@{m}:{b}" for (_, dtype, n, k, m), b in chosen_backends().items()
-                       if dtype == self.static.layers[0].qkv[0].dtype})
+        stored = self.static.layers[0].qkv[0].dtype
+        per_byte = 2 if stored == INT4 else 1  # int4 packs two input channels per stored byte
+        return sorted({f"{n}x{k * per_byte}@{m}:{b}" for (_, dtype, n, k, m), b in chosen_backends().items()
+                       if dtype == stored})
 
     # ---- the runtime interface -------------------------------------------------------------------------------
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
