@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 INT4_GROUP_SIZE = 128
 AWQ_GRID = 20  # alphas 0, 0.05, ..., 0.95, as AutoAWQ searches
+AWQ_METHOD = "duo-scaling, block output, symmetric int4 v1"  # part of the cache key: change it when the search changes
 AWQ_CALIBRATION_TOKENS = 512  # after the perplexity windows of the packaged text, so AWQ never sees what is scored
 
 
@@ -42,10 +43,6 @@ class Int4Weight:
     packed: torch.Tensor
     scales: torch.Tensor
     group_size: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.packed.shape[0], self.packed.shape[1] * 2
 
     def nbytes(self) -> int:
         return self.packed.numel() * self.packed.element_size() + self.scales.numel() * self.scales.element_size()
@@ -271,13 +268,14 @@ def fold_awq_scales(hf_model: Any, awq: AwqScales) -> None:
 def apply_awq(loaded: Any) -> AwqScales:
     """AWQ-scale a loaded model's weights in place (its transformers model, on whichever device it is), with the
     scales searched on the packaged calibration tokens, or read from the cache when this model's were found
-    before (keyed by its weights, dtype, calibration tokens and search grid)."""
+    before (keyed by its weights, dtype, calibration tokens and the search itself)."""
     from bench_kernels.paths import cache_dir
 
     hf_model = loaded.hf_model
     dtype = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
     calibration = awq_calibration_ids(loaded.tokenizer, loaded.config.max_position_embeddings)
-    method = hashlib.sha256(calibration.numpy().tobytes() + f"{AWQ_GRID}/{INT4_GROUP_SIZE}".encode()).hexdigest()
+    method = hashlib.sha256(calibration.numpy().tobytes()
+                            + f"{AWQ_METHOD}/{AWQ_GRID}/{INT4_GROUP_SIZE}".encode()).hexdigest()
     path = cache_dir("awq") / f"{loaded.name}-{loaded.weights_id}-{dtype}-{method[:12]}.pt"
     if path.exists():
         awq = AwqScales(**torch.load(path, weights_only=True))
