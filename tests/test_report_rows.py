@@ -129,19 +129,30 @@ def test_committed_reports_written_before_the_new_columns_still_render(results_c
     df = load_results(results_csv)
     matrix = decision_matrix(df)
     assert not matrix.empty
-    prefill = matrix.loc[lambda m: m.index.str.startswith("prefill efficiency")].iloc[0].drop("winner")
-    assert all(cell.startswith(("not recorded", "not measured")) for cell in prefill)
-    # Their one matmul rate (bf16 on a GPU) reads as the bf16 rate; the report names it.
     inference = df[(df["stage"] == "inference") & (df["status"] == "ok")]
+    legacy = inference["prefill_precision"].replace("", None).isna().all()
+    prefill = matrix.loc[lambda m: m.index.str.startswith("prefill efficiency")].iloc[0].drop("winner")
+    if legacy:
+        assert all(cell.startswith(("not recorded", "not measured")) for cell in prefill)
+        assert "written before prefill was set against the compute roofline" in roofline_html(df)
+    else:  # re-measured since: numbers, no note about older rows
+        assert any(cell[:1].isdigit() for cell in prefill)
+        assert "written before prefill" not in roofline_html(df)
+    # Their one matmul rate (bf16 on a GPU) reads as the bf16 rate (or was measured as such); the report names it.
     if results_csv.parent.name in ("h100-llama3.1-8b", "h200x2-llama3.1-70b"):
         assert inference["matmul_tflops_bf16"].gt(500).all()
         assert "bf16 7" in roofline_html(df)
-    assert "written before prefill was set against the compute roofline" in roofline_html(df)
     roofline_table(df), provenance_table(df), results_table(df)
     assert method_notes(parse_config({}), df)
+    no_quality = inference.empty or not (df["stage"] == "quality").any()
     for name, chart in plots.ALL_CHARTS.items():
         figure = chart(df)
-        assert (figure is None) == (name == "prefill efficiency") or name in ("speedup", "break-even"), name
+        if name == "prefill efficiency":
+            assert (figure is None) == legacy, name
+        elif name == "speed vs quality" and no_quality:
+            assert figure is None, name
+        elif name not in ("speedup", "break-even", "speed vs quality"):
+            assert figure is not None, name
 
 
 def test_a_model_that_fits_in_the_cpu_cache_has_no_roofline() -> None:
@@ -163,7 +174,8 @@ def test_a_real_fp8_sweep_without_the_reference_on_the_cpu_renders(tiny_local_mo
     for name, chart in plots.ALL_CHARTS.items():
         figure = chart(df)
         # No baseline to compare with; no roofline for a model that fits in the CPU cache.
-        assert (figure is None) == (name in ("speedup", "break-even", "efficiency")), name
+        # (No perplexity delta either: no reference perplexity to take it against.)
+        assert (figure is None) == (name in ("speedup", "break-even", "efficiency", "speed vs quality")), name
     assert "no reference outputs" in inference.iloc[0]["notes"]
 
 
