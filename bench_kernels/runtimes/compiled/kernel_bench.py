@@ -104,13 +104,16 @@ def prefill_table(shapes: dict[str, tuple[int, int]], rates: dict[str, float]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", nargs="?", default="llama-3.1-8b")
-    parser.add_argument("--decode-only", action="store_true", help="skip the prefill table")
+    tables = parser.add_mutually_exclusive_group()
+    tables.add_argument("--decode-only", action="store_true", help="skip the prefill table")
+    tables.add_argument("--prefill-only", action="store_true", help="skip the decode table")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_bench needs a CUDA GPU")
     shapes = projection_shapes(args.preset)
     print(torch.cuda.get_device_name(), args.preset, shapes)
-    decode_table(shapes, streaming_bandwidth_gbps("cuda"))
+    if not args.prefill_only:
+        decode_table(shapes, streaming_bandwidth_gbps("cuda"))
     if not args.decode_only:
         prefill_table(shapes, matmul_rates_tflops("cuda"))
 
