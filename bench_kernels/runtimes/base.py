@@ -84,17 +84,27 @@ class Runtime(ABC):
 
     @classmethod
     def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
-        """The model as this runtime runs it: on the device, or on the host for runtimes that only export it
-        (loaded on the device first: random weights initialize in seconds on a GPU, minutes on a CPU)."""
+        """The model as this runtime runs it: its weights placed (load_weights), AWQ-scaled for int4-awq (then the
+        runtime rounds them to int4 like int4), and moved to the host for runtimes that only export it (loaded on
+        the device first: random weights initialize in seconds on a GPU, minutes on a CPU)."""
         import torch
 
-        from bench_kernels.models import load_model
+        loaded = cls.load_weights(model, precision, device, seed, options)
+        if precision == "int4-awq":
+            from bench_kernels.quantization import apply_awq
 
-        loaded = load_model(model, precision, device, seed)
+            apply_awq(loaded)
         if not cls.runs_torch_model and device.type != "cpu":
             loaded.hf_model.to("cpu")
             torch.cuda.empty_cache()
         return loaded
+
+    @classmethod
+    def load_weights(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
+        """The model's weights where this runtime wants them: all on the device by default."""
+        from bench_kernels.models import load_model
+
+        return load_model(model, precision, device, seed)
 
     @classmethod
     def shard_options(cls, options: Any) -> list[Any]:

@@ -136,20 +136,17 @@ class CompiledRuntime(Runtime):
         return None
 
     @classmethod
-    def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
+    def load_weights(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
         """Random weights are drawn layer by layer as they are packed (a model whose bf16 weights exceed the
         device can still pack to fp8 on it); with tensor_parallel > 1 this process holds no weights at all."""
         from bench_kernels.models import ModelError, load_model
-        from bench_kernels.quantization import apply_awq
 
         if precision == "int4-awq":
             if options.tensor_parallel > 1:
                 raise ModelError("int4-awq runs on one device here: AWQ's scale search needs the whole model in one "
                                  "process; use int4 with tensor_parallel, or tensor_parallel 1")
             # AWQ runs the whole model on calibration text first, so no layer can be packed before the others.
-            loaded = load_model(model, precision, device, seed, placement="device")
-            apply_awq(loaded)
-            return loaded
+            return load_model(model, precision, device, seed, placement="device")
         if options.tensor_parallel > 1:
             return load_model(model, precision, device, seed, placement="none")
         return load_model(model, precision, device, seed,

@@ -7,7 +7,7 @@ channels) with activations in fp32 on the CPU (fp16 on CUDA); int4-awq AWQ-scale
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from bench_kernels.runtimes.base import INT4_PRECISIONS, BuildInfo, Runtime, distribution_version
 
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     import torch
 
     from bench_kernels.measure import StepTimer
-    from bench_kernels.models import LoadedModel
 
 
 class OnnxRuntimeRuntime(Runtime):
@@ -47,15 +46,6 @@ class OnnxRuntimeRuntime(Runtime):
         if precision in INT4_PRECISIONS:
             return cls.int4_activations(device)
         return super().prefill_compute_precision(device, precision)
-
-    @classmethod
-    def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
-        from bench_kernels.quantization import apply_awq
-
-        loaded = super().load(model, precision, device, seed, options)
-        if precision == "int4-awq":
-            apply_awq(loaded)  # the float model, rescaled: the export then rounds it to int4 like int4
-        return loaded
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:

@@ -72,13 +72,8 @@ class ReferenceRuntime(Runtime):
     @classmethod
     def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
         """The model on its device(s), its projections quantized by torchao for a quantized precision (after
-        placement: torchao packs weights for the device they are on); int4-awq scales the weights by AWQ first."""
-        loaded = (cls._load_split(model, precision, device, seed, options) if options.device_map == "auto"
-                  else super().load(model, precision, device, seed, options))
-        if precision == "int4-awq":
-            from bench_kernels.quantization import apply_awq
-
-            apply_awq(loaded)
+        placement: torchao packs weights for the device they are on; int4-awq after AWQ's scaling)."""
+        loaded = super().load(model, precision, device, seed, options)
         if precision in TORCHAO_PRECISIONS:
             from bench_kernels.runtimes.reference.torchao_quantization import quantize_projections
 
@@ -86,10 +81,11 @@ class ReferenceRuntime(Runtime):
         return loaded
 
     @classmethod
-    def _load_split(cls, model: str, precision: str, device: torch.device, seed: int,
-                    options: ReferenceOptions) -> LoadedModel:
-        """accelerate's balanced map over the GPUs (never CPU offload), each module's weights placed (or drawn)
-        on its device, then dispatched with hooks that move activations between devices."""
+    def load_weights(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
+        """With device_map auto, accelerate's balanced map over the GPUs (never CPU offload), each module's weights
+        placed (or drawn) on its device, then dispatched with hooks that move activations between devices."""
+        if options.device_map != "auto":
+            return super().load_weights(model, precision, device, seed, options)
         import psutil
         import torch
         from accelerate import dispatch_model, infer_auto_device_map

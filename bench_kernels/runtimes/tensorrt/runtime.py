@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import torch
 
     from bench_kernels.measure import StepTimer
-    from bench_kernels.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +65,6 @@ class TensorRTRuntime(Runtime):
     dynamic_shapes = "only inside the engine's optimization profiles; any other shape needs a rebuild"
     prefill_logits_every_position = True  # the engine of the exported decoder: logits [B, S, V] for the prompt
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", *INT4_PRECISIONS)
-
-    @classmethod
-    def load(cls, model: str, precision: str, device: torch.device, seed: int, options: Any) -> LoadedModel:
-        from bench_kernels.quantization import apply_awq
-
-        loaded = super().load(model, precision, device, seed, options)
-        if precision == "int4-awq":
-            apply_awq(loaded)  # the float model, rescaled: the export then rounds it to int4 like int4
-        return loaded
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
