@@ -414,14 +414,14 @@ def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.astype({c: float for c in ("build_s", "batch_size", "input_len", "speedup", "break_even_tokens")})
 
 
-def not_yet_run(df: pd.DataFrame, runtimes: list[str], precisions: list[str], batch_sizes: list[int],
+def not_yet_run(df: pd.DataFrame, precisions_per_runtime: dict[str, list[str]], batch_sizes: list[int],
                 input_lens: list[int]) -> pd.DataFrame:
     """The spec's (runtime, precision) inference shapes with no row at all yet (a sweep stopped or split over
     calls): runtime, precision, shapes (how many missing of the spec's)."""
     wanted = [(b, i) for b in batch_sizes for i in input_lens]
     inference = df[df["stage"] == "inference"] if "stage" in df else df.iloc[0:0]
     lines = []
-    for runtime in runtimes:
+    for runtime, precisions in precisions_per_runtime.items():
         for precision in precisions:
             rows = inference[(inference["runtime"] == runtime) & (inference["precision"] == precision)]
             have = {(int(b), int(i)) for b, i in zip(rows["batch_size"], rows["input_len"])}

@@ -69,7 +69,7 @@ def deployment_params(cfg: SweepConfig, gpu_device_type: str) -> list[tuple[dict
             if gpu_device_type == "cuda" and gpus == 0:
                 raise ConfigError(f"{runtime}: set how many GPUs it uses in runtime_options (this machine sees none, "
                                   "so it cannot tell how many a task should ask Ray for)")
-            params = {**base, "runtimes": [runtime], "precisions": [deployment.precision],
+            params = {**base, "runtimes": [runtime], "precisions": [deployment.precision], "precisions_by_runtime": {},
                       "runtime_options": {**cfg.runtime_options, runtime: asdict(deployment.options)}}
             out.append((params, gpus))
     return out

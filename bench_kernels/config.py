@@ -109,6 +109,7 @@ class SweepConfig(BaseModel):
     seed: int = 0
     cpu_threads: int = Field(0, ge=0, le=4096)
     runtime_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    precisions_by_runtime: dict[str, list[str]] = Field(default_factory=dict)
     max_ppl_delta_pct: float = Field(DEFAULT_MAX_PPL_DELTA_PCT, ge=0, le=1000)
     workload: dict[str, Any] = Field(default_factory=dict)
     slo: str | dict[str, float] = "none"
@@ -117,8 +118,8 @@ class SweepConfig(BaseModel):
     profile: bool = False
     claims: str = ""
 
-    @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", "workload", "slo",
-                     "load", mode="before")
+    @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", "precisions_by_runtime",
+                     "workload", "slo", "load", mode="before")
     @classmethod
     def _parse_text(cls, value: Any) -> Any:
         return _yaml_if_text(value)
@@ -247,6 +248,27 @@ class SweepConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return value
+
+    @model_validator(mode="after")
+    def _precisions_by_runtime_in_sweep(self) -> SweepConfig:
+        problems = []
+        for name, chosen in self.precisions_by_runtime.items():
+            if name not in self.runtimes:
+                problems.append(f"precisions_by_runtime.{name}: not one of this sweep's runtimes "
+                                f"({', '.join(self.runtimes)})")
+            elif not chosen:
+                problems.append(f"precisions_by_runtime.{name}: empty; leave {name} out of runtimes instead")
+            for precision in chosen:
+                if precision not in self.precisions:
+                    problems.append(f"precisions_by_runtime.{name}: {precision!r} is not in precisions "
+                                    f"({', '.join(self.precisions)})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def precisions_for(self, runtime: str) -> list[str]:
+        """The precisions this sweep runs `runtime` in: precisions_by_runtime[runtime] if set, else all of them."""
+        return [p for p in self.precisions if p in self.precisions_by_runtime.get(runtime, self.precisions)]
 
     def options_for(self, runtime: str) -> Any:
         """The runtime's typed options (its defaults, updated by runtime_options[runtime])."""

@@ -352,7 +352,8 @@ def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
     """Plain statement of every runtime that could not be measured, and why, and of the spec's shapes that have not
     run yet (HTML)."""
     missing = unmeasured_summary(df)
-    pending = not_yet_run(df, cfg.runtimes, cfg.precisions, cfg.batch_sizes, cfg.input_lens)
+    pending = not_yet_run(df, {runtime: cfg.precisions_for(runtime) for runtime in cfg.runtimes}, cfg.batch_sizes,
+                          cfg.input_lens)
     if missing.empty and pending.empty:
         return "<p>Every configured runtime was measured on every shape.</p>"
     parts = []

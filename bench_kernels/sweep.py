@@ -94,13 +94,12 @@ class Deployment:
         return f"{self.runtime} {self.precision}{devices}"
 
 
-def deployments(cfg: SweepConfig, runtime_name: str, device: torch.device,
-                precisions: list[str] | None = None) -> list[Deployment]:
+def deployments(cfg: SweepConfig, runtime_name: str, device: torch.device) -> list[Deployment]:
     """Every deployment of one runtime in the sweep, precisions outermost."""
     runtime_cls = get_runtime(runtime_name)
     shards = runtime_cls.shard_options(cfg.options_for(runtime_name))
     return [Deployment(runtime_name, precision, options, runtime_cls.gpu_count(options, device))
-            for precision in precisions or cfg.precisions for options in shards]
+            for precision in cfg.precisions_for(runtime_name) for options in shards]
 
 
 def make_context(cfg: SweepConfig, progress: ProgressFn | None = None) -> SweepContext:
@@ -264,7 +263,7 @@ def baseline_precision(cfg: SweepConfig) -> str | None:
     """The reference precision perplexity deltas are taken against: the sweep's first unquantized one the reference
     runs (a quantized reference's perplexity is measured against it, not used as the yardstick)."""
     runs = get_runtime("reference").precisions
-    return next((p for p in cfg.precisions if p in runs and p not in PROJECTION_BYTES), None)
+    return next((p for p in cfg.precisions_for("reference") if p in runs and p not in PROJECTION_BYTES), None)
 
 
 def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: LoadedModel) -> dict[str, Any]:

@@ -56,3 +56,14 @@ def test_decision_matrix_values_reasons_and_winners() -> None:
     assert speedup_table(df, "onnxruntime")["speedup"].tolist() == [1.5, 2.0]
     missing = unmeasured_summary(df)
     assert missing.iloc[0]["runtime"] == "tensorrt" and missing.iloc[0]["rows"] == 2
+
+
+def test_not_yet_run_counts_only_the_precisions_each_runtime_runs() -> None:
+    from bench_kernels.analysis import not_yet_run
+    rows = pd.DataFrame([{"stage": "inference", "runtime": "reference", "precision": "bf16", "batch_size": 1,
+                          "input_len": 128}])
+    pending = not_yet_run(rows, {"reference": ["bf16"], "compiled": ["bf16", "fp8"]}, [1, 8], [128])
+    assert pending.to_dict("records") == [
+        {"runtime": "reference", "precision": "bf16", "missing": 1, "shapes": 2},
+        {"runtime": "compiled", "precision": "bf16", "missing": 2, "shapes": 2},
+        {"runtime": "compiled", "precision": "fp8", "missing": 2, "shapes": 2}]

@@ -112,3 +112,15 @@ def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path) -> None:
     good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(write(tmp_path))],
                           capture_output=True, text=True, cwd=ROOT)
     assert good.returncode == 0 and "valid" in good.stdout
+
+
+def test_precisions_by_runtime_name_the_bad_runtime_or_precision() -> None:
+    spec = {**GOOD, "runtimes": ["reference", "compiled"], "precisions": ["fp32", "bf16"]}
+    with pytest.raises(ConfigError, match=r"precisions_by_runtime\.onnxruntime: not one of this sweep's runtimes "
+                                          r"\(reference, compiled\)"):
+        parse_config({**spec, "precisions_by_runtime": {"onnxruntime": ["fp32"]}})
+    with pytest.raises(ConfigError,
+                       match=r"precisions_by_runtime\.reference: 'fp8' is not in precisions \(fp32, bf16\)"):
+        parse_config({**spec, "precisions_by_runtime": {"reference": ["fp8"]}})
+    cfg = parse_config({**spec, "precisions_by_runtime": {"reference": ["bf16"]}})
+    assert cfg.precisions_for("reference") == ["bf16"] and cfg.precisions_for("compiled") == ["fp32", "bf16"]

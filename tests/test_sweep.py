@@ -91,3 +91,13 @@ def test_a_tiny_spec_row_is_set_against_the_compute_roofline(tmp_path: Path) -> 
     assert row["prefill_tflops"] == pytest.approx(flops / (row["ttft_ms_p50"] / 1e3) / 1e12, rel=1e-6)
     assert 0 < row["prefill_efficiency"] == pytest.approx(row["prefill_tflops"] / row["matmul_tflops_fp32"], rel=1e-3)
     assert pd.isna(row["mbu"])  # a CPU has no specified bandwidth
+
+
+def test_precisions_by_runtime_limit_one_runtime_s_deployments() -> None:
+    import torch
+
+    from bench_kernels.sweep import deployments
+    cfg = parse_config({"runtimes": ["reference", "compiled"], "precisions": ["fp32", "bf16"],
+                        "precisions_by_runtime": {"reference": ["bf16"]}})
+    assert [d.precision for d in deployments(cfg, "reference", torch.device("cpu"))] == ["bf16"]
+    assert [d.precision for d in deployments(cfg, "compiled", torch.device("cpu"))] == ["fp32", "bf16"]
