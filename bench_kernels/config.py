@@ -250,18 +250,22 @@ class SweepConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _precisions_by_runtime_in_sweep(self) -> SweepConfig:
+    def _precisions_by_runtime_known(self) -> SweepConfig:
+        """Names must be registered runtimes and known precisions (a typo is an error); a runtime of the sweep
+        must keep at least one of `precisions`. Entries for runtimes this sweep leaves out are ignored, so
+        trimming `runtimes` needs no other edit."""
         problems = []
         for name, chosen in self.precisions_by_runtime.items():
-            if name not in self.runtimes:
-                problems.append(f"precisions_by_runtime.{name}: not one of this sweep's runtimes "
-                                f"({', '.join(self.runtimes)})")
-            elif not chosen:
-                problems.append(f"precisions_by_runtime.{name}: empty; leave {name} out of runtimes instead")
-            for precision in chosen:
-                if precision not in self.precisions:
-                    problems.append(f"precisions_by_runtime.{name}: {precision!r} is not in precisions "
-                                    f"({', '.join(self.precisions)})")
+            if name not in RUNTIMES:
+                problems.append(f"precisions_by_runtime.{name}: unknown runtime; allowed: {', '.join(RUNTIMES)}")
+                continue
+            unknown = [p for p in chosen if p not in known_precisions()]
+            if unknown:
+                problems.append(f"precisions_by_runtime.{name}: unknown precision(s) {unknown}; allowed: "
+                                f"{', '.join(known_precisions())}")
+            elif name in self.runtimes and not self.precisions_for(name):
+                problems.append(f"precisions_by_runtime.{name}: none of {chosen} is in precisions "
+                                f"({', '.join(self.precisions)})")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -116,11 +116,13 @@ def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path) -> None:
 
 def test_precisions_by_runtime_name_the_bad_runtime_or_precision() -> None:
     spec = {**GOOD, "runtimes": ["reference", "compiled"], "precisions": ["fp32", "bf16"]}
-    with pytest.raises(ConfigError, match=r"precisions_by_runtime\.onnxruntime: not one of this sweep's runtimes "
-                                          r"\(reference, compiled\)"):
-        parse_config({**spec, "precisions_by_runtime": {"onnxruntime": ["fp32"]}})
+    with pytest.raises(ConfigError, match=r"precisions_by_runtime\.referance: unknown runtime; allowed: reference"):
+        parse_config({**spec, "precisions_by_runtime": {"referance": ["fp32"]}})
+    with pytest.raises(ConfigError, match=r"precisions_by_runtime\.reference: unknown precision\(s\) \['bf61'\]; "
+                                          r"allowed: fp32, "):
+        parse_config({**spec, "precisions_by_runtime": {"reference": ["bf61"]}})
     with pytest.raises(ConfigError,
-                       match=r"precisions_by_runtime\.reference: 'fp8' is not in precisions \(fp32, bf16\)"):
+                       match=r"precisions_by_runtime\.reference: none of \['fp8'\] is in precisions \(fp32, bf16\)"):
         parse_config({**spec, "precisions_by_runtime": {"reference": ["fp8"]}})
-    cfg = parse_config({**spec, "precisions_by_runtime": {"reference": ["bf16"]}})
+    cfg = parse_config({**spec, "precisions_by_runtime": {"reference": ["bf16", "fp8"], "onnxruntime": ["fp8"]}})
     assert cfg.precisions_for("reference") == ["bf16"] and cfg.precisions_for("compiled") == ["fp32", "bf16"]
