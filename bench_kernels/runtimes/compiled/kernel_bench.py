@@ -4,7 +4,8 @@ matmul rates: `python -m bench_kernels.runtimes.compiled.kernel_bench [PRESET]` 
 Decode rows (1-64 activation rows) are bound by reading the weights: each line gives the kernel's time (replayed
 from a CUDA graph), the bytes it must read over that time, and that rate's share of the measured copy bandwidth.
 Prefill rows (PREFILL_ROWS rows) are bound by tensor-core throughput: the fp8 path's activation quantization
-(eager torch and the fused Triton kernel), its scaled GEMM, and cuBLAS bf16 beside it.
+(eager torch and the fused Triton kernel), its scaled GEMM, the runtime's whole fp8 path, and cuBLAS bf16 beside
+it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bench_kernels.architecture import preset_fields
 from bench_kernels.hardware import matmul_rates_tflops, streaming_bandwidth_gbps
 from bench_kernels.quantization import dequantize_int4, quantize_int4
 from bench_kernels.runtimes.compiled.linear_ops import (
+    _scaled_mm_rowwise,
     _time_ms,
     dequantize_int4_weight,
     quantize_fp8,
@@ -87,6 +89,9 @@ def prefill_table(shapes: dict[str, tuple[int, int]], rates: dict[str, float]) -
         if differ > 1e-6 or not torch.equal(fused_scale, eager_scale):
             raise AssertionError(f"fused fp8 row quantization differs from the eager one at {name}: {differ:.2e} of "
                                  f"values, scales equal: {torch.equal(fused_scale, eager_scale)}")
+        if not torch.equal(_scaled_mm_rowwise(x, fp8, fp8_scale, chunk_rows=PREFILL_ROWS // 2),
+                           _scaled_mm(fused, fused_scale, fp8, fp8_scale)):
+            raise AssertionError(f"the runtime's chunked fp8 GEMM differs from one _scaled_mm at {name}")
         flops = 2 * PREFILL_ROWS * n * k
         for what, run in (
             ("bf16 cuBLAS", lambda: F.linear(x, weight)),
@@ -94,6 +99,7 @@ def prefill_table(shapes: dict[str, tuple[int, int]], rates: dict[str, float]) -
             ("fp8 quantize rows, fused", lambda: triton_quantize_rows_fp8(x)),
             ("fp8 _scaled_mm alone", lambda: _scaled_mm(fused, fused_scale, fp8, fp8_scale)),
             ("fp8 fused + _scaled_mm", lambda: _scaled_mm(*triton_quantize_rows_fp8(x), fp8, fp8_scale)),
+            ("fp8 runtime path", lambda: _scaled_mm_rowwise(x, fp8, fp8_scale)),
             ("int4 dequantize + cuBLAS", lambda: F.linear(x, dequantize_int4_weight(int4.packed, int4.scales,
                                                                                      torch.bfloat16))),
         ):
