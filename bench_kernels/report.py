@@ -20,6 +20,7 @@ from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_CO
 from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
+from bench_kernels.runtimes import get_runtime
 from bench_kernels.workload import BATCH_FORMATION
 
 if TYPE_CHECKING:
@@ -352,8 +353,10 @@ def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
     """Plain statement of every runtime that could not be measured, and why, and of the spec's shapes that have not
     run yet (HTML)."""
     missing = unmeasured_summary(df)
-    pending = not_yet_run(df, {runtime: cfg.precisions_for(runtime) for runtime in cfg.runtimes}, cfg.batch_sizes,
-                          cfg.input_lens)
+    # A precision the runtime does not declare only ever gets an `unavailable` row: nothing left to run.
+    runnable = {runtime: [p for p in cfg.precisions_for(runtime) if p in get_runtime(runtime).precisions]
+                for runtime in cfg.runtimes}
+    pending = not_yet_run(df, runnable, cfg.batch_sizes, cfg.input_lens)
     if missing.empty and pending.empty:
         return "<p>Every configured runtime was measured on every shape.</p>"
     parts = []

@@ -227,6 +227,13 @@ def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
     assert "Not run yet" in notes
     assert "<b>compiled</b> bf16: 1 of 2 shapes" in notes and "<b>compiled</b> fp8: 2 of 2 shapes" in notes
     assert "<b>reference</b> bf16" not in notes
+    # A precision a runtime does not run only ever gets an `unavailable` row, and a runtime's precisions can be
+    # narrowed for the sweep: neither is left to run.
+    cfg = parse_config({"runtimes": ["reference", "compiled"], "precisions": ["bf16", "int8"], "batch_sizes": [1, 8],
+                        "input_lens": [8], "precisions_by_runtime": {"reference": ["bf16"]}})
+    notes = availability_notes(df, cfg)
+    assert "<b>compiled</b> bf16: 1 of 2 shapes" in notes
+    assert "int8" not in notes and "<b>reference</b>" not in notes
 
 
 def test_speed_against_quality_places_each_precision_by_its_perplexity() -> None:
