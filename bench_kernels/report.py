@@ -361,8 +361,9 @@ def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
         return "<p>Every configured runtime was measured on every shape.</p>"
     parts = []
     if not pending.empty:
-        items = [f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}: {row['missing']} of "
-                 f"{row['shapes']} shapes</li>" for _, row in pending.iterrows()]
+        items = [f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}"
+                 f"{f' on {int(row.gpu_count)} GPUs' if pd.notna(row['gpu_count']) and row['gpu_count'] > 1 else ''}: "
+                 f"{row['missing']} of {row['shapes']} shapes</li>" for _, row in pending.iterrows()]
         parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping every "
                      "finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
                      + "".join(items) + "</ul>")

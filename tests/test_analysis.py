@@ -60,10 +60,22 @@ def test_decision_matrix_values_reasons_and_winners() -> None:
 
 def test_not_yet_run_counts_only_the_precisions_each_runtime_runs() -> None:
     from bench_kernels.analysis import not_yet_run
-    rows = pd.DataFrame([{"stage": "inference", "runtime": "reference", "precision": "bf16", "batch_size": 1,
-                          "input_len": 128}])
+    rows = pd.DataFrame([{"stage": "inference", "runtime": "reference", "precision": "bf16", "gpu_count": 1,
+                          "batch_size": 1, "input_len": 128}])
     pending = not_yet_run(rows, {"reference": ["bf16"], "compiled": ["bf16", "fp8"]}, [1, 8], [128])
+    assert pending.fillna(0).to_dict("records") == [
+        {"runtime": "reference", "precision": "bf16", "gpu_count": 1, "missing": 1, "shapes": 2},
+        {"runtime": "compiled", "precision": "bf16", "gpu_count": 0, "missing": 2, "shapes": 2},
+        {"runtime": "compiled", "precision": "fp8", "gpu_count": 0, "missing": 2, "shapes": 2}]
+
+
+def test_not_yet_run_expects_every_precision_at_each_gpu_count_the_runtime_ran() -> None:
+    """Tensor parallel [2, 1]: fp8 complete on one GPU does not hide fp8's missing shapes on two."""
+    from bench_kernels.analysis import not_yet_run
+    rows = pd.DataFrame([{"stage": "inference", "runtime": "compiled", "precision": p, "gpu_count": g,
+                          "batch_size": b, "input_len": 128}
+                         for p, g, b in (("fp8", 1, 1), ("fp8", 1, 8), ("fp8", 2, 1), ("bf16", 2, 1), ("bf16", 2, 8))])
+    pending = not_yet_run(rows, {"compiled": ["bf16", "fp8"]}, [1, 8], [128])
     assert pending.to_dict("records") == [
-        {"runtime": "reference", "precision": "bf16", "missing": 1, "shapes": 2},
-        {"runtime": "compiled", "precision": "bf16", "missing": 2, "shapes": 2},
-        {"runtime": "compiled", "precision": "fp8", "missing": 2, "shapes": 2}]
+        {"runtime": "compiled", "precision": "bf16", "gpu_count": 1, "missing": 2, "shapes": 2},
+        {"runtime": "compiled", "precision": "fp8", "gpu_count": 2, "missing": 1, "shapes": 2}]
