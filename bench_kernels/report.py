@@ -16,11 +16,10 @@ from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, WINNER_MARK, build_rows,
                                     decision_matrix, gate_failures, inference_rows, ok_rows, quality_rows, shorten,
-                                    not_yet_run, unmeasured_summary)
+                                    not_yet_run, runs_precision, unmeasured_summary)
 from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
-from bench_kernels.runtimes import get_runtime
 from bench_kernels.workload import BATCH_FORMATION
 
 if TYPE_CHECKING:
@@ -353,8 +352,8 @@ def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
     """Plain statement of every runtime that could not be measured, and why, and of the spec's shapes that have not
     run yet (HTML)."""
     missing = unmeasured_summary(df)
-    # A precision the runtime does not declare only ever gets an `unavailable` row: nothing left to run.
-    runnable = {runtime: [p for p in cfg.precisions_for(runtime) if p in get_runtime(runtime).precisions]
+    # A precision the runtime's rows say it does not run only ever gets an `unavailable` row: nothing left to run.
+    runnable = {runtime: [p for p in cfg.precisions_for(runtime) if runs_precision(df, runtime, p)]
                 for runtime in cfg.runtimes}
     pending = not_yet_run(df, runnable, cfg.batch_sizes, cfg.input_lens)
     if missing.empty and pending.empty:

@@ -222,13 +222,13 @@ def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
     cfg = parse_config({"runtimes": ["reference", "compiled"], "precisions": ["bf16", "fp8"], "batch_sizes": [1, 8],
                         "input_lens": [8]})
     df = frame([ok("reference", 1, 8, 10.0, "bf16"), ok("reference", 8, 8, 40.0, "bf16"),
-                ok("compiled", 1, 8, 30.0, "bf16")])
+                ok("compiled", 1, 8, 30.0, "bf16", runtime_precisions="fp32 fp16 bf16 fp8")])
     notes = availability_notes(df, cfg)
     assert "Not run yet" in notes
     assert "<b>compiled</b> bf16: 1 of 2 shapes" in notes and "<b>compiled</b> fp8: 2 of 2 shapes" in notes
     assert "<b>reference</b> bf16" not in notes
-    # A precision a runtime does not run only ever gets an `unavailable` row, and a runtime's precisions can be
-    # narrowed for the sweep: neither is left to run.
+    # A precision a runtime's rows say it does not run only ever gets an `unavailable` row, and a runtime's
+    # precisions can be narrowed for the sweep: neither is left to run.
     cfg = parse_config({"runtimes": ["reference", "compiled"], "precisions": ["bf16", "int8"], "batch_sizes": [1, 8],
                         "input_lens": [8], "precisions_by_runtime": {"reference": ["bf16"]}})
     notes = availability_notes(df, cfg)
