@@ -193,7 +193,6 @@ def comparison_ratios(changes: pd.DataFrame) -> Figure | None:
     return fig
 
 
-# The report shows these in order: a new chart is one entry here.
 def speed_vs_quality(df: pd.DataFrame) -> Figure | None:
     """Each runtime x precision with a perplexity: its best measured tokens/s (any shape) against how much worse
     its perplexity is than the reference's, so the precisions' trade-off reads off one chart."""
@@ -220,6 +219,7 @@ def speed_vs_quality(df: pd.DataFrame) -> Figure | None:
     return fig
 
 
+# The report shows these in order: a new chart is one entry here.
 ALL_CHARTS = {
     "throughput": throughput_vs_batch,
     "latency": latency_vs_batch,

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TORCHAO_PRECISIONS = ("fp8", "int8", "int4", "int4-awq")
-INT4_GROUP_SIZE = 128
 
 
 def torchao_config(precision: str) -> Any:
@@ -25,6 +24,8 @@ def torchao_config(precision: str) -> Any:
     set_inductor_config=False: eager generate() compiles nothing, and the default would change torch._inductor's
     global settings for a compiled runtime measured later in the same process."""
     from torchao.quantization import Float8WeightOnlyConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig
+
+    from bench_kernels.quantization import INT4_GROUP_SIZE
 
     if precision == "fp8":
         return Float8WeightOnlyConfig(set_inductor_config=False)  # e4m3, one scale per output channel
@@ -49,6 +50,8 @@ def quantize_projections(hf_model: Any, precision: str) -> None:
     suit the config (int4: input features not a multiple of the group), and the log says how many it left."""
     import torch
     from torchao.quantization import quantize_
+
+    from bench_kernels.quantization import INT4_GROUP_SIZE
 
     head = hf_model.get_output_embeddings()
 
