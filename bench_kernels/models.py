@@ -192,7 +192,7 @@ def _seed_for(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: inference tensors cannot be traced (ONNX export) or re-wrapped
 def draw_random_weights(hf_model: Any, module_name: str, device: torch.device | str, seed: int) -> None:
     """Give the meta parameters under module_name random values on device: norm weights (1-D) ones, biases zeros,
     the rest normal(0, initializer_range) drawn from a generator seeded by the seed and the parameter's name.

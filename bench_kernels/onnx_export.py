@@ -60,6 +60,7 @@ class OnnxExport:
     dtype: str  # the float precision of activations, KV cache, float weights and int4 scales
     int4_format: str | None = None  # one of INT4_FORMATS for int4 precisions
     int4_bytes: int | None = None  # stored bytes of the int4 projections and their scales
+    float_source: str | None = None  # the cached float export an int4 one was rounded from (build_s: rounding only)
 
     def weight_bytes(self, config: Any) -> int:
         """Bytes of the weights one decode step reads: int4 projections as stored, everything else in the graph's
@@ -123,8 +124,9 @@ def export_model(loaded: LoadedModel, precision: str, dtype: str | None = None,
     """The decoder of a loaded model exported to ONNX in `precision` (cached on disk by model and weights; an
     int4-awq model's weights are AWQ-scaled, and its precision keeps them apart from the others)."""
     decoder = Decoder.from_hf(loaded.hf_model).to("cpu")  # exported on the host: the graph is device-neutral
+    # int4 rounds the very weights a float export holds; int4-awq's are AWQ-scaled, so its float graph is its own
     return export_decoder(decoder, f"{loaded.name}-{loaded.weights_id}", precision, cache_root("onnx"),
-                          dtype=dtype, int4_format=int4_format)
+                          dtype=dtype, int4_format=int4_format, reuse_float_export=precision == "int4")
 
 
 def _check_precision(precision: str, dtype: str | None, int4_format: str | None) -> str:
@@ -143,10 +145,12 @@ def _check_precision(precision: str, dtype: str | None, int4_format: str | None)
 
 def export_decoder(
     decoder: Decoder, model_key: str, precision: str, cache_dir: Path, external_data: bool = False, *,
-    dtype: str | None = None, int4_format: str | None = None,
+    dtype: str | None = None, int4_format: str | None = None, reuse_float_export: bool = False,
 ) -> OnnxExport:
     """Export a copy of decoder cast to precision (for int4: to dtype, its projections then stored as int4 in
-    int4_format), or reuse the cached export; model_key must identify the weights."""
+    int4_format), or reuse the cached export; model_key must identify the weights. With reuse_float_export an int4
+    export starts from the cached float export of the same weights in dtype, when there is one, instead of tracing
+    the decoder again (minutes for an 8B model)."""
     # Weights go to model.onnx.data when external_data is set, and always above the 2 GiB protobuf limit.
     dtype = _check_precision(precision, dtype, int4_format)
     cache_dir = Path(cache_dir)
@@ -158,9 +162,14 @@ def export_decoder(
     start_s = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=cache_dir))
+    float_entry = cache_dir / cache_entry_name(decoder, model_key, dtype, external_data)
+    reuse = reuse_float_export and int4_format is not None and (float_entry / META_FILE).exists()
     try:
-        _export_to(decoder.cast(PRECISIONS[dtype]), tmp, external_data)
-        int4_bytes = None if int4_format is None else _store_int4(tmp, int4_format)
+        if reuse:
+            int4_bytes = _store_int4(float_entry, tmp, int4_format)
+        else:
+            _export_to(decoder.cast(PRECISIONS[dtype]), tmp, external_data)
+            int4_bytes = None if int4_format is None else _store_int4(tmp, tmp, int4_format)
         onnx.checker.check_model(str(tmp / MODEL_FILE))  # by path: works with external data and above 2 GiB
         onnx.shape_inference.infer_shapes_path(str(tmp / MODEL_FILE), strict_mode=True)
         build_s = time.perf_counter() - start_s
@@ -171,6 +180,7 @@ def export_decoder(
             "dtype": dtype,
             "int4_format": int4_format,
             "int4_bytes": int4_bytes,
+            "float_source": float_entry.name if reuse else None,
             "torch_version": torch.__version__,
             "opset": OPSET,
             "build_s": build_s,
@@ -208,6 +218,7 @@ def _read_entry(entry: Path, cache_hit: bool) -> OnnxExport:
         dtype=meta.get("dtype", meta["precision"]),  # entries from before int4 name their float precision only
         int4_format=meta.get("int4_format"),
         int4_bytes=meta.get("int4_bytes"),
+        float_source=meta.get("float_source"),
     )
 
 
@@ -253,16 +264,16 @@ def _save(model: onnx.ModelProto, out_dir: Path, external_data: bool) -> None:
         onnx.save_model(model, str(out_dir / MODEL_FILE))
 
 
-def _store_int4(out_dir: Path, int4_format: str) -> int:
-    """Store the projections of the float graph in out_dir as int4 in int4_format, in place; returns the bytes of
-    their codes and scales."""
-    external_data = (out_dir / DATA_FILE).exists()
-    model = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
+def _store_int4(source_dir: Path, out_dir: Path, int4_format: str) -> int:
+    """The float graph in source_dir with its projections stored as int4 in int4_format, written to out_dir (in place
+    when it is source_dir); returns the bytes of their codes and scales."""
+    external_data = (source_dir / DATA_FILE).exists()
+    model = onnx.load(str(source_dir / MODEL_FILE), load_external_data=False)
     if int4_format == "DequantizeLinear":
         # before the weights load: the converter serializes the graph, which must stay under 2 GiB
         model = onnx.version_converter.convert_version(model, BLOCK_DEQUANTIZE_OPSET)
         model.ir_version = max(model.ir_version, 10)  # INT4 tensors need IR version 10
-    onnx.external_data_helper.load_external_data_for_model(model, str(out_dir))
+    onnx.external_data_helper.load_external_data_for_model(model, str(source_dir))
     groups = _projection_groups(model.graph)
     if int4_format == "MatMulNBits":
         model = _quantize_matmul_nbits(model, groups)
@@ -271,7 +282,7 @@ def _store_int4(out_dir: Path, int4_format: str) -> int:
         _quantize_block_dequantize(model.graph, groups)
         stored = [name for node in model.graph.node if node.op_type == "DequantizeLinear" for name in node.input[:2]]
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    (out_dir / MODEL_FILE).unlink()
+    (out_dir / MODEL_FILE).unlink(missing_ok=True)
     (out_dir / DATA_FILE).unlink(missing_ok=True)  # rewritten whole: saving appends to an existing data file
     _save(model, out_dir, external_data)
     logger.info("stored %d projections as int4 (%s)", len(groups), int4_format)

@@ -18,7 +18,8 @@ from test_decoder import (  # one model load per session; one_torch_thread is an
 
 from bench_kernels.decoder import Decoder, DecoderArgs, empty_past, position_ids_from_mask
 from bench_kernels.measure import StepTimer
-from bench_kernels.onnx_export import DATA_FILE, MODEL_FILE, export_decoder, input_names, output_names
+from bench_kernels.models import load_model
+from bench_kernels.onnx_export import DATA_FILE, MODEL_FILE, export_decoder, export_model, input_names, output_names
 from bench_kernels.quality import perplexity, perplexity_windows
 from bench_kernels.quantization import int4_codes, int4_group_size
 from bench_kernels.runtimes.onnxruntime.generate import first_step_logits, make_session, ort_greedy_generate
@@ -253,6 +254,31 @@ def test_int4_exports_never_share_a_cache_entry(tiny_decoder, tmp_path):
         export("int4", dtype="fp32")
     with pytest.raises(ValueError, match="without an int4 format"):
         export("fp32", int4_format="MatMulNBits")
+
+
+def test_int4_export_rounds_the_cached_float_export(tiny_decoder, tmp_path):
+    """Started from the cached bf16 export, the int4 graph equals a fresh trace's, and the bf16 entry
+    stays as it was."""
+    def int4(cache_dir):
+        return export_decoder(tiny_decoder, "tiny", "int4", cache_dir, external_data=True, dtype="bf16",
+                              int4_format="DequantizeLinear", reuse_float_export=True)
+
+    bf16 = export_decoder(tiny_decoder, "tiny", "bf16", tmp_path / "a", external_data=True)
+    bf16_files = {path.name: path.read_bytes() for path in bf16.path.parent.iterdir()}
+    reused, fresh = int4(tmp_path / "a"), int4(tmp_path / "b")
+    assert reused.float_source == bf16.path.parent.name and fresh.float_source is None
+    assert onnx.load(str(reused.path)) == onnx.load(str(fresh.path))
+    assert reused.int4_bytes == fresh.int4_bytes and (reused.path.parent / DATA_FILE).exists()
+    assert {path.name: path.read_bytes() for path in bf16.path.parent.iterdir()} == bf16_files
+
+
+def test_random_preset_weights_export(tmp_path, monkeypatch):
+    """Random weights export like real ones: drawn without inference mode, so the tracer can take them."""
+    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))
+    loaded = load_model("preset:smollm2-135m", "bf16", "cpu")
+    assert not any(param.is_inference() for param in loaded.hf_model.parameters())
+    record = export_model(loaded, "bf16")
+    assert not record.cache_hit and record.path.is_relative_to(tmp_path) and record.path.exists()
 
 
 def test_ort_int4_and_int4_awq_on_the_embedded_model():

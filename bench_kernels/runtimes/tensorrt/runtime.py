@@ -109,9 +109,10 @@ class TensorRTRuntime(Runtime):
                                    workspace_gb=self.options.workspace_gb,
                                    optimization_level=self.options.optimization_level)
         ranges = "; ".join(p.describe() for p in self.profiles)
+        rounded = f", int4 rounding of the cached {self.export.dtype} export" if self.export.float_source else ""
         notes = (f"engine for {self.engine.target}: parse {self.engine.parse_s:.2f} s, peak build RSS "
                  f"{self.engine.peak_build_rss_gb:.2f} GB; ONNX export {self.export.build_s:.1f} s "
-                 f"({self.export.artifact_mb:.0f} MB) not included in build_s; profiles: {ranges}")
+                 f"({self.export.artifact_mb:.0f} MB{rounded}) not included in build_s; profiles: {ranges}")
         return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes)
 
     def weight_bytes(self) -> int:
