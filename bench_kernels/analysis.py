@@ -417,24 +417,29 @@ def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
 def not_yet_run(df: pd.DataFrame, precisions_per_runtime: dict[str, list[str]], batch_sizes: list[int],
                 input_lens: list[int]) -> pd.DataFrame:
     """The spec's (runtime, precision) inference shapes with no row at all yet (a sweep stopped or split over
-    calls): runtime, precision, gpu_count, missing, shapes (how many missing of the spec's). A runtime whose rows
-    show several GPU counts (tensor-parallel degrees) is expected at each of them, in every precision; gpu_count
-    is blank for a runtime with no row yet."""
+    calls): runtime, precision, gpu_count, missing, shapes (how many missing of the spec's), build_missing. A
+    runtime whose rows show several GPU counts (tensor-parallel degrees) is expected at each of them, in every
+    precision; gpu_count is blank for a runtime with no row yet. A runtime with a build row in some precision is
+    expected to have one in each (inference rows can be `unavailable` without one, e.g. engines built but not
+    runnable on this GPU)."""
     wanted = [(b, i) for b in batch_sizes for i in input_lens]
-    inference = df[df["stage"] == "inference"] if "stage" in df else df.iloc[0:0]
+    stages = df["stage"] if "stage" in df else pd.Series("", index=df.index)
+    inference, builds = df[stages == "inference"], df[stages == "build"]
     lines = []
     for runtime, precisions in precisions_per_runtime.items():
         mine = inference[inference["runtime"] == runtime]
+        built = set(builds.loc[builds["runtime"] == runtime, "precision"])
         counts = sorted({int(c) for c in mine["gpu_count"].dropna()}) if "gpu_count" in mine else []
         for precision in precisions:
             for count in counts or [None]:
                 rows = mine[(mine["precision"] == precision) & ((mine["gpu_count"] == count) if count else True)]
                 have = {(int(b), int(i)) for b, i in zip(rows["batch_size"], rows["input_len"])}
                 missing = sum(shape not in have for shape in wanted)
-                if missing:
+                build_missing = bool(built) and precision not in built
+                if missing or build_missing:
                     lines.append({"runtime": runtime, "precision": precision, "gpu_count": count, "missing": missing,
-                                  "shapes": len(wanted)})
-    return pd.DataFrame(lines, columns=["runtime", "precision", "gpu_count", "missing", "shapes"])
+                                  "shapes": len(wanted), "build_missing": build_missing})
+    return pd.DataFrame(lines, columns=["runtime", "precision", "gpu_count", "missing", "shapes", "build_missing"])
 
 
 def unmeasured_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -348,6 +348,13 @@ def roofline_html(df: pd.DataFrame) -> str:
             f"<ul>{''.join(items)}</ul>" + "".join(f"<p>{n}</p>" for n in notes))
 
 
+def pending_work(row: pd.Series) -> str:
+    """One not_yet_run line in words: its missing shapes and build."""
+    shapes = f"{row['missing']} of {row['shapes']} shapes" if row["missing"] else ""
+    build = "the build" if row["build_missing"] else ""
+    return " and ".join(part for part in (build, shapes) if part)
+
+
 def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
     """Plain statement of every runtime that could not be measured, and why, and of the spec's shapes that have not
     run yet (HTML)."""
@@ -362,7 +369,7 @@ def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
     if not pending.empty:
         items = [f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}"
                  f"{f' on {int(row.gpu_count)} GPUs' if pd.notna(row['gpu_count']) and row['gpu_count'] > 1 else ''}: "
-                 f"{row['missing']} of {row['shapes']} shapes</li>" for _, row in pending.iterrows()]
+                 f"{pending_work(row)}</li>" for _, row in pending.iterrows()]
         parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping every "
                      "finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
                      + "".join(items) + "</ul>")

@@ -64,9 +64,9 @@ def test_not_yet_run_counts_only_the_precisions_each_runtime_runs() -> None:
                           "batch_size": 1, "input_len": 128}])
     pending = not_yet_run(rows, {"reference": ["bf16"], "compiled": ["bf16", "fp8"]}, [1, 8], [128])
     assert pending.fillna(0).to_dict("records") == [
-        {"runtime": "reference", "precision": "bf16", "gpu_count": 1, "missing": 1, "shapes": 2},
-        {"runtime": "compiled", "precision": "bf16", "gpu_count": 0, "missing": 2, "shapes": 2},
-        {"runtime": "compiled", "precision": "fp8", "gpu_count": 0, "missing": 2, "shapes": 2}]
+        {"runtime": "reference", "precision": "bf16", "gpu_count": 1, "missing": 1, "shapes": 2, "build_missing": False},
+        {"runtime": "compiled", "precision": "bf16", "gpu_count": 0, "missing": 2, "shapes": 2, "build_missing": False},
+        {"runtime": "compiled", "precision": "fp8", "gpu_count": 0, "missing": 2, "shapes": 2, "build_missing": False}]
 
 
 def test_not_yet_run_expects_every_precision_at_each_gpu_count_the_runtime_ran() -> None:
@@ -77,5 +77,20 @@ def test_not_yet_run_expects_every_precision_at_each_gpu_count_the_runtime_ran()
                          for p, g, b in (("fp8", 1, 1), ("fp8", 1, 8), ("fp8", 2, 1), ("bf16", 2, 1), ("bf16", 2, 8))])
     pending = not_yet_run(rows, {"compiled": ["bf16", "fp8"]}, [1, 8], [128])
     assert pending.to_dict("records") == [
-        {"runtime": "compiled", "precision": "bf16", "gpu_count": 1, "missing": 2, "shapes": 2},
-        {"runtime": "compiled", "precision": "fp8", "gpu_count": 2, "missing": 1, "shapes": 2}]
+        {"runtime": "compiled", "precision": "bf16", "gpu_count": 1, "missing": 2, "shapes": 2, "build_missing": False},
+        {"runtime": "compiled", "precision": "fp8", "gpu_count": 2, "missing": 1, "shapes": 2, "build_missing": False}]
+
+
+def test_not_yet_run_expects_a_build_in_every_precision_once_the_runtime_has_one() -> None:
+    """Engines built in bf16 but not yet in int4, their inference rows already `unavailable`: the build is pending."""
+    from bench_kernels.analysis import not_yet_run
+    from bench_kernels.report import pending_work
+    rows = pd.DataFrame([{"stage": "build", "runtime": "tensorrt", "precision": "bf16", "gpu_count": 1,
+                          "batch_size": None, "input_len": None}]
+                        + [{"stage": "inference", "runtime": "tensorrt", "precision": p, "gpu_count": 1,
+                            "batch_size": 1, "input_len": 128} for p in ("bf16", "int4")])
+    pending = not_yet_run(rows, {"tensorrt": ["bf16", "int4"]}, [1], [128])
+    assert pending.to_dict("records") == [
+        {"runtime": "tensorrt", "precision": "int4", "gpu_count": 1, "missing": 0, "shapes": 1, "build_missing": True}]
+    assert pending_work(pending.iloc[0]) == "the build"
+    assert not_yet_run(rows.iloc[1:], {"tensorrt": ["bf16", "int4"]}, [1], [128]).empty  # no build anywhere: none expected
