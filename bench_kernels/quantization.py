@@ -246,8 +246,8 @@ def search_awq(hf_model: Any, calibration_ids: torch.Tensor) -> AwqScales:
 def fold_awq_scales(hf_model: Any, awq: AwqScales) -> None:
     """Multiply each group's input channels by its scales and divide them out of the module before, in place: the
     model computes the same function in floating point, with weights that quantize to int4 with less error.
-    Parameters get new tensors of their own kind (random weights drawn under inference mode are inference tensors,
-    which refuse in-place writes outside it)."""
+    Parameters get new tensors of their own kind (a model built under inference mode holds inference tensors, which
+    refuse in-place writes outside it)."""
     def rescale(param: torch.nn.Parameter, factor: torch.Tensor) -> None:
         with torch.inference_mode(param.is_inference()):
             param.data = (param.data.float() * factor).to(param.dtype)

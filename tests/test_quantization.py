@@ -90,7 +90,7 @@ def test_awq_folding_keeps_the_float_function_and_never_loses_to_round_to_neares
 
 
 def test_awq_on_weights_drawn_under_inference_mode() -> None:
-    """Random weights on a GPU are drawn under inference mode; AWQ must search and fold them all the same."""
+    """A model built under inference mode holds inference tensors; AWQ must search and fold them all the same."""
     with torch.inference_mode():
         model = _tiny_llama()
     ids = torch.randint(0, 512, (1, 32), generator=torch.Generator().manual_seed(2))
