@@ -431,11 +431,11 @@ def not_yet_run(df: pd.DataFrame, precisions_per_runtime: dict[str, list[str]], 
         built = set(builds.loc[builds["runtime"] == runtime, "precision"])
         counts = sorted({int(c) for c in mine["gpu_count"].dropna()}) if "gpu_count" in mine else []
         for precision in precisions:
+            build_missing = bool(built) and precision not in built
             for count in counts or [None]:
                 rows = mine[(mine["precision"] == precision) & ((mine["gpu_count"] == count) if count else True)]
                 have = {(int(b), int(i)) for b, i in zip(rows["batch_size"], rows["input_len"])}
                 missing = sum(shape not in have for shape in wanted)
-                build_missing = bool(built) and precision not in built
                 if missing or build_missing:
                     lines.append({"runtime": runtime, "precision": precision, "gpu_count": count, "missing": missing,
                                   "shapes": len(wanted), "build_missing": build_missing})

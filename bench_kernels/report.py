@@ -349,10 +349,17 @@ def roofline_html(df: pd.DataFrame) -> str:
 
 
 def pending_work(row: pd.Series) -> str:
-    """One not_yet_run line in words: its missing shapes and build."""
+    """What one not_yet_run line still lacks, in words: its build and missing shapes."""
     shapes = f"{row['missing']} of {row['shapes']} shapes" if row["missing"] else ""
     build = "the build" if row["build_missing"] else ""
     return " and ".join(part for part in (build, shapes) if part)
+
+
+def pending_item(row: pd.Series) -> str:
+    """One not_yet_run line as an HTML list item: runtime, precision, GPU count when several, what it lacks."""
+    gpus = f" on {int(row['gpu_count'])} GPUs" if pd.notna(row["gpu_count"]) and row["gpu_count"] > 1 else ""
+    return (f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}{gpus}: "
+            f"{pending_work(row)}</li>")
 
 
 def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
@@ -367,9 +374,7 @@ def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
         return "<p>Every configured runtime was measured on every shape.</p>"
     parts = []
     if not pending.empty:
-        items = [f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}"
-                 f"{f' on {int(row.gpu_count)} GPUs' if pd.notna(row['gpu_count']) and row['gpu_count'] > 1 else ''}: "
-                 f"{pending_work(row)}</li>" for _, row in pending.iterrows()]
+        items = [pending_item(row) for _, row in pending.iterrows()]
         parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping every "
                      "finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
                      + "".join(items) + "</ul>")
