@@ -88,6 +88,9 @@ def test_fp8_quantization_is_per_channel_and_within_e4m3_rounding():
     # have an absolute floor of half the smallest step, 2**-10 of the scale.
     bound = torch.maximum(weight.abs() * 2**-4, scale[:, None] * 2**-10)
     assert ((dequantized - weight).abs() <= bound * 1.0001).all()
+    # Rounded a few channels at a time (as a large projection is), the result is the same bit for bit.
+    chunked_q, chunked_scale = quantize_fp8(weight, chunk_rows=5)
+    assert torch.equal(chunked_q.view(torch.uint8), q.view(torch.uint8)) and torch.equal(chunked_scale, scale)
 
 
 def test_linear_op_passes_opcheck_and_matches_dequantized_math():

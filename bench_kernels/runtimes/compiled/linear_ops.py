@@ -30,12 +30,19 @@ GEMV_MAX_ROWS = 64
 _CHOSEN_BACKEND: dict[tuple, str] = {}
 
 
-def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp8 e4m3 weight [N, K] and fp32 per-output-channel scale [N] with weight ~= q * scale[:, None]."""
-    w32 = weight.float()
-    scale = (w32.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)  # scale: [N]
-    q = (w32 / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q.contiguous(), scale.contiguous()
+def quantize_fp8(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8 e4m3 weight [N, K] and fp32 per-output-channel scale [N] with weight ~= q * scale[:, None].
+
+    Rounded chunk_rows output channels at a time: the fp32 temporaries of a whole 70B gate/up projection are
+    several GiB, enough to leave a card that must hold the fp8 model too fragmented to finish packing."""
+    q = torch.empty(weight.shape, dtype=FP8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], chunk_rows):
+        w32 = weight[start:start + chunk_rows].float()
+        chunk_scale = (w32.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)
+        q[start:start + chunk_rows] = (w32 / chunk_scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        scale[start:start + chunk_rows] = chunk_scale
+    return q, scale
 
 
 def quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -168,9 +168,18 @@ class CompiledRuntime(Runtime):
             loaded.materialize("model.norm", device).weight, lm_head,
             WEIGHT_FORMAT_OF.get(self.precision, "native"),
             compile_mode="default" if self.options.compile else None, suppress_token_ids=eos_token_ids(loaded),
-            release=lambda i: loaded.hf_model.model.layers[i].to("meta"), shard=self.shard)
+            release=self._release_layer, shard=self.shard)
         if self.static.group and not args.tie_word_embeddings:
             loaded.hf_model.lm_head.to("meta")  # this rank keeps only its rows of the vocabulary
+
+    def _release_layer(self, index: int) -> None:
+        """Free layer `index` once packed, and hand its memory back: a streamed model that nearly fills the card
+        (70B fp8 on 80 GB) otherwise ends up with GBs cached in blocks too small for the next layer."""
+        import torch
+
+        self.loaded.hf_model.model.layers[index].to("meta")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def warm(self, batch_size: int, input_len: int, output_len: int) -> None:
         """Allocate this shape's cache, compile for it and (on CUDA) capture its graphs."""
