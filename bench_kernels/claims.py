@@ -236,6 +236,14 @@ def _product(runtime_version: str) -> str:
     return runtime_version.split(" ")[0].lower().replace("-", "_") if runtime_version.strip() else ""
 
 
+def _precision_distance(measured: str, claimed: str) -> float:
+    """0 for the claim's precision, 0.5 for another of the same width (bf16 for an fp16 claim), else 1."""
+    if measured == claimed:
+        return 0.0
+    width = PROJECTION_BYTES.get(measured)
+    return 0.5 if width is not None and width == PROJECTION_BYTES[claimed] else 1.0
+
+
 def _candidates(claim: Claim, rows: pd.DataFrame) -> pd.DataFrame:
     """Rows that measured the claim's metric, with that measurement in `measured` and their distance from the claim."""
     ok = rows[rows["status"] == "ok"]
@@ -254,7 +262,8 @@ def _candidates(claim: Claim, rows: pd.DataFrame) -> pd.DataFrame:
         measured=measured,
         other_runtime=ok["runtime"] != claim.runtime,
         other_product=ok["runtime_version"].map(lambda v: bool(product) and _product(v) != product),
-        other_precision=ok["precision"] != claim.precision,
+        other_precision=ok["precision"].map(lambda p: _precision_distance(p, claim.precision)),
+        other_gpu_count=ok["gpu_count"].fillna(1) != claim.gpu_count,
         batch_distance=(ok["batch_size"] / (claim.batch_size or 1)).map(lambda r: abs(math.log2(r))) if shaped else 0.0,
         input_distance=(ok["input_len"] - claim.input_len).abs() if shaped else 0.0,
         output_distance=(ok["output_len"] - claim.output_len).abs() if shaped else 0.0,
@@ -262,20 +271,21 @@ def _candidates(claim: Claim, rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _nearest(claim: Claim, rows: pd.DataFrame) -> pd.Series | None:
-    """The measurement nearest the claim: same runtime first, then product, precision, batch, input and output
-    length; for memory the smallest footprint (nearest a weights-only figure)."""
+    """The measurement nearest the claim: same runtime first, then product, precision (or one as wide), GPU count,
+    batch, input and output length; for memory the smallest footprint (nearest a weights-only figure)."""
     candidates = _candidates(claim, rows)
     if candidates.empty:
         return None
-    order = ["other_runtime", "other_product", "other_precision", "batch_distance", "input_distance",
-             "output_distance", "measured"]
+    order = ["other_runtime", "other_product", "other_precision", "other_gpu_count", "batch_distance",
+             "input_distance", "output_distance", "measured"]
     ascending = [True] * (len(order) - 1) + [claim.metric != "tokens_per_s"]
     return candidates.sort_values(order, ascending=ascending, kind="stable").iloc[0]
 
 
 def _comparable(row: pd.Series) -> bool:
-    """Whether the row measured the claim's configuration: runtime, product, precision and batch."""
-    return not (row["other_runtime"] or row["other_product"] or row["other_precision"] or row["batch_distance"])
+    """Whether the row measured the claim's configuration: runtime, product, precision, GPU count and batch."""
+    return not (row["other_runtime"] or row["other_product"] or row["other_precision"] or row["other_gpu_count"]
+                or row["batch_distance"])
 
 
 def _row_configuration(row: pd.Series) -> str:
@@ -380,7 +390,8 @@ def verdict_rule_html() -> str:
     tolerance, e = f"{TOLERANCE:.0%}", html.escape
     return (
         "<p>Each claim is set beside the physical limit for it on the GPU this run measured and beside what this "
-        "run measured for the nearest configuration. <b>Throughput limit</b>: a decode step reads every weight "
+        "run measured for the nearest configuration (same runtime first, then product, precision or one as wide, "
+        "GPU count, batch, lengths). <b>Throughput limit</b>: a decode step reads every weight "
         "matrix once (projections at the claim's precision; LM head and norms 16-bit, as the compiled runtime and "
         "common fp8 and AWQ recipes keep them; of the embedding table only the batch's rows, not counted) and the "
         "batch's KV cache (fp8 for fp8 claims) at the claim's context, "
@@ -393,7 +404,7 @@ def verdict_rule_html() -> str:
         f"<p>Verdicts: <b>{e(BEYOND)}</b>: a throughput more than {tolerance} above its limit; "
         f"<b>{e(BELOW_WEIGHTS)}</b>: a memory figure more than {tolerance} below its weights' bytes; "
         f"<b>{e(CONSISTENT)}</b>: within the limit, and this run measured the same runtime (same product), "
-        f"precision and batch at least as well as the claim, within {tolerance}; <b>{e(NOT_REPRODUCED)}</b>: "
+        f"precision, GPU count and batch at least as well as the claim, within {tolerance}; <b>{e(NOT_REPRODUCED)}</b>: "
         f"within the limit, but this run's same configuration fell short of it by more than {tolerance}; "
         f"<b>{e(NOT_MEASURED)}</b>: within the limit (or none applies), and nothing comparable ran here; the "
         "nearest measurement is still shown.</p>"

@@ -110,6 +110,31 @@ def test_the_nearest_configuration_prefers_runtime_then_precision_then_batch_the
     assert "compiled (torch 2.11.0) fp8, batch 1, 2048 in / 128 out" in row["measured_configuration"]
 
 
+def test_the_nearest_configuration_matches_gpu_count_and_a_precision_of_the_same_width(tmp_path: Path) -> None:
+    results = make_results(tmp_path, {"gpu_count": 2, "itl_ms_p50": 2.0}, {"gpu_count": 1, "itl_ms_p50": 4.0},
+                           {"model": "llama-3.1-70b", "precision": "int4", "peak_mem_gb": 40.0},
+                           {"model": "llama-3.1-70b", "precision": "bf16", "gpu_count": 2, "peak_mem_gb": 143.6})
+    one_card = check_claims([make_claim(claimed=200.0)], results).iloc[0]
+    assert one_card["measured"] == pytest.approx(250.0) and one_card["verdict"] == CONSISTENT
+    fp16 = make_claim(metric="memory_gb", claimed=142.0, precision="fp16", gpu_count=2,
+                      model="preset:llama-3.1-70b", batch_size=None)
+    row = check_claims([fp16], results).iloc[0]
+    assert row["measured"] == pytest.approx(143.6) and "bf16" in row["measured_configuration"]
+    assert row["verdict"] == NOT_MEASURED  # bf16 is as wide as fp16, but not the claim's precision
+
+
+def test_shipped_70b_claims_against_the_committed_two_h100_run() -> None:
+    checked = check_claims(load_claims(SHIPPED), load_results("reports/h100x2-llama3.1-70b/results.csv"))
+    checked = checked.set_index("claim")
+    fp8 = checked.loc["tensorrt-70b-fp8-batch1-throughput"]
+    # Compiled fp8 on one card decodes below the limit its own run's bandwidth sets; the claim is far beyond it.
+    assert fp8["measured"] < fp8["physical_limit"] < fp8["claimed"] / 20
+    assert fp8["verdict"] == BEYOND and "fp8, batch 1" in fp8["measured_configuration"]
+    memory = checked[checked["metric"] == "memory_gb"]
+    assert (memory["measured"] >= memory["physical_limit"]).all()  # no run holds less than its weights
+    assert "bf16" in checked.loc["tensorrt-70b-fp16-memory", "measured_configuration"]
+
+
 def test_shipped_claims_get_computed_verdicts_against_the_committed_h100_run() -> None:
     claims = load_claims(SHIPPED)
     results = load_results("reports/h100-llama3.1-8b/results.csv")
