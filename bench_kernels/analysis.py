@@ -414,6 +414,11 @@ def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.astype({c: float for c in ("build_s", "batch_size", "input_len", "speedup", "break_even_tokens")})
 
 
+def on_gpus(gpu_count: Any) -> str:
+    """' on 2 GPUs' for a deployment over several GPUs; '' for one, or where the count is not recorded."""
+    return f" on {int(gpu_count)} GPUs" if pd.notna(gpu_count) and gpu_count > 1 else ""
+
+
 def not_yet_run(df: pd.DataFrame, precisions_per_runtime: dict[str, list[str]], batch_sizes: list[int],
                 input_lens: list[int]) -> pd.DataFrame:
     """The spec's (runtime, precision) inference shapes with no row at all yet (a sweep stopped or split over

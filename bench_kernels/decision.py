@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench_kernels.analysis import gate_failures, ok_rows
+from bench_kernels.analysis import gate_failures, ok_rows, on_gpus
 from bench_kernels.results import KEY_COLUMNS
 
 SECONDS_PER_DAY = 86_400
@@ -196,8 +196,7 @@ def describe(row: pd.Series | None) -> str:
     """'compiled fp8, batch 8' for a configuration row ('compiled fp8 on 2 GPUs, batch 8' for a split one)."""
     if row is None:
         return "none"
-    gpus = f" on {int(row['gpu_count'])} GPUs" if row["gpu_count"] > 1 else ""
-    return f"{row['runtime']} {row['precision']}{gpus}, batch {int(row['batch_size'])}"
+    return f"{row['runtime']} {row['precision']}{on_gpus(row['gpu_count'])}, batch {int(row['batch_size'])}"
 
 
 def summary_facts(rec: Recommendation) -> dict[str, Any]:

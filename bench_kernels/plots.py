@@ -7,7 +7,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import baseline_precision, break_even_table, ok_rows, speedup_table, split_deployments
+from bench_kernels.analysis import (baseline_precision, break_even_table, ok_rows, on_gpus, speedup_table,
+                                    split_deployments)
 from bench_kernels.compare import BETTER, NOT_JUDGED, SPEED, SPEED_WORDS, UNCHANGED, WORSE
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -16,7 +17,7 @@ sns.set_theme(style="whitegrid", context="notebook")
 def _series_label(df: pd.DataFrame) -> pd.Series:
     """'compiled fp8', or 'compiled fp8 on 2 GPUs' for a deployment over several GPUs."""
     gpus = pd.to_numeric(df["gpu_count"], errors="coerce").fillna(1) if "gpu_count" in df else 1
-    suffix = gpus.map(lambda n: f" on {int(n)} GPUs" if n > 1 else "") if isinstance(gpus, pd.Series) else ""
+    suffix = gpus.map(on_gpus) if isinstance(gpus, pd.Series) else ""
     return df["runtime"] + " " + df["precision"] + suffix
 
 
@@ -239,7 +240,7 @@ def pareto(table: pd.DataFrame, tpot_ms: float | None = None) -> Figure | None:
     data = table.dropna(subset=["per_user_tokens_per_s", "tokens_per_s_per_gpu"])
     if data.empty:
         return None
-    gpus = data["gpu_count"].map(lambda n: f" on {int(n)} GPUs" if n > 1 else "")
+    gpus = data["gpu_count"].map(on_gpus)
     data = data.assign(series=data["runtime"] + " " + data["precision"] + gpus).sort_values("batch_size")
     fig, ax = plt.subplots(figsize=(8, 5))
     sns.lineplot(data=data, x="per_user_tokens_per_s", y="tokens_per_s_per_gpu", hue="series", style="series",

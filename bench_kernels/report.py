@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, WINNER_MARK, build_rows,
                                     decision_matrix, gate_failures, inference_rows, ok_rows, quality_rows, shorten,
-                                    not_yet_run, runs_precision, unmeasured_summary)
+                                    not_yet_run, on_gpus, runs_precision, unmeasured_summary)
 from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
@@ -175,7 +175,7 @@ def recommendation_html(rec: "Recommendation", targets: "Targets") -> str:
 
 def _losers_html(rec: "Recommendation") -> str:
     items = "".join(f"<li><b>{html.escape(r.runtime)} {html.escape(r.precision)}"
-                    f"{f' on {r.gpu_count} GPUs' if r.gpu_count > 1 else ''}</b>: {html.escape(r.reason)}</li>"
+                    f"{on_gpus(r.gpu_count)}</b>: {html.escape(r.reason)}</li>"
                     for r in rec.losers.itertuples())
     return f"<ul>{items}</ul>"
 
@@ -357,8 +357,7 @@ def pending_work(row: pd.Series) -> str:
 
 def pending_item(row: pd.Series) -> str:
     """One not_yet_run line as an HTML list item: runtime, precision, GPU count when several, what it lacks."""
-    gpus = f" on {int(row['gpu_count'])} GPUs" if pd.notna(row["gpu_count"]) and row["gpu_count"] > 1 else ""
-    return (f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}{gpus}: "
+    return (f"<li><b>{html.escape(row['runtime'])}</b> {html.escape(row['precision'])}{on_gpus(row['gpu_count'])}: "
             f"{pending_work(row)}</li>")
 
 
