@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import functools
 import importlib.metadata
 import logging
+import multiprocessing
 import os
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,6 +92,7 @@ def cpu_name() -> str:
 def provenance(device: torch.device) -> dict[str, str]:
     """The environment block every results row carries."""
     cuda = device.type == "cuda"
+    rates = device_rates(device.type)
     block = {
         "device": device.type,
         "gpu_name": torch.cuda.get_device_name(device) if cuda else "",
@@ -100,13 +104,11 @@ def provenance(device: torch.device) -> dict[str, str]:
         "transformers_version": _version("transformers"),
         "git_sha": git_sha(),
         # Measured once per process at the start of a sweep: the roofline's denominators.
-        "copy_gbps": f"{copy_bandwidth_gbps(device.type):.1f}",
-        "read_gbps": f"{read_bandwidth_gbps(device.type):.1f}",
-        **{f"matmul_tflops_{precision}": f"{tflops:.4g}" for precision, tflops in
-           matmul_rates_tflops(device.type).items()},
+        "copy_gbps": f"{rates.copy_gbps:.1f}",
+        "read_gbps": f"{rates.read_gbps:.1f}",
+        **{f"matmul_tflops_{precision}": f"{tflops:.4g}" for precision, tflops in rates.matmul_tflops.items()},
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _return_cached_memory(device)  # the measurements' buffers
     return block
 
 
@@ -151,44 +153,61 @@ def _best_time_s(work: Callable[[], object], device: torch.device, repeats: int)
     return best_s
 
 
-def _return_cached_memory(device: torch.device) -> None:
-    """Give a measurement's buffers back to the GPU: the sweep's process shares GPU 0 with rank 0 of a
-    tensor-parallel deployment, and a model that fills one card needs every GB."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def _stream_bytes(device_type: str) -> int:
     """Buffer size for the bandwidth measurements: 1 GiB on a GPU (an H100 copies 256 MiB about 5% slower,
     and a decode step streams tens of GB), 256 MiB on a CPU."""
     return 2**30 if device_type == "cuda" else 256 * 2**20
 
 
-@functools.cache
 def copy_bandwidth_gbps(device_type: str, repeats: int = 5) -> float:
     """Measured copy bandwidth in GB/s, counting bytes read plus bytes written (best of repeats)."""
     device, nbytes = torch.device(device_type), _stream_bytes(device_type)
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
-    gbps = 2 * nbytes / _best_time_s(lambda: dst.copy_(src), device, repeats) / 1e9
-    log.info("measured %s copy bandwidth: %.1f GB/s", device.type, gbps)
-    return gbps
+    return 2 * nbytes / _best_time_s(lambda: dst.copy_(src), device, repeats) / 1e9
 
 
-@functools.cache
 def read_bandwidth_gbps(device_type: str, repeats: int = 5) -> float:
     """Measured read bandwidth in GB/s: a sum over a buffer, which reads every byte and writes almost nothing
     (a decode step mostly reads; on some cards reading alone may be faster than copying)."""
     device, nbytes = torch.device(device_type), _stream_bytes(device_type)
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    gbps = nbytes / _best_time_s(lambda: src.sum(), device, repeats) / 1e9
-    log.info("measured %s read bandwidth: %.1f GB/s", device.type, gbps)
-    return gbps
+    return nbytes / _best_time_s(lambda: src.sum(), device, repeats) / 1e9
 
 
-def streaming_bandwidth_gbps(device_type: str) -> float:
-    """The roofline's bandwidth: the faster of the measured copy and read rates."""
-    return max(copy_bandwidth_gbps(device_type), read_bandwidth_gbps(device_type))
+@dataclass(frozen=True)
+class DeviceRates:
+    """What the rooflines divide by, measured on one kind of device."""
+
+    copy_gbps: float
+    read_gbps: float
+    matmul_tflops: dict[str, float]  # per compute precision that runs there
+
+    @property
+    def streaming_gbps(self) -> float:
+        """The decode roofline's bandwidth: the faster of the copy and read rates."""
+        return max(self.copy_gbps, self.read_gbps)
+
+
+def _measure_rates(device_type: str, cpu_threads: int) -> DeviceRates:
+    torch.set_num_threads(cpu_threads)
+    return DeviceRates(copy_bandwidth_gbps(device_type), read_bandwidth_gbps(device_type),
+                       matmul_rates_tflops(device_type))
+
+
+@functools.cache
+def device_rates(device_type: str) -> DeviceRates:
+    """The rates, measured once per process in a child process of their own (at the caller's CPU thread count).
+
+    The CUDA context and cuBLAS kernels a measurement loads hold about 1.7 GB of the GPU until their process
+    exits, and no empty_cache returns it; in the sweep's own process that was GPU 0's memory that rank 0 of a
+    tensor-parallel deployment lacked (a 70B bf16 half at batch 32, input 1024, ran out by 0.2 GB)."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        rates = pool.submit(_measure_rates, device_type, torch.get_num_threads()).result()
+    log.info("measured %s rates: copy %.1f GB/s, read %.1f GB/s, matmul %s", device_type, rates.copy_gbps,
+             rates.read_gbps, ", ".join(f"{p} {t:.1f} TFLOP/s" for p, t in rates.matmul_tflops.items()))
+    return rates
 
 
 def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> float:
@@ -227,7 +246,6 @@ def _matmul_work(precision: str, n: int, device: torch.device) -> Callable[[], o
     return lambda: a @ b
 
 
-@functools.cache
 def matmul_rates_tflops(device_type: str) -> dict[str, float]:
     """Measured dense matmul rate in TFLOP/s per compute precision (best of several after one untimed call).
 
@@ -244,8 +262,6 @@ def matmul_rates_tflops(device_type: str) -> dict[str, float]:
         except RuntimeError as err:  # this device or torch build cannot run it: no rate, and the reason logged
             log.info("%s %s matmul rate not measured: %s", device.type, precision, str(err).splitlines()[0])
             continue
-        log.info("measured %s %s matmul rate: %.1f TFLOP/s", device.type, precision, rates[precision])
-    _return_cached_memory(device)
     return rates
 
 

@@ -21,8 +21,7 @@ from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.architecture import decode_roofline_tokens_per_s, decode_step_bytes, prefill_flops
 from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import mbu
-from bench_kernels.hardware import (last_level_cache_bytes, matmul_rates_tflops, pick_device, provenance,
-                                    streaming_bandwidth_gbps)
+from bench_kernels.hardware import device_rates, last_level_cache_bytes, pick_device, provenance
 from bench_kernels.models import PROJECTION_BYTES, LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
@@ -313,7 +312,7 @@ def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size
         return {"notes": f"{ROOFLINE_NOT_APPLICABLE} ({step_bytes / 1e6:.1f} MB of weights and KV cache fit in "
                          f"the CPU's {last_level_cache_bytes() / 2**20:.0f} MiB last-level cache)"}
     bound = decode_roofline_tokens_per_s(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len,
-                                         streaming_bandwidth_gbps(ctx.device.type), link_bytes, runtime.link_gbps)
+                                         device_rates(ctx.device.type).streaming_gbps, link_bytes, runtime.link_gbps)
     step_s = itl_ms_p50 / 1e3 if itl_ms_p50 > 0 else float("nan")
     decode_gbps = decode_step_bytes(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len) \
         / step_s / 1e9
@@ -332,7 +331,7 @@ def _prefill_roofline(ctx: SweepContext, runtime: Runtime, gpu_count: int, batch
     precision = runtime_cls.prefill_compute_precision(ctx.device, runtime.precision)
     flops = prefill_flops(runtime.loaded.config, batch_size, input_len, runtime_cls.prefill_logits_every_position)
     tflops = flops / (ttft_ms_p50 / 1e3) / 1e12
-    rate = matmul_rates_tflops(ctx.device.type).get(precision)
+    rate = device_rates(ctx.device.type).matmul_tflops.get(precision)
     if rate is None:
         return {"prefill_precision": precision, "prefill_tflops": tflops,
                 "notes": f"no prefill efficiency: no {precision} matmul rate was measured on this {ctx.device.type}"}

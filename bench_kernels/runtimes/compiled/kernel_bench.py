@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_kernels.architecture import preset_fields
-from bench_kernels.hardware import matmul_rates_tflops, streaming_bandwidth_gbps
+from bench_kernels.hardware import device_rates
 from bench_kernels.quantization import dequantize_int4, quantize_int4
 from bench_kernels.runtimes.compiled.linear_ops import (
     _scaled_mm_rowwise,
@@ -119,9 +119,9 @@ def main() -> None:
     shapes = projection_shapes(args.preset)
     print(torch.cuda.get_device_name(), args.preset, shapes)
     if not args.prefill_only:
-        decode_table(shapes, streaming_bandwidth_gbps("cuda"))
+        decode_table(shapes, device_rates("cuda").streaming_gbps)
     if not args.decode_only:
-        prefill_table(shapes, matmul_rates_tflops("cuda"))
+        prefill_table(shapes, device_rates("cuda").matmul_tflops)
 
 
 if __name__ == "__main__":
