@@ -15,15 +15,15 @@ import pandas as pd
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 
 INFERENCE_COLUMNS = [
-    "runtime", "precision", "batch_size", "input_len", "output_len", "status", "tokens_per_s",
+    "runtime", "precision", "gpu_count", "batch_size", "input_len", "output_len", "status", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
-    "latency_ms_p99", "peak_mem_gb", "token_agreement", "first_divergence_p50", "max_logit_diff",
-    "roofline_tokens_per_s", "efficiency", "decode_gbps", "mbu", "prefill_precision", "prefill_tflops",
+    "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu", "token_agreement", "first_divergence_p50",
+    "max_logit_diff", "roofline_tokens_per_s", "efficiency", "decode_gbps", "mbu", "prefill_precision", "prefill_tflops",
     "prefill_efficiency", "error",
 ]
 QUALITY_COLUMNS = ["runtime", "precision", "status", "perplexity", "ppl_delta_pct", "error", "notes"]
-BUILD_COLUMNS = ["runtime", "precision", "status", "build_s", "artifact_mb", "cache_hit", "runtime_version",
-                 "error", "notes"]
+BUILD_COLUMNS = ["runtime", "precision", "gpu_count", "status", "build_s", "artifact_mb", "cache_hit",
+                 "runtime_version", "error", "notes"]
 WINNER_MARK = "★ "
 GATE_MARK = " ✗ over the accuracy gate"
 NOT_MEANINGFUL = "not meaningful: random weights"
@@ -417,6 +417,34 @@ def break_even_table(df: pd.DataFrame) -> pd.DataFrame:
 def on_gpus(gpu_count: Any) -> str:
     """' on 2 GPUs' for a deployment over several GPUs; '' for one, or where the count is not recorded."""
     return f" on {int(gpu_count)} GPUs" if pd.notna(gpu_count) and gpu_count > 1 else ""
+
+
+SCALING_COLUMNS = ["runtime", "precision", "gpu_count", "batch_size", "input_len", "tokens_per_s",
+                   "tokens_per_s_per_gpu", "peak_mem_gb_per_gpu", "tokens_per_s_1gpu", "peak_mem_gb_1gpu",
+                   "scaling_efficiency", "one_gpu"]
+
+
+def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Each shape a deployment over several GPUs measured, beside the same runtime, precision and shape on one GPU:
+    tokens/s of the deployment and per GPU, peak memory per GPU, and the scaling efficiency (tokens/s on N GPUs
+    over N times one GPU's). one_gpu says what one GPU did: 'ok', the error (e.g. the model does not fit), or
+    'not run'; the efficiency is blank unless it ran."""
+    rows = inference_rows(df)
+    if rows.empty or "gpu_count" not in rows:
+        return pd.DataFrame(columns=SCALING_COLUMNS)
+    rows = rows.assign(gpu_count=pd.to_numeric(rows["gpu_count"], errors="coerce").fillna(1).astype(int))
+    several = rows[(rows["gpu_count"] > 1) & (rows["status"] == "ok")]
+    shape = ["runtime", "precision", "batch_size", "input_len", "output_len"]
+    one = rows[rows["gpu_count"] == 1].drop_duplicates(shape, keep="last")
+    one = one.assign(one_gpu=[status if status == "ok" else f"{status}: {shorten(str(error), 60)}"
+                              for status, error in zip(one["status"], one["error"].fillna(""))])
+    one = one[shape + ["tokens_per_s", "peak_mem_gb_per_gpu", "one_gpu"]].rename(
+        columns={"tokens_per_s": "tokens_per_s_1gpu", "peak_mem_gb_per_gpu": "peak_mem_gb_1gpu"})
+    table = several.merge(one, on=shape, how="left")
+    table = table.assign(tokens_per_s_per_gpu=table["tokens_per_s"] / table["gpu_count"],
+                         scaling_efficiency=table["tokens_per_s"] / (table["gpu_count"] * table["tokens_per_s_1gpu"]),
+                         one_gpu=table["one_gpu"].fillna("not run"))
+    return table[SCALING_COLUMNS].reset_index(drop=True).astype({c: "Int64" for c in ("batch_size", "input_len")})
 
 
 def not_yet_run(df: pd.DataFrame, precisions_per_runtime: dict[str, list[str]], batch_sizes: list[int],

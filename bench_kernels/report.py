@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, WINNER_MARK, build_rows,
                                     decision_matrix, gate_failures, inference_rows, ok_rows, quality_rows, shorten,
-                                    not_yet_run, on_gpus, runs_precision, unmeasured_summary)
+                                    not_yet_run, on_gpus, runs_precision, scaling_table, unmeasured_summary)
 from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
@@ -319,6 +319,32 @@ ROOFLINE_COLUMNS = ["runtime", "precision", "gpu_count", "batch_size", "input_le
 def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
     """Every measured row against both rooflines: decode (efficiency, MBU) and prefill (compute)."""
     return readable(_int_columns(ok_rows(df)[ROOFLINE_COLUMNS].reset_index(drop=True)))
+
+
+def several_gpus_html(df: pd.DataFrame) -> str:
+    """What spreading a deployment over several GPUs bought: its scaling efficiency where one GPU ran the same
+    shapes, or why one GPU did not (HTML; scaling_table has the rows)."""
+    table = scaling_table(df)
+    if table.empty:
+        return "<p>Every measured deployment ran on one GPU.</p>"
+    items = []
+    for (runtime, precision, gpus), rows in table.groupby(["runtime", "precision", "gpu_count"], sort=False):
+        name = f"<b>{html.escape(runtime)}</b> {html.escape(precision)}{on_gpus(gpus)}"
+        efficiency = rows["scaling_efficiency"].dropna()
+        shapes = f"{len(efficiency)} of its {len(rows)} shapes" if len(efficiency) < len(rows) else "every shape"
+        failed = rows.loc[rows["one_gpu"] != "ok", "one_gpu"]
+        if efficiency.empty:
+            items.append(f"<li>{name}: no scaling efficiency (on one GPU: {html.escape(failed.iloc[0])})</li>")
+            continue
+        spread = (f"{efficiency.iloc[0]:.2f}" if len(efficiency) == 1
+                  else f"{efficiency.min():.2f} to {efficiency.max():.2f}")
+        rest = f"; none for the others (on one GPU: {html.escape(failed.iloc[0])})" if not failed.empty else ""
+        items.append(f"<li>{name}: {spread} of {int(gpus)} times one GPU's tokens/s ({shapes}){rest}</li>")
+    return ("<p>Tensor parallelism splits every layer over the GPUs: each reads its share of the weights and KV "
+            "cache at once, then they all-reduce twice per layer. A device map (the reference's "
+            "<code>device_map: auto</code>) puts whole layers on each GPU, and the GPUs take turns: it adds "
+            "memory, not speed. Scaling efficiency is tokens/s on N GPUs over N times tokens/s on one, at the same "
+            "runtime, precision and shape; 1.0 would be ideal.</p>" f"<ul>{''.join(items)}</ul>")
 
 
 def roofline_html(df: pd.DataFrame) -> str:

@@ -14,8 +14,8 @@ from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE, WINNER_MARK, decisio
 from bench_kernels.config import parse_config
 from bench_kernels.decision import Targets, configurations, cost_table, recommend
 from bench_kernels.report import (availability_notes, build_table, method_notes, profiles_html, provenance_table,
-                                  recommendation_html, results_table, roofline_html, roofline_table,
-                                  unmeasured_summary)
+                                  recommendation_html, results_table, roofline_html, roofline_table, scaling_table,
+                                  several_gpus_html, unmeasured_summary)
 from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS, load_results
 from bench_kernels.sweep import run_sweeps
 
@@ -73,7 +73,8 @@ def test_every_table_and_chart_renders(rows: list[dict]) -> None:
         figure = chart(df)
         assert figure is None or figure.axes, name
     results_table(df), build_table(df), provenance_table(df), unmeasured_summary(df), roofline_table(df)
-    assert availability_notes(df, cfg) and method_notes(cfg, df) and roofline_html(df)
+    scaling_table(df)
+    assert availability_notes(df, cfg) and method_notes(cfg, df) and roofline_html(df) and several_gpus_html(df)
     targets = Targets(batch_size=4, input_len=8, output_len=4, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
     table = configurations(df, targets)
     assert "Workload and targets" in recommendation_html(recommend(table, df), targets)
@@ -214,6 +215,21 @@ def test_deployments_over_several_gpu_counts_stay_apart() -> None:
     figure = plots.throughput_vs_batch(df)
     labels = {t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert labels == {"compiled fp8", "compiled fp8 on 2 GPUs"}
+    table = results_table(df)  # two rows of one shape: the GPU count and memory per GPU tell them apart
+    assert table[["gpu_count", "peak_mem_gb_per_gpu"]].astype(float).values.tolist() == [
+        [1, 73.0], [2, 37.6], [1, 73.0], [2, 37.6]]
+    scaling = scaling_table(df)
+    assert scaling["scaling_efficiency"].round(4).tolist() == [round(68 / (2 * 48), 4), round(400 / (2 * 270), 4)]
+    assert scaling["tokens_per_s_per_gpu"].tolist() == [34.0, 200.0] and set(scaling["one_gpu"]) == {"ok"}
+    assert "<b>compiled</b> fp8 on 2 GPUs: 0.71 to 0.74 of 2 times one GPU's tokens/s (every shape)" in \
+        several_gpus_html(df)
+    # A model one GPU cannot hold: no efficiency, and the reason one GPU gave.
+    too_big = frame([{**failed("compiled", 1, 8, precision="bf16"), "gpu_count": 1},
+                     ok("compiled", 1, 8, 35.0, "bf16", gpu_count=2, peak_mem_gb_per_gpu=71.8)])
+    assert scaling_table(too_big)["scaling_efficiency"].isna().all()
+    assert "bf16 on 2 GPUs: no scaling efficiency (on one GPU: error: compiled cannot run: a reason)" in \
+        several_gpus_html(too_big)
+    assert several_gpus_html(frame([one])) == "<p>Every measured deployment ran on one GPU.</p>"
 
 
 def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
