@@ -18,8 +18,8 @@ INFERENCE_COLUMNS = [
     "runtime", "precision", "gpu_count", "batch_size", "input_len", "output_len", "status", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
     "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu", "token_agreement", "first_divergence_p50",
-    "max_logit_diff", "roofline_tokens_per_s", "efficiency", "decode_gbps", "mbu", "prefill_precision", "prefill_tflops",
-    "prefill_efficiency", "error",
+    "max_logit_diff", "roofline_tokens_per_s", "efficiency", "decode_gbps", "mbu", "prefill_precision",
+    "prefill_tflops", "prefill_efficiency", "error",
 ]
 QUALITY_COLUMNS = ["runtime", "precision", "status", "perplexity", "ppl_delta_pct", "error", "notes"]
 BUILD_COLUMNS = ["runtime", "precision", "gpu_count", "status", "build_s", "artifact_mb", "cache_hit",

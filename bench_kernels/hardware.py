@@ -225,6 +225,33 @@ def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> f
     return gbps
 
 
+def all_reduce_latency_us(device: torch.device, numel: int, dtype: torch.dtype, calls: int, repeats: int = 5) -> float:
+    """Measured microseconds per all-reduce (a sum of numel elements over the default group) when `calls` of them run
+    back to back, as one decode step issues them: replayed from a CUDA graph on GPUs, as the compiled decode runs
+    them, eager on the CPU. At a decode step's sizes this is latency, which the bandwidth above does not show.
+    Every rank must call it."""
+    import torch.distributed as dist
+
+    group = dist.group.WORLD.group_name
+    data = torch.ones(numel, dtype=dtype, device=device)
+    functional = torch.ops._c10d_functional
+
+    def reduce_all() -> None:
+        for _ in range(calls):
+            functional.wait_tensor(functional.all_reduce(data, "sum", group))
+
+    work: Callable[[], object] = reduce_all
+    if device.type == "cuda":
+        reduce_all()
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the process group's watchdog thread queries events during the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            reduce_all()
+        work = graph.replay
+    return _best_time_s(work, device, repeats) / calls * 1e6
+
+
 def _matmul_work(precision: str, n: int, device: torch.device) -> Callable[[], object]:
     """One n x n x n matmul in a compute precision, as the runtimes' prefills issue it."""
     if precision == "fp8":

@@ -6,6 +6,7 @@ groups, 2 + 1 (6 + 3 query heads). The tiny Llama (4 and 2 heads) splits evenly.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import psutil
@@ -61,6 +62,9 @@ def test_tensor_parallel_2_matches_1_on_the_embedded_model():
         one.prepare([2], [12], 16)
         build = two.prepare([2], [12], 16)
         assert two.link_gbps > 0 and "query heads 6+3, KV heads 2+1" in build.notes
+        # 30 layers: 60 all-reduces a decode step, each timed (gloo on this CPU: tens of microseconds or more).
+        latency = re.search(r"decode step's 60 all-reduces take ([0-9.]+) us each", build.notes)
+        assert latency and float(latency.group(1)) > 0, build.notes
         single, split = one.measure(ids, 16, 0, 1), two.measure(ids, 16, 0, 1)
         assert torch.equal(split.last_output, single.last_output), (split.last_output, single.last_output)
         difference = (two.first_step_logits(ids) - one.first_step_logits(ids)).abs().max().item()

@@ -345,8 +345,11 @@ class CompiledRuntime(Runtime):
         args = DecoderArgs.from_hf_config(self.loaded.config)
         degree = self.options.tensor_parallel
         split = split_description(args.num_heads, args.num_kv_heads, args.intermediate_size, degree)
-        notes = (f"tensor parallel {degree} over {self.rank_facts[0]['backend']} ({split}), all-reduce bus bandwidth "
-                 f"{self.link_gbps:.1f} GB/s; "
+        facts = self.rank_facts[0]
+        calls, each_us = facts["step_all_reduces"], facts["all_reduce_us"]
+        notes = (f"tensor parallel {degree} over {facts['backend']} ({split}), all-reduce bus bandwidth "
+                 f"{self.link_gbps:.1f} GB/s; a batch-1 decode step's {calls} all-reduces take {each_us:.1f} us "
+                 f"each, {calls * each_us / 1e3:.2f} ms per step; "
                  + self._build_notes(len(batch_sizes) * len(input_lens), pack_s, not_warmed, backends))
         # Fresh rank processes compile everything again (inductor's on-disk cache may still shorten it).
         return BuildInfo(build_s=build_s, artifact_mb=0.0, cache_hit=False, notes=notes)

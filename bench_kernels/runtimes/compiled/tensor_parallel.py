@@ -88,7 +88,7 @@ def _start_rank(rank: int, world: int, store_path: str, request: RankRequest, ti
     import torch
     import torch.distributed as dist
 
-    from bench_kernels.hardware import all_reduce_bus_gbps
+    from bench_kernels.hardware import all_reduce_bus_gbps, all_reduce_latency_us
     from bench_kernels.models import load_model
     from bench_kernels.runtimes.compiled.runtime import CompiledRuntime
     from bench_kernels.runtimes.compiled.sharding import Shard
@@ -109,8 +109,13 @@ def _start_rank(rank: int, world: int, store_path: str, request: RankRequest, ti
     runtime = CompiledRuntime(loaded, request.precision, device, request.options, shard=shard)
     start = time.perf_counter()
     runtime.pack()
+    pack_s = time.perf_counter() - start
     static = runtime.static
-    facts = {"backend": backend, "link_gbps": link_gbps, "pack_s": time.perf_counter() - start,
+    # A decode step at batch 1: two all-reduces of one token's hidden state per layer.
+    step_all_reduces = 2 * static.args.num_layers
+    all_reduce_us = all_reduce_latency_us(device, static.args.hidden_size, static.embed.dtype, step_all_reduces)
+    facts = {"backend": backend, "link_gbps": link_gbps, "all_reduce_us": all_reduce_us,
+             "step_all_reduces": step_all_reduces, "pack_s": pack_s,
              "weight_bytes": static.weight_bytes(), "kv_bytes_per_token": static.kv_bytes_per_token(),
              "link_bytes_per_token": static.link_bytes_per_token()}
     return runtime, facts
