@@ -35,12 +35,19 @@ def shorten(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def gpu_counts(rows: pd.DataFrame) -> pd.Series:
+    """GPUs one deployment of each row uses (1 where the rows do not say)."""
+    if "gpu_count" not in rows:
+        return pd.Series(1.0, index=rows.index)
+    return pd.to_numeric(rows["gpu_count"], errors="coerce").fillna(1.0).clip(lower=1.0)
+
+
 def split_deployments(df: pd.DataFrame) -> pd.DataFrame:
     """Rows whose runtime ran on several GPU counts (e.g. one card and tensor parallel 2) relabelled
     'compiled (2 GPUs)', so each deployment is its own column and line; other rows keep their runtime's name."""
     if "gpu_count" not in df or df.empty:
         return df
-    gpus = pd.to_numeric(df["gpu_count"], errors="coerce").fillna(1)
+    gpus = gpu_counts(df)
     several = df.assign(gpus=gpus).groupby("runtime")["gpus"].transform("nunique") > 1
     relabel = several & (gpus > 1)
     if not relabel.any():
@@ -432,10 +439,10 @@ def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = inference_rows(df)
     if rows.empty or "gpu_count" not in rows:
         return pd.DataFrame(columns=SCALING_COLUMNS)
-    rows = rows.assign(gpu_count=pd.to_numeric(rows["gpu_count"], errors="coerce").fillna(1).astype(int))
+    rows = rows.assign(gpu_count=gpu_counts(rows).astype(int))
     several = rows[(rows["gpu_count"] > 1) & (rows["status"] == "ok")]
-    shape = ["runtime", "precision", "batch_size", "input_len", "output_len"]
-    one = rows[rows["gpu_count"] == 1].drop_duplicates(shape, keep="last")
+    shape = ["model", "runtime", "precision", "batch_size", "input_len", "output_len"]
+    one = rows[rows["gpu_count"] == 1]
     one = one.assign(one_gpu=[status if status == "ok" else f"{status}: {shorten(str(error), 60)}"
                               for status, error in zip(one["status"], one["error"].fillna(""))])
     one = one[shape + ["tokens_per_s", "peak_mem_gb_per_gpu", "one_gpu"]].rename(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench_kernels.analysis import gate_failures, ok_rows, on_gpus
+from bench_kernels.analysis import gate_failures, gpu_counts, ok_rows, on_gpus
 from bench_kernels.results import KEY_COLUMNS
 
 SECONDS_PER_DAY = 86_400
@@ -32,13 +32,6 @@ class Targets:
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     max_ppl_delta_pct: float | None = None
-
-
-def _gpus(rows: pd.DataFrame) -> pd.Series:
-    """GPUs one deployment of each row uses (1 where the rows do not say)."""
-    if "gpu_count" not in rows:
-        return pd.Series(1.0, index=rows.index)
-    return pd.to_numeric(rows["gpu_count"], errors="coerce").fillna(1.0).clip(lower=1.0)
 
 
 def _misses(row: pd.Series, targets: Targets) -> list[str]:
@@ -87,7 +80,7 @@ def configurations(df: pd.DataFrame, targets: Targets,
         return pd.DataFrame(columns=columns)
     failing = gate_failures(df, targets.max_ppl_delta_pct) if targets.max_ppl_delta_pct is not None else {}
     quality = df[(df["stage"] == "quality") & (df["status"] == "ok")].set_index(["runtime", "precision"])
-    rows["gpu_count"] = _gpus(rows)
+    rows["gpu_count"] = gpu_counts(rows)
     rows["tokens_per_s_per_gpu"] = rows["tokens_per_s"] / rows["gpu_count"]
     rows["per_user_tokens_per_s"] = 1000.0 / rows["itl_ms_p50"]
     out = []

@@ -225,6 +225,19 @@ def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> f
     return gbps
 
 
+def cuda_graph_of(work: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph:
+    """`calls` back-to-back calls of work captured in one CUDA graph, after one call outside the capture (which
+    compiles, autotunes or sets up a communicator), so that replaying it times the GPU without Python's launches."""
+    work()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: under tensor parallelism the process group's watchdog thread queries events during a capture.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        for _ in range(calls):
+            work()
+    return graph
+
+
 def all_reduce_latency_us(device: torch.device, numel: int, dtype: torch.dtype, calls: int, repeats: int = 5) -> float:
     """Measured microseconds per all-reduce (a sum of numel elements over the default group) when `calls` of them run
     back to back, as one decode step issues them: replayed from a CUDA graph on GPUs, as the compiled decode runs
@@ -236,19 +249,14 @@ def all_reduce_latency_us(device: torch.device, numel: int, dtype: torch.dtype, 
     data = torch.ones(numel, dtype=dtype, device=device)
     functional = torch.ops._c10d_functional
 
+    def reduce_once() -> None:
+        functional.wait_tensor(functional.all_reduce(data, "sum", group))
+
     def reduce_all() -> None:
         for _ in range(calls):
-            functional.wait_tensor(functional.all_reduce(data, "sum", group))
+            reduce_once()
 
-    work: Callable[[], object] = reduce_all
-    if device.type == "cuda":
-        reduce_all()
-        torch.cuda.synchronize(device)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the process group's watchdog thread queries events during the capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            reduce_all()
-        work = graph.replay
+    work = cuda_graph_of(reduce_once, calls).replay if device.type == "cuda" else reduce_all
     return _best_time_s(work, device, repeats) / calls * 1e6
 
 

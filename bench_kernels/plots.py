@@ -7,8 +7,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import (baseline_precision, break_even_table, ok_rows, on_gpus, speedup_table,
-                                    split_deployments)
+from bench_kernels.analysis import (baseline_precision, break_even_table, gpu_counts, ok_rows, on_gpus,
+                                    speedup_table, split_deployments)
 from bench_kernels.compare import BETTER, NOT_JUDGED, SPEED, SPEED_WORDS, UNCHANGED, WORSE
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -16,9 +16,7 @@ sns.set_theme(style="whitegrid", context="notebook")
 
 def _series_label(df: pd.DataFrame) -> pd.Series:
     """'compiled fp8', or 'compiled fp8 on 2 GPUs' for a deployment over several GPUs."""
-    gpus = pd.to_numeric(df["gpu_count"], errors="coerce").fillna(1) if "gpu_count" in df else 1
-    suffix = gpus.map(on_gpus) if isinstance(gpus, pd.Series) else ""
-    return df["runtime"] + " " + df["precision"] + suffix
+    return df["runtime"] + " " + df["precision"] + gpu_counts(df).map(on_gpus)
 
 
 def _facet_panels(data: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,

@@ -324,7 +324,20 @@ def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
 def several_gpus_html(df: pd.DataFrame) -> str:
     """What spreading a deployment over several GPUs bought: its scaling efficiency where one GPU ran the same
     shapes, or why one GPU did not (HTML; scaling_table has the rows)."""
+    return _scaling_html(scaling_table(df))
+
+
+def show_several_gpus(df: pd.DataFrame) -> None:
+    """The Several GPUs section: what several_gpus_html says, then the scaling table when there is one."""
+    from IPython.display import HTML, display
+
     table = scaling_table(df)
+    display(HTML(_scaling_html(table)))
+    if not table.empty:
+        show_table(table, "Every shape measured on several GPUs, beside one GPU")
+
+
+def _scaling_html(table: pd.DataFrame) -> str:
     if table.empty:
         return "<p>Every measured deployment ran on one GPU.</p>"
     items = []

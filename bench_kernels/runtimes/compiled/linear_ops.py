@@ -16,6 +16,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from bench_kernels.hardware import cuda_graph_of
+
 log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
@@ -340,13 +342,7 @@ def _scaled_mm_rowwise(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Te
 
 def _time_ms(fn, iters: int = 20) -> float:
     """Kernel time per call, replayed from a CUDA graph as in decoding (Python launch cost excluded)."""
-    fn()  # autotune and compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: under tensor parallelism the process group's watchdog thread may query events meanwhile.
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        for _ in range(iters):
-            fn()
+    graph = cuda_graph_of(fn, iters)
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
