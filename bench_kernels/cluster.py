@@ -30,7 +30,8 @@ MARKER = ".ray-driver"  # written by the driver into the results folder; each ta
 def _deployment_task(params: dict[str, Any], marker: str, skip_build: bool, *_after: Any) -> dict[str, Any]:
     """One deployment's build and inference rows (a Ray task body; `_after` are the tasks it waits for)."""
     from bench_kernels.hardware import pick_device
-    from bench_kernels.sweep import deployments, readable_error, run_build_stage, run_inference_sweep
+    from bench_kernels.errors import readable_error
+    from bench_kernels.sweep import deployments, run_build_stage, run_inference_sweep
 
     cfg = parse_config(params, "<ray task>")
     deployment = deployments(cfg, cfg.runtimes[0], pick_device(cfg.device))[0]

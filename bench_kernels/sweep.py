@@ -20,6 +20,7 @@ import torch
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.architecture import decode_roofline_tokens_per_s, decode_step_bytes, prefill_flops
 from bench_kernels.config import SweepConfig
+from bench_kernels.errors import readable_error
 from bench_kernels.gpu_specs import mbu
 from bench_kernels.hardware import device_rates, last_level_cache_bytes, pick_device, provenance
 from bench_kernels.models import PROJECTION_BYTES, LoadedModel, model_display_name, resolve_model_config
@@ -32,14 +33,6 @@ from bench_kernels.workload import load_text, make_prompts, packaged_text, text_
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str], None]
-
-
-def readable_error(err: BaseException) -> str:
-    """One line a user can act on: the exception type and the first line of its message."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return f"out of memory: {str(err).splitlines()[0][:300]}"
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first[:500]}"
 
 
 @dataclass

@@ -77,7 +77,7 @@ def _die_with_parent() -> None:
 def _failure(err: BaseException) -> dict[str, Any]:
     import torch
 
-    from bench_kernels.sweep import readable_error
+    from bench_kernels.errors import readable_error
 
     return {"error": readable_error(err), "traceback": "".join(traceback.format_exception(err)),
             "out_of_memory": isinstance(err, torch.OutOfMemoryError)}

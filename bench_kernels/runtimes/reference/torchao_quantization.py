@@ -73,7 +73,7 @@ def torchao_unavailable_reason(device: torch.device, precision: str) -> str | No
     error: a probe of seconds, before any model is loaded."""
     import torch
 
-    from bench_kernels.sweep import readable_error
+    from bench_kernels.errors import readable_error
 
     try:
         from torchao.quantization import quantize_
