@@ -176,6 +176,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.skip_build:
             run_build_stage(cfg, progress=print)
         results = run_sweeps(cfg, progress=print)
+        from bench_kernels.traffic.load import run_load_stage
+
+        run_load_stage(cfg, progress=print)  # the traffic key's load runs; nothing without one
     print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); render the report with: "
           f"bench-kernels run {Path(args.params).resolve()} --only 90"
           + (f" --reports-dir {Path(args.reports_dir).resolve()}" if args.reports_dir else ""))

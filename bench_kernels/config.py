@@ -117,9 +117,10 @@ class SweepConfig(BaseModel):
     load: dict[str, Any] = Field(default_factory=dict)
     profile: bool = False
     claims: str = ""
+    traffic: dict[str, Any] = Field(default_factory=dict)  # bench_kernels.traffic.spec; empty: no load run
 
     @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", "precisions_by_runtime",
-                     "workload", "slo", "load", mode="before")
+                     "workload", "slo", "load", "traffic", mode="before")
     @classmethod
     def _parse_text(cls, value: Any) -> Any:
         return _yaml_if_text(value)
@@ -204,6 +205,17 @@ class SweepConfig(BaseModel):
             return None
         shape = self.workload_shape
         return Load(**{"input_len": shape.input_len, "output_len": shape.output_len, **self.load})
+
+    @model_validator(mode="after")
+    def _traffic_valid(self) -> SweepConfig:
+        from bench_kernels.traffic.spec import check_runtimes, parse_traffic
+
+        spec = parse_traffic(self.traffic)
+        problems = check_runtimes(spec, self.runtimes, {n: c.batching_policies for n, c in RUNTIMES.items()}) \
+            if spec else []
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("claims")
     @classmethod

@@ -25,7 +25,9 @@ MATMUL_PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
 MATMUL_COLUMNS = tuple(f"matmul_tflops_{precision}" for precision in MATMUL_PRECISIONS)
 # gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers over;
 # 1 for a single device, the CPU included); rows written before it existed read as 1.
-KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", "batch_size", "input_len", "output_len")
+# Load rows (stage `load`, bench_kernels.traffic) are told apart by their batching policy and arrivals too.
+KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", "batch_size", "input_len", "output_len",
+               "policy", "arrivals")
 KEY_DEFAULTS = {"gpu_count": "1"}
 COLUMNS = (
     "run_name", "stage", "runtime", "model", "weights", "precision", "gpu_count", "batch_size", "input_len",
@@ -39,6 +41,8 @@ COLUMNS = (
     "device", "gpu_name", "gpu_memory_gb", "driver_version", "cuda_version", "cpu_name",
     "torch_version", "transformers_version", "git_sha", "copy_gbps", "read_gbps", *MATMUL_COLUMNS, "link_gbps",
     "timestamp", "notes",
+    "policy", "arrivals", "request_rate_per_s", "requests", "duration_s", "tpot_ms_p50", "tpot_ms_p99",
+    "achieved_rate_per_s", "goodput_per_s", "slo_attainment",
 )
 NUMERIC_COLUMNS = (
     "gpu_count", "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s",
@@ -47,6 +51,8 @@ NUMERIC_COLUMNS = (
     "first_divergence_p50", "max_logit_diff", "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
     "decode_gbps", "mbu", "prefill_tflops", "prefill_efficiency", "gpu_memory_gb", "copy_gbps", "read_gbps",
     *MATMUL_COLUMNS, "link_gbps",
+    "request_rate_per_s", "requests", "duration_s", "tpot_ms_p50", "tpot_ms_p99", "achieved_rate_per_s",
+    "goodput_per_s", "slo_attainment",
 )
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
 FINISHED = ("ok", "skipped")

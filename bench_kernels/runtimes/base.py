@@ -64,6 +64,8 @@ class Runtime(ABC):
     description: ClassVar[str] = ""  # one line for `validate` and the environment notebook
     needs_build: ClassVar[bool] = False
     dynamic_shapes: ClassVar[str] = ""  # how the runtime copes with a new batch size or length
+    # How it serves requests arriving over time (bench_kernels.traffic.policies), its default first.
+    batching_policies: ClassVar[tuple[str, ...]] = ("static",)
     # False: generation runs outside torch (ONNX Runtime, TensorRT), so the transformers model stays on the
     # host (it is only exported) and GPU memory is measured device-wide, not from torch's allocator.
     runs_torch_model: ClassVar[bool] = True

@@ -65,6 +65,7 @@ class CompiledRuntime(Runtime):
     needs_build = True
     options_class = CompiledOptions
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "fp8", "int4", "int4-awq")
+    batching_policies = ("shape_limited", "static")  # shape_limited: padded to the captured shapes
     dynamic_shapes = ("any batch and length; a new shape allocates its static cache and captures a graph "
                       "(under a second), compiled code is reused")
     splits_prefill_over_gpus = True  # tensor parallelism: every rank computes its share of each projection

@@ -43,6 +43,7 @@ class ReferenceRuntime(Runtime):
     name = "reference"
     description = ("transformers generate(), eager, dynamic KV cache; layers split over GPUs with device_map: auto; "
                    "fp8, int8 and int4 weights through torchao's quantize_ (int4-awq: after AWQ scaling)")
+    batching_policies = ("continuous", "static")  # continuous: transformers' ContinuousBatchingManager
     dynamic_shapes = "any batch and length, no rebuild (dynamic KV cache)"
     precisions = ("fp32", "fp16", "bf16", *TORCHAO_PRECISIONS)
     options_class = ReferenceOptions

@@ -62,6 +62,7 @@ class TensorRTRuntime(Runtime):
     needs_build = True
     options_class = TensorRTOptions
     runs_torch_model = False
+    batching_policies = ("shape_limited", "static")  # shape_limited: inside the profiles, else a rebuild
     dynamic_shapes = "only inside the engine's optimization profiles; any other shape needs a rebuild"
     prefill_logits_every_position = True  # the engine of the exported decoder: logits [B, S, V] for the prompt
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", *INT4_PRECISIONS)
