@@ -42,7 +42,7 @@ COLUMNS = (
     "torch_version", "transformers_version", "git_sha", "copy_gbps", "read_gbps", *MATMUL_COLUMNS, "link_gbps",
     "timestamp", "notes",
     "policy", "arrivals", "request_rate_per_s", "requests", "duration_s", "tpot_ms_p50", "tpot_ms_p99",
-    "achieved_rate_per_s", "goodput_per_s", "slo_attainment",
+    "achieved_rate_per_s", "goodput_per_s", "slo_attainment", "runtime_batching_policies",
 )
 NUMERIC_COLUMNS = (
     "gpu_count", "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s",

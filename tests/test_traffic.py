@@ -160,7 +160,10 @@ def test_step_costs_interpolate_and_flag_extrapolation() -> None:
     assert costs.prefill(4, 576) == pytest.approx(55 + 3 / 7 * 60)
     assert not costs.extrapolated
     assert costs.prefill(16, 128) == pytest.approx(30 + 20 / 7 * 8)
-    assert costs.extrapolated == {"prefill batch 16 outside measured 1-8"}
+    costs.prefill(12, 128)
+    costs.decode(1, 4096)
+    assert costs.extrapolated == ["decode length 4096 beyond measured 128-128 at batch 1",
+                                  "prefill batch 12-16 beyond measured 1-8"]
 
 
 def test_highest_rate_finds_the_md1_limit() -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from bench_kernels.config import ConfigError, parse_config
 from bench_kernels.results import load_results
-from bench_kernels.traffic.load import REQUESTS_FILE, read_requests, run_load_stage
+from bench_kernels.traffic.latency import REQUESTS_FILE, read_requests
+from bench_kernels.traffic.load import run_load_stage
 
 
 def _params(tmp_path: Path, model: str, **traffic: object) -> dict:

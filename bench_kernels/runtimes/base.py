@@ -133,7 +133,8 @@ class Runtime(ABC):
     def facts(cls) -> dict[str, str]:
         """What the report needs to know about this runtime, written into each of its rows."""
         return {"runtime_precisions": " ".join(cls.precisions), "runtime_needs_build": str(cls.needs_build).lower(),
-                "runtime_dynamic_shapes": cls.dynamic_shapes}
+                "runtime_dynamic_shapes": cls.dynamic_shapes,
+                "runtime_batching_policies": " ".join(cls.batching_policies)}
 
     @classmethod
     def prefill_compute_precision(cls, device: torch.device, precision: str) -> str:

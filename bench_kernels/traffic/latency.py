@@ -3,13 +3,22 @@ latency at p50 / p99 with their n, throughput, and goodput at the latency target
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from bench_kernels.results import row_key
 from bench_kernels.traffic.spec import MLPERF_MIN_DURATION_S
+
+log = logging.getLogger(__name__)
+
+# Per-request samples of the load rows, beside results.csv.
+REQUESTS_FILE = "requests.jsonl"
 
 
 @dataclass(frozen=True)
@@ -49,19 +58,21 @@ def summarize(timings: Sequence[RequestTiming], *, ttft_ms: float | None = None,
               ) -> dict[str, float]:
     """The load's figures: p50 / p99 of TTFT, TPOT and latency over its n requests; requests/s and output tokens/s
     from the first arrival to the last token; goodput = requests/s meeting both targets (every request, without
-    targets); the share of requests that meet them."""
+    targets); the share of requests that meet them; the rate requests arrived at (offered)."""
     if not timings:
         raise ValueError("summary of a load with no finished requests")
     ttft = np.array([t.ttft_ms for t in timings])
     tpot = np.array([t.tpot_ms for t in timings])
     latency = np.array([t.latency_ms for t in timings])
     span_s = max(t.last_token_s for t in timings) - min(t.arrival_s for t in timings)
+    arrivals_s = max(t.arrival_s for t in timings) - min(t.arrival_s for t in timings)
     good = sum(meets(t, ttft_ms, tpot_ms) for t in timings)
     return {"requests": len(timings), "span_s": span_s,
             "ttft_ms_p50": float(np.percentile(ttft, 50)), "ttft_ms_p99": float(np.percentile(ttft, 99)),
             "tpot_ms_p50": float(np.percentile(tpot, 50)), "tpot_ms_p99": float(np.percentile(tpot, 99)),
             "latency_ms_p50": float(np.percentile(latency, 50)), "latency_ms_p99": float(np.percentile(latency, 99)),
             "achieved_rate_per_s": len(timings) / span_s if span_s > 0 else math.nan,
+            "offered_rate_per_s": (len(timings) - 1) / arrivals_s if arrivals_s > 0 else math.nan,
             "tokens_per_s": sum(t.output_len for t in timings) / span_s if span_s > 0 else math.nan,
             "goodput_per_s": good / span_s if span_s > 0 else math.nan, "slo_attainment": good / len(timings)}
 
@@ -73,3 +84,22 @@ def percentile_note(requests: int, duration_s: float) -> str:
     if tail < 1:
         return f"p99 over {requests} requests is their maximum (fewer than 100); {short}"
     return f"p99 rests on the {tail:,.0f} slowest of {requests} requests; {short}"
+
+
+def read_requests(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-request records of a run, only the newest load of each row key (a rerun replaces a row); a torn
+    line is skipped."""
+    path = Path(run_dir) / REQUESTS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("skipping a torn line in %s", path)
+    newest: dict[tuple[str, ...], int] = {}
+    for record in records:
+        key = row_key(record["key"])
+        newest[key] = max(newest.get(key, 0), record["load_id"])
+    return [r for r in records if r["load_id"] == newest[row_key(r["key"])]]

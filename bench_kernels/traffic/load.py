@@ -28,14 +28,13 @@ from bench_kernels.models import model_display_name, resolve_model_config
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import Runtime, get_runtime
 from bench_kernels.traffic.arrivals import Request, closed_loop_requests, requests_at_rate
-from bench_kernels.traffic.latency import RequestTiming, summarize
+from bench_kernels.traffic.latency import REQUESTS_FILE, RequestTiming, summarize
 from bench_kernels.traffic.policies import Arrivals, ContinuousBatching, Policy, make_policy
 from bench_kernels.traffic.spec import TrafficSpec, parse_traffic
 from bench_kernels.workload import load_text, make_prompts, text_token_ids
 
 log = logging.getLogger(__name__)
 
-REQUESTS_FILE = "requests.jsonl"
 # TensorRT's optimisation profiles are ranges (a shape inside runs as it is); other built runtimes run the exact
 # shapes they captured, so a batch is padded up to one.
 PADS_TO_BUILT_SHAPES = {"tensorrt": False}
@@ -165,25 +164,6 @@ def append_requests(run_dir: Path, key: dict[str, Any], timings: list[RequestTim
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_requests(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-request records of a run, only the newest load of each row key (a rerun replaces a row); a torn
-    line is skipped."""
-    path = Path(run_dir) / REQUESTS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("skipping a torn line in %s", path)
-    newest: dict[tuple[str, ...], int] = {}
-    for record in records:
-        key = row_key(record["key"])
-        newest[key] = max(newest.get(key, 0), record["load_id"])
-    return [r for r in records if r["load_id"] == newest[row_key(r["key"])]]
 
 
 def run_load_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> None:

@@ -35,6 +35,16 @@ def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> tuple[float, 
     return max(float(ys[i] + slope * (x - xs[i])), 0.0), True
 
 
+def _curves(table: dict[tuple[int, int], float]) -> tuple[list[int], list[tuple[list[int], list[float]]]]:
+    """The measured batch sizes, and for each its (lengths, values) sorted by length."""
+    batches = sorted({b for b, _ in table})
+    curves = []
+    for b in batches:
+        points = sorted((n, v) for (bb, n), v in table.items() if bb == b)
+        curves.append(([p[0] for p in points], [p[1] for p in points]))
+    return batches, curves
+
+
 @dataclass
 class StepCosts:
     """One configuration's measured step costs in ms: prefill[(batch, prompt)] and decode[(batch, context)]."""
@@ -42,27 +52,45 @@ class StepCosts:
     prefill_ms: dict[tuple[int, int], float]
     decode_ms: dict[tuple[int, int], float]
     rebuild_s: float = 0.0  # what a shape outside the built ones costs (TensorRT: the measured engine build)
-    extrapolated: set[str] = field(default_factory=set)
+    # (cost, axis, measured range) -> the lowest and highest value asked for outside that range
+    beyond: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
 
-    def _lookup(self, table: dict[tuple[int, int], float], batch_size: int, length: float, what: str) -> float:
-        batches = sorted({b for b, _ in table})
-        by_batch = []
-        for b in batches:
-            points = sorted((n, v) for (bb, n), v in table.items() if bb == b)
-            value, out = _interp(length, [p[0] for p in points], [p[1] for p in points])
+    def __post_init__(self) -> None:
+        self._curves = {what: _curves(table) for what, table in (("prefill", self.prefill_ms),
+                                                                  ("decode", self.decode_ms))}
+        self._memo: dict[tuple[str, int, int], float] = {}  # by whole tokens: a lookup's value, noted once
+
+    def _lookup(self, what: str, batch_size: int, length: float) -> float:
+        key = (what, batch_size, round(length))
+        if key not in self._memo:
+            batches, curves = self._curves[what]
+            by_batch = []
+            for b, (lengths, values) in zip(batches, curves):
+                value, out = _interp(length, lengths, values)
+                if out:
+                    self._beyond(what, "length", f"{lengths[0]}-{lengths[-1]} at batch {b}", length)
+                by_batch.append(value)
+            value, out = _interp(batch_size, batches, by_batch)
             if out:
-                self.extrapolated.add(f"{what} length {length:.0f} outside measured {points[0][0]}-{points[-1][0]}")
-            by_batch.append(value)
-        value, out = _interp(batch_size, batches, by_batch)
-        if out:
-            self.extrapolated.add(f"{what} batch {batch_size} outside measured {batches[0]}-{batches[-1]}")
-        return value
+                self._beyond(what, "batch", f"{batches[0]}-{batches[-1]}", batch_size)
+            self._memo[key] = value
+        return self._memo[key]
+
+    def _beyond(self, what: str, axis: str, measured: str, asked: float) -> None:
+        low, high = self.beyond.get((what, axis, measured), (asked, asked))
+        self.beyond[(what, axis, measured)] = (min(low, asked), max(high, asked))
+
+    @property
+    def extrapolated(self) -> list[str]:
+        """What the predictions so far extrapolated, e.g. 'decode length 513-640 beyond measured 192-192 at batch 32'."""
+        return [f"{what} {axis} {low:.0f}{f'-{high:.0f}' if high != low else ''} beyond measured {measured}"
+                for (what, axis, measured), (low, high) in sorted(self.beyond.items())]
 
     def prefill(self, batch_size: int, input_len: int) -> float:
-        return self._lookup(self.prefill_ms, batch_size, input_len, "prefill")
+        return self._lookup("prefill", batch_size, input_len)
 
     def decode(self, batch_size: int, context_len: float) -> float:
-        return self._lookup(self.decode_ms, batch_size, context_len, "decode")
+        return self._lookup("decode", batch_size, context_len)
 
     @classmethod
     def from_rows(cls, rows: pd.DataFrame, rebuild_s: float = 0.0) -> StepCosts:
@@ -113,7 +141,10 @@ def _static(arrivals: Arrivals, policy: Policy, costs: StepCosts) -> list[Reques
 
 def _continuous(arrivals: Arrivals, policy: ContinuousBatching, costs: StepCosts) -> list[RequestTiming]:
     """Each iteration: the requests that join are prefilled (one prefill of their batch at their longest prompt)
-    in the same step as one decode step of those in flight; every request in the step gets a token at its end."""
+    in the same step as one decode step of those in flight; every request in the step gets a token at its end.
+
+    Between events (an arrival, a request's last token) the steps are taken together: k steps of n requests cost
+    k decode steps at the middle of their contexts, exact where the interpolated cost is linear in context."""
     now, waiting, done = 0.0, [], []
     in_flight: list[list] = []  # [request, first token time, tokens so far, batch size when it joined]
     while True:
@@ -125,13 +156,16 @@ def _continuous(arrivals: Arrivals, policy: ContinuousBatching, costs: StepCosts
             now = upcoming
             continue
         joined = policy.admit(waiting, len(in_flight))
+        steps = 1
         step_ms = costs.prefill(len(joined), max(r.input_len for r in joined)) if joined else 0.0
         if in_flight:
-            context = float(np.mean([r.input_len + tokens for r, _, tokens, _ in in_flight]))
-            step_ms += costs.decode(len(in_flight), context)
+            context = sum(r.input_len + tokens for r, _, tokens, _ in in_flight) / len(in_flight)
+            if not joined:
+                steps = _steps_to_next_event(in_flight, arrivals, policy, now, costs.decode(len(in_flight), context))
+            step_ms += steps * costs.decode(len(in_flight), context + (steps - 1) / 2)
         now += step_ms / 1e3
         for item in in_flight:
-            item[2] += 1
+            item[2] += steps
         size = len(in_flight) + len(joined)
         in_flight += [[r, now, 1, size] for r in joined]
         finished = [item for item in in_flight if item[2] >= item[0].output_len]
@@ -141,15 +175,25 @@ def _continuous(arrivals: Arrivals, policy: ContinuousBatching, costs: StepCosts
         arrivals.finished(len(finished), now)
 
 
+def _steps_to_next_event(in_flight: list[list], arrivals: Arrivals, policy: ContinuousBatching, now: float,
+                         step_ms: float) -> int:
+    """Decode steps until a request in flight finishes or (with room in the batch) the next one arrives."""
+    steps = min(item[0].output_len - item[2] for item in in_flight)
+    upcoming = arrivals.next_arrival_s()
+    if upcoming is not None and len(in_flight) < policy.max_batch and step_ms > 0:
+        steps = min(steps, max(1, math.ceil((upcoming - now) * 1e3 / step_ms)))
+    return max(steps, 1)
+
+
 def highest_rate(predict: Callable[[float], dict[str, float]], *, ttft_ms: float | None, tpot_ms: float | None,
                  low_per_s: float = 1e-3, high_per_s: float = 1e4, iterations: int = 30) -> float:
-    """The highest Poisson rate whose predicted p99 TTFT and TPOT meet the targets and whose achieved rate keeps up
-    with the offered one (bisection in log rate; 0 when even low_per_s fails)."""
+    """The highest Poisson rate whose predicted p99 TTFT and TPOT meet the targets and whose served rate keeps up
+    with the rate its requests arrived at (bisection in log rate; 0 when even low_per_s fails)."""
     def holds(rate: float) -> bool:
         summary = predict(rate)
         return ((ttft_ms is None or summary["ttft_ms_p99"] <= ttft_ms)
                 and (tpot_ms is None or summary["tpot_ms_p99"] <= tpot_ms)
-                and summary["achieved_rate_per_s"] >= 0.9 * rate)
+                and summary["achieved_rate_per_s"] >= 0.9 * summary["offered_rate_per_s"])
 
     if not holds(low_per_s):
         return 0.0
