@@ -175,3 +175,10 @@ def test_highest_rate_finds_the_md1_limit() -> None:
                                                constant_costs(10.0), r, ttft_ms=100.0),
                         ttft_ms=100.0, tpot_ms=None, iterations=14)
     assert 60 < rate < 100
+
+
+def test_percentile_note_counts_the_tail() -> None:
+    from bench_kernels.traffic.latency import percentile_note
+
+    assert percentile_note(1000, 60.0) == "p99 rests on the 10 slowest of 1000 requests; 60 s of 600 s MLPerf's " \
+                                          "Server scenario runs at least"

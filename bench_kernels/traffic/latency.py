@@ -82,7 +82,7 @@ def percentile_note(requests: int, duration_s: float) -> str:
     tail = requests / 100
     short = f"{duration_s:,.0f} s of {MLPERF_MIN_DURATION_S:,.0f} s MLPerf's Server scenario runs at least"
     if tail < 1:
-        return f"p99 over {requests} requests is their maximum (fewer than 100); {short}"
+        return f"p99 of {requests} requests (fewer than 100) lies between their two slowest; {short}"
     return f"p99 rests on the {tail:,.0f} slowest of {requests} requests; {short}"
 
 
