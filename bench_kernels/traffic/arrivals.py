@@ -60,8 +60,10 @@ def sample_lengths(lengths: Lengths, count: int) -> np.ndarray:
     if lengths.kind == "fixed":
         return np.full(count, lengths.input_len, dtype=np.int64)
     if lengths.kind == "uniform":
+        assert lengths.max_len is not None  # Lengths checks each kind is complete
         return rng.integers(lengths.min_len, lengths.max_len + 1, size=count)
     if lengths.kind == "lognormal":
+        assert lengths.mean_len is not None
         # mean of a lognormal is exp(mu + sigma^2 / 2): mu places the mean where the spec asks
         mu = np.log(lengths.mean_len) - lengths.sigma ** 2 / 2
         drawn = rng.lognormal(mu, lengths.sigma, size=count)

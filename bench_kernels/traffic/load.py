@@ -29,7 +29,7 @@ from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import Runtime, get_runtime
 from bench_kernels.traffic.arrivals import Request, closed_loop_requests, requests_at_rate
 from bench_kernels.traffic.latency import REQUESTS_FILE, RequestTiming, summarize
-from bench_kernels.traffic.policies import Arrivals, ContinuousBatching, Policy, make_policy
+from bench_kernels.traffic.policies import Arrivals, ContinuousBatching, Policy, StaticBatching, make_policy
 from bench_kernels.traffic.spec import TrafficSpec, parse_traffic
 from bench_kernels.workload import load_text, make_prompts, text_token_ids
 
@@ -59,7 +59,7 @@ def arrival_settings(spec: TrafficSpec) -> list[tuple[str, float | None, int | N
     return [(f"poisson {rate:g}/s", rate, None) for rate in spec.load_rates_per_s]
 
 
-def serve_batches(runtime: Runtime, policy: Policy, arrivals: Arrivals, token_ids: list[int],
+def serve_batches(runtime: Runtime, policy: StaticBatching, arrivals: Arrivals, token_ids: list[int],
                   clock: Callable[[], float]) -> list[RequestTiming]:
     """Static or shape-limited batching in real time: wait for the policy's launch, run the padded batch to
     completion with runtime.generate, repeat. A padded row is computed in full (the cost of padding)."""

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench_kernels.traffic.arrivals import Request
 from bench_kernels.traffic.latency import RequestTiming, summarize
-from bench_kernels.traffic.policies import Arrivals, ContinuousBatching, Policy
+from bench_kernels.traffic.policies import Arrivals, ContinuousBatching, Policy, StaticBatching
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,10 @@ def simulate(arrivals: Arrivals, policy: Policy, costs: StepCosts) -> list[Reque
     return _static(arrivals, policy, costs)
 
 
-def _static(arrivals: Arrivals, policy: Policy, costs: StepCosts) -> list[RequestTiming]:
-    now, queue, done = 0.0, [], []
+def _static(arrivals: Arrivals, policy: StaticBatching, costs: StepCosts) -> list[RequestTiming]:
+    now = 0.0
+    queue: list[Request] = []
+    done: list[RequestTiming] = []
     while True:
         queue += arrivals.arrived(now)
         if not queue:
@@ -145,7 +147,9 @@ def _continuous(arrivals: Arrivals, policy: ContinuousBatching, costs: StepCosts
 
     Between events (an arrival, a request's last token) the steps are taken together: k steps of n requests cost
     k decode steps at the middle of their contexts, exact where the interpolated cost is linear in context."""
-    now, waiting, done = 0.0, [], []
+    now = 0.0
+    waiting: list[Request] = []
+    done: list[RequestTiming] = []
     in_flight: list[list] = []  # [request, first token time, tokens so far, batch size when it joined]
     while True:
         waiting += arrivals.arrived(now)

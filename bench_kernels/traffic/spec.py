@@ -139,7 +139,7 @@ def parse_traffic(data: dict[str, Any]) -> TrafficSpec | None:
         problems = []
         for item in err.errors():
             key = "traffic." + ".".join(str(p) for p in item["loc"]) if item["loc"] else "traffic"
-            model = TrafficSpec
+            model: type[BaseModel] = TrafficSpec
             for part in item["loc"][:-1]:
                 nested = model.model_fields.get(str(part))
                 model = nested.annotation if nested is not None and isinstance(nested.annotation, type) \
