@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # Requests per simulated rate: a p99 over the 3 slowest, few enough for a report in seconds; the rate search
 # brackets a factor of 10^4 to within 2% (2^-9 of its log).
+SECONDS_PER_DAY = 86_400
 SIMULATED_REQUESTS = 300
 SEARCH_ITERATIONS = 9
 # Runtimes whose shape-limited policy runs any shape inside its built ranges (TensorRT profiles); others pad.
@@ -125,18 +126,29 @@ def sustainable_rates(configs: list[Configuration], spec: TrafficSpec, output_le
                                           "rate_per_s", "rate_per_s_per_gpu", "extrapolated"])
 
 
-def gpus_for_traffic(rates: pd.DataFrame, spec: TrafficSpec, gpu_hour_usd: float) -> pd.DataFrame:
-    """GPUs each configuration needs: a fleet sized for the peak rate, and for a day profile the mean over hours
-    of a fleet that follows each hour's rate; with a price, their cost per day."""
-    hourly = [r / SECONDS_PER_HOUR for r in spec.requests_per_hour] or [spec.peak_rate_per_s]
+def traffic_rates(cfg: Any, spec: TrafficSpec) -> tuple[list[float], str]:
+    """The traffic to size for, as requests/s in each hour, and its description: a day profile's hours, else the
+    sweep's `load` (requests per day, flat), else the highest load-test rate."""
+    if spec.arrivals == "day_profile":
+        return ([r / SECONDS_PER_HOUR for r in spec.requests_per_hour],
+                f"the day profile (peak {spec.peak_rate_per_s:,.2f} requests/s, mean {spec.mean_rate_per_s:,.2f})")
+    if cfg.load:
+        per_day = float(cfg.load["requests_per_day"])
+        return [per_day / SECONDS_PER_DAY], f"{per_day:,.0f} requests a day ({per_day / SECONDS_PER_DAY:,.2f}/s)"
+    return [max(spec.rate_per_s, default=0.0)], f"{max(spec.rate_per_s, default=0.0):g} requests/s"
+
+
+def gpus_for_traffic(rates: pd.DataFrame, hourly_per_s: list[float], gpu_hour_usd: float) -> pd.DataFrame:
+    """GPUs each configuration needs: a fleet sized for the peak hour, and the mean over hours of a fleet that
+    follows each hour's rate; with a price, their cost per day."""
     table = rates.copy()
 
     def deployments(rate: float, per_deployment: float) -> float:
         return math.ceil(rate / per_deployment) if per_deployment > 0 else math.nan
 
-    table["gpus_at_peak"] = [deployments(spec.peak_rate_per_s, r) * g
+    table["gpus_at_peak"] = [deployments(max(hourly_per_s), r) * g
                              for r, g in zip(table["rate_per_s"], table["gpu_count"])]
-    table["gpus_at_mean"] = [float(np.mean([deployments(h, r) * g for h in hourly]))
+    table["gpus_at_mean"] = [float(np.mean([deployments(h, r) * g for h in hourly_per_s]))
                              for r, g in zip(table["rate_per_s"], table["gpu_count"])]
     if gpu_hour_usd > 0:
         table["usd_per_day_at_peak"] = table["gpus_at_peak"] * 24 * gpu_hour_usd
@@ -221,14 +233,14 @@ def _percentiles_html(results: pd.DataFrame) -> str:
     return f"<p>How many requests each percentile rests on:</p><ul>{items}</ul>"
 
 
-def _fewest_html(sizing: pd.DataFrame, spec: TrafficSpec) -> str:
+def _fewest_html(sizing: pd.DataFrame, traffic: str) -> str:
     """Which configuration and policy serve the traffic with the fewest GPUs, and why."""
     usable = sizing[sizing["rate_per_s"] > 0]
     if usable.empty:
         return "<p><b>No configuration meets the targets at any simulated rate</b> for this traffic.</p>"
     best = usable.iloc[0]
-    text = (f"<p><b>Fewest GPUs: {html.escape(best['configuration'])}</b>: {best['gpus_at_peak']:.0f} GPUs for the "
-            f"peak of {spec.peak_rate_per_s:,.2f} requests/s, because one deployment sustains "
+    text = (f"<p><b>Fewest GPUs: {html.escape(best['configuration'])}</b>: {best['gpus_at_peak']:.0f} GPUs for "
+            f"{html.escape(traffic)} at its peak, because one deployment sustains "
             f"{best['rate_per_s']:,.2f} requests/s within the targets ({best['rate_per_s_per_gpu']:,.2f} per GPU)")
     others = usable[(usable["runtime"] == best["runtime"]) & (usable["precision"] == best["precision"])
                     & (usable["policy"] != best["policy"])]
@@ -279,9 +291,11 @@ def traffic_section(cfg: Any, results: pd.DataFrame,
             {"rate_per_s": []}))
     parts.append(_unsimulated_html(results, configs))
     rates = sustainable_rates(configs, spec, output_len, targets)
-    sizing = gpus_for_traffic(rates, spec, cfg.gpu_hour_usd)
-    parts.append("<h4>Highest sustainable rate and GPUs for the traffic (simulated)</h4>" + _table_html(sizing))
-    parts.append(_fewest_html(sizing, spec))
+    hourly, traffic = traffic_rates(cfg, spec)
+    sizing = gpus_for_traffic(rates, hourly, cfg.gpu_hour_usd)
+    parts.append(f"<h4>Highest sustainable rate and GPUs for {html.escape(traffic)} (simulated)</h4>"
+                 + _table_html(sizing))
+    parts.append(_fewest_html(sizing, traffic))
     return "".join(parts), latency_vs_rate(results, configs, spec, output_len, targets, rates)
 
 

@@ -37,6 +37,8 @@ def test_spec_names_bad_keys_and_allowed_values() -> None:
         parse_traffic({"rate_per_s": [0, 1]})
     day = parse_traffic({"arrivals": "day_profile", "requests_per_hour": [100, 10_000]})
     assert day.load_rates_per_s == pytest.approx([5050 / 3600, 10_000 / 3600])
+    assert parse_traffic({"arrivals": "day_profile", "requests_per_hour": [100], "rate_per_s": [3, 1]}
+                         ).load_rates_per_s == [1.0, 3.0]
     declared = {"reference": ("continuous", "static"), "compiled": ("shape_limited", "static")}
     problems = check_runtimes(parse_traffic({"rate_per_s": 1, "runtimes": ["tensorrt"],
                                              "policies": {"compiled": "continuous", "nope": "static"}}),

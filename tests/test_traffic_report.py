@@ -10,7 +10,7 @@ import pytest
 from bench_kernels.config import parse_config
 from bench_kernels.results import ResultsStore
 from bench_kernels.traffic.spec import parse_traffic
-from bench_kernels.traffic_report import configurations, gpus_for_traffic, traffic_section
+from bench_kernels.traffic_report import configurations, gpus_for_traffic, traffic_rates, traffic_section
 
 TRAFFIC = {"rate_per_s": [2.0, 8.0], "lengths": {"kind": "fixed", "input_len": 128}, "output_len": 16,
            "batching": {"max_batch": 4, "max_wait_ms": 10}}
@@ -95,12 +95,19 @@ def test_load_rows_without_offline_rows(tmp_path: Path) -> None:
 def test_gpus_for_a_day_profile() -> None:
     """One deployment of 2 GPUs sustains 2 requests/s: a peak of 5/s needs 3 deployments (6 GPUs); hours of 1/s
     and 5/s need 1 and 3 deployments, a mean of 4 GPUs; at $2 an hour."""
-    spec = parse_traffic({"arrivals": "day_profile", "requests_per_hour": [3600.0, 18_000.0]})
+    cfg = parse_config({"traffic": {"arrivals": "day_profile", "requests_per_hour": [3600.0, 18_000.0]}})
+    hourly, described = traffic_rates(cfg, parse_traffic(cfg.traffic))
+    assert hourly == [1.0, 5.0] and described == "the day profile (peak 5.00 requests/s, mean 3.00)"
     rates = pd.DataFrame([{"configuration": "x", "runtime": "x", "precision": "bf16", "gpu_count": 2,
                            "policy": "static", "rate_per_s": 2.0, "rate_per_s_per_gpu": 1.0, "extrapolated": ""}])
-    sized = gpus_for_traffic(rates, spec, 2.0).iloc[0]
+    sized = gpus_for_traffic(rates, hourly, 2.0).iloc[0]
     assert (sized["gpus_at_peak"], sized["gpus_at_mean"]) == (6, 4.0)
     assert sized["usd_per_day_at_peak"] == pytest.approx(6 * 24 * 2.0)
+
+
+def test_a_daily_load_sizes_the_fleet() -> None:
+    cfg = parse_config({"load": {"requests_per_day": 8_640_000}, "traffic": {"rate_per_s": [1.0, 4.0]}})
+    assert traffic_rates(cfg, parse_traffic(cfg.traffic)) == ([100.0], "8,640,000 requests a day (100.00/s)")
 
 
 def test_configurations_take_the_nearest_output_length(tmp_path: Path) -> None:

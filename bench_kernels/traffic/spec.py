@@ -64,7 +64,7 @@ class TrafficSpec(BaseModel):
     model_config = STRICT
 
     arrivals: Literal["poisson", "concurrency", "day_profile"] = "poisson"
-    rate_per_s: list[float] = Field(default_factory=list)  # poisson: the rates a load run sweeps
+    rate_per_s: list[float] = Field(default_factory=list)  # the Poisson rates load runs sweep (any arrivals kind)
     concurrency: list[int] = Field(default_factory=list)  # concurrency: requests kept in flight
     requests_per_hour: list[float] = Field(default_factory=list)  # day_profile: one rate per hour
     lengths: Lengths = Field(default_factory=lambda: Lengths(kind="fixed", input_len=128))
@@ -111,12 +111,12 @@ class TrafficSpec(BaseModel):
 
     @property
     def load_rates_per_s(self) -> list[float]:
-        """The Poisson rates a load run measures: the given ones, or a day profile's mean and peak hour."""
-        if self.arrivals == "poisson":
+        """The Poisson rates load runs measure: rate_per_s, or without it a day profile's mean and peak hour."""
+        if self.arrivals == "concurrency":
+            return []
+        if self.rate_per_s or self.arrivals == "poisson":
             return sorted(self.rate_per_s)
-        if self.arrivals == "day_profile":
-            return sorted({self.mean_rate_per_s, self.peak_rate_per_s})
-        return []
+        return sorted({self.mean_rate_per_s, self.peak_rate_per_s})
 
     @property
     def mean_rate_per_s(self) -> float:
