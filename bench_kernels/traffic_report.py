@@ -86,13 +86,16 @@ def configurations(results: pd.DataFrame, output_len: int,
     return out
 
 
-def _predictor(config: Configuration, spec: TrafficSpec, output_len: int, targets: Any):
+def _predictor(config: Configuration, spec: TrafficSpec, output_len: int, targets: Any,
+               count: int | None = SIMULATED_REQUESTS):
+    """rate -> the simulated summary of `count` requests (None: the spec's own load run, the very requests a
+    measured run at that rate was sent, drawn from the same seed)."""
     def policy():
         return make_policy(config.policy, spec.batching, built_batch_sizes=config.built_batch_sizes,
                            built_input_lens=config.built_input_lens, pads=config.runtime not in RANGE_PROFILES)
 
     def predict(rate: float) -> dict[str, float]:
-        return predict_rate(lambda r: requests_at_rate(spec, r, output_len, count=SIMULATED_REQUESTS), policy,
+        return predict_rate(lambda r: requests_at_rate(spec, r, output_len, count=count), policy,
                             config.costs, rate, ttft_ms=targets.ttft_ms, tpot_ms=targets.tpot_ms)
 
     return predict
@@ -178,7 +181,7 @@ def predicted_vs_measured(results: pd.DataFrame, configs: list[Configuration], s
         if config is None or not str(row.arrivals).startswith("poisson"):
             continue
         config.costs.beyond.clear()
-        predicted = _predictor(config, spec, output_len, targets)(float(row.request_rate_per_s))
+        predicted = _predictor(config, spec, output_len, targets, count=None)(float(row.request_rate_per_s))
         records.append({"runtime": row.runtime, "precision": row.precision, "policy": row.policy,
                         "request_rate_per_s": row.request_rate_per_s, "requests": row.requests,
                         "ttft_ms_p99": row.ttft_ms_p99, "predicted_ttft_ms_p99": predicted["ttft_ms_p99"],

@@ -117,3 +117,13 @@ def test_configurations_take_the_nearest_output_length(tmp_path: Path) -> None:
     assert [c.label for c in configs] == ["compiled fp32, shape_limited", "compiled fp32, static",
                                           "reference fp32, continuous", "reference fp32, static"]
     assert configs[0].built_batch_sizes == [1, 4] and configs[0].built_input_lens == [128, 512]
+
+
+def test_the_report_section_and_the_simulator_load_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, bench_kernels.traffic_report, bench_kernels.traffic.simulator; "
+            "print(sorted(m for m in ('torch', 'transformers', 'bench_kernels.runtimes') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
