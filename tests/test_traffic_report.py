@@ -10,7 +10,8 @@ import pytest
 from bench_kernels.config import parse_config
 from bench_kernels.results import ResultsStore
 from bench_kernels.traffic.spec import parse_traffic
-from bench_kernels.traffic_report import configurations, gpus_for_traffic, traffic_rates, traffic_section
+from bench_kernels.traffic_report import (configurations, gpus_for_traffic, measured_highest_rates, traffic_rates,
+                                          traffic_section)
 
 TRAFFIC = {"rate_per_s": [2.0, 8.0], "lengths": {"kind": "fixed", "input_len": 128}, "output_len": 16,
            "batching": {"max_batch": 4, "max_wait_ms": 10}}
@@ -80,7 +81,11 @@ def test_load_rows_are_shown_beside_the_prediction(tmp_path: Path) -> None:
     text, _ = traffic_section(cfg, store.load())
     assert "Measured load runs" in text and "Simulator against the measured load runs" in text
     assert "p99 of 60 requests (fewer than 100) lies between their two slowest; 30 s of 600 s MLPerf" in text
-    assert text.count("continuous max_batch=4") >= 4  # both runs, measured and checked
+    assert text.count("continuous max_batch=4") >= 5  # both runs measured and checked, and the highest rate
+    highest = measured_highest_rates(store.load(), cfg.targets)
+    assert highest[["rates_tried", "highest_rate_holding_per_s"]].values.tolist() == [["2, 8", 8.0]]
+    strict = measured_highest_rates(store.load(), _cfg(tmp_path, slo={"ttft_ms": 50.0}).targets)
+    assert strict["highest_rate_holding_per_s"].tolist() == [2.0]
 
 
 def test_load_rows_without_offline_rows(tmp_path: Path) -> None:

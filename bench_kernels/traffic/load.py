@@ -96,13 +96,20 @@ def continuous_manager(runtime: Runtime, spec: TrafficSpec, output_len: int, max
     """transformers' ContinuousBatchingManager over the runtime's model, configured as a user would: greedy, at most
     max_batch requests per step, a paged KV cache sized for max_batch requests of max_total_len tokens (not the
     default 90% of free memory), the attention the model was loaded with, CUDA graphs left to transformers."""
+    import inspect
+
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
     hf_model = runtime.loaded.hf_model
     page_size = 256
-    pages = math.ceil(max_total_len / page_size) * spec.batching.max_batch + 2
-    config = ContinuousBatchingConfig(max_requests_per_batch=spec.batching.max_batch, page_size=page_size,
-                                      num_blocks=pages, auto_switch_to_flash=False)
+    wanted = {"max_requests_per_batch": spec.batching.max_batch, "page_size": page_size,
+              "num_blocks": math.ceil(max_total_len / page_size) * spec.batching.max_batch + 2,
+              "auto_switch_to_flash": False}
+    accepted = inspect.signature(ContinuousBatchingConfig).parameters
+    dropped = sorted(set(wanted) - set(accepted))
+    if dropped:  # an older transformers: its defaults stand for what it lacks
+        log.warning("this transformers' ContinuousBatchingConfig has no %s; left at its defaults", ", ".join(dropped))
+    config = ContinuousBatchingConfig(**{k: v for k, v in wanted.items() if k in accepted})
     generation = GenerationConfig(max_new_tokens=output_len, do_sample=False)
     return hf_model.init_continuous_batching(generation_config=generation, continuous_batching_config=config)
 
