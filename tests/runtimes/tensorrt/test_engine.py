@@ -25,7 +25,7 @@ from bench_kernels.decoder import Decoder, DecoderArgs
 from bench_kernels.onnx_export import export_decoder
 from bench_kernels.runtimes.tensorrt import engine as te
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, LAYERS, MAX_POSITIONS = 64, 32, 4, 2, 8, 2, 64
 PROFILES = te.profiles_for_sweep(batch_sizes=[1, 2], input_lens=[4, 8], output_len=6)
 GPU = torch.cuda.is_available()

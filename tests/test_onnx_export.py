@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_decoder import (  # one model load per session; one_torch_thread is an autouse fixture
+from tests.test_decoder import (  # one model load per session; one_torch_thread is an autouse fixture
     MAX_REL_ERR,
     PROMPTS,
     embedded_reference,
