@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 
 from bench_kernels.paths import project_root
-from bench_kernels.results import MATMUL_PRECISIONS
+from bench_kernels.precisions import MATMUL_PRECISIONS
+from bench_kernels.roofline import streaming_gbps
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,8 @@ class DeviceRates:
 
     @property
     def streaming_gbps(self) -> float:
-        """The decode roofline's bandwidth: the faster of the copy and read rates."""
-        return max(self.copy_gbps, self.read_gbps)
+        """The decode roofline's bandwidth (roofline.streaming_gbps: the faster of the copy and read rates)."""
+        return streaming_gbps(self.copy_gbps, self.read_gbps)
 
 
 def _measure_rates(device_type: str, cpu_threads: int) -> DeviceRates:

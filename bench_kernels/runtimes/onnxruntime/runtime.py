@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from bench_kernels.runtimes.base import INT4_PRECISIONS, BuildInfo, Runtime, distribution_version
+from bench_kernels.precisions import INT4_PRECISIONS
+from bench_kernels.runtimes.base import BuildInfo, Runtime, distribution_version
 
 if TYPE_CHECKING:
     import torch

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from bench_kernels.runtimes.base import (INT4_PRECISIONS, OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime,
-                                         options_dataclass)
+from bench_kernels.precisions import INT4_PRECISIONS
+from bench_kernels.runtimes.base import OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime, options_dataclass
 
 if TYPE_CHECKING:
     import torch
