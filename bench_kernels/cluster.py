@@ -29,7 +29,7 @@ MARKER = ".ray-driver"  # written by the driver into the results folder; each ta
 
 def _deployment_task(params: dict[str, Any], marker: str, skip_build: bool, *_after: Any) -> dict[str, Any]:
     """One deployment's build and inference rows (a Ray task body; `_after` are the tasks it waits for)."""
-    from bench_kernels.hardware import pick_device
+    from bench_kernels.provenance import pick_device
     from bench_kernels.errors import readable_error
     from bench_kernels.sweep import deployments, run_build_stage, run_inference_sweep
 
@@ -82,7 +82,7 @@ def run_sweeps_on_ray(cfg: SweepConfig, address: str | None = None, *, skip_buil
     started here, and stopped at the end); return the whole results table. init_options go to ray.init."""
     import ray
 
-    from bench_kernels.hardware import git_sha
+    from bench_kernels.provenance import git_sha
 
     progress = progress or log.info
     started_here = not ray.is_initialized()

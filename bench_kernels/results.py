@@ -21,7 +21,7 @@ from bench_kernels.precisions import MATMUL_PRECISIONS
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error", "skipped", "unavailable")
-# Compute precisions whose matmul rate a sweep measures (hardware.device_rates), one provenance column each.
+# Compute precisions whose matmul rate a sweep measures (rates.device_rates), one provenance column each.
 MATMUL_COLUMNS = tuple(f"matmul_tflops_{precision}" for precision in MATMUL_PRECISIONS)
 # gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers over;
 # 1 for a single device, the CPU included); rows written before it existed read as 1.

@@ -18,17 +18,19 @@ import pandas as pd
 import torch
 
 from bench_kernels.config import SweepConfig
+from bench_kernels.deployments import Deployment, deployments
 from bench_kernels.errors import readable_error
-from bench_kernels.hardware import device_rates, last_level_cache_bytes, pick_device, provenance
+from bench_kernels.provenance import pick_device, provenance
+from bench_kernels.rates import device_rates, last_level_cache_bytes
 from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.precisions import PRECISIONS
-from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
+from bench_kernels.quality import first_divergence_p50, perplexity, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.roofline import (ROOFLINE_NOT_APPLICABLE, decode_columns, decode_step_bytes, decode_weight_bytes,
                                     prefill_flops)
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
 from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
-from bench_kernels.workload import load_text, make_prompts, packaged_text, text_token_ids
+from bench_kernels.workload import load_text, make_prompts, packaged_text, perplexity_windows, text_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +69,6 @@ class SweepContext:
 def options_text(options: Any) -> str:
     """A runtime's options as one line for its rows ('' when it takes none)."""
     return ", ".join(f"{k}={v}" for k, v in asdict(options).items())
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """One separately measured way to run a runtime: its precision and options (e.g. one tensor-parallel
-    degree of several), and how many devices it uses."""
-
-    runtime: str
-    precision: str
-    options: Any
-    gpu_count: int
-
-    @property
-    def label(self) -> str:
-        """'compiled fp8' for one device, 'compiled fp8 on 2 devices' for more."""
-        devices = f" on {self.gpu_count} devices" if self.gpu_count > 1 else ""
-        return f"{self.runtime} {self.precision}{devices}"
-
-
-def deployments(cfg: SweepConfig, runtime_name: str, device: torch.device) -> list[Deployment]:
-    """Every deployment of one runtime in the sweep, precisions outermost."""
-    runtime_cls = get_runtime(runtime_name)
-    shards = runtime_cls.shard_options(cfg.options_for(runtime_name))
-    return [Deployment(runtime_name, precision, options, runtime_cls.gpu_count(options, device))
-            for precision in cfg.precisions_for(runtime_name) for options in shards]
 
 
 def make_context(cfg: SweepConfig, progress: ProgressFn | None = None) -> SweepContext:

@@ -19,7 +19,7 @@ from bench_kernels.precisions import PRECISIONS
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import Measurement, StepTimer
+    from bench_kernels.timing import Measurement, StepTimer
     from bench_kernels.models import LoadedModel
 
 
@@ -183,8 +183,8 @@ class Runtime(ABC):
         return [self.device]
 
     def measure(self, input_ids: torch.Tensor, output_len: int, warmup: int, repeats: int) -> Measurement:
-        """Time warmup + repeats generations of input_ids [B, S] with the one timer (bench_kernels.measure)."""
-        from bench_kernels.measure import measure_generation
+        """Time warmup + repeats generations of input_ids [B, S] with the one timer (bench_kernels.timing)."""
+        from bench_kernels.timing import measure_generation
 
         return measure_generation(lambda timer: self.generate(input_ids, output_len, timer), self.devices(),
                                   batch_size=input_ids.shape[0], input_len=input_ids.shape[1],

@@ -26,7 +26,7 @@ from bench_kernels.runtimes.base import OPTIONS_CONFIG, BuildInfo, Runtime, dist
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import Measurement, StepTimer
+    from bench_kernels.timing import Measurement, StepTimer
     from bench_kernels.models import LoadedModel
     from bench_kernels.runtimes.compiled.sharding import Shard
 

@@ -15,7 +15,7 @@ from bench_kernels.runtimes.base import BuildInfo, Runtime, distribution_version
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.timing import StepTimer
 
 
 class OnnxRuntimeRuntime(Runtime):

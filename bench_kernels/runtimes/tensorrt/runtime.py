@@ -19,7 +19,7 @@ from bench_kernels.runtimes.base import OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, Buil
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.timing import StepTimer
 
 log = logging.getLogger(__name__)
 
