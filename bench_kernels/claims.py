@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bench_kernels.architecture import ParameterCounts, kv_bytes_per_token, parameter_counts, preset_fields, preset_names
+from bench_kernels.architecture import (ParameterCounts, kv_bytes_per_token, parameter_counts, preset_fields,
+                                        preset_names)
 from bench_kernels.paths import resolve_project_path
 from bench_kernels.precisions import PRECISIONS as PRECISION_TABLE
 from bench_kernels.roofline import (architecture_decode_weight_bytes, decode_roofline_tokens_per_s, decode_step_bytes,

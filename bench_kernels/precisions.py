@@ -1,4 +1,4 @@
-"""The one precision table: how each precision stores weights and KV cache and what its prefill computes in (no torch)."""
+"""The one precision table: how each precision stores weights and KV cache, and what its prefill computes in."""
 
 from __future__ import annotations
 

@@ -124,43 +124,54 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
     """One build row per (runtime, precision): export / engine build time, artifact size, cache hit."""
     ctx = make_context(cfg, progress)
     for runtime_name in cfg.runtimes:
-        runtime_cls = get_runtime(runtime_name)
         for deployment in deployments(cfg, runtime_name, ctx.device):
-            label = f"build {deployment.label}"
-            key = _shape_key(ctx, "build", deployment, None, None)
-            if ctx.store.is_finished(key):
-                ctx.progress(f"{label}: already done, kept")
-                continue
-            row = {**ctx.base_row("build", runtime_name, deployment.precision, deployment.options), **key}
-            unsupported = unavailable(ctx, deployment, building=True)
-            if unsupported:
-                row.update(status="unavailable", error=unsupported)
-                ctx.store.append(row)
-                continue
-            if not runtime_cls.needs_build:
-                row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
-                ctx.store.append(row)
-                continue
-            log.info("%s ...", label)
-            runtime = loaded = None
-            try:
-                loaded = _load(ctx, deployment)
-                runtime = runtime_cls(loaded, deployment.precision, ctx.device, deployment.options)
-                info = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
-                row.update(status="ok", link_gbps=runtime.link_gbps, **_build_columns(info))
-                reason = runtime_cls.unavailable_reason(ctx.device, deployment.precision)
-                if reason:
-                    row["notes"] = f"{row['notes']}; inference unavailable here: {reason}"
-            except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
-                ctx.log_failure(label, err)
-                row.update(status="error", error=readable_error(err))
-            finally:
-                _release(runtime)
-            runtime = loaded = None
-            _release()
-            ctx.store.append(row)
-            ctx.progress(f"{label}: {row['status']} {row.get('error') or ''}".rstrip())
+            _build_deployment(ctx, deployment)
     return ctx.store.load()
+
+
+def build_deployment(cfg: SweepConfig, deployment: Deployment, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """The build row of one deployment of the sweep (see run_build_stage); return the whole table."""
+    ctx = make_context(cfg, progress)
+    _build_deployment(ctx, deployment)
+    return ctx.store.load()
+
+
+def _build_deployment(ctx: SweepContext, deployment: Deployment) -> None:
+    runtime_name, runtime_cls = deployment.runtime, get_runtime(deployment.runtime)
+    label = f"build {deployment.label}"
+    key = _shape_key(ctx, "build", deployment, None, None)
+    if ctx.store.is_finished(key):
+        ctx.progress(f"{label}: already done, kept")
+        return
+    row = {**ctx.base_row("build", runtime_name, deployment.precision, deployment.options), **key}
+    unsupported = unavailable(ctx, deployment, building=True)
+    if unsupported:
+        row.update(status="unavailable", error=unsupported)
+        ctx.store.append(row)
+        return
+    if not runtime_cls.needs_build:
+        row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
+        ctx.store.append(row)
+        return
+    log.info("%s ...", label)
+    runtime = loaded = None
+    try:
+        loaded = _load(ctx, deployment)
+        runtime = runtime_cls(loaded, deployment.precision, ctx.device, deployment.options)
+        info = runtime.prepare(ctx.cfg.batch_sizes, ctx.cfg.input_lens, ctx.cfg.output_len)
+        row.update(status="ok", link_gbps=runtime.link_gbps, **_build_columns(info))
+        reason = runtime_cls.unavailable_reason(ctx.device, deployment.precision)
+        if reason:
+            row["notes"] = f"{row['notes']}; inference unavailable here: {reason}"
+    except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
+        ctx.log_failure(label, err)
+        row.update(status="error", error=readable_error(err))
+    finally:
+        _release(runtime)
+    runtime = loaded = None
+    _release()
+    ctx.store.append(row)
+    ctx.progress(f"{label}: {row['status']} {row.get('error') or ''}".rstrip())
 
 
 def _record_build(ctx: SweepContext, deployment: Deployment, build: BuildInfo, link_gbps: float | None) -> None:
@@ -340,6 +351,15 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
     for deployment in deployments(cfg, runtime_name, ctx.device):
         _measure_deployment(ctx, deployment, meter)
         _release()  # now that the deployment's model is unreferenced
+    return ctx.store.load()
+
+
+def measure_deployment(cfg: SweepConfig, deployment: Deployment, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """Every (batch size, input length) of one deployment of the sweep not yet finished, and its perplexity for
+    real weights (a Ray task's work: the spec is validated and expanded once, by the driver); the whole table."""
+    ctx = make_context(cfg, progress)
+    _measure_deployment(ctx, deployment)
+    _release()
     return ctx.store.load()
 
 
