@@ -19,7 +19,6 @@ from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions
 log = logging.getLogger(__name__)
 
 DeviceName = Literal["auto", "cpu", "cuda"]
-MODEL_FORMS = "'embedded', 'preset:<name>', 'local:<hf dir>' or 'hub:<repo id>'"
 # Bounds on what a sweep can sensibly ask for; beyond them a typo is far likelier than intent.
 MAX_BATCH_SIZE = 4096
 MAX_WARMUP = 100
