@@ -38,6 +38,8 @@ browser:
 # The tests use a cache of their own ($BENCH_KERNELS_TEST_CACHE, default ~/.cache/bench_kernels-tests) and leave
 # nothing in the checkout: no pytest cache, no bytecode, the notebooks run in a scratch copy of the project.
 test: $(STAMP) browser
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m tests.run_notebooks -q --durations=5 --nbval-kernel-name $(KERNEL)
 
