@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 
 class CompiledRuntime(CompiledBase):
-    """The `compiled` runtime as the registry lists it: constructing one gives the job its options ask for."""
+    """The `compiled` runtime as the registry lists it. Constructing one gives the job its options ask for: a
+    SingleProcessRuntime or a TensorParallelCoordinator, which share this class's facts through CompiledBase."""
 
     def __new__(cls, loaded: LoadedModel, precision: str, device: torch.device,
                 options: Any = None) -> SingleProcessRuntime | TensorParallelCoordinator:
