@@ -1,7 +1,7 @@
 """The one generation timer for every runtime: warmup, device sync, events, percentiles, peak memory.
 
 Two micro-benchmarks time single kernels instead, for other ends: hardware._best_time_s measures the
-roofline's copy bandwidth and matmul rate, and the compiled runtime's linear_ops._time_ms replays a kernel
+roofline's copy bandwidth and matmul rate, and the compiled runtime's linear_ops.kernel_time_ms replays a kernel
 from a CUDA graph to choose between Triton and cuBLAS. Neither times a generation.
 """
 
