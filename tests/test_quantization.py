@@ -115,13 +115,13 @@ INTERPRETED_KERNEL_CHECK = """
 import sys, torch
 from bench_kernels.quantization import dequantize_int4, quantize_int4
 from bench_kernels.runtimes.compiled import decode_kernels
-from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, quantize_fp8, triton_int4_linear
+from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, quantize_fp8
 rows, dtype, split = int(sys.argv[1]), getattr(torch, sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(rows)
 weight = quantize_int4(torch.randn(48, 256), group_size=64)
 x = torch.randn(rows, 256).to(dtype)
 expected = x.float() @ dequantize_int4(weight).t()
-out = triton_int4_linear(x, weight.packed, weight.scales, config={"BLOCK_N": 16, "SPLIT_K": split})
+out = decode_kernels.int4_matmul(x, weight.packed, weight.scales, {"BLOCK_N": 16, "SPLIT_K": split})
 assert out.shape == (rows, 48) and out.dtype == dtype, (out.shape, out.dtype)
 torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=expected.abs().max().item() * 1e-2)
 assert not decode_kernels._semaphores(x.device).any(), "a split launch left its counters set"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
-import os
 from functools import cache
 
 import torch
@@ -216,16 +215,6 @@ def triton_quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     row_scale = torch.empty((M, 1), dtype=torch.float32, device=rows.device)
     _row_quantize_kernel()[(M,)](rows, quantized, row_scale, K, FP8_LIMIT=FP8_MAX, BLOCK_K=1024)
     return quantized, row_scale
-
-
-def triton_int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
-                       config: dict | None = None) -> torch.Tensor:
-    """rows [M, K] (bf16/fp16) times the int4 weight [N, K] transposed: [M, N] in rows' dtype, by decode_kernels'
-    kernel with this launch configuration (default: the first candidate for M's row tile)."""
-    from bench_kernels.runtimes.compiled import decode_kernels
-
-    return decode_kernels.int4_matmul(rows, packed, scales, config or _int4_config(INT4_CONFIGS[
-        decode_kernels.block_m(rows.shape[0])][0]))
 
 
 def _int4_config(candidate: tuple[int, int, int]) -> dict:
