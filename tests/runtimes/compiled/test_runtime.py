@@ -77,6 +77,21 @@ def test_suppressed_tokens_are_never_generated():
     assert torch.equal(constrained, greedy_generate(decoder, ids, torch.ones_like(ids), 16, banned))
 
 
+def test_kernel_timings_rotate_over_copies_larger_than_twice_the_l2():
+    """kernel_bench and the runtime's kernel choice time each call on the next of enough copies of a weight that
+    together they exceed twice the L2 (a 33.5 MB weight replayed alone stays in an H200's 60 MB L2): each copy has
+    its own storage and the same values."""
+    from bench_kernels.runtimes.compiled.linear_ops import rotated_sets, rotation_count
+
+    packed, scales = torch.randint(0, 255, (48, 64), dtype=torch.uint8), torch.randn(48, 2)
+    nbytes, l2_bytes = packed.numel() + scales.numel() * 4, 10_000
+    sets = rotated_sets((packed, scales), l2_bytes)
+    assert len(sets) * nbytes > 2 * l2_bytes >= (len(sets) - 1) * nbytes
+    assert len({p.data_ptr() for p, _ in sets}) == len(sets) == len({s.data_ptr() for _, s in sets})
+    assert all(torch.equal(p, packed) and torch.equal(s, scales) for p, s in sets)
+    assert rotation_count(int(33.5e6), 60 * 2**20) == 4 and rotation_count(2**30, 60 * 2**20) == 2
+
+
 def test_fp8_quantization_is_per_channel_and_within_e4m3_rounding():
     weight = torch.randn(48, 64) * torch.logspace(-3, 2, 48)[:, None]  # channels of very different magnitude
     q, scale = quantize_fp8(weight)
