@@ -38,6 +38,9 @@ FP8_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 128, 1, 4))
 
 # (device index, weight dtype, N, K, rows) -> the name of the kernel measured fastest there (decode_candidates).
 _CHOSEN_BACKEND: dict[tuple, str] = {}
+# A decode candidate whose product differs from the library path's by more than this (relative, over the whole
+# product) is never chosen: fp8's library path rounds activations to fp8 (a few percent), a faulty kernel far more.
+CANDIDATE_MAX_ERROR = 0.1
 
 
 def quantize_fp8(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,8 +339,9 @@ def decode_candidates(rows: torch.Tensor, weight: torch.Tensor) -> dict[str, obj
 
     if weight.dtype == INT4:
         configs = [_int4_config(c) for c in INT4_CONFIGS[decode_kernels.block_m(rows.shape[0])]]
-        return {f"split-K {c['BLOCK_N']}/{c['SPLIT_K']}/{c['num_warps']}":
-                (lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c)) for c in configs}
+        return {**{f"split-K {c['BLOCK_N']}/{c['SPLIT_K']}/{c['num_warps']}":
+                   (lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c)) for c in configs},
+                "library": _library_linear}
     candidates = {"triton": triton_gemv}
     if weight.dtype == FP8 and rows.shape[0] > 1:
         for c in map(_fp8_config, FP8_CONFIGS):
@@ -345,6 +349,32 @@ def decode_candidates(rows: torch.Tensor, weight: torch.Tensor) -> dict[str, obj
                 lambda r, w, s, c=c: decode_kernels.fp8_matmul(r, w, s, c)
     candidates["library"] = _library_linear
     return candidates
+
+
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """||out - reference|| / ||reference|| over the whole product (0 for two zero products)."""
+    scale = reference.norm().item()
+    return (out.float() - reference).norm().item() / scale if scale else out.float().norm().item()
+
+
+def accurate_candidates(candidates: dict[str, object], rows: torch.Tensor, weight: torch.Tensor,
+                        scale: torch.Tensor | None) -> dict[str, object]:
+    """The candidates whose product on these rows agrees with the library path's (CANDIDATE_MAX_ERROR), so that
+    speed never chooses a wrong kernel; one that raises is left to the timing, which logs why."""
+    reference = _library_linear(rows, weight, scale).float()
+    kept = {}
+    for name, run in candidates.items():
+        try:
+            error = relative_error(run(rows, weight, scale), reference)
+        except RuntimeError:
+            kept[name] = run
+            continue
+        if error > CANDIDATE_MAX_ERROR:
+            log.warning("%s for %s x %s left out: relative error %.3g against the library path", name,
+                        tuple(rows.shape), tuple(weight.shape), error)
+        else:
+            kept[name] = run
+    return kept
 
 
 def _chosen(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> str:
@@ -361,7 +391,7 @@ def _chosen(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None
     sets = rotated_sets((weight, scale), l2_cache_bytes(rows.device)) if weight.dtype in (FP8, INT4) \
         else [(weight, scale)]
     times_ms = {}
-    for name, run in candidates.items():
+    for name, run in accurate_candidates(candidates, rows, weight, scale).items():
         try:
             times_ms[name] = rotating_time_ms(lambda w, s, run=run: run(rows, w, s), sets)
         except RuntimeError as err:  # e.g. a _scaled_mm shape constraint
