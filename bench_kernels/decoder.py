@@ -146,7 +146,10 @@ def rope_cos_sin(args: DecoderArgs, positions: torch.Tensor, dtype: torch.dtype,
     inv_freq = rope_inv_freq(args, positions.device)
     if args.long_rope:
         long_inv_freq = rope_inv_freq(args, positions.device, long_context=True)
-        inv_freq = torch.where(torch.as_tensor(long_context, device=positions.device), long_inv_freq, inv_freq)
+        if isinstance(long_context, torch.Tensor):
+            inv_freq = torch.where(long_context, long_inv_freq, inv_freq)
+        elif long_context:
+            inv_freq = long_inv_freq
     freqs = positions[..., None].float() * inv_freq  # freqs: [..., rotary_dim / 2]
     emb = torch.cat((freqs, freqs), dim=-1)
     cos, sin = emb.cos(), emb.sin()
@@ -162,10 +165,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on the first cos.shape[-1] dims of each head of x [..., Dh]; the rest pass through (partial rotary)."""
-    rotary_dim = cos.shape[-1]
-    if rotary_dim == x.shape[-1]:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int | None = None) -> torch.Tensor:
+    """RoPE on each head of x [..., Dh]; with rotary_dim (partial rotary), on its first rotary_dim dims only, the
+    rest passed through."""
+    if rotary_dim is None:
         return x * cos + rotate_half(x) * sin
     turned, passed = x[..., :rotary_dim], x[..., rotary_dim:]
     return torch.cat((turned * cos + rotate_half(turned) * sin, passed), dim=-1)
@@ -207,6 +210,7 @@ class Attention(nn.Module):
     def __init__(self, args: DecoderArgs):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
+        self.rotary_dim = args.rotary_dim if args.rotary_dim < args.head_dim else None
         self.q_proj = nn.Linear(args.hidden_size, args.num_heads * args.head_dim, bias=args.attention_bias)
         self.k_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=args.attention_bias)
         self.v_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=args.attention_bias)
@@ -231,7 +235,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # q: [B, H, S, Dh]; k: [B, KVH, S, Dh]
         v = self.v_proj(x).view(B, S, -1, self.head_dim).transpose(1, 2)  # v: [B, KVH, S, Dh]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin, self.rotary_dim), apply_rope(k, cos, sin, self.rotary_dim)
         k = torch.cat([past[0], k], dim=2)  # k: [B, KVH, P+S, Dh]
         v = torch.cat([past[1], v], dim=2)  # v: [B, KVH, P+S, Dh]
         n_rep = self.num_heads // self.num_kv_heads

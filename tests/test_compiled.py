@@ -8,12 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_decoder import tiny_model
+from test_decoder import assert_runs_like_the_reference, compare_with_reference, tiny_loaded, tiny_model
 
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import parse_config
 from bench_kernels.decoder import Decoder, greedy_generate
 from bench_kernels.runtimes.compiled.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
+from bench_kernels.runtimes.compiled.runtime import CompiledOptions, CompiledRuntime
 from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
 from bench_kernels.sweep import run_build_stage, run_inference_sweep
 
@@ -31,9 +32,10 @@ def _decoder_logits(decoder: Decoder, ids: torch.Tensor) -> torch.Tensor:
     return logits[:, -1]
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral", "qwen3", "phi3"])
 def test_static_decoder_matches_the_shared_decoder(family):
-    """Same logits and the same 24 greedy tokens as decoder.Decoder (Llama-3 RoPE, q/k/v bias, head_dim 24)."""
+    """Same logits and the same 24 greedy tokens as decoder.Decoder (Llama-3 RoPE, q/k/v bias, head_dim 24, q/k
+    norms, LongRoPE: Phi-3's 11 + 24 tokens cross its original context of 12)."""
     decoder = Decoder.from_hf(tiny_model(family))
     ids = _prompts(decoder.args.vocab_size, 3, 11)
     expected_tokens = greedy_generate(decoder, ids, torch.ones_like(ids), 24)
@@ -44,7 +46,7 @@ def test_static_decoder_matches_the_shared_decoder(family):
     torch.testing.assert_close(static.prefill_logits(ids), expected_logits, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+@pytest.mark.parametrize("family", ["qwen2", "llama3", "qwen3", "phi3"])
 def test_weight_bytes_match_the_loaded_model(family):
     """The roofline's numerator: the same bytes as the transformers model, a tied LM head counted once."""
     from bench_kernels.models import weight_bytes
@@ -52,6 +54,17 @@ def test_weight_bytes_match_the_loaded_model(family):
     model = tiny_model(family)
     assert model.config.tie_word_embeddings == (family == "qwen2")
     assert StaticDecoder.from_decoder(Decoder.from_hf(model), compile_mode=None).weight_bytes() == weight_bytes(model)
+
+
+@pytest.mark.parametrize("family", ["phi3", "qwen3"])
+def test_compiled_runs_phi3_and_qwen3_like_the_reference(family):
+    """The compiled runtime (eager: the same functions torch.compile gets) packing transformers' own Phi-3 layers
+    (fused q/k/v and gate/up, LongRoPE past its original context) and Qwen3 layers (q/k norms): the reference's
+    greedy tokens, logits and perplexity."""
+    loaded = tiny_loaded(family)
+    runtime = CompiledRuntime(loaded, "fp32", torch.device("cpu"), CompiledOptions(compile=False))
+    assert_runs_like_the_reference(compare_with_reference(loaded, runtime))
+    assert (runtime.static.layers[0].q_norm is not None) == (family == "qwen3")
 
 
 def test_shape_changes_reuse_nothing_stale():

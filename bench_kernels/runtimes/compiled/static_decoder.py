@@ -83,7 +83,8 @@ def _qkv_rope(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Ten
         q, k = _rms_norm(q, q_norm, eps), _rms_norm(k, k_norm, eps)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(B, S, kv_heads, head_dim).transpose(1, 2)
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    rotary_dim = cos.shape[-1] if cos.shape[-1] < head_dim else None
+    return apply_rope(q, cos, sin, rotary_dim), apply_rope(k, cos, sin, rotary_dim), v
 
 
 def _out_and_mlp(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor | None,
