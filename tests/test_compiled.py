@@ -15,6 +15,7 @@ from bench_kernels.config import parse_config
 from bench_kernels.decoder import Decoder, greedy_generate
 from bench_kernels.runtimes.compiled.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
 from bench_kernels.runtimes.compiled.runtime import CompiledOptions, CompiledRuntime
+from bench_kernels.runtimes.compiled.sharding import Shard
 from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
 from bench_kernels.sweep import run_build_stage, run_inference_sweep
 
@@ -54,6 +55,22 @@ def test_weight_bytes_match_the_loaded_model(family):
     model = tiny_model(family)
     assert model.config.tie_word_embeddings == (family == "qwen2")
     assert StaticDecoder.from_decoder(Decoder.from_hf(model), compile_mode=None).weight_bytes() == weight_bytes(model)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_phi3_fused_layers_shard_like_split_ones(rank):
+    """Tensor parallel over 2: each rank packs from transformers' fused Phi-3 layers exactly the weights it packs
+    from the shared decoder's split ones (packing only: the collectives run in the tensor-parallel tests)."""
+    model = tiny_model("phi3")
+    decoder = Decoder.from_hf(model)
+    shard = Shard(rank, 2, "packing-only")
+    fused = StaticDecoder.from_modules(decoder.args, model.model.embed_tokens.weight, lambda i: model.model.layers[i],
+                                       model.model.norm.weight, model.lm_head.weight, compile_mode=None, shard=shard)
+    split = StaticDecoder.from_decoder(decoder, compile_mode=None, shard=shard)
+    assert fused.heads == split.heads == 2 and fused.kv_heads == 1
+    for fused_layer, split_layer in zip(fused.layers, split.layers, strict=True):
+        for a, b in zip(fused_layer.tensors(), split_layer.tensors(), strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
 
 
 @pytest.mark.parametrize("family", ["phi3", "qwen3"])

@@ -212,9 +212,10 @@ class StaticDecoder:
                      release: Callable[[int], None] | None = None, shard: Shard | None = None) -> StaticDecoder:
         """Fuse q/k/v and gate/up (and quantize to fp8 or int4 if asked), keeping only this shard's part of each.
 
-        block(i) gives layer i with the shared decoder's (and transformers' Llama) module names, its weights on
-        the device the decoder will run on; `release(i)` is called once layer i is packed, so the caller can
-        free it before the next one arrives (a model larger than the device's memory streams through)."""
+        block(i) gives layer i with the shared decoder's (and transformers' Llama) module names, or transformers'
+        Phi-3 layer with its fused qkv_proj and gate_up_proj, its weights on the device the decoder will run on;
+        `release(i)` is called once layer i is packed, so the caller can free it before the next one arrives (a
+        model larger than the device's memory streams through)."""
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format {weight_format!r} is not one of {WEIGHT_FORMATS}")
         a = args
