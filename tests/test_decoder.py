@@ -367,7 +367,7 @@ def tiny_loaded(family: str) -> LoadedModel:
 
 def compare_with_reference(loaded: LoadedModel, runtime) -> dict[str, float]:
     """Greedy tokens, last-position logits and perplexity of `runtime` (fp32, CPU) against the reference runtime on
-    the same model; the reference runs first, since preparing the compiled runtime hands the model's layers back."""
+    the same model; the reference runs first: preparing the compiled runtime moves the model's layers to "meta"."""
     from bench_kernels.runtimes.reference.runtime import ReferenceRuntime
 
     cpu = torch.device("cpu")
