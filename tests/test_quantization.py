@@ -89,6 +89,23 @@ def test_awq_folding_keeps_the_float_function_and_never_loses_to_round_to_neares
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
+def test_awq_folding_keeps_qwen3_the_same_function() -> None:
+    """Qwen3's per-head q/k norms sit after the projections whose input channels AWQ scales: folding changes nothing."""
+    from test_decoder import tiny_model
+
+    model = tiny_model("qwen3")
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    awq = search_awq(model, ids)
+    assert len(awq.scales) == 6  # q/k/v, gate/up and down per layer; o is not folded into v with grouped KV heads
+    scaled = copy.deepcopy(model)
+    fold_awq_scales(scaled, awq)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(input_ids=ids).logits, before, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(scaled.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight)
+
+
 def test_awq_on_weights_drawn_under_inference_mode() -> None:
     """A model built under inference mode holds inference tensors; AWQ must search and fold them all the same."""
     with torch.inference_mode():
