@@ -91,7 +91,7 @@ def test_awq_folding_keeps_the_float_function_and_never_loses_to_round_to_neares
 
 def test_awq_folding_keeps_qwen3_the_same_function() -> None:
     """Qwen3's per-head q/k norms sit after the projections whose input channels AWQ scales: folding changes nothing."""
-    from test_decoder import tiny_model
+    from tests.test_decoder import tiny_model
 
     model = tiny_model("qwen3")
     ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))

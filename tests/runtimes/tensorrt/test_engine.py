@@ -285,7 +285,7 @@ def test_int4_weight_only_graph_builds_a_smaller_engine(tensorrt: TrtModule, tmp
 def test_phi3_and_qwen3_exports_parse_and_build(tensorrt: te.TrtModule, tmp_path: Path, family: str) -> None:
     """The exported decoder of a tiny Phi-3 (LongRoPE's regime chosen in the graph, partial rotary) and Qwen3 (q/k
     norms) parses and builds, with profiles reaching past Phi-3's original context of 12 positions (8 + 6 tokens)."""
-    from test_decoder import tiny_model
+    from tests.test_decoder import tiny_model
 
     decoder = Decoder.from_hf(tiny_model(family))
     export = export_decoder(decoder, f"tiny-{family}", "fp32", tmp_path / "onnx")
