@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench_kernels.method import MATMUL_SIZE_CPU, MATMUL_SIZE_GPU
 from bench_kernels.paths import project_root
 from bench_kernels.results import MATMUL_PRECISIONS
 
@@ -288,7 +289,8 @@ def matmul_rates_tflops(device_type: str) -> dict[str, float]:
     TF32; fp8 through torch._scaled_mm with rowwise scales; int8 through torch._int_mm, in TOP/s). CPU: 2048^3 in
     fp32 and bf16 (under a second together)."""
     device = torch.device(device_type)
-    n, precisions, repeats = (8192, MATMUL_PRECISIONS, 10) if device.type == "cuda" else (2048, ("fp32", "bf16"), 3)
+    n, precisions, repeats = ((MATMUL_SIZE_GPU, MATMUL_PRECISIONS, 10) if device.type == "cuda"
+                              else (MATMUL_SIZE_CPU, ("fp32", "bf16"), 3))
     rates = {}
     for precision in precisions:
         try:

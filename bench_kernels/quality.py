@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-PERPLEXITY_WINDOW = 512
-PERPLEXITY_WINDOWS = 8
+from bench_kernels.method import PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS
 
 
 def perplexity_windows(token_ids: Sequence[int], max_positions: int) -> torch.Tensor:

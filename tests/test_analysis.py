@@ -7,16 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from bench_kernels.analysis import WINNER_MARK, break_even_tokens, decision_matrix, speedup_table, unmeasured_summary
-from bench_kernels.results import COLUMNS
-
-
-def frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame([{c: r.get(c, math.nan if c in ("tokens_per_s",) else "") for c in COLUMNS} for r in rows])
-    for column in ("batch_size", "input_len", "tokens_per_s", "latency_ms_p99", "ttft_ms_p50", "itl_ms_p50",
-                   "peak_mem_gb", "build_s", "token_agreement", "max_logit_diff"):
-        df[column] = pd.to_numeric(df[column], errors="coerce")
-    return df
+from bench_kernels.analysis import break_even_tokens, speedup_table, unmeasured_summary
+from bench_kernels.decision import WINNER_MARK, decision_matrix
+from bench_kernels.results import typed_frame as frame
 
 
 def inference(runtime: str, batch: int, tps: float, **extra: object) -> dict:
