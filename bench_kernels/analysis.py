@@ -14,17 +14,23 @@ import pandas as pd
 from bench_kernels.results import REGISTRY
 
 
-def _carried_by(stage: str) -> list[str]:
+def carried_by(stage: str) -> list[str]:
     """The registry's columns that rows of a stage carry, in CSV order."""
     return [c.name for c in REGISTRY if stage in c.stages]
 
 
-# The report's tables: a configuration (and shape), then every column the stage's rows carry.
-INFERENCE_COLUMNS = ["runtime", "precision", "gpu_count", "batch_size", "input_len", "output_len", "status",
-                     *_carried_by("inference"), "error"]
-QUALITY_COLUMNS = ["runtime", "precision", "status", *_carried_by("quality"), "error", "notes"]
-BUILD_COLUMNS = ["runtime", "precision", "gpu_count", "status", *_carried_by("build"), "runtime_version", "error",
-                 "notes"]
+# The report's tables: a configuration (and shape), then every column the stage's rows carry (carried_by(stage)).
+def inference_columns() -> list[str]:
+    return ["runtime", "precision", "gpu_count", "batch_size", "input_len", "output_len", "status",
+            *carried_by("inference"), "error"]
+
+
+def quality_columns() -> list[str]:
+    return ["runtime", "precision", "status", *carried_by("quality"), "error", "notes"]
+
+
+def build_columns() -> list[str]:
+    return ["runtime", "precision", "gpu_count", "status", *carried_by("build"), "runtime_version", "error", "notes"]
 ROOFLINE_NOT_APPLICABLE = "roofline not applicable: model fits in cache"
 
 

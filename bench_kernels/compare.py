@@ -40,10 +40,12 @@ class RunFolderError(ValueError):
     """A folder given as a run that is not one (missing, or without results.csv)."""
 
 
-# The registry's compared metrics (results.REGISTRY, compared=True); `metric` in a Comparison is the column name.
-INFERENCE_METRICS = tuple(m for m in METRICS if m.compared and "inference" in m.stages)
-QUALITY_METRICS = tuple(m for m in METRICS if m.compared and "quality" in m.stages)
 SPEED = COLUMN["tokens_per_s"]
+
+
+def compared_metrics(stage: str) -> list[Column]:
+    """The registry's metrics compare judges on rows of a stage (compared=True); a Comparison names them by column."""
+    return [m for m in METRICS if m.compared and stage in m.stages]
 
 
 @dataclass
@@ -107,7 +109,7 @@ def read_run(folder: str | Path) -> Run:
     results = load_results(csv_path)
     by_key = ResultsStore(folder).samples_by_key()
     row_samples = [by_key.get(row_key(r), {}) for r in read_rows(csv_path)]
-    for metric in INFERENCE_METRICS:
+    for metric in compared_metrics("inference"):
         if metric.samples:
             results[f"{metric.name}_spread"] = [spread(_metric_samples(metric, row, samples)) for (_, row), samples
                                                   in zip(results.iterrows(), row_samples)]
@@ -118,7 +120,7 @@ def _stage(run: Run, stage: str) -> pd.DataFrame:
     return run.results[run.results["stage"] == stage]
 
 
-def _changes(run_a: Run, run_b: Run, stage: str, key: list[str], metrics: tuple[Column, ...]) -> list[dict]:
+def _changes(run_a: Run, run_b: Run, stage: str, key: list[str], metrics: list[Column]) -> list[dict]:
     """One record per key measured ok in both runs and metric with a value in both."""
     ok_a, ok_b = (_stage(run, stage)[lambda d: d["status"] == "ok"] for run in (run_a, run_b))
     merged = ok_a.merge(ok_b, on=key, suffixes=("_a", "_b"))
@@ -172,8 +174,8 @@ def provenance_differences(run_a: Run, run_b: Run) -> pd.DataFrame:
 def compare_runs(folder_a: str | Path, folder_b: str | Path) -> Comparison:
     """Run B against run A: inference joined on runtime, precision and shape, perplexity on runtime and precision."""
     run_a, run_b = read_run(folder_a), read_run(folder_b)
-    changes = (_changes(run_a, run_b, "inference", SHAPE_KEY, INFERENCE_METRICS)
-               + _changes(run_a, run_b, "quality", QUALITY_KEY, QUALITY_METRICS))
+    changes = (_changes(run_a, run_b, "inference", SHAPE_KEY, compared_metrics("inference"))
+               + _changes(run_a, run_b, "quality", QUALITY_KEY, compared_metrics("quality")))
     unmatched = _unmatched(run_a, run_b, "inference", SHAPE_KEY) + _unmatched(run_a, run_b, "quality", QUALITY_KEY)
     return Comparison(run_a, run_b, pd.DataFrame(changes, columns=CHANGE_COLUMNS),
                       pd.DataFrame(unmatched, columns=UNMATCHED_COLUMNS), provenance_differences(run_a, run_b))
@@ -232,7 +234,7 @@ def ratios_html(comparison: Comparison) -> str:
     inference = comparison.changes[comparison.changes["stage"] == "inference"]
     if inference.empty:
         return "<p>No inference shape was measured in both runs.</p>"
-    names = [m.name for m in INFERENCE_METRICS if m.name in set(inference["metric"])]
+    names = [m.name for m in compared_metrics("inference") if m.name in set(inference["metric"])]
     shaped = inference.astype({c: "Int64" for c in WHOLE_NUMBERS})  # numbers, so that shapes sort by size
     titles = {name: COLUMN[name].titled for name in names}
     ratios = shaped.pivot(index=SHAPE_KEY, columns="metric", values="ratio")[names].rename(columns=titles)

@@ -21,7 +21,7 @@ from bench_kernels.analysis import (ROOFLINE_NOT_APPLICABLE, break_even_tokens, 
                                     reference_precision_for, rows_of, runs_precision, runtime_fact, shorten,
                                     split_deployments)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
-from bench_kernels.results import METRICS, Column, row_key
+from bench_kernels.results import COLUMN, METRICS, row_key
 
 SECONDS_PER_DAY = 86_400
 HOURS_PER_MONTH = 730.0
@@ -306,7 +306,7 @@ def _quality_row(df: pd.DataFrame, runtime: str, precision: str) -> pd.Series | 
 
 def _per_configuration(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
     """A metric of the build or quality stage: one value per runtime x precision."""
-    stage = COLUMNS_BY_NAME[c.column].stages[0]
+    stage = COLUMN[c.column].stages[0]
     rows = ctx.df[(ctx.df["stage"] == stage) & (ctx.df["runtime"] == runtime) & (ctx.df["precision"] == precision)
                   & (ctx.df["status"] == "ok")][c.column].dropna()
     return float(rows.iloc[0]) if not rows.empty else _why_not(ctx.df, runtime, stage, precision=precision)
@@ -436,7 +436,6 @@ def _of_generated(ctx: MatrixContext, c: Criterion, runtime: str, precision: str
     return f" of {ctx.output_len}" if ctx.output_len else ""
 
 
-COLUMNS_BY_NAME = {metric.name: metric for metric in METRICS}
 # Metrics whose cells need more than the measured value (reasons, invalid values, the reference's own column);
 # any other metric with matrix entries in the registry is read as measured.
 SPECIAL_CELLS: dict[str, Cell] = {

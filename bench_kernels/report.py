@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, build_rows, inference_rows,
-                                    not_yet_run, ok_rows, on_gpus, quality_rows, runs_precision, scaling_table,
+from bench_kernels.analysis import (build_columns, build_rows, inference_columns, inference_rows, not_yet_run,
+                                    ok_rows, on_gpus, quality_columns, quality_rows, runs_precision, scaling_table,
                                     shorten, unmeasured_summary)
 from bench_kernels.claims import check_claims, claims_section_html, load_claims
 from bench_kernels.decision import (WINNER_MARK, Recommendation, Targets, cost_formulas, describe, gate_failures,
@@ -94,17 +94,17 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """Inference rows that ran or failed, with the columns a reader compares; unavailable rows are summarised
     once in "What was and was not measured" instead (errors shortened: the full text is listed there)."""
     rows = inference_rows(df)
-    table = _int_columns(rows[rows["status"] != "unavailable"][INFERENCE_COLUMNS].reset_index(drop=True))
+    table = _int_columns(rows[rows["status"] != "unavailable"][inference_columns()].reset_index(drop=True))
     return table.assign(error=table["error"].map(shorten))
 
 
 def build_table(df: pd.DataFrame) -> pd.DataFrame:
-    return build_rows(df)[BUILD_COLUMNS].reset_index(drop=True)
+    return build_rows(df)[build_columns()].reset_index(drop=True)
 
 
 def quality_table(df: pd.DataFrame, max_ppl_delta_pct: float) -> pd.DataFrame:
     """Perplexity per runtime and precision, its delta against the reference, and the gate's verdict."""
-    table = quality_rows(df)[QUALITY_COLUMNS].reset_index(drop=True)
+    table = quality_rows(df)[quality_columns()].reset_index(drop=True)
     verdict = table["ppl_delta_pct"].map(lambda d: "" if pd.isna(d) else "FAIL" if d > max_ppl_delta_pct else "pass")
     return readable(table.assign(accuracy_gate=verdict))
 

@@ -62,7 +62,7 @@ def _provenance(name: str, dtype: str = "str", group: str = "provenance") -> Col
 
 
 # The schema in CSV order. A new metric is its computation (which writes the row's value) plus one entry here.
-REGISTRY: tuple[Column, ...] = (
+REGISTRY: list[Column] = [
     Column("run_name", group="key"), Column("stage", group="key"), Column("runtime", group="key"),
     Column("model", group="key"), Column("weights", group="key"), Column("precision", group="key"),
     # gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers
@@ -114,14 +114,43 @@ REGISTRY: tuple[Column, ...] = (
     _provenance("copy_gbps", "float"), _provenance("read_gbps", "float"),
     *(_provenance(column, "float") for column in MATMUL_COLUMNS), _provenance("link_gbps", "float", "device"),
     Column("timestamp", group="meta"), Column("notes", group="meta"),
-)
-COLUMN = {column.name: column for column in REGISTRY}
-COLUMNS = tuple(COLUMN)
-NUMERIC_COLUMNS = tuple(c.name for c in REGISTRY if c.numeric)
-INTEGER_COLUMNS = tuple(c.name for c in REGISTRY if c.dtype == "int")
-METRICS = tuple(c for c in REGISTRY if c.group == "metric")
-# The environment a row was measured in (the report's provenance table, compare's differences).
-PROVENANCE_COLUMNS = tuple(c.name for c in REGISTRY if c.group == "provenance")
+]
+# Read from REGISTRY and rebuilt in place by register/unregister, so every module that imported them sees a change.
+COLUMN: dict[str, Column] = {}
+COLUMNS: list[str] = []
+NUMERIC_COLUMNS: list[str] = []
+INTEGER_COLUMNS: list[str] = []
+METRICS: list[Column] = []
+PROVENANCE_COLUMNS: list[str] = []  # the environment a row was measured in (provenance table, compare)
+
+
+def _derive() -> None:
+    COLUMN.clear()
+    COLUMN.update((c.name, c) for c in REGISTRY)
+    COLUMNS[:] = [c.name for c in REGISTRY]
+    NUMERIC_COLUMNS[:] = [c.name for c in REGISTRY if c.numeric]
+    INTEGER_COLUMNS[:] = [c.name for c in REGISTRY if c.dtype == "int"]
+    METRICS[:] = [c for c in REGISTRY if c.group == "metric"]
+    PROVENANCE_COLUMNS[:] = [c.name for c in REGISTRY if c.group == "provenance"]
+
+
+def register(column: Column) -> Column:
+    """Add a metric after the last one, as a new entry in REGISTRY would (for code that adds one at run time: a
+    plugin, a test)."""
+    if column.name in COLUMN:
+        raise ValueError(f"results column {column.name!r} is registered already")
+    last_metric = max(i for i, c in enumerate(REGISTRY) if c.group == "metric")
+    REGISTRY.insert(last_metric + 1, column)
+    _derive()
+    return column
+
+
+def unregister(name: str) -> None:
+    REGISTRY[:] = [c for c in REGISTRY if c.name != name]
+    _derive()
+
+
+_derive()
 SHAPE_COLUMNS = ("batch_size", "input_len", "output_len")
 KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", *SHAPE_COLUMNS)
 KEY_DEFAULTS = {"gpu_count": "1"}
