@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from bench_kernels.analysis import (ROOFLINE_NOT_APPLICABLE, break_even_tokens, build_rows, gpu_counts,
@@ -25,6 +26,8 @@ from bench_kernels.results import COLUMN, METRICS, row_key
 
 SECONDS_PER_DAY = 86_400
 HOURS_PER_MONTH = 730.0
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95  # of the interval on the recommendation's lead
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,46 @@ class Recommendation:
     runner_up: pd.Series | None
     losers: pd.DataFrame  # one row per other runtime x precision: its best attempt and the reason
     quality_judged: bool  # False when no perplexity was measured (e.g. random weights)
+    lead_interval_pct: tuple[float, float] | None = None  # CONFIDENCE bootstrap interval of the lead; None: no samples
+    runs: tuple[int, int] = (0, 0)  # measured runs of the best and the runner-up that the interval resamples
+    tie: bool = False  # the runner-up lies inside that interval (it includes no lead at all)
 
 
-def recommend(table: pd.DataFrame, df: pd.DataFrame) -> Recommendation:
-    """The most tokens/s per GPU among configurations that meet every target; ties go to the smaller batch."""
+def run_latencies(df: pd.DataFrame, targets: Targets, samples: dict[tuple[str, ...], dict[str, Any]] | None,
+                  configuration: pd.Series) -> list[float]:
+    """The end-to-end latency of each measured run of a configuration (samples.jsonl); [] without samples."""
+    rows = ok_rows(df)
+    rows = rows[(rows["runtime"] == configuration["runtime"]) & (rows["precision"] == configuration["precision"])
+                & (rows["batch_size"] == configuration["batch_size"]) & (rows["input_len"] == targets.input_len)
+                & (rows["output_len"] == targets.output_len) & (gpu_counts(rows) == configuration["gpu_count"])]
+    if rows.empty or not samples:
+        return []
+    return list((samples.get(row_key(rows.iloc[0])) or {}).get("latency_ms") or [])
+
+
+def lead_interval_pct(best: pd.Series, best_runs: list[float], runner_up: pd.Series, runner_up_runs: list[float],
+                      output_len: int, resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE,
+                      seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the best's lead over the runner-up (% more tokens/s per GPU): each resample draws
+    both configurations' runs with replacement and sets their median latencies against each other, as the
+    reported tokens/s (batch x output tokens over the median latency) does."""
+    rng = np.random.default_rng(seed)
+
+    def rates(row: pd.Series, runs: list[float]) -> np.ndarray:
+        drawn = rng.choice(np.asarray(runs, dtype=np.float64), size=(resamples, len(runs)), replace=True)
+        return row["batch_size"] * output_len * 1e3 / np.median(drawn, axis=1) / row["gpu_count"]
+
+    leads = 100 * (rates(best, best_runs) / rates(runner_up, runner_up_runs) - 1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(leads, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ...], dict[str, Any]] | None = None,
+              targets: Targets | None = None) -> Recommendation:
+    """The most tokens/s per GPU among configurations that meet every target; ties go to the smaller batch. With
+    raw samples (by row_key) and the targets, the lead over the runner-up gets a bootstrap interval, and a
+    runner-up inside it makes a tie."""
     feasible = table[table["feasible"].astype(bool)].sort_values(["tokens_per_s_per_gpu", "batch_size"],
                                                                  ascending=[False, True])
     best = feasible.iloc[0] if not feasible.empty else None
@@ -141,9 +180,16 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame) -> Recommendation:
                        "batch_size": int(top["batch_size"]), "tokens_per_s_per_gpu": top["tokens_per_s_per_gpu"],
                        "reason": reason})
     judged = not df[(df["stage"] == "quality") & (df["status"] == "ok")].empty
-    return Recommendation(best, runner_up, pd.DataFrame(losers, columns=["runtime", "precision", "gpu_count",
-                                                                         "batch_size", "tokens_per_s_per_gpu",
-                                                                         "reason"]), judged)
+    losers_table = pd.DataFrame(losers, columns=["runtime", "precision", "gpu_count", "batch_size",
+                                                 "tokens_per_s_per_gpu", "reason"])
+    if best is None or runner_up is None or targets is None:
+        return Recommendation(best, runner_up, losers_table, judged)
+    best_runs, runner_up_runs = (run_latencies(df, targets, samples, row) for row in (best, runner_up))
+    if len(best_runs) < 2 or len(runner_up_runs) < 2:  # one run has no spread to resample
+        return Recommendation(best, runner_up, losers_table, judged)
+    interval = lead_interval_pct(best, best_runs, runner_up, runner_up_runs, targets.output_len)
+    return Recommendation(best, runner_up, losers_table, judged, interval, (len(best_runs), len(runner_up_runs)),
+                          interval[0] <= 0)
 
 
 def cost_table(table: pd.DataFrame, gpu_hour_usd: float, requests_per_day: float | None,
@@ -203,6 +249,8 @@ def summary_facts(rec: Recommendation) -> dict[str, Any]:
     if rec.runner_up is not None:
         facts["runner_up"] = describe(rec.runner_up)
         facts["lead_pct"] = 100 * (rec.best["tokens_per_s_per_gpu"] / rec.runner_up["tokens_per_s_per_gpu"] - 1)
+        facts["lead_interval_pct"] = rec.lead_interval_pct
+        facts["tie"] = rec.tie
     return facts
 
 
@@ -222,7 +270,7 @@ def decide(results: pd.DataFrame, targets: Targets, samples: dict[tuple[str, ...
     goodput)."""
     table = configurations(results, targets, samples)
     costs = cost_table(table, gpu_hour_usd, requests_per_day, targets.output_len)
-    return Decision(targets, table, recommend(table, results), costs)
+    return Decision(targets, table, recommend(table, results, samples, targets), costs)
 
 
 # --- the decision matrix: rows = criteria (the metric registry's matrix entries), columns = configurations ---

@@ -19,8 +19,8 @@ from bench_kernels.analysis import (build_columns, build_rows, inference_columns
                                     ok_rows, on_gpus, quality_columns, quality_rows, runs_precision, scaling_table,
                                     shorten, unmeasured_summary)
 from bench_kernels.claims import check_claims, claims_section_html, load_claims
-from bench_kernels.decision import (WINNER_MARK, Recommendation, Targets, cost_formulas, describe, gate_failures,
-                                    summary_facts)
+from bench_kernels.decision import (CONFIDENCE, WINNER_MARK, Recommendation, Targets, cost_formulas, describe,
+                                    gate_failures, summary_facts)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.method import (MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MEMORY_SAMPLE_INTERVAL_S, PERPLEXITY_WINDOW,
                                   PERPLEXITY_WINDOWS, perplexity_predictions)
@@ -166,13 +166,30 @@ def recommendation_html(rec: Recommendation, targets: Targets) -> str:
             f"(goodput {best['goodput_tokens_per_s']:,.1f} tokens/s from requests that meet the targets; "
             f"{best['per_user_tokens_per_s']:,.1f} tokens/s per user).</p>")
     if rec.runner_up is not None:
-        lead = summary_facts(rec)["lead_pct"]
-        text += (f"<p>Runner-up: {html.escape(describe(rec.runner_up))}, "
-                 f"{rec.runner_up['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU ({lead:.0f}% behind).</p>")
+        text += _runner_up_html(rec)
     if not rec.quality_judged:
         text += ("<p><i>Quality was not judged: no perplexity was measured in this run (random weights carry "
                  "none), so the accuracy gate could not exclude any configuration.</i></p>")
     return head + text + ("<p>Why the others lost:</p>" + _losers_html(rec) if not rec.losers.empty else "")
+
+
+def _runner_up_html(rec: Recommendation) -> str:
+    """The runner-up, the lead over it with its bootstrap interval, and 'a tie' when the interval holds no lead."""
+    facts = summary_facts(rec)
+    lead = facts["lead_pct"]
+    runner_up = (f"{html.escape(describe(rec.runner_up))}, {rec.runner_up['tokens_per_s_per_gpu']:,.1f} tokens/s "
+                 f"per GPU")
+    if rec.lead_interval_pct is None:
+        return (f"<p>Runner-up: {runner_up} ({lead:.0f}% behind; no raw samples of both, so no interval on the "
+                "lead).</p>")
+    low, high = rec.lead_interval_pct
+    interval = (f"{CONFIDENCE:.0%} bootstrap interval of the lead {low:+.1f}% to {high:+.1f}%, over "
+                f"{rec.runs[0]:,} and {rec.runs[1]:,} measured runs")
+    if rec.tie:
+        return (f"<p><b>Runner-up: {runner_up}, a tie</b>: the lead of {lead:.1f}% lies inside the runs' spread "
+                f"({interval}); on these measurements the two are not told apart, so choose between them on "
+                "the other criteria.</p>")
+    return f"<p>Runner-up: {runner_up} ({lead:.0f}% behind; {interval}).</p>"
 
 
 def _losers_html(rec: Recommendation) -> str:
