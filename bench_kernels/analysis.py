@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench_kernels.results import REGISTRY
+from bench_kernels.results import COLUMN, REGISTRY
 
 
 def carried_by(stage: str) -> list[str]:
@@ -32,6 +32,15 @@ def quality_columns() -> list[str]:
 def build_columns() -> list[str]:
     return ["runtime", "precision", "gpu_count", "status", *carried_by("build"), "runtime_version", "error", "notes"]
 ROOFLINE_NOT_APPLICABLE = "roofline not applicable: model fits in cache"
+
+
+def plain_number(value: float, digits: int = 4) -> str:
+    """`digits` significant digits with thousands separators and never an exponent: '13,140', '248.1', '0.000123'."""
+    if not math.isfinite(value) or value == 0:
+        return "0" if value == 0 else str(value)
+    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
+    text = f"{value:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if decimals else text
 
 
 def shorten(text: str, limit: int = 90) -> str:
@@ -118,6 +127,31 @@ def reference_precision_for(df: pd.DataFrame, precision: str) -> str:
     the bf16 one)."""
     measured = list(dict.fromkeys(ok_rows(df)[lambda d: d["runtime"] == "reference"]["precision"]))
     return precision if precision in measured or not measured else measured[0]
+
+
+SAMPLE_COUNT_COLUMNS = {"runs": "n_runs", "decode steps": "n_decode_steps"}
+
+
+def sample_count(row: Any, kind: str) -> float:
+    """The samples a percentile of a row is over: its measured runs (TTFT, latency), or every decode step of every
+    run (per-token latency); NaN where the row does not say."""
+    runs = pd.to_numeric(row.get("repeats"), errors="coerce")
+    if kind == "runs":
+        return runs
+    return runs * (pd.to_numeric(row.get("output_len"), errors="coerce") - 1)
+
+
+def with_sample_counts(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """The table (rows' columns, same index) with n_runs and n_decode_steps, each before the first percentile
+    column it counts the samples of."""
+    out = table.copy()
+    for column in list(table.columns):
+        metric = COLUMN.get(column)
+        name = SAMPLE_COUNT_COLUMNS.get(metric.n) if metric is not None else None
+        if name and name not in out:
+            counts = [sample_count(row, metric.n) for _, row in rows.iterrows()]
+            out.insert(list(out.columns).index(column), name, pd.array(counts, dtype="Int64"))
+    return out
 
 
 def rows_of(df: pd.DataFrame, runtime: str, precision: str) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench_kernels.analysis import plain_number
 from bench_kernels.paths import resolve_project_path
 from bench_kernels.results import (COLUMN, KEY_COLUMNS, METRICS, PROVENANCE_COLUMNS, SHAPE_COLUMNS, Column,
                                    ResultsStore, load_results, read_rows, row_key)
@@ -210,7 +211,7 @@ def _shape_text(table: pd.DataFrame) -> pd.DataFrame:
 def _table(table: pd.DataFrame, empty: str) -> str:
     if table.empty:
         return f"<p>{html.escape(empty)}</p>"
-    return table.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+    return table.to_html(index=False, na_rep="", float_format=plain_number)
 
 
 def heading_html(comparison: Comparison) -> str:

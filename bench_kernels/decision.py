@@ -17,10 +17,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from bench_kernels.analysis import (ROOFLINE_NOT_APPLICABLE, break_even_tokens, build_rows, gpu_counts,
-                                    inference_rows, ok_rows, on_gpus, quality_rows, random_weights,
-                                    reference_precision_for, rows_of, runs_precision, runtime_fact, shorten,
-                                    split_deployments)
+from bench_kernels.analysis import (ROOFLINE_NOT_APPLICABLE, SAMPLE_COUNT_COLUMNS, break_even_tokens, build_rows, gpu_counts,
+                                    inference_rows, ok_rows, on_gpus, plain_number, quality_rows, random_weights,
+                                    reference_precision_for, rows_of, runs_precision, runtime_fact, sample_count,
+                                    shorten, split_deployments)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import COLUMN, METRICS, row_key
 
@@ -48,7 +48,9 @@ def _misses(row: pd.Series, targets: Targets) -> list[str]:
     for column, limit, name in (("ttft_ms_p99", targets.ttft_ms, "time to first token p99"),
                                 ("itl_ms_p99", targets.tpot_ms, "time per output token p99")):
         if limit is not None and row[column] > limit:
-            misses.append(f"{name} {row[column]:,.1f} ms > {limit:,.0f} ms (+{100 * (row[column] / limit - 1):.0f}%)")
+            n = sample_count(row, COLUMN[column].n)
+            over = f"{name}{f' (n={int(n):,})' if pd.notna(n) else ''}"
+            misses.append(f"{over} {row[column]:,.1f} ms > {limit:,.0f} ms (+{100 * (row[column] / limit - 1):.0f}%)")
     return misses
 
 
@@ -79,8 +81,8 @@ def configurations(df: pd.DataFrame, targets: Targets,
     rows = rows[(rows["input_len"] == targets.input_len) & (rows["output_len"] == targets.output_len)
                 & (rows["batch_size"] <= targets.batch_size)].copy()
     columns = ["runtime", "precision", "batch_size", "gpu_count", "tokens_per_s", "tokens_per_s_per_gpu",
-               "goodput_tokens_per_s", "ttft_ms_p99", "itl_ms_p99", "per_user_tokens_per_s", "ppl_delta_pct",
-               "feasible", "why_not"]
+               "goodput_tokens_per_s", "n_runs", "ttft_ms_p99", "n_decode_steps", "itl_ms_p99", "per_user_tokens_per_s",
+               "ppl_delta_pct", "feasible", "why_not"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     failing = gate_failures(df, targets.max_ppl_delta_pct) if targets.max_ppl_delta_pct is not None else {}
@@ -101,10 +103,11 @@ def configurations(df: pd.DataFrame, targets: Targets,
                                             "tokens_per_s_per_gpu", "ttft_ms_p99", "itl_ms_p99",
                                             "per_user_tokens_per_s")},
                     "goodput_tokens_per_s": row["tokens_per_s"] * share,
+                    **{SAMPLE_COUNT_COLUMNS[kind]: sample_count(row, kind) for kind in SAMPLE_COUNT_COLUMNS},
                     "ppl_delta_pct": quality["ppl_delta_pct"].get(pair, math.nan) if not quality.empty else math.nan,
                     "feasible": not why, "why_not": "; ".join(why)})
-    return pd.DataFrame(out, columns=columns).sort_values("tokens_per_s_per_gpu", ascending=False,
-                                                          ignore_index=True)
+    table = pd.DataFrame(out, columns=columns).astype({c: "Int64" for c in SAMPLE_COUNT_COLUMNS.values()})
+    return table.sort_values("tokens_per_s_per_gpu", ascending=False, ignore_index=True)
 
 
 @dataclass
@@ -480,6 +483,14 @@ def _prefill_precision(ctx: MatrixContext, c: Criterion, runtime: str, precision
     return f" (of the {computed[0]} matmul rate)" if computed else ""
 
 
+def _sample_n(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    """' (n=5)' after a percentile: the samples it is over at the criterion's shape."""
+    rows = rows_of(ctx.df, runtime, precision)
+    rows = rows[(rows["batch_size"] == c.batch_size) & (rows["input_len"] == c.input_len)]
+    n = sample_count(rows.iloc[0], COLUMN[c.column].n) if not rows.empty else math.nan
+    return f" (n={int(n):,})" if pd.notna(n) else ""
+
+
 def _of_generated(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
     return f" of {ctx.output_len}" if ctx.output_len else ""
 
@@ -517,15 +528,19 @@ def matrix_criteria(ctx: MatrixContext) -> list[Criterion]:
         for code in metric.matrix:
             unit = f" ({metric.unit})" if metric.unit else ""
             cell = SPECIAL_CELLS.get(metric.name, _measured if code != "once" else _per_configuration)
+            suffix = SUFFIXES.get(metric.name, _sample_n if metric.n else None)
             if code == "once":
-                criteria.append(Criterion(metric.label + unit, metric.better, cell, metric.fmt,
-                                          SUFFIXES.get(metric.name), metric.name))
+                criteria.append(Criterion(metric.label + unit, metric.better, cell, metric.fmt, suffix, metric.name))
                 continue
             batch, length = ctx.shape(code)
             criteria.append(Criterion(f"{metric.label}, batch {batch}, input {length}{unit}", metric.better, cell,
-                                      metric.fmt, SUFFIXES.get(metric.name), metric.name, batch, length))
+                                      metric.fmt, suffix, metric.name, batch, length))
         criteria += _derived_after(metric.name, ctx)
     return criteria
+
+
+def _formatted(fmt: str, value: float) -> str:
+    return plain_number(value, 3) if fmt == "significant" else fmt.format(value)
 
 
 def matrix_columns(df: pd.DataFrame, precision: str | None = None) -> list[tuple[str, str]]:
@@ -577,7 +592,7 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
             best = pick(ranked, key=ranked.__getitem__)
         table[criterion.label] = {
             label[pair]: (WINNER_MARK if label[pair] == best else "")
-            + (criterion.fmt.format(values[label[pair]])
+            + (_formatted(criterion.fmt, values[label[pair]])
                + (criterion.suffix(ctx, criterion, *pair) if criterion.suffix else "")
                if label[pair] in numeric else str(values[label[pair]]))
             for pair in pairs

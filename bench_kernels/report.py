@@ -16,8 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (build_columns, build_rows, inference_columns, inference_rows, not_yet_run,
-                                    ok_rows, on_gpus, quality_columns, quality_rows, runs_precision, scaling_table,
-                                    shorten, unmeasured_summary)
+                                    ok_rows, on_gpus, plain_number, quality_columns, quality_rows, runs_precision,
+                                    scaling_table, shorten, unmeasured_summary, with_sample_counts)
 from bench_kernels.claims import check_claims, claims_section_html, load_claims
 from bench_kernels.decision import (CONFIDENCE, WINNER_MARK, Recommendation, Targets, cost_formulas, describe,
                                     gate_failures, summary_facts)
@@ -80,7 +80,7 @@ def provenance_table(df: pd.DataFrame) -> pd.DataFrame:
     grouped = labelled.groupby(list(PROVENANCE_COLUMNS), dropna=False)
     table = grouped.agg(runtimes=("runtime_label", lambda s: ", ".join(dict.fromkeys(s))), rows=("status", "size"),
                         first=("timestamp", "min"), last=("timestamp", "max"))
-    table = table.reset_index().sort_values("first")
+    table = readable(table.reset_index().sort_values("first"))
     return table.T.set_axis([f"environment {i + 1}" for i in range(len(table))], axis=1)
 
 
@@ -94,7 +94,8 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """Inference rows that ran or failed, with the columns a reader compares; unavailable rows are summarised
     once in "What was and was not measured" instead (errors shortened: the full text is listed there)."""
     rows = inference_rows(df)
-    table = _int_columns(rows[rows["status"] != "unavailable"][inference_columns()].reset_index(drop=True))
+    shown = rows[rows["status"] != "unavailable"].reset_index(drop=True)
+    table = with_sample_counts(_int_columns(shown[inference_columns()]), shown)
     return table.assign(error=table["error"].map(shorten))
 
 
@@ -214,13 +215,20 @@ def cost_html(spec: ReportSpec, costs: pd.DataFrame) -> str:
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
-    """Numbers to 4 significant digits, blanks instead of NaN, for display."""
-    def cell(value: object) -> object:
+    """For display: numbers to 4 significant digits with thousands separators and no exponent, money (usd_*
+    columns) as '$13,140' or '$3.36', blanks instead of NaN and None."""
+    def cell(value: object, money: bool) -> object:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and money:
+            return f"${value:,.2f}" if abs(value) < 1000 else f"${value:,.0f}"
         if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:,.4g}" if abs(value) < 1e15 else f"{value:.3e}"
-        return "" if value is None or value is pd.NA else value
+            return plain_number(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}"
+        return value
 
-    return table.map(cell)
+    return table.apply(lambda column: column.map(lambda v: cell(v, str(column.name).startswith("usd_"))))
 
 
 def show_table(table: pd.DataFrame, caption: str) -> None:
@@ -275,7 +283,9 @@ def method_notes(spec: ReportSpec, df: pd.DataFrame) -> str:
         "maximum, EOS ignored), so every runtime generates the same amount of work.",
         f"<b>Runs</b>: {measured('warmup', spec.warmup)} warmup run(s) per shape, never counted; "
         f"{measured('repeats', spec.repeats)} measured run(s). "
-        "p50 / p99 are over the measured runs (per-token latency: over every decode step of every run).",
+        "p50 / p99 are over the measured runs (per-token latency: over every decode step of every run); the "
+        "tables and the matrix give that n beside them (n_runs, n_decode_steps), and a p99 over fewer than 100 "
+        "samples is close to their maximum (interpolated between the two largest), not a tail estimate.",
         f"<b>Timing</b> on {html.escape(devices)}: CUDA events read after one synchronize on GPU, "
         "<code>time.perf_counter</code> on CPU. TTFT = prompt in to first token out (prefill + first token); "
         "per-token latency = each later decode step; throughput = batch x output tokens / end-to-end p50 latency.",
@@ -380,7 +390,7 @@ def roofline_html(df: pd.DataFrame) -> str:
     items = []
     for gpu, rows in inference.groupby("gpu_name"):
         where = html.escape(gpu or f"CPU ({rows['cpu_name'].iloc[0]})")
-        rates = ", ".join(f"{column.removeprefix('matmul_tflops_')} {rows[column].max():,.4g}"
+        rates = ", ".join(f"{column.removeprefix('matmul_tflops_')} {plain_number(rows[column].max())}"
                           for column in MATMUL_COLUMNS if rows[column].notna().any())
         streams = rows[["copy_gbps", "read_gbps"]].max(axis=1).max()  # the decode roofline's: the faster
         specified = specified_bandwidth_gbps(gpu) if gpu else None

@@ -36,9 +36,10 @@ class Column:
     better: str = ""  # "higher", "lower" or "" (not ranked)
     label: str = ""
     stages: tuple[str, ...] = ()  # the stages whose rows carry it
-    fmt: str = "{:.1f}"  # how a value is written in the decision matrix
+    fmt: str = "{:.1f}"  # how a value is written in the decision matrix; "significant": 3 digits, no exponent
     matrix: tuple[str, ...] = ()  # decision-matrix rows: "<batch> <input>" shapes ("min max": smallest batch,
     # longest input), or "once" for a value per configuration (build and quality stages)
+    n: str = ""  # a percentile: what its samples are, "runs" or "decode steps" (see sample_count)
     compared: bool = False  # compare judges it run against run
     samples: str | None = None  # the raw-sample list in samples.jsonl its spread comes from; None: one value
 
@@ -75,13 +76,13 @@ REGISTRY: list[Column] = [
             samples="latency_ms"),
     _metric("prefill_tokens_per_s", "prefill throughput", "tokens/s", "higher"),
     _metric("ttft_ms_p50", "time to first token p50", "ms", "lower", matrix=("min max", "max max"), compared=True,
-            samples="ttft_ms"),
-    _metric("ttft_ms_p99", "time to first token p99", "ms", "lower"),
+            samples="ttft_ms", n="runs"),
+    _metric("ttft_ms_p99", "time to first token p99", "ms", "lower", n="runs"),
     _metric("itl_ms_p50", "per-token latency p50", "ms", "lower", fmt="{:.2f}", matrix=("min max",),
-            compared=True, samples="itl_ms"),
-    _metric("itl_ms_p99", "per-token latency p99", "ms", "lower"),
-    _metric("latency_ms_p50", "latency p50", "ms", "lower", compared=True, samples="latency_ms"),
-    _metric("latency_ms_p99", "latency p99", "ms", "lower", matrix=("max max",)),
+            compared=True, samples="itl_ms", n="decode steps"),
+    _metric("itl_ms_p99", "per-token latency p99", "ms", "lower", n="decode steps"),
+    _metric("latency_ms_p50", "latency p50", "ms", "lower", compared=True, samples="latency_ms", n="runs"),
+    _metric("latency_ms_p99", "latency p99", "ms", "lower", matrix=("max max",), n="runs"),
     _metric("peak_mem_gb", "peak memory", "GB", "lower", fmt="{:.2f}", matrix=("max max",), compared=True),
     _metric("peak_mem_gb_per_gpu", "peak memory per GPU", "GB", "lower"),
     _metric("build_s", "build / export / compile time", "s", "lower", ("build",), matrix=("once",)),
@@ -91,7 +92,7 @@ REGISTRY: list[Column] = [
             matrix=("min min",)),
     _metric("first_divergence_p50", "quality: median first divergent token", "", "higher", fmt="{:.0f}",
             matrix=("min min",)),
-    _metric("max_logit_diff", "quality: max |logit difference| at the first token", "", "lower", fmt="{:.2e}",
+    _metric("max_logit_diff", "quality: max |logit difference| at the first token", "", "lower", fmt="significant",
             matrix=("min min",)),
     _metric("perplexity", "quality: perplexity on the packaged text", "", "lower", ("quality",), fmt="{:.3f}",
             matrix=("once",), compared=True),

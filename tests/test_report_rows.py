@@ -14,8 +14,8 @@ from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import parse_config
 from bench_kernels.decision import WINNER_MARK, Targets, configurations, cost_table, decision_matrix, recommend
 from bench_kernels.report import (ReportSpec, availability_notes, build_table, method_notes, profiles_html,
-                                  provenance_table, recommendation_html, results_table, roofline_html, roofline_table,
-                                  scaling_html, scaling_table, unmeasured_summary)
+                                  provenance_table, readable, recommendation_html, results_table, roofline_html,
+                                  roofline_table, scaling_html, scaling_table, unmeasured_summary)
 from bench_kernels.results import load_results, typed_frame
 from bench_kernels.sweep import run_sweeps
 
@@ -262,3 +262,20 @@ def test_speed_against_quality_places_each_precision_by_its_perplexity() -> None
     positions = {text.get_text(): text.xy for text in figure.axes[0].texts}
     assert positions["compiled int4"] == (20.0, 90.0)  # its best measured tokens/s, at batch 4
     assert plots.speed_vs_quality(frame([ok("reference", 1, 8, 10.0, "bf16")])) is None  # no perplexity: no chart
+
+
+def test_numbers_read_plainly_money_in_dollars_and_every_percentile_with_its_n() -> None:
+    table = readable(pd.DataFrame({"usd_per_month": [13140.0, 3.3611], "tokens_per_s": [17540.0, 0.0000123],
+                                   "gpus_needed": [6, None]}))
+    assert table["usd_per_month"].tolist() == ["$13,140", "$3.36"]
+    assert table["tokens_per_s"].tolist() == ["17,540", "0.0000123"] and table["gpus_needed"].tolist() == ["6", ""]
+    df = frame([ok("reference", 1, 8, 10.0, max_logit_diff=0.0000412), ok("compiled", 1, 8, 30.0, **BUILT,
+                                                                          max_logit_diff=0.00000731)])
+    matrix = decision_matrix(df)
+    assert matrix.loc["latency p99, batch 1, input 8 (ms)", "compiled"] == WINNER_MARK + "146.7 (n=2)"
+    assert matrix.loc["per-token latency p50, batch 1, input 8 (ms)", "reference"] == "100.00 (n=6)"  # 2 x 3 steps
+    logits = matrix.loc[matrix.index.str.startswith("quality: max |logit")].iloc[0]
+    assert logits["compiled"] == "0.00000731"
+    rows = results_table(df)
+    assert rows[["n_runs", "n_decode_steps"]].values.tolist() == [[2, 6], [2, 6]]
+    assert list(rows.columns).index("n_runs") == list(rows.columns).index("ttft_ms_p50") - 1
