@@ -36,6 +36,8 @@ browser:
 	  echo "chromium not installed: the browser test will be skipped"; }
 
 test: $(STAMP) browser
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) notebooks/
 

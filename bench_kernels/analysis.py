@@ -31,7 +31,6 @@ def quality_columns() -> list[str]:
 
 def build_columns() -> list[str]:
     return ["runtime", "precision", "gpu_count", "status", *carried_by("build"), "runtime_version", "error", "notes"]
-ROOFLINE_NOT_APPLICABLE = "roofline not applicable: model fits in cache"
 
 
 def plain_number(value: float, digits: int = 4) -> str:

@@ -48,7 +48,8 @@ def _kernel_name(requested: str | None) -> str:
 
 def _load(path: str, reports_dir: str | None, *, measures: bool = True) -> SweepConfig:
     """The validated spec; with measures, also its model's lengths, the device, and a memory estimate."""
-    from bench_kernels.config import check_device, load_config, memory_warnings, parse_config, validate_model
+    from bench_kernels.config import check_device, load_config, parse_config, validate_model
+    from bench_kernels.deployments import memory_warnings
 
     cfg = load_config(path, check_model=False)
     if reports_dir:

@@ -17,12 +17,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from bench_kernels.analysis import (ROOFLINE_NOT_APPLICABLE, SAMPLE_COUNT_COLUMNS, break_even_tokens, build_rows, gpu_counts,
-                                    inference_rows, ok_rows, on_gpus, plain_number, quality_rows, random_weights,
+from bench_kernels.analysis import (SAMPLE_COUNT_COLUMNS, break_even_tokens, build_rows, gpu_counts, inference_rows,
+                                    ok_rows, on_gpus, plain_number, quality_rows, random_weights,
                                     reference_precision_for, rows_of, runs_precision, runtime_fact, sample_count,
                                     shorten, split_deployments)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import COLUMN, METRICS, row_key
+from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 
 SECONDS_PER_DAY = 86_400
 HOURS_PER_MONTH = 730.0
@@ -62,7 +63,8 @@ def goodput_share(samples: dict[str, list[float]] | None, output_len: int, targe
     met = 0
     for ttft, latency in zip(samples["ttft_ms"], samples["latency_ms"]):
         tpot = (latency - ttft) / max(output_len - 1, 1)
-        met += (targets.ttft_ms is None or ttft <= targets.ttft_ms) and (targets.tpot_ms is None or tpot <= targets.tpot_ms)
+        met += ((targets.ttft_ms is None or ttft <= targets.ttft_ms)
+                and (targets.tpot_ms is None or tpot <= targets.tpot_ms))
     return met / len(samples["ttft_ms"])
 
 

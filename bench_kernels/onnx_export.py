@@ -30,8 +30,8 @@ from bench_kernels.architecture import parameter_counts
 from bench_kernels.decoder import Decoder
 from bench_kernels.models import LoadedModel
 from bench_kernels.paths import cache_dir as cache_root
+from bench_kernels.precisions import INT4_PRECISIONS  # the weights (AWQ-scaled or not) are the caller's
 from bench_kernels.quantization import int4_codes, int4_group_size
-from bench_kernels.runtimes.base import INT4_PRECISIONS  # the weights (AWQ-scaled or not) are the caller's
 
 logger = logging.getLogger(__name__)
 

@@ -292,8 +292,7 @@ def apply_awq(loaded: Any) -> AwqScales:
 def awq_calibration_ids(tokenizer: Any, max_positions: int) -> torch.Tensor:
     """The calibration tokens [1, T]: the packaged text after the perplexity windows (never scored), or, for a
     context too short to leave any, the text's last AWQ_CALIBRATION_TOKENS tokens."""
-    from bench_kernels.quality import perplexity_windows
-    from bench_kernels.workload import packaged_text, text_token_ids
+    from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
 
     token_ids = text_token_ids(tokenizer, packaged_text())
     scored = perplexity_windows(token_ids, max_positions).numel()

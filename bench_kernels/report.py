@@ -22,11 +22,11 @@ from bench_kernels.claims import check_claims, claims_section_html, load_claims
 from bench_kernels.decision import (CONFIDENCE, WINNER_MARK, Recommendation, Targets, cost_formulas, describe,
                                     gate_failures, summary_facts)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
-from bench_kernels.method import (MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MEMORY_SAMPLE_INTERVAL_S, PERPLEXITY_WINDOW,
-                                  PERPLEXITY_WINDOWS, perplexity_predictions)
+from bench_kernels.method import (BATCH_FORMATION, MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MEMORY_SAMPLE_INTERVAL_S,
+                                  PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS, perplexity_predictions)
 from bench_kernels.plots import ALL_CHARTS
 from bench_kernels.results import MATMUL_COLUMNS, PROVENANCE_COLUMNS, ResultsStore
-from bench_kernels.workload import BATCH_FORMATION
+from bench_kernels.roofline import streaming_gbps_of
 
 
 @dataclass(frozen=True)
@@ -392,7 +392,7 @@ def roofline_html(df: pd.DataFrame) -> str:
         where = html.escape(gpu or f"CPU ({rows['cpu_name'].iloc[0]})")
         rates = ", ".join(f"{column.removeprefix('matmul_tflops_')} {plain_number(rows[column].max())}"
                           for column in MATMUL_COLUMNS if rows[column].notna().any())
-        streams = rows[["copy_gbps", "read_gbps"]].max(axis=1).max()  # the decode roofline's: the faster
+        streams = streaming_gbps_of(rows).max()
         specified = specified_bandwidth_gbps(gpu) if gpu else None
         spec = (f"specified bandwidth {specified:,.0f} GB/s (data sheet)" if specified
                 else "no MBU: no specified bandwidth for a CPU" if not gpu
@@ -435,8 +435,8 @@ def availability_notes(df: pd.DataFrame, spec: ReportSpec) -> str:
     parts = []
     if not pending.empty:
         items = [pending_item(row) for _, row in pending.iterrows()]
-        parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping every "
-                     "finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
+        parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping "
+                     "every finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
                      + "".join(items) + "</ul>")
     if not missing.empty:
         items = [f"<li><b>{html.escape(row['runtime'])}</b> ({html.escape(row['precision'])}, {row['stage']}): "

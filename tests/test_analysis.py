@@ -57,7 +57,8 @@ def test_not_yet_run_counts_only_the_precisions_each_runtime_runs() -> None:
                           "batch_size": 1, "input_len": 128}])
     pending = not_yet_run(rows, {"reference": ["bf16"], "compiled": ["bf16", "fp8"]}, [1, 8], [128])
     assert pending.fillna(0).to_dict("records") == [
-        {"runtime": "reference", "precision": "bf16", "gpu_count": 1, "missing": 1, "shapes": 2, "build_missing": False},
+        {"runtime": "reference", "precision": "bf16", "gpu_count": 1, "missing": 1, "shapes": 2,
+         "build_missing": False},
         {"runtime": "compiled", "precision": "bf16", "gpu_count": 0, "missing": 2, "shapes": 2, "build_missing": False},
         {"runtime": "compiled", "precision": "fp8", "gpu_count": 0, "missing": 2, "shapes": 2, "build_missing": False}]
 
@@ -86,4 +87,5 @@ def test_not_yet_run_expects_a_build_in_every_precision_once_the_runtime_has_one
     assert pending.to_dict("records") == [
         {"runtime": "tensorrt", "precision": "int4", "gpu_count": 1, "missing": 0, "shapes": 1, "build_missing": True}]
     assert pending_work(pending.iloc[0]) == "the build"
-    assert not_yet_run(rows.iloc[1:], {"tensorrt": ["bf16", "int4"]}, [1], [128]).empty  # no build anywhere: none expected
+    # No build anywhere: none expected.
+    assert not_yet_run(rows.iloc[1:], {"tensorrt": ["bf16", "int4"]}, [1], [128]).empty

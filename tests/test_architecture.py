@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench_kernels.architecture import preset_fields, prefill_flops
+from bench_kernels.architecture import preset_fields
+from bench_kernels.roofline import prefill_flops
 
 # 2 layers, hidden 8, 2 query heads and 1 KV head of dimension 4, MLP 16, vocabulary 10.
 SMALL = SimpleNamespace(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

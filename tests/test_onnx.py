@@ -17,14 +17,14 @@ from test_decoder import (  # one model load per session; one_torch_thread is an
 )
 
 from bench_kernels.decoder import Decoder, DecoderArgs, empty_past, position_ids_from_mask
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import load_model
 from bench_kernels.onnx_export import DATA_FILE, MODEL_FILE, export_decoder, export_model, input_names, output_names
-from bench_kernels.quality import perplexity, perplexity_windows
+from bench_kernels.quality import perplexity
 from bench_kernels.quantization import int4_codes, int4_group_size
 from bench_kernels.runtimes.onnxruntime.generate import first_step_logits, make_session, ort_greedy_generate
 from bench_kernels.runtimes.onnxruntime.runtime import OnnxRuntimeRuntime
-from bench_kernels.workload import packaged_text, text_token_ids
+from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
 
 MODEL_KEY = "smollm2-135m-instruct-q4_1"
 

@@ -16,7 +16,7 @@ from bench_kernels import plots
 from bench_kernels.config import ConfigError, parse_config
 from bench_kernels.decision import decision_matrix
 from bench_kernels.decoder import Decoder, greedy_generate
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import eos_token_ids
 from bench_kernels.report import (ReportSpec, availability_notes, build_table, method_notes, provenance_table,
                                   results_table)

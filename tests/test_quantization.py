@@ -149,7 +149,8 @@ def test_triton_int4_kernels_match_the_dequantized_weight(rows: int, dtype: str)
 def test_compiled_int4_and_awq_perplexity_on_the_embedded_model() -> None:
     """Real SmolLM2 weights through the compiled runtime's own forward pass (eager on the CPU): int4 costs
     perplexity, AWQ gets part of it back."""
-    from bench_kernels.quality import perplexity, perplexity_windows
+    from bench_kernels.quality import perplexity
+    from bench_kernels.workload import perplexity_windows
     from bench_kernels.runtimes import get_runtime
     from bench_kernels.workload import packaged_text, text_token_ids
 

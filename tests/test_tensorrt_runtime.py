@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench_kernels.config import parse_config
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import load_model
 from bench_kernels.onnx_export import export_model
 from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS

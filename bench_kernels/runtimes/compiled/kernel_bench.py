@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_kernels.architecture import preset_fields
-from bench_kernels.hardware import device_rates
+from bench_kernels.rates import device_rates
 from bench_kernels.quantization import dequantize_int4, quantize_int4
 from bench_kernels.runtimes.compiled.linear_ops import (
     _scaled_mm_rowwise,

@@ -16,7 +16,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from bench_kernels.hardware import cuda_graph_of
+from bench_kernels.timing import cuda_graph_of
 
 log = logging.getLogger(__name__)
 

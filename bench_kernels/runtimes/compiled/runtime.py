@@ -26,7 +26,7 @@ from bench_kernels.runtimes.base import OPTIONS_CONFIG, BuildInfo, Runtime, dist
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import Measurement, StepTimer
+    from bench_kernels.timing import Measurement, StepTimer
     from bench_kernels.models import LoadedModel
     from bench_kernels.runtimes.compiled.sharding import Shard
 
@@ -244,6 +244,14 @@ class CompiledRuntime(Runtime):
         if self.coordinates_ranks:
             return max(facts["weight_bytes"] for facts in self.rank_facts)
         return self.static.weight_bytes()
+
+    def embedding_row_bytes(self) -> int:
+        if self.coordinates_ranks:  # every rank keeps the whole embedding, in the dtype the weights load in
+            from bench_kernels.precisions import PRECISIONS
+            from bench_kernels.roofline import embedding_row_bytes
+
+            return embedding_row_bytes(self.loaded.config, PRECISIONS[self.precision].unquantized_bytes)
+        return super().embedding_row_bytes()
 
     def kv_element_size(self) -> int:
         return self.static.kv_element_size()

@@ -88,7 +88,7 @@ def _start_rank(rank: int, world: int, store_path: str, request: RankRequest, ti
     import torch
     import torch.distributed as dist
 
-    from bench_kernels.hardware import all_reduce_bus_gbps, all_reduce_latency_us
+    from bench_kernels.rates import all_reduce_bus_gbps, all_reduce_latency_us
     from bench_kernels.models import load_model
     from bench_kernels.runtimes.compiled.runtime import CompiledRuntime
     from bench_kernels.runtimes.compiled.sharding import Shard

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import onnx
 import torch
 
-from bench_kernels.measure import PeakMemory
+from bench_kernels.timing import PeakMemory
 from bench_kernels.paths import atomic_write, remove_stale_temporaries
 from bench_kernels.runtimes.tensorrt.buffers import DecodeBuffers, DecoderLayout, decode_steps, greedy_loop, on_stream
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from bench_kernels.runtimes.base import (INT4_PRECISIONS, OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime,
-                                         options_dataclass)
+from bench_kernels.precisions import INT4_PRECISIONS
+from bench_kernels.runtimes.base import OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime, options_dataclass
 
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.timing import StepTimer
 
 log = logging.getLogger(__name__)
 

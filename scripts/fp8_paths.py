@@ -3,10 +3,11 @@ import torch
 
 from bench_kernels.decoder import Decoder
 from bench_kernels.models import load_model
-from bench_kernels.quality import fp8_round_trip_, perplexity, perplexity_windows, ppl_delta_pct
+from bench_kernels.quality import perplexity, ppl_delta_pct
+from bench_kernels.runtimes.compiled.fp8_rounding import fp8_round_trip_
 from bench_kernels.runtimes.compiled import linear_ops
 from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
-from bench_kernels.workload import packaged_text, text_token_ids
+from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
 
 device = torch.device("cuda")
 
