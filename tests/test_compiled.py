@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_decoder import tiny_model
 
-from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import parse_config
 from bench_kernels.decoder import Decoder, greedy_generate
+from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.runtimes.compiled.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
 from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
 from bench_kernels.sweep import run_build_stage, run_inference_sweep

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 
 from bench_kernels import plots
-from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import parse_config
 from bench_kernels.decision import WINNER_MARK, Targets, configurations, cost_table, decision_matrix, recommend
 from bench_kernels.report import (ReportSpec, availability_notes, build_table, method_notes, profiles_html,
                                   provenance_table, readable, recommendation_html, results_table, roofline_html,
                                   roofline_table, scaling_html, scaling_table, unmeasured_summary)
 from bench_kernels.results import load_results, typed_frame
+from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.sweep import run_sweeps
 
 
