@@ -184,7 +184,8 @@ def _runner_up_html(rec: Recommendation) -> str:
         return (f"<p>Runner-up: {runner_up} ({lead:.0f}% behind; no raw samples of both, so no interval on the "
                 "lead).</p>")
     low, high = rec.lead_interval_pct
-    interval = (f"{CONFIDENCE:.0%} bootstrap interval of the lead {low:+.1f}% to {high:+.1f}%, over "
+    digits = 2 if max(abs(low), abs(high)) < 1 else 1  # a lead under 1%: enough digits to show its sign
+    interval = (f"{CONFIDENCE:.0%} bootstrap interval of the lead {low:+.{digits}f}% to {high:+.{digits}f}%, over "
                 f"{rec.runs[0]:,} and {rec.runs[1]:,} measured runs")
     if rec.tie:
         return (f"<p><b>Runner-up: {runner_up}, a tie</b>: the lead of {lead:.1f}% lies inside the runs' spread "
