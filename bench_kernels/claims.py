@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 import yaml
@@ -23,7 +23,6 @@ from bench_kernels.paths import resolve_project_path
 from bench_kernels.precisions import PRECISIONS as PRECISION_TABLE
 from bench_kernels.roofline import (architecture_decode_weight_bytes, decode_roofline_tokens_per_s, decode_step_bytes,
                                     stored_weight_bytes, streaming_gbps_of)
-from bench_kernels.runtimes import runtime_names
 
 UNITS = {"tokens_per_s": "tokens/s", "build_min": "min", "memory_gb": "GB"}
 MEASUREMENTS = {"tokens_per_s": "decode throughput", "build_min": "build", "memory_gb": "peak memory"}
@@ -86,8 +85,9 @@ class Claim:
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 
-def load_claims(path: str | Path) -> list[Claim]:
-    """The claims of a claims file (relative paths against the project root), validated key by key."""
+def load_claims(path: str | Path, runtimes: Sequence[str] | None = None) -> list[Claim]:
+    """The claims of a claims file (relative paths against the project root), validated key by key; `runtimes`:
+    the names a claim's runtime may take (the spec's check passes the registry's; None: any name)."""
     path = resolve_project_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -106,7 +106,7 @@ def load_claims(path: str | Path) -> list[Claim]:
         raise ClaimsError(f"{where}: key 'sources' must map each source's name to its description")
     if not isinstance(entries, list) or not entries:
         raise ClaimsError(f"{where}: key 'claims' must be a non-empty list of claims")
-    claims = [_parse_claim(entry, f"{where}, claim {i + 1}", sources) for i, entry in enumerate(entries)]
+    claims = [_parse_claim(entry, f"{where}, claim {i + 1}", sources, runtimes) for i, entry in enumerate(entries)]
     ids = [claim.id for claim in claims]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     if duplicated:
@@ -114,7 +114,7 @@ def load_claims(path: str | Path) -> list[Claim]:
     return claims
 
 
-def _parse_claim(entry: Any, where: str, sources: dict[str, str]) -> Claim:
+def _parse_claim(entry: Any, where: str, sources: dict[str, str], runtimes: Sequence[str] | None) -> Claim:
     if not isinstance(entry, dict):
         raise ClaimsError(f"{where}: expected a mapping of keys, got {entry!r}")
     if isinstance(entry.get("id"), str):
@@ -138,7 +138,7 @@ def _parse_claim(entry: Any, where: str, sources: dict[str, str]) -> Claim:
             raise ClaimsError(f"{where}: key {key!r} must be a positive integer, got {value!r}")
         return value
 
-    def one_of(key: str, allowed: tuple[str, ...] | list[str]) -> str:
+    def one_of(key: str, allowed: Sequence[str]) -> str:
         value = text(key)
         if value not in allowed:
             raise ClaimsError(f"{where}: key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
@@ -159,7 +159,8 @@ def _parse_claim(entry: Any, where: str, sources: dict[str, str]) -> Claim:
             if key in entry:
                 raise ClaimsError(f"{where}: key {key!r} means nothing for metric {metric!r}; remove it")
     return Claim(id=text("id"), statement=text("statement"), source=sources[one_of("source", list(sources))],
-                 metric=metric, claimed=float(claimed), model=model, runtime=one_of("runtime", runtime_names()),
+                 metric=metric, claimed=float(claimed), model=model,
+                 runtime=one_of("runtime", runtimes) if runtimes is not None else text("runtime"),
                  precision=one_of("precision", PRECISIONS), gpu=text("gpu"), runtime_version=text("runtime_version"),
                  gpu_count=positive_int("gpu_count", 1),
                  batch_size=positive_int("batch_size", 1) if "batch_size" in entry else None,
