@@ -208,7 +208,7 @@ class SweepConfig(BaseModel):
     @classmethod
     def _claims_file_reads(cls, value: str) -> str:
         if value:
-            from bench_kernels.claims import ClaimsError, load_claims
+            from bench_kernels.claims_file import ClaimsError, load_claims
 
             try:
                 load_claims(value, runtime_names())

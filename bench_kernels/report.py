@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from bench_kernels.analysis import (build_columns, build_rows, inference_columns, inference_rows, not_yet_run,
                                     ok_rows, on_gpus, plain_number, quality_columns, quality_rows, runs_precision,
                                     scaling_table, shorten, unmeasured_summary, with_sample_counts)
-from bench_kernels.claims import check_claims, claims_section_html, load_claims
+from bench_kernels.claims import check_claims, claims_section_html
+from bench_kernels.claims_file import load_claims
 from bench_kernels.decision import (CONFIDENCE, WINNER_MARK, Recommendation, Targets, cost_formulas, describe,
                                     gate_failures, summary_facts)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps

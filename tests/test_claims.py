@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from bench_kernels.claims import (BELOW_WEIGHTS, BEYOND, CONSISTENT, NOT_MEASURED, NOT_REPRODUCED, TOLERANCE,
-                                  VERDICTS, Claim, ClaimsError, check_claims, claims_section_html, load_claims,
-                                  preset_parameter_counts)
+                                  VERDICTS, check_claims, claims_section_html, preset_parameter_counts)
+from bench_kernels.claims_file import Claim, ClaimsError, load_claims
 from bench_kernels.results import COLUMNS, load_results
 from bench_kernels.runtimes import runtime_names
 
