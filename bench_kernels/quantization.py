@@ -179,7 +179,9 @@ def search_awq_scales(x: torch.Tensor, layers: list[nn.Linear], probe: _Probe) -
     return best[2], best[0], best[1], error_rtn
 
 
-AWQ_MODEL_TYPES = ("llama", "mistral", "qwen2")  # pre-norm decoders: each norm feeds exactly q/k/v or gate/up
+# Pre-norm decoders whose norms each feed exactly q/k/v or gate/up (Qwen3's q/k norms act on their outputs, after the
+# scaled input channels); Phi-3 fuses them into qkv_proj and gate_up_proj, which these groups do not name.
+AWQ_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _decoder_layers(hf_model: Any) -> nn.ModuleList:

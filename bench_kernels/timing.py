@@ -2,7 +2,7 @@
 CUDA-graph helper that the kernel and all-reduce timers replay.
 
 Two micro-benchmarks time single kernels instead, for other ends: rates._best_time_s measures the
-roofline's copy bandwidth and matmul rate, and the compiled runtime's linear_ops._time_ms replays a kernel
+roofline's copy bandwidth and matmul rate, and the compiled runtime's linear_ops.kernel_time_ms replays a kernel
 from a CUDA graph to choose between Triton and cuBLAS. Neither times a generation.
 """
 

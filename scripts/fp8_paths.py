@@ -26,7 +26,7 @@ with torch.inference_mode():
     print(f"compiled fp8, GPU kernels (_scaled_mm beyond 64 rows): {value:.4f} ({ppl_delta_pct(value, base):+.3f}%)")
     rows = torch.randn(512, 576, device=device, dtype=torch.bfloat16) * 3
     weight, scale = static.layers[0].o
-    kernel = linear_ops._scaled_mm_rowwise(rows, weight, scale).float()
+    kernel = linear_ops.scaled_mm_rowwise(rows, weight, scale).float()
     q, row_scale = linear_ops.quantize_rows_fp8(rows)
     emulated = (q.float() * row_scale) @ weight.float().t() * scale
     print(f"_scaled_mm vs the same math in fp32: max |diff| / max |out| = "

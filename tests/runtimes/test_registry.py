@@ -23,7 +23,7 @@ from bench_kernels.runtimes import RUNTIMES, BuildInfo, Runtime, options_datacla
 from bench_kernels.runtimes.base import OPTIONS_CONFIG
 from bench_kernels.sweep import run_build_stage, run_sweeps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @options_dataclass(config=OPTIONS_CONFIG)
