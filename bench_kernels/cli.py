@@ -48,7 +48,8 @@ def _kernel_name(requested: str | None) -> str:
 
 def _load(path: str, reports_dir: str | None, *, measures: bool = True) -> SweepConfig:
     """The validated spec; with measures, also its model's lengths, the device, and a memory estimate."""
-    from bench_kernels.config import check_device, load_config, memory_warnings, parse_config, validate_model
+    from bench_kernels.config import check_device, load_config, parse_config, validate_model
+    from bench_kernels.deployments import memory_warnings
 
     cfg = load_config(path, check_model=False)
     if reports_dir:
@@ -189,10 +190,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Render run B against run A into one HTML file; both folders are checked before a kernel starts."""
     import papermill
 
-    from bench_kernels.compare import compare_runs, summary_line
+    from bench_kernels.compare import RunFolderError, compare_runs, summary_line
 
     run_a, run_b = Path(args.run_a).resolve(), Path(args.run_b).resolve()
-    comparison = compare_runs(run_a, run_b)
+    try:
+        comparison = compare_runs(run_a, run_b)
+    except RunFolderError as err:
+        print(err, file=sys.stderr)
+        return 1
     html_path = Path(args.out).resolve() if args.out else run_b / f"compare-vs-{run_a.name}.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:

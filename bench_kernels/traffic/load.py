@@ -22,8 +22,8 @@ import torch
 
 from bench_kernels.config import SweepConfig
 from bench_kernels.errors import readable_error
-from bench_kernels.hardware import pick_device, provenance
-from bench_kernels.measure import StepTimer
+from bench_kernels.provenance import pick_device, provenance
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import model_display_name, resolve_model_config
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.runtimes import Runtime, get_runtime
