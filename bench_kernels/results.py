@@ -70,8 +70,6 @@ REGISTRY: list[Column] = [
     # over; 1 for a single device, the CPU included); rows written before it existed read as 1.
     Column("gpu_count", "int", "key"), Column("batch_size", "int", "key"), Column("input_len", "int", "key"),
     Column("output_len", "int", "key"),
-    # Load rows (stage `load`, bench_kernels.traffic) are told apart by their batching policy and arrivals too.
-    Column("policy", group="key"), Column("arrivals", group="key"),
     Column("status", group="outcome"), Column("error", group="outcome"),
     Column("warmup", "int", "outcome"), Column("repeats", "int", "outcome"),
     _metric("tokens_per_s", "throughput", "tokens/s", "higher", matrix=("min max", "max max"), compared=True,
@@ -108,11 +106,13 @@ REGISTRY: list[Column] = [
     _metric("prefill_tflops", "prefill matmul rate", "TFLOP/s"),
     _metric("prefill_efficiency", "prefill efficiency vs compute roofline", "", "higher", fmt="{:.0%}",
             matrix=("max max",)),
+    # Load rows (stage `load`, bench_kernels.traffic) are told apart by their batching policy and arrivals too.
+    Column("policy", group="key"), Column("arrivals", group="key"),
     _metric("request_rate_per_s", "offered request rate (Poisson)", "requests/s", stages=("load",)),
     Column("requests", "int", "outcome", stages=("load",)),
     _metric("duration_s", "load run span", "s", stages=("load",)),
-    _metric("tpot_ms_p50", "time per output token p50", "ms", "lower", ("load",), n="requests"),
-    _metric("tpot_ms_p99", "time per output token p99", "ms", "lower", ("load",), n="requests"),
+    _metric("tpot_ms_p50", "time per output token p50", "ms", "lower", ("load",)),  # its n: the row's requests
+    _metric("tpot_ms_p99", "time per output token p99", "ms", "lower", ("load",)),
     _metric("achieved_rate_per_s", "served request rate", "requests/s", "higher", ("load",)),
     _metric("goodput_per_s", "goodput: requests/s within the targets", "requests/s", "higher", ("load",)),
     _metric("slo_attainment", "share of requests within the targets", "", "higher", ("load",), fmt="{:.0%}"),
