@@ -228,8 +228,8 @@ def latency_vs_rate(results: pd.DataFrame, configs: list[Configuration], spec: T
         for ax, column in zip(axes, ("ttft_ms_p99", "tpot_ms_p99")):
             ax.scatter(group["request_rate_per_s"], group[column], marker="o", s=40, zorder=3,
                        label=f"{runtime} {precision}, {policy} (measured)")
-    for ax, column, limit, title in ((axes[0], "ttft_ms_p99", targets.ttft_ms, "time to first token p99"),
-                                     (axes[1], "tpot_ms_p99", targets.tpot_ms, "time per output token p99")):
+    for ax, limit, title in ((axes[0], targets.ttft_ms, "time to first token p99"),
+                             (axes[1], targets.tpot_ms, "time per output token p99")):
         if limit is not None:
             ax.axhline(limit, color="black", linestyle="--", linewidth=1, label=f"target {limit:g} ms")
         ax.set_xscale("log")

@@ -26,7 +26,8 @@ def _cfg(tmp_path: Path, **extra: object):
 
 def _offline_rows(store: ResultsStore) -> None:
     """Step costs of two runtimes (the compiled one twice as fast) and a TensorRT build that never ran."""
-    for runtime, scale, policies in (("reference", 2.0, "continuous static"), ("compiled", 1.0, "shape_limited static")):
+    for runtime, scale, policies in (("reference", 2.0, "continuous static"),
+                                     ("compiled", 1.0, "shape_limited static")):
         for batch in (1, 4):
             for length in (128, 512):
                 store.append({"stage": "inference", "runtime": runtime, "model": "m", "precision": "fp32",

@@ -82,7 +82,8 @@ class StepCosts:
 
     @property
     def extrapolated(self) -> list[str]:
-        """What the predictions so far extrapolated, e.g. 'decode length 513-640 beyond measured 192-192 at batch 32'."""
+        """What the predictions so far extrapolated, e.g. 'decode length 513-640 beyond measured 192-192 at batch
+        32'."""
         return [f"{what} {axis} {low:.0f}{f'-{high:.0f}' if high != low else ''} beyond measured {measured}"
                 for (what, axis, measured), (low, high) in sorted(self.beyond.items())]
 
