@@ -39,8 +39,9 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) notebooks/
 
+# JupyterLab refuses to start as root (the usual user in a container) unless told that is intended.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 clean-reports:
 	find reports -mindepth 1 -maxdepth 1 -type d ! -name 'h100*' ! -name 'h200*' ! -name 'sample-*' -exec rm -rf {} +
