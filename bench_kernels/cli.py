@@ -46,19 +46,40 @@ def _kernel_name(requested: str | None) -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def _load(path: str, reports_dir: str | None, *, measures: bool = True) -> SweepConfig:
-    """The validated spec; with measures, also its model's lengths, the device, and a memory estimate."""
-    from bench_kernels.config import check_device, load_config, memory_warnings, parse_config, validate_model
+def _load(path: str, reports_dir: str | None, *, measures: bool = True, here: bool = True) -> SweepConfig:
+    """The validated spec; with measures, also checked against its model (lengths, prompt file, the runtimes'
+    families), and when it runs here, against the device (a GPU asked for, a memory estimate)."""
+    from bench_kernels.config import check_device, family_warnings, load_config, memory_warnings
 
-    cfg = load_config(path, check_model=False)
-    if reports_dir:
-        cfg = parse_config({**cfg.model_dump(), "reports_dir": str(Path(reports_dir).resolve())}, path)
+    overrides = {"reports_dir": str(Path(reports_dir).resolve())} if reports_dir else {}
+    cfg = load_config(path, check_model=measures, overrides=overrides)
     if measures:
-        hf_config = validate_model(cfg, path)
-        check_device(cfg, path)
-        for warning in memory_warnings(cfg, hf_config):
+        from bench_kernels.models import resolve_model_config
+
+        hf_config = resolve_model_config(cfg.model)
+        warnings = family_warnings(cfg, hf_config)
+        if here:
+            check_device(cfg, path)
+            warnings += memory_warnings(cfg, hf_config)
+        for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
     return cfg
+
+
+def failed_rows_summary(run_dir: Path) -> str | None:
+    """One line naming the rows of a run folder whose status is error and where their tracebacks are; None when
+    no row failed (unavailable rows, which say why a runtime cannot run here, are not failures)."""
+    from bench_kernels.results import ResultsStore
+
+    failed = [row for row in ResultsStore(run_dir).rows() if row.get("status") == "error"]
+    if not failed:
+        return None
+    names = [" ".join(part for part in (row["stage"], row["runtime"], row["precision"],
+                                        f"batch {row['batch_size']}" if row.get("batch_size") else "",
+                                        f"input {row['input_len']}" if row.get("input_len") else "") if part)
+             for row in failed]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{len(failed)} rows failed ({shown}); their errors are in results.csv, tracebacks in {run_dir / 'errors.log'}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -82,7 +103,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.params, None)
     shapes = len(cfg.batch_sizes) * len(cfg.input_lens) * len(cfg.precisions)
     print(f"{args.params}: valid. run_name={cfg.run_name} model={cfg.model} runtimes={','.join(cfg.runtimes)} "
-          f"precisions={','.join(cfg.precisions)}; {shapes} shapes per runtime; results in {cfg.run_dir}")
+          f"precisions={','.join(cfg.precisions)}; {shapes} shape{'' if shapes == 1 else 's'} per runtime; "
+          f"results in {cfg.run_dir}")
     return 0
 
 
@@ -155,21 +177,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"failed notebooks: {', '.join(failed)}", file=sys.stderr)
         return 1
+    summary = failed_rows_summary(run_dir) if selected != [REPORT_NOTEBOOK] else None
+    if summary:
+        print(summary, file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The notebooks' work without Jupyter: build stage, then each runtime's sweep (or each deployment as a
     Ray task with --ray)."""
-    from bench_kernels.config import validate_model
     from bench_kernels.sweep import run_build_stage, run_sweeps
 
     if args.ray is not None:
         from bench_kernels.cluster import run_sweeps_on_ray
 
         # The GPUs are the cluster's: this machine's device and memory are not checked.
-        cfg = _load(args.params, args.reports_dir, measures=False)
-        validate_model(cfg, args.params)
+        cfg = _load(args.params, args.reports_dir, here=False)
         results = run_sweeps_on_ray(cfg, args.ray or None, skip_build=args.skip_build, progress=print)
     else:
         cfg = _load(args.params, args.reports_dir)
@@ -179,6 +203,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); render the report with: "
           f"bench-kernels run {Path(args.params).resolve()} --only 90"
           + (f" --reports-dir {Path(args.reports_dir).resolve()}" if args.reports_dir else ""))
+    summary = failed_rows_summary(cfg.run_dir)
+    if summary:
+        print(summary, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -163,6 +163,21 @@ def resolve_model_config(model: str) -> Any:
     raise ModelError(f"unknown model {model!r}; allowed: 'embedded', 'preset:<name>', 'local:<folder>', 'hub:<id>'")
 
 
+def resolve_tokenizer(model: str) -> Any:
+    """The model's tokenizer without its weights (validation tokenizes the prompt file with it)."""
+    from transformers import AutoTokenizer
+
+    kind, _, ref = model.partition(":")
+    if model == "embedded":
+        if _embedded_cached():
+            return AutoTokenizer.from_pretrained(embedded_cache_dir())
+        gguf = embedded_gguf_path()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if kind == "preset":
+        return packaged_tokenizer()
+    return AutoTokenizer.from_pretrained(resolve_project_path(ref) if kind == "local" else ref)
+
+
 def _local_weights_id(folder: Path) -> str:
     """Path, names, sizes and mtimes of a local folder's weight files: changes when the weights do."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))

@@ -134,13 +134,14 @@ def unsupported_precision(runtime_cls: type[Runtime], precision: str) -> str | N
 
 
 def unavailable(ctx: SweepContext, deployment: Deployment, *, building: bool = False) -> str | None:
-    """Why this deployment cannot run (or, building, cannot build) here, or None."""
+    """Why this deployment cannot run (or, building, cannot build) here, or None; the model's family first, since
+    no machine would change that."""
     runtime_cls = get_runtime(deployment.runtime)
+    config = resolve_model_config(ctx.cfg.model)
     device_reason = (runtime_cls.build_unavailable_reason if building else runtime_cls.unavailable_reason)(
         ctx.device, deployment.precision)
-    return (unsupported_precision(runtime_cls, deployment.precision) or device_reason
-            or runtime_cls.options_unavailable_reason(deployment.options, ctx.device,
-                                                      resolve_model_config(ctx.cfg.model)))
+    return (runtime_cls.model_unavailable_reason(config) or unsupported_precision(runtime_cls, deployment.precision)
+            or device_reason or runtime_cls.options_unavailable_reason(deployment.options, ctx.device, config))
 
 
 def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from bench_kernels.architecture import DECODER_MODEL_TYPES
 from bench_kernels.runtimes.base import OPTIONS_CONFIG, BuildInfo, Runtime, distribution_version, options_dataclass
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class CompiledRuntime(Runtime):
     """Static-cache decoder under torch.compile, decode steps replayed from CUDA graphs."""
 
     name = "compiled"
+    model_types = DECODER_MODEL_TYPES  # the shared decoder's families
     description = ("the shared decoder with a static KV cache under torch.compile, CUDA graphs and Triton kernels; "
                    "tensor parallel over several GPUs")
     needs_build = True

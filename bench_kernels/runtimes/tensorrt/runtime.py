@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
+from bench_kernels.architecture import DECODER_MODEL_TYPES
 from bench_kernels.runtimes.base import (INT4_PRECISIONS, OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime,
                                          options_dataclass)
 
@@ -58,6 +59,7 @@ class TensorRTRuntime(Runtime):
     """Engine built strongly typed from the exported decoder, with prefill and decode profiles from the sweep."""
 
     name = "tensorrt"
+    model_types = DECODER_MODEL_TYPES  # the shared decoder's families
     description = "the shared decoder's ONNX graph built into a strongly typed TensorRT engine"
     needs_build = True
     options_class = TensorRTOptions
