@@ -234,6 +234,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """List the cache's entries (size, age, what each is for), or remove them by kind, by age, or all."""
+    from bench_kernels.cache import KINDS, TEMPORARY, UNKNOWN, age_text, cache_entries, remove, select
+    from bench_kernels.paths import cache_root
+
+    root = cache_root()
+    entries = cache_entries(root)
+    now = time.time()
+    if args.action == "list":
+        if args.kind or args.older_than is not None or args.all:
+            raise ConfigError("cache list takes no --kind, --older-than or --all; they select what `cache clean` removes")
+        for entry in entries:
+            print(f"{entry.kind:<10} {entry.size_bytes / 1e6:>10.1f} MB {age_text(now - entry.modified):>7}  "
+                  f"{entry.name}: {entry.purpose}")
+        total = sum(e.size_bytes for e in entries)
+        print(f"{root}: {len(entries)} entries, {total / 1e6:.1f} MB")
+        return 0
+    allowed = [*KINDS, TEMPORARY, UNKNOWN]
+    unknown = [k for k in args.kind or [] if k not in allowed]
+    if unknown:
+        raise ConfigError(f"cache clean --kind: unknown kind(s) {unknown}; allowed: {', '.join(allowed)}")
+    if not (args.kind or args.older_than is not None or args.all):
+        raise ConfigError("cache clean removes nothing without --kind KIND, --older-than DAYS or --all")
+    chosen = select(entries, args.kind, args.older_than, now)
+    for entry in chosen:
+        print(f"removed {entry.kind} {entry.name} ({entry.size_bytes / 1e6:.1f} MB)")
+    freed = remove(chosen)
+    kept = [e for e in entries if not e.removable]
+    print(f"{root}: {len(chosen)} entries removed, {freed / 1e6:.1f} MB freed"
+          + (f"; {len(kept)} temporaries of running writers kept" if kept else ""))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from bench_kernels.architecture import preset_names, presets_dir
 
@@ -311,6 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--kernel",
                          help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
     compare.set_defaults(func=cmd_compare)
+
+    cache = sub.add_parser("cache", parents=[common], help="list the cache (sizes, what each entry is for) or clean it",
+                           description="The on-disk cache ($BENCH_KERNELS_CACHE, default ~/.cache/bench_kernels): the "
+                                       "converted embedded model, ONNX exports, TensorRT engines, AWQ scales, and "
+                                       "temporaries of unfinished writes. `cache` lists each entry with its size, "
+                                       "when it was last written and what it is for; `cache clean` removes entries "
+                                       "by kind, by age, or all (never a temporary whose writer still runs). A "
+                                       "removed entry is built again when a run needs it.")
+    cache.add_argument("action", nargs="?", choices=["list", "clean"], default="list")
+    cache.add_argument("--kind", nargs="+", metavar="KIND",
+                       help="clean only these kinds: models, onnx, engines, awq, temporary, unknown")
+    cache.add_argument("--older-than", type=float, metavar="DAYS", help="clean only entries last written before then")
+    cache.add_argument("--all", action="store_true", help="clean every entry")
+    cache.set_defaults(func=cmd_cache)
 
     presets = sub.add_parser("presets", parents=[common], help="list the architecture presets for random-weight runs",
                              description="List the packaged presets, usable as model: preset:<name>.")

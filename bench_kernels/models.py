@@ -7,7 +7,6 @@ import importlib.metadata
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from bench_kernels.architecture import kv_bytes_per_token, parameter_counts, preset_fields, preset_names
-from bench_kernels.paths import cache_dir, resolve_project_path
+from bench_kernels.paths import cache_dir, resolve_project_path, temporary_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def convert_embedded() -> Path:
     # A GGUF-loaded model refuses save_pretrained; a fresh model of the same config accepts its weights.
     fresh = type(gguf_model)(gguf_model.config)
     fresh.load_state_dict(gguf_model.state_dict())
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    staging = temporary_dir(target.parent, target.name)
     fresh.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     # Rename into place so a killed conversion never leaves a half-written cache.

@@ -4,6 +4,7 @@ relative-path spec, a model family the shared decoder does not support, Ctrl-C, 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,9 +38,11 @@ def user_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Gemma2ForCausalLM(config).save_pretrained(folder / "models" / "tiny-gemma2")
     packaged_tokenizer().save_pretrained(folder / "models" / "tiny-gemma2")
     (folder / "specs").mkdir()
-    (folder / "specs" / "gemma.yaml").write_text(yaml.safe_dump({
-        "run_name": "gemma", "model": "local:../models/tiny-gemma2", "batch_sizes": [1], "input_lens": [8],
-        "output_len": 2, "warmup": 0, "repeats": 1, "device": "cpu", "reports_dir": "../reports"}))
+    spec = {"run_name": "gemma", "model": "local:../models/tiny-gemma2", "batch_sizes": [1], "input_lens": [8],
+            "output_len": 2, "warmup": 0, "repeats": 1, "device": "cpu", "reports_dir": "../reports"}
+    (folder / "specs" / "gemma.yaml").write_text(yaml.safe_dump(spec))
+    (folder / "specs" / "decoder-runtimes.yaml").write_text(yaml.safe_dump(
+        {**spec, "run_name": "decoder-runtimes", "runtimes": ["onnxruntime", "tensorrt", "compiled"]}))
     return folder
 
 
@@ -54,18 +57,56 @@ def test_sweep_and_report_from_another_folder_with_an_unsupported_family(user_fo
     df = load_results(results)
     inference = df[df["stage"] == "inference"].set_index("runtime")["status"].to_dict()
     assert inference["reference"] == "ok"
-    assert inference["onnxruntime"] == inference["compiled"] == "error"
-    assert "model_type 'gemma2'" in df[df["runtime"] == "compiled"]["error"].iloc[0]
+    assert inference["onnxruntime"] == inference["compiled"] == inference["tensorrt"] == "unavailable"
+    assert "compiled does not run model family 'gemma2' (it runs llama" in \
+        df[df["runtime"] == "compiled"]["error"].iloc[0]
     render = next(line for line in swept.stdout.splitlines() if "render the report with" in line)
     command = render.split("render the report with: ")[1].split()
     assert command[0] == "bench-kernels"
     rendered = subprocess.run([COMMAND, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rendered.returncode == 0, rendered.stdout[-2000:] + rendered.stderr[-2000:]
     html = (user_folder / "reports" / "gemma" / "report.html").read_text()
-    assert "Decision matrix" in html and "model_type" in html
+    assert "Decision matrix" in html and "does not run model family" in html
     assert "Traceback" not in rendered.stdout + rendered.stderr
     assert len(rendered.stdout.splitlines()) < 10  # quiet: a line per notebook, where the report and results are
     assert "without encryption" not in rendered.stderr
+
+
+def test_a_family_the_runtimes_cannot_run_is_warned_about_and_unavailable(user_folder: Path) -> None:
+    """validate names each runtime and the family from config.json alone; the sweep's rows are all unavailable
+    with that reason (TensorRT's too, on a machine that could not run its engines anyway), so it exits 0; its
+    console is a pipe, so no progress bar is drawn."""
+    spec = user_folder / "specs" / "decoder-runtimes.yaml"
+    validated = bench_kernels("validate", str(spec), cwd=user_folder)
+    assert validated.returncode == 0, validated.stderr
+    for runtime in ("onnxruntime", "tensorrt", "compiled"):
+        assert f"warning: {runtime} does not run model family 'gemma2' (it runs llama, " in validated.stderr
+    swept = bench_kernels("sweep", str(spec), cwd=user_folder)
+    assert swept.returncode == 0, swept.stdout[-2000:] + swept.stderr[-2000:]
+    rows = ResultsStore(user_folder / "reports" / "decoder-runtimes").rows()
+    assert {row["stage"] for row in rows} == {"build", "inference", "quality"}
+    assert all(row["status"] == "unavailable" and row["error"].startswith(f"{row['runtime']} does not run model "
+                                                                          "family 'gemma2'") for row in rows), rows
+    assert "rows failed" not in swept.stderr
+    assert "%|" not in swept.stdout + swept.stderr and "shape/s" not in swept.stdout + swept.stderr
+    assert "unavailable: onnxruntime does not run model family 'gemma2'" in swept.stdout
+
+
+def test_a_run_whose_rows_failed_exits_1_naming_them(tiny_local_model: Path, tmp_path: Path) -> None:
+    """Weights that cannot be read fail every row of the reference: a real sweep, which exits 1 with one line."""
+    broken = tmp_path / "broken-llama"
+    shutil.copytree(tiny_local_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({
+        "run_name": "broken", "model": "local:broken-llama", "runtimes": ["reference"], "batch_sizes": [1],
+        "input_lens": [8], "output_len": 2, "warmup": 0, "repeats": 1, "device": "cpu"}))
+    swept = bench_kernels("sweep", "spec.yaml", "--skip-build", cwd=tmp_path)
+    run_dir = tmp_path / "reports" / "broken"
+    assert swept.returncode == 1, swept.stdout[-2000:] + swept.stderr[-2000:]
+    assert swept.stderr.strip().splitlines()[-1] == (
+        "2 rows failed (inference reference fp32 batch 1 input 8, quality reference fp32); their errors are in "
+        f"results.csv, tracebacks in {run_dir / 'errors.log'}")
+    assert "Traceback" in (run_dir / "errors.log").read_text()
 
 
 def test_presets_and_validate_outside_the_project(tmp_path: Path) -> None:

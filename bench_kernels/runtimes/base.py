@@ -198,6 +198,11 @@ class Runtime(ABC):
         """Export / build / compile for these shapes; None when the runtime has no build step."""
         return None
 
+    def discard_build(self) -> str:
+        """Delete what prepare built, on a machine where this runtime cannot run it: built there only for the build
+        row's figures, which are written. Returns a note for that row ('' when nothing was deleted)."""
+        return ""
+
     @abstractmethod
     def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:
         """Greedy-generate exactly output_len tokens for input_ids [B, S]; returns [B, output_len] on CPU."""

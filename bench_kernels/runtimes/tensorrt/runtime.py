@@ -117,6 +117,15 @@ class TensorRTRuntime(Runtime):
                  f"({self.export.artifact_mb:.0f} MB{rounded}) not included in build_s; profiles: {ranges}")
         return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes)
 
+    def discard_build(self) -> str:
+        """The engine, its checksum and build record: an engine that cannot run here is kept for nothing (0.7-1.1 GB
+        for an 8B model), and a rerun keeps the finished build row instead of building again."""
+        path = self.engine.path
+        for built in (path, path.with_name(path.name + ".sha256"), path.with_suffix(".json")):
+            built.unlink(missing_ok=True)
+        return (f"built here for its build figures (build time, engine size) only: the {self.engine.engine_mb:.0f} MB "
+                "engine cannot run on this machine and was deleted")
+
     def weight_bytes(self) -> int:
         return self.export.weight_bytes(self.loaded.config)
 
