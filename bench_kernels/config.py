@@ -33,8 +33,9 @@ MOVED_KEYS = {
     "trt_optimization_level": "runtime_options: {tensorrt: {optimization_level: ...}}",
     "trt_allow_rebuild": "runtime_options: {tensorrt: {allow_rebuild: ...}}",
 }
-# Keys naming a path; relative ones are taken from the spec file's folder.
+# Keys naming a path; relative ones are taken from the spec file's folder (spec_dir).
 PATH_KEYS = ("reports_dir", "prompt_file", "claims")
+DEFAULT_REPORTS_DIR = "reports"
 
 
 # Latency targets by name: MLPerf Inference's limits for Llama-3.1-8B (time to first token, time per output token).
@@ -105,7 +106,8 @@ class SweepConfig(BaseModel):
     repeats: int = Field(2, ge=1, le=MAX_REPEATS)
     device: DeviceName = "auto"
     prompt_file: str = ""
-    reports_dir: str = "reports"
+    reports_dir: str = DEFAULT_REPORTS_DIR
+    spec_dir: str = ""  # the folder relative paths are taken from (load_config: the spec's); empty: the project root
     seed: int = Field(0, ge=0)
     cpu_threads: int = Field(0, ge=0, le=4096)
     runtime_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -229,6 +231,14 @@ class SweepConfig(BaseModel):
                 load_claims(value)
             except ClaimsError as err:
                 raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("spec_dir")
+    @classmethod
+    def _spec_dir_exists(cls, value: str) -> str:
+        if value and not Path(value).expanduser().is_dir():
+            raise ValueError(f"folder {Path(value).expanduser().resolve()} does not exist (the spec file's folder, "
+                             "which relative paths are taken from)")
         return value
 
     @field_validator("prompt_file")
@@ -397,6 +407,14 @@ def parse_config(data: Mapping[str, Any], source: str = "<parameters>", *, check
         raise ConfigError(f"invalid sweep spec {source}: expected a mapping of keys, got {type(data).__name__}")
     moved = [f"{key}: this key has moved; use {MOVED_KEYS[key]}" for key in data if key in MOVED_KEYS]
     fields = {k: v for k, v in data.items() if k not in MOVED_KEYS}
+    spec_dir = fields.get("spec_dir")
+    if isinstance(spec_dir, str) and spec_dir and Path(spec_dir).expanduser().is_dir():
+        # papermill passes the spec's values only; spec_dir (-p spec_dir FOLDER) says where its relative paths start.
+        # Notebook parameters always carry reports_dir: at its default it means what a spec without one means.
+        folder = Path(spec_dir).expanduser().resolve()
+        if fields.get("reports_dir", DEFAULT_REPORTS_DIR) == DEFAULT_REPORTS_DIR:
+            fields["reports_dir"] = str(default_reports_dir(folder))
+        fields = _relative_to(folder, {**fields, "spec_dir": str(folder)})
     try:
         cfg = SweepConfig.model_validate(fields, context={"check_model": check_model})
     except ValidationError as err:
@@ -440,10 +458,17 @@ def load_config(path: str | Path, *, check_model: bool = True, overrides: Mappin
         raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
     if isinstance(data, dict):
         folder = path.resolve().parent
-        # Without reports_dir: the project's reports/ for a spec inside a project, else reports/ beside the spec.
-        data = _relative_to(folder, {"reports_dir": str((find_project(folder) or folder) / "reports"), **data,
-                                     **(overrides or {})})
+        if isinstance(data.get("spec_dir"), str) and data["spec_dir"]:
+            folder = (folder / Path(data["spec_dir"]).expanduser()).resolve()
+        data = _relative_to(folder, {"reports_dir": str(default_reports_dir(folder)), **data, **(overrides or {}),
+                                     "spec_dir": str(folder)})
     return parse_config(data, str(path), check_model=check_model)
+
+
+def default_reports_dir(spec_folder: Path) -> Path:
+    """Where a spec without reports_dir writes: its project's reports/ for a spec inside a project, else reports/
+    beside the spec."""
+    return (find_project(spec_folder) or spec_folder) / "reports"
 
 
 def validate_model(cfg: SweepConfig, source: str = "") -> Any:

@@ -3,6 +3,7 @@ relative-path spec, a model family the shared decoder does not support, Ctrl-C, 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -139,6 +140,43 @@ def test_relative_paths_follow_the_spec_file(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text("prompt_file: texts/missing.txt\n")
     with pytest.raises(ConfigError, match=r"prompt_file: file .*texts/missing.txt does not exist"):
         load_config(tmp_path / "spec.yaml", check_model=False)
+
+
+def test_spec_dir_is_where_relative_parameters_start(tmp_path: Path) -> None:
+    """papermill passes a spec's values only: -p spec_dir says where its relative paths start, and a reports_dir at
+    its default means what a spec without one means (reports/ beside a spec outside a project)."""
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "mine.txt").write_text("words " * 100)
+    cfg = parse_config({"prompt_file": "texts/mine.txt", "reports_dir": "reports", "spec_dir": str(tmp_path)})
+    assert cfg.prompt_file == str(tmp_path / "texts" / "mine.txt") and cfg.run_dir == tmp_path / "reports" / "notebook"
+    inside = parse_config({"reports_dir": "reports", "spec_dir": "params"})  # from the project root (the tests' cwd)
+    assert cfg.spec_dir == str(tmp_path) and inside.run_dir == Path.cwd() / "reports" / "notebook"
+    (tmp_path / "spec.yaml").write_text("reports_dir: out\n")
+    assert load_config(tmp_path / "spec.yaml", check_model=False).spec_dir == str(tmp_path)  # recorded by the loader
+    with pytest.raises(ConfigError, match=r"spec_dir: folder .*nowhere does not exist"):
+        parse_config({"spec_dir": str(tmp_path / "nowhere")})
+
+
+def test_plain_papermill_with_a_spec_resolves_its_paths_from_its_folder(tmp_path: Path) -> None:
+    """The report notebook run by papermill itself, from another folder, with -f spec -p spec_dir: it reads the
+    results under the spec's own out/ and writes nothing where papermill runs."""
+    spec_folder = tmp_path / "two"
+    run = spec_folder / "out" / "h100-smollm2-trt"
+    run.mkdir(parents=True)
+    for name in ("results.csv", "samples.jsonl"):
+        shutil.copy(Path("reports") / "h100-smollm2-trt" / name, run / name)
+    spec = yaml.safe_load(Path("params/h100-smollm2-trt.yaml").read_text())
+    (spec_folder / "s1.yaml").write_text(yaml.safe_dump({**spec, "reports_dir": "out"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-m", "papermill", str(Path("notebooks/90_report.ipynb").resolve()),
+                           str(tmp_path / "report.ipynb"), "-f", str(spec_folder / "s1.yaml"),
+                           "-p", "spec_dir", str(spec_folder)],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = json.dumps([cell.get("outputs", []) for cell in json.loads((tmp_path / "report.ipynb").read_text())["cells"]])
+    assert "No results yet" not in outputs and "tensorrt_rtx 1.7" in outputs
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in spec_folder.iterdir()) == ["out", "s1.yaml"]
 
 
 def test_papermill_style_string_lists_are_read_as_yaml() -> None:
