@@ -53,6 +53,10 @@ def test_sweep_and_report_from_another_folder_with_an_unsupported_family(user_fo
     spec = user_folder / "specs" / "gemma.yaml"
     swept = bench_kernels("sweep", str(spec), cwd=elsewhere)
     assert swept.returncode == 0, swept.stdout[-2000:] + swept.stderr[-2000:]
+    # A console that is not a terminal: result lines only, no bars, none of the libraries' expected chatter.
+    console = swept.stdout + swept.stderr
+    for chatter in ("%|", "Loading weights", "Failed to load", "register_constant()", "Int64 binding"):
+        assert chatter not in console, console
     results = user_folder / "reports" / "gemma" / "results.csv"
     assert results.is_file() and not (elsewhere / "reports").exists()
     df = load_results(results)
