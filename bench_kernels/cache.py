@@ -61,8 +61,8 @@ def _temporary(path: Path) -> CacheEntry:
         return _entry(TEMPORARY, path.name, [path], f"being written by pid {pid} on host {host}", removable=False)
     if process_alive(pid):
         return _entry(TEMPORARY, path.name, [path], f"being written by pid {pid}", removable=False)
-    return _entry(TEMPORARY, path.name, [path], f"left by pid {pid}, which no longer runs (killed): removed at the next "
-                                                "start of a writer here")
+    return _entry(TEMPORARY, path.name, [path],
+                  f"left by pid {pid}, which no longer runs (killed): removed at the next start of a writer here")
 
 
 def _is_temporary(path: Path) -> bool:
@@ -76,8 +76,8 @@ def _onnx_purpose(folder: Path) -> str:
     except (OSError, ValueError):
         return KINDS["onnx"] + " (no export.json: incomplete or from an older version)"
     int4 = f", int4 as {meta['int4_format']}" if meta.get("int4_format") else ""
-    return (f"ONNX export of {meta.get('model_key')} in {meta.get('precision')}{int4} (torch {meta.get('torch_version')}, "
-            f"opset {meta.get('opset')}) for onnxruntime and tensorrt")
+    return (f"ONNX export of {meta.get('model_key')} in {meta.get('precision')}{int4} "
+            f"(torch {meta.get('torch_version')}, opset {meta.get('opset')}) for onnxruntime and tensorrt")
 
 
 def _engine_entries(folder: Path, children: list[Path]) -> list[CacheEntry]:
@@ -89,7 +89,8 @@ def _engine_entries(folder: Path, children: list[Path]) -> list[CacheEntry]:
     entries = []
     for key, paths in sorted(groups.items()):
         if key.startswith("timing-"):
-            purpose = f"TensorRT timing cache ({key.removeprefix('timing-').removesuffix('.cache')}): shortens later builds"
+            version = key.removeprefix("timing-").removesuffix(".cache")
+            purpose = f"TensorRT timing cache ({version}): shortens later builds"
         else:
             built = folder / f"{key}.json"
             try:

@@ -79,7 +79,8 @@ def failed_rows_summary(run_dir: Path) -> str | None:
                                         f"input {row['input_len']}" if row.get("input_len") else "") if part)
              for row in failed]
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return f"{len(failed)} rows failed ({shown}); their errors are in results.csv, tracebacks in {run_dir / 'errors.log'}"
+    return (f"{len(failed)} rows failed ({shown}); their errors are in results.csv, tracebacks in "
+            f"{run_dir / 'errors.log'}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -244,7 +245,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     now = time.time()
     if args.action == "list":
         if args.kind or args.older_than is not None or args.all:
-            raise ConfigError("cache list takes no --kind, --older-than or --all; they select what `cache clean` removes")
+            raise ConfigError("cache list takes no --kind, --older-than or --all: they choose what `cache clean` "
+                              "removes")
         for entry in entries:
             print(f"{entry.kind:<10} {entry.size_bytes / 1e6:>10.1f} MB {age_text(now - entry.modified):>7}  "
                   f"{entry.name}: {entry.purpose}")

@@ -445,7 +445,8 @@ def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, *, check_model: bool = True, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+def load_config(path: str | Path, *, check_model: bool = True,
+                overrides: Mapping[str, Any] | None = None) -> SweepConfig:
     """Read and validate a params YAML (overrides replacing some of its keys); its relative paths are taken from the
     YAML file's folder, and without a reports_dir it writes to its project's reports/ (or, outside a project, to
     reports/ beside it)."""

@@ -178,7 +178,8 @@ def test_plain_papermill_with_a_spec_resolves_its_paths_from_its_folder(tmp_path
                            "-p", "spec_dir", str(spec_folder)],
                           cwd=elsewhere, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    outputs = json.dumps([cell.get("outputs", []) for cell in json.loads((tmp_path / "report.ipynb").read_text())["cells"]])
+    cells = json.loads((tmp_path / "report.ipynb").read_text())["cells"]
+    outputs = json.dumps([cell.get("outputs", []) for cell in cells])
     assert "No results yet" not in outputs and "tensorrt_rtx 1.7" in outputs
     assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in spec_folder.iterdir()) == ["out", "s1.yaml"]
 

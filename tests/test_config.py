@@ -109,7 +109,8 @@ def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1
     assert "runtimes: unknown runtime(s) ['nope']" in done.stderr and "'reference'" in done.stderr
-    good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(write(tmp_path, batch_sizes=[1]))],
+    one_shape = write(tmp_path, batch_sizes=[1])
+    good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(one_shape)],
                           capture_output=True, text=True, cwd=ROOT)
     assert good.returncode == 0 and "valid" in good.stdout and "; 1 shape per runtime;" in good.stdout
 
@@ -150,7 +151,7 @@ def test_a_value_the_message_quotes_is_said_once() -> None:
 
 def test_prompt_file_too_short_for_the_longest_input_is_refused(tmp_path: Path) -> None:
     """Counted with the model's own tokenizer (the packaged SmolLM2 one for a preset) before any weights load."""
-    (tmp_path / "short.txt").write_text("Only a few words here, about twenty tokens long in all, and no more than that.")
+    (tmp_path / "short.txt").write_text("Only a few words here, about twenty tokens in all, and no more than that.")
     message = error_of(tmp_path, model="preset:smollm2-135m", prompt_file="short.txt", input_lens=[8, 64])
     assert f"prompt_file: {tmp_path / 'short.txt'} has " in message
     assert "fewer than the longest input needs (64)" in message

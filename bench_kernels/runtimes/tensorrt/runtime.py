@@ -118,8 +118,8 @@ class TensorRTRuntime(Runtime):
         return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes)
 
     def discard_build(self) -> str:
-        """The engine, its checksum and build record: an engine that cannot run here is kept for nothing (0.7-1.1 GB
-        for an 8B model), and a rerun keeps the finished build row instead of building again."""
+        """The engine, its checksum and build record: an engine that cannot run here is kept for nothing (the embedded
+        135M model's engines are 0.7-1.1 GB each), and a rerun keeps the finished build row rather than build again."""
         path = self.engine.path
         for built in (path, path.with_name(path.name + ".sha256"), path.with_suffix(".json")):
             built.unlink(missing_ok=True)
