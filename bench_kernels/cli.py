@@ -94,8 +94,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("\nruntimes (runtime_options keys and defaults):")
         for name, cls in RUNTIMES.items():
             options = ", ".join(f"{k}={f.default!r}" for k, f in cls.options_class.__dataclass_fields__.items())
-            print(f"  {name:<12} {cls.description}; precisions {', '.join(cls.precisions)}; "
-                  f"options: {options or 'none'}")
+            families = ", ".join(cls.model_types) if cls.model_types is not None else "any that transformers loads"
+            print(f"  {name:<12} {cls.description}; precisions {', '.join(cls.precisions)}; model families "
+                  f"{families}; options: {options or 'none'}")
         if not args.params:
             return 0
     if not args.params:

@@ -125,6 +125,8 @@ def test_presets_and_validate_outside_the_project(tmp_path: Path) -> None:
     assert "warning: " in valid.stderr and "GB for weights and KV cache" in valid.stderr
     defaults = bench_kernels("validate", "--show-defaults", cwd=tmp_path)
     assert "runtime_options: {}" in defaults.stdout and "workspace_gb=4.0" in defaults.stdout
+    assert "model families any that transformers loads" in defaults.stdout
+    assert "model families llama, " in defaults.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
