@@ -39,9 +39,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the browser test will be skipped"; }
 
+# The tests use a cache of their own ($BENCH_KERNELS_TEST_CACHE, default ~/.cache/bench_kernels-tests) and leave
+# nothing in the checkout: no pytest cache, no bytecode, the notebooks run in a scratch copy of the project.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) notebooks/
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m tests.run_notebooks -q --durations=5 --nbval-kernel-name $(KERNEL)
 
 # JupyterLab refuses to start as root (the usual user in a container) unless told that is intended.
 lab: $(STAMP)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
+from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 
 INFERENCE_COLUMNS = [
     "runtime", "precision", "gpu_count", "batch_size", "input_len", "output_len", "status", "tokens_per_s",
@@ -27,7 +28,6 @@ BUILD_COLUMNS = ["runtime", "precision", "gpu_count", "status", "build_s", "arti
 WINNER_MARK = "★ "
 GATE_MARK = " ✗ over the accuracy gate"
 NOT_MEANINGFUL = "not meaningful: random weights"
-ROOFLINE_NOT_APPLICABLE = "roofline not applicable: model fits in cache"
 
 
 def shorten(text: str, limit: int = 90) -> str:

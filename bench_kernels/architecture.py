@@ -1,4 +1,4 @@
-"""Torch-free model arithmetic: presets as plain fields, parameter counts, KV bytes, decode roofline, prefill FLOPs."""
+"""Torch-free model arithmetic: presets as plain fields, parameter counts, KV bytes (the roofline is roofline.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 # The model families (config.json's model_type) the package's own decoder implements (bench_kernels.decoder): what
 # the runtimes built on it (onnxruntime, tensorrt, compiled) run.
-DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2")
+DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 def presets_dir() -> Path:
@@ -60,40 +60,3 @@ def kv_bytes_per_token(config: Any, element_size: int) -> int:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     return 2 * config.num_hidden_layers * kv_heads * head_dim * element_size
-
-
-def decode_step_bytes(weight_bytes: int, kv_token_bytes: int, batch_size: int, input_len: int,
-                      output_len: int) -> float:
-    """Bytes one decode step reads, averaged over the steps: all weights and the batch's KV cache once."""
-    mean_context = input_len + (output_len - 1) / 2  # tokens in the cache, averaged over the decode steps
-    return weight_bytes + batch_size * mean_context * kv_token_bytes
-
-
-def decode_roofline_tokens_per_s(weight_bytes: int, kv_token_bytes: int, batch_size: int, input_len: int,
-                                 output_len: int, bandwidth_gbps: float, link_bytes: int = 0,
-                                 link_gbps: float | None = None) -> float:
-    """Upper bound on decode tokens/s: each step reads all weights and the batch's KV cache once (a device's
-    share of them, when the model is split) and sends link_bytes to the other devices at link_gbps."""
-    step_bytes = decode_step_bytes(weight_bytes, kv_token_bytes, batch_size, input_len, output_len)
-    step_s = step_bytes / (bandwidth_gbps * 1e9) + (link_bytes / (link_gbps * 1e9) if link_bytes else 0.0)
-    return batch_size / step_s
-
-
-def prefill_flops(config: Any, batch_size: int, input_len: int, logits_every_position: bool = False) -> int:
-    """Matmul FLOPs of one prefill of batch_size prompts of input_len tokens (multiply-add = 2 FLOPs).
-
-    FLOPs = 2 * P * B * S                      projections: P = attention (q, k, v, o) and MLP matrices of every layer
-          + 2 * V * D * B * H                  LM head: H = S where every position gets logits, else 1 (the last)
-          + 2 * 2 * L * A * Dh * B * S(S+1)/2  causal attention: QK^T and PV, query i sees keys 0..i
-
-    with B batch, S prompt tokens, V vocabulary, D hidden size, L layers, A query heads and Dh head dimension.
-    Norms, RoPE, softmax and activations are left out (a fraction of a percent); the head is counted even when
-    tied to the embedding (its matmul still runs), and attention counts only the causal half a mask keeps."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    tokens = batch_size * input_len
-    projections = 2 * parameter_counts(config).projections * tokens
-    head_positions = tokens if logits_every_position else batch_size
-    head = 2 * config.vocab_size * config.hidden_size * head_positions
-    attention = (2 * 2 * config.num_hidden_layers * config.num_attention_heads * head_dim
-                 * batch_size * input_len * (input_len + 1) // 2)
-    return projections + head + attention

@@ -17,22 +17,22 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bench_kernels.architecture import (ParameterCounts, decode_roofline_tokens_per_s, kv_bytes_per_token,
-                                        parameter_counts, preset_fields, preset_names)
+from bench_kernels.architecture import (ParameterCounts, kv_bytes_per_token, parameter_counts, preset_fields,
+                                        preset_names)
 from bench_kernels.paths import resolve_project_path
+from bench_kernels.precisions import PRECISIONS as PRECISION_TABLE
+from bench_kernels.roofline import (architecture_decode_weight_bytes, decode_roofline_tokens_per_s, decode_step_bytes,
+                                    stored_weight_bytes, streaming_gbps_of)
 from bench_kernels.runtimes import runtime_names
 
 UNITS = {"tokens_per_s": "tokens/s", "build_min": "min", "memory_gb": "GB"}
 MEASUREMENTS = {"tokens_per_s": "decode throughput", "build_min": "build", "memory_gb": "peak memory"}
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int4")
-# Bytes per projection weight (attention and MLP matrices); int4 is AWQ-style: 4 bits plus an fp16 scale per
-# group of 128 weights. Per-tensor or per-channel fp8 scales are under 0.1% of the bytes and not counted.
-PROJECTION_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int4": 0.5 + 2 / 128}
-# Embedding, LM head and norms stay 16-bit when projections are quantized, as the compiled runtime's fp8 and the
-# common fp8 and AWQ recipes keep them: the LM head sets every logit directly.
-UNQUANTIZED_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 2.0, "int4": 2.0}
-# Bytes per cached key/value element: an fp8 model may cache in fp8, the generous case for a bound.
-KV_ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int4": 2}
+# Bytes per projection weight (attention and MLP matrices, group scales included), per embedding, LM head and norm
+# weight (they stay 16-bit when projections are quantized), and per cached key/value element: the precision table's.
+PROJECTION_BYTES = {p: PRECISION_TABLE[p].projection_bytes for p in PRECISIONS}
+UNQUANTIZED_BYTES = {p: PRECISION_TABLE[p].unquantized_bytes for p in PRECISIONS}
+KV_ELEMENT_BYTES = {p: PRECISION_TABLE[p].kv_cache_bytes for p in PRECISIONS}
 # The context a throughput claim is bounded and matched at when the claim states none.
 DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN = 128, 128
 # Measurement spread allowed before a claim is called beyond a limit or not reproduced.
@@ -174,36 +174,23 @@ def preset_parameter_counts(preset: str) -> ParameterCounts:
     return parameter_counts(SimpleNamespace(**preset_fields(preset)))
 
 
-def stored_weight_bytes(counts: ParameterCounts, precision: str) -> float:
-    """Bytes the weights occupy at this precision: the memory no runtime can go below."""
-    unquantized = counts.norms + counts.embedding + counts.lm_head
-    return counts.projections * PROJECTION_BYTES[precision] + unquantized * UNQUANTIZED_BYTES[precision]
-
-
-def decode_step_weight_bytes(counts: ParameterCounts, precision: str) -> float:
-    """Weight bytes one decode step reads: every matrix once, the embedding table only for the batch's rows
-    (not counted; a tied embedding is still read whole as the LM head)."""
-    head = counts.lm_head or counts.embedding
-    return counts.projections * PROJECTION_BYTES[precision] + (counts.norms + head) * UNQUANTIZED_BYTES[precision]
-
-
 def _throughput_limit(claim: Claim, on_gpu: pd.DataFrame) -> tuple[float, str]:
     """The decode roofline for the claim at the best streaming bandwidth this run measured on the claim's GPU."""
     if on_gpu.empty:
         return math.nan, f"none: this run has no rows on a GPU named {claim.gpu!r}"
-    bandwidth = on_gpu[["copy_gbps", "read_gbps"]].max(axis=1)  # the roofline's: the faster of copy and read
+    bandwidth = streaming_gbps_of(on_gpu)
     if bandwidth.isna().all():
         return math.nan, f"none: this run recorded no copy bandwidth on {on_gpu['gpu_name'].iloc[0]}"
     # The highest measurement (each already the best of several): the limit is as generous as the run allows.
     best = on_gpu.loc[bandwidth.idxmax()]
     best_gbps = float(bandwidth.max())
     config = SimpleNamespace(**preset_fields(claim.preset))
-    weight_bytes = decode_step_weight_bytes(parameter_counts(config), claim.precision)
-    kv_token_bytes = kv_bytes_per_token(config, KV_ELEMENT_BYTES[claim.precision])
     assert claim.batch_size is not None  # load_claims requires it for tokens_per_s
+    weight_bytes = architecture_decode_weight_bytes(config, claim.precision, claim.batch_size)
+    kv_token_bytes = kv_bytes_per_token(config, KV_ELEMENT_BYTES[claim.precision])
+    step_bytes = decode_step_bytes(weight_bytes, kv_token_bytes, claim.batch_size, claim.input_len, claim.output_len)
     # Ideal tensor parallelism: each GPU reads its share of the weights, so the bandwidths add.
-    limit = decode_roofline_tokens_per_s(round(weight_bytes), kv_token_bytes, claim.batch_size, claim.input_len,
-                                         claim.output_len, best_gbps * claim.gpu_count)
+    limit = decode_roofline_tokens_per_s(step_bytes, claim.batch_size, best_gbps * claim.gpu_count)
     gpus = f" x {claim.gpu_count} GPUs" if claim.gpu_count > 1 else ""
     return limit, (f"{weight_bytes / 1e9:.2f} GB of {claim.precision} weights read per decode step plus the KV cache "
                    f"of batch {claim.batch_size} at {claim.input_len} in / {claim.output_len} out, at "

@@ -49,7 +49,8 @@ def _kernel_name(requested: str | None) -> str:
 def _load(path: str, reports_dir: str | None, *, measures: bool = True, here: bool = True) -> SweepConfig:
     """The validated spec; with measures, also checked against its model (lengths, prompt file, the runtimes'
     families), and when it runs here, against the device (a GPU asked for, a memory estimate)."""
-    from bench_kernels.config import check_device, family_warnings, load_config, memory_warnings
+    from bench_kernels.config import check_device, family_warnings, load_config
+    from bench_kernels.deployments import memory_warnings
 
     overrides = {"reports_dir": str(Path(reports_dir).resolve())} if reports_dir else {}
     cfg = load_config(path, check_model=measures, overrides=overrides)

@@ -1,7 +1,8 @@
 """Sweeps on a Ray cluster: every deployment of a sweep (runtime, precision and, for the compiled runtime,
 tensor-parallel degree) is one Ray task that asks for the GPUs it uses.
 
-Each task runs the same build and sweep functions as a serial run, restricted to its deployment, and writes
+Each task runs the same build and measure functions as a serial run on its one deployment (the driver validates
+and expands the spec once and sends each task the spec and its deployment), and writes
 its rows into the one results folder through ResultsStore (locked across processes), so a killed run
 resumes like a serial one. On a cluster of several machines that folder must be on a filesystem every
 node mounts at the same path; a task that cannot see the driver's folder fails instead of writing
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import asdict
 from typing import Any, Callable
 
 import pandas as pd
 
 from bench_kernels.config import ConfigError, SweepConfig, parse_config
+from bench_kernels.deployments import Deployment, deployments
 from bench_kernels.paths import resolve_project_path
 from bench_kernels.results import ResultsStore
 
@@ -27,14 +28,12 @@ log = logging.getLogger(__name__)
 MARKER = ".ray-driver"  # written by the driver into the results folder; each task checks it sees it
 
 
-def _deployment_task(params: dict[str, Any], marker: str, skip_build: bool, *_after: Any) -> dict[str, Any]:
+def _deployment_task(cfg: SweepConfig, deployment: Deployment, marker: str, skip_build: bool,
+                     *_after: Any) -> dict[str, Any]:
     """One deployment's build and inference rows (a Ray task body; `_after` are the tasks it waits for)."""
-    from bench_kernels.hardware import pick_device
     from bench_kernels.errors import readable_error
-    from bench_kernels.sweep import deployments, run_build_stage, run_inference_sweep
+    from bench_kernels.sweep import build_deployment, measure_deployment
 
-    cfg = parse_config(params, "<ray task>")
-    deployment = deployments(cfg, cfg.runtimes[0], pick_device(cfg.device))[0]
     label = deployment.label
     seen = cfg.run_dir / MARKER
     if not seen.is_file() or seen.read_text() != marker:
@@ -42,8 +41,8 @@ def _deployment_task(params: dict[str, Any], marker: str, skip_build: bool, *_af
                                               "(it must be on a filesystem shared by every node)"}
     try:
         if not skip_build:
-            run_build_stage(cfg)
-        rows = run_inference_sweep(cfg, cfg.runtimes[0])
+            build_deployment(cfg, deployment)
+        rows = measure_deployment(cfg, deployment)
     except Exception as err:  # noqa: BLE001 - the driver reports it; the other deployments go on
         log.exception("deployment %s failed", label)
         return {"deployment": label, "error": readable_error(err)}
@@ -52,27 +51,27 @@ def _deployment_task(params: dict[str, Any], marker: str, skip_build: bool, *_af
     return {"deployment": label, "error": None, "statuses": mine.status.value_counts().to_dict()}
 
 
-def deployment_params(cfg: SweepConfig, gpu_device_type: str) -> list[tuple[dict[str, Any], int]]:
-    """(sweep spec restricted to one deployment, GPUs it asks for) for every deployment of the sweep, with
-    paths absolute so a task resolves them the same anywhere."""
+def task_spec(cfg: SweepConfig) -> SweepConfig:
+    """The spec with its paths absolute, so a task on any node resolves them the same."""
+    data = cfg.model_dump()
+    data["reports_dir"] = str(cfg.run_dir.parent)
+    if cfg.prompt_file:
+        data["prompt_file"] = str(resolve_project_path(cfg.prompt_file))
+    return parse_config(data, "<ray driver>")
+
+
+def cluster_deployments(cfg: SweepConfig, gpu_device_type: str) -> list[tuple[Deployment, int]]:
+    """(deployment, GPUs its task asks for) for every deployment of the sweep, the reference's first."""
     import torch
 
-    from bench_kernels.sweep import deployments
-
-    base = cfg.model_dump()
-    base["reports_dir"] = str(cfg.run_dir.parent)
-    if cfg.prompt_file:
-        base["prompt_file"] = str(resolve_project_path(cfg.prompt_file))
     out = []
-    for runtime in cfg.runtimes:
+    for runtime in sorted(cfg.runtimes, key=lambda name: name != "reference"):
         for deployment in deployments(cfg, runtime, torch.device(gpu_device_type)):
             gpus = deployment.gpu_count if gpu_device_type == "cuda" else 0
             if gpu_device_type == "cuda" and gpus == 0:
                 raise ConfigError(f"{runtime}: set how many GPUs it uses in runtime_options (this machine sees none, "
                                   "so it cannot tell how many a task should ask Ray for)")
-            params = {**base, "runtimes": [runtime], "precisions": [deployment.precision], "precisions_by_runtime": {},
-                      "runtime_options": {**cfg.runtime_options, runtime: asdict(deployment.options)}}
-            out.append((params, gpus))
+            out.append((deployment, gpus))
     return out
 
 
@@ -82,7 +81,7 @@ def run_sweeps_on_ray(cfg: SweepConfig, address: str | None = None, *, skip_buil
     started here, and stopped at the end); return the whole results table. init_options go to ray.init."""
     import ray
 
-    from bench_kernels.hardware import git_sha
+    from bench_kernels.provenance import git_sha
 
     progress = progress or log.info
     started_here = not ray.is_initialized()
@@ -98,14 +97,13 @@ def run_sweeps_on_ray(cfg: SweepConfig, address: str | None = None, *, skip_buil
         task = ray.remote(max_retries=0)(_deployment_task)
         reference_tasks: list[Any] = []
         pending = []
-        for params, gpus in sorted(deployment_params(cfg, "cuda" if uses_gpus else "cpu"),
-                                   key=lambda item: item[0]["runtimes"][0] != "reference"):
-            after = [] if params["runtimes"][0] == "reference" else reference_tasks
+        spec = task_spec(cfg)
+        for deployment, gpus in cluster_deployments(cfg, "cuda" if uses_gpus else "cpu"):
+            after = [] if deployment.runtime == "reference" else reference_tasks
             # CPU deployments of several ranks use one core per rank.
-            cpus = 1 if gpus else max(1, params["runtime_options"].get(params["runtimes"][0], {})
-                                      .get("tensor_parallel", 1))
-            ref = task.options(num_gpus=gpus, num_cpus=cpus).remote(params, marker, skip_build, *after)
-            (reference_tasks if params["runtimes"][0] == "reference" else pending).append(ref)
+            cpus = 1 if gpus else max(1, deployment.gpu_count)
+            ref = task.options(num_gpus=gpus, num_cpus=cpus).remote(spec, deployment, marker, skip_build, *after)
+            (reference_tasks if deployment.runtime == "reference" else pending).append(ref)
         pending = reference_tasks + pending
         progress(f"ray: {len(pending)} deployments submitted to {ray.get_runtime_context().gcs_address}")
         failures = []

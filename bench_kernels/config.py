@@ -19,7 +19,6 @@ from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions
 log = logging.getLogger(__name__)
 
 DeviceName = Literal["auto", "cpu", "cuda"]
-MODEL_FORMS = "'embedded', 'preset:<name>', 'local:<hf dir>' or 'hub:<repo id>'"
 # Bounds on what a sweep can sensibly ask for; beyond them a typo is far likelier than intent.
 MAX_BATCH_SIZE = 4096
 MAX_WARMUP = 100
@@ -496,28 +495,6 @@ def check_device(cfg: SweepConfig, source: str = "") -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"invalid sweep spec {source}:\n  device: 'cuda' was asked for but torch sees no CUDA "
                           "GPU on this machine; allowed here: 'auto', 'cpu'")
-
-
-def memory_warnings(cfg: SweepConfig, hf_config: Any) -> list[str]:
-    """Shapes whose estimated weights + KV cache exceed one device's memory, for each number of devices a
-    deployment of the sweep splits the model over (a warning: estimates can be off)."""
-    from bench_kernels.hardware import device_memory_bytes, pick_device
-    from bench_kernels.models import estimated_memory_bytes
-    from bench_kernels.sweep import deployments
-
-    device = pick_device(cfg.device)
-    capacity = device_memory_bytes(device)
-    splits = sorted({d.gpu_count for runtime in cfg.runtimes for d in deployments(cfg, runtime, device)})
-    warnings = []
-    for precision in cfg.precisions:
-        need = estimated_memory_bytes(hf_config, precision, max(cfg.batch_sizes), cfg.max_total_len)
-        for devices in splits:
-            if need / devices > capacity:
-                over = f" split over {devices} devices ({need / devices / 1e9:.1f} GB each)" if devices > 1 else ""
-                warnings.append(f"{precision}: batch {max(cfg.batch_sizes)} at {cfg.max_total_len} tokens needs about "
-                                f"{need / 1e9:.1f} GB for weights and KV cache{over}; this {device.type} has "
-                                f"{capacity / 1e9:.1f} GB (those shapes will be error rows)")
-    return warnings
 
 
 def config_from_namespace(namespace: Mapping[str, Any], *, for_report: bool = False) -> SweepConfig:

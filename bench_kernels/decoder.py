@@ -1,4 +1,12 @@
-"""The package's own Llama-family decoder (Llama 2/3.x, SmolLM2, Qwen2.5, Mistral) with an explicit KV cache."""
+"""The package's own Llama-family decoder (Llama 2/3.x, SmolLM2, Mistral, Qwen2.5, Qwen3, Phi-3) with an explicit
+KV cache.
+
+Phi-3 checkpoints fuse q/k/v into qkv_proj and gate/up into gate_up_proj; the decoder keeps them apart (views of
+the fused weights, no copy), so every family exports the same graph. LongRoPE (Phi-3's long-context RoPE) picks its
+long factors for a whole call once the call's largest position reaches original_max_position_embeddings, as
+transformers' model forward does; keys already in the cache keep the factors they were computed with, whereas
+transformers' generate() recomputes the whole cache once at the step that crosses that length.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from bench_kernels.architecture import DECODER_MODEL_TYPES
 logger = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = DECODER_MODEL_TYPES
+ROPE_TYPES = ("default", "llama3", "longrope")
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -35,23 +44,43 @@ class DecoderArgs:
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 8192
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
-    rope_scaling: dict | None = None  # None for plain RoPE, else {"rope_type": "llama3", "factor": ..., ...}
+    attention_bias: bool = False  # biases on q/k/v (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
+    partial_rotary_factor: float = 1.0  # RoPE turns only the first int(head_dim * factor) dims of each head
+    # None for plain RoPE, else {"rope_type": "llama3", "factor": ..., ...} or {"rope_type": "longrope",
+    # "short_factor": [...], "long_factor": [...], "original_max_position_embeddings": ..., ...}
+    rope_scaling: dict | None = None
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def long_rope(self) -> bool:
+        return self.rope_scaling is not None and self.rope_scaling["rope_type"] == "longrope"
 
     @classmethod
     def from_hf_config(cls, config) -> DecoderArgs:
-        """Read a transformers 5.x config (Llama, Mistral, Qwen2); raise on features this decoder lacks."""
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type {config.model_type!r} is not one of {SUPPORTED_MODEL_TYPES}")
+        """Read a transformers 5.x config (Llama, Mistral, Qwen2, Qwen3, Phi-3); raise on features this decoder
+        lacks."""
+        model_type = config.model_type
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type {model_type!r} is not one of {SUPPORTED_MODEL_TYPES}")
         if config.hidden_act != "silu" or getattr(config, "mlp_bias", False):
             raise ValueError(f"only bias-free SwiGLU MLPs are supported (hidden_act={config.hidden_act!r})")
+        # Qwen2 configs have no attention_bias field: their q/k/v projections always carry a bias. Elsewhere
+        # attention_bias also biases o_proj, which this decoder lacks.
+        attention_bias = model_type == "qwen2"
+        if model_type != "qwen2" and getattr(config, "attention_bias", False):
+            raise ValueError(f"attention_bias=True (biases on q/k/v and o) is not supported for {model_type!r}")
         rope = dict(config.rope_parameters or {})  # transformers 5 folds rope_theta and rope_scaling into this
         rope_theta = rope.pop("rope_theta", 10_000.0)
-        if rope.get("partial_rotary_factor", 1.0) != 1.0:
-            raise ValueError("partial rotary embeddings are not supported")
+        partial_rotary_factor = rope.pop("partial_rotary_factor", 1.0)
+        if partial_rotary_factor != 1.0 and model_type != "phi3":  # only Phi-3's transformers code applies it
+            raise ValueError(f"partial rotary embeddings are not supported for {model_type!r}")
         rope_type = rope.get("rope_type", "default")
-        if rope_type not in ("default", "llama3"):
-            raise ValueError(f"rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type {rope_type!r} is not supported (only {', '.join(map(repr, ROPE_TYPES))})")
         window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         if window:
             logger.warning("sliding_window=%d is ignored: outputs are exact only up to that many tokens", window)
@@ -67,16 +96,22 @@ class DecoderArgs:
             rms_norm_eps=config.rms_norm_eps,
             max_position_embeddings=config.max_position_embeddings,
             tie_word_embeddings=bool(config.tie_word_embeddings),
-            # Qwen2 configs have no attention_bias field: their q/k/v projections always carry a bias.
-            attention_bias=getattr(config, "attention_bias", config.model_type == "qwen2"),
-            rope_scaling=rope if rope_type == "llama3" else None,
+            attention_bias=attention_bias,
+            qk_norm=model_type == "qwen3",
+            partial_rotary_factor=float(partial_rotary_factor),
+            rope_scaling=rope if rope_type != "default" else None,
         )
 
 
-def rope_inv_freq(args: DecoderArgs, device: torch.device | None = None) -> torch.Tensor:
-    """Inverse RoPE frequencies [Dh/2] in fp32, with Llama-3 frequency scaling when configured."""
-    dim = args.head_dim
-    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+def rope_inv_freq(args: DecoderArgs, device: torch.device | None = None, long_context: bool = False) -> torch.Tensor:
+    """Inverse RoPE frequencies [rotary_dim / 2] in fp32: with Llama-3 frequency scaling, or divided by LongRoPE's
+    short factors (its long ones with long_context), when configured."""
+    dim = args.rotary_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
+    if args.long_rope:
+        factors = args.rope_scaling["long_factor" if long_context else "short_factor"]
+        return 1.0 / (torch.tensor(factors, dtype=torch.float32, device=device) * args.rope_theta**exponents)
+    inv_freq = 1.0 / (args.rope_theta**exponents)
     if args.rope_scaling is None:
         return inv_freq
     factor = args.rope_scaling["factor"]
@@ -92,10 +127,69 @@ def rope_inv_freq(args: DecoderArgs, device: torch.device | None = None) -> torc
     return torch.where(is_medium, smoothed, scaled)
 
 
+def rope_attention_factor(args: DecoderArgs) -> float:
+    """What LongRoPE multiplies cos and sin by, in both regimes (1 for other RoPE), as transformers computes it."""
+    if not args.long_rope:
+        return 1.0
+    scaling = args.rope_scaling
+    if scaling.get("attention_factor") is not None:
+        return scaling["attention_factor"]
+    original = scaling["original_max_position_embeddings"]
+    factor = scaling.get("factor")
+    if factor is None:  # Phi-3 states the extension as max_position_embeddings over the original length
+        factor = args.max_position_embeddings / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def rope_cos_sin(args: DecoderArgs, positions: torch.Tensor, dtype: torch.dtype,
+                 long_context: bool | torch.Tensor = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [*positions.shape, rotary_dim] of RoPE at positions, computed in fp32 and then cast; long_context
+    (a bool or a 0-d bool tensor, so a traced graph decides it at run time) picks LongRoPE's long factors."""
+    inv_freq = rope_inv_freq(args, positions.device)
+    if args.long_rope:
+        long_inv_freq = rope_inv_freq(args, positions.device, long_context=True)
+        if isinstance(long_context, torch.Tensor):
+            inv_freq = torch.where(long_context, long_inv_freq, inv_freq)
+        elif long_context:
+            inv_freq = long_inv_freq
+    freqs = positions[..., None].float() * inv_freq  # freqs: [..., rotary_dim / 2]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    if args.long_rope:
+        factor = rope_attention_factor(args)
+        cos, sin = cos * factor, sin * factor
+    return cos.to(dtype), sin.to(dtype)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Rotate the two halves of the last dim: (x1, x2) -> (-x2, x1)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int | None = None) -> torch.Tensor:
+    """RoPE on each head of x [..., Dh]; with rotary_dim (partial rotary), on its first rotary_dim dims only, the
+    rest passed through."""
+    if rotary_dim is None:
+        return x * cos + rotate_half(x) * sin
+    turned, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    return torch.cat((turned * cos + rotate_half(turned) * sin, passed), dim=-1)
+
+
+def unfuse_projections(args: DecoderArgs, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with Phi-3's fused qkv_proj and gate_up_proj weights split into q/k/v and gate/up (views)."""
+    sizes = [args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim, args.num_kv_heads * args.head_dim]
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith("self_attn.qkv_proj.weight"):
+            prefix = name.removesuffix("qkv_proj.weight")
+            out.update(zip((f"{prefix}{p}_proj.weight" for p in "qkv"), tensor.split(sizes)))
+        elif name.endswith("mlp.gate_up_proj.weight"):
+            prefix = name.removesuffix("gate_up_proj.weight")
+            out[f"{prefix}gate_proj.weight"], out[f"{prefix}up_proj.weight"] = tensor.chunk(2)
+        else:
+            out[name] = tensor
+    return out
 
 
 class RMSNorm(nn.Module):
@@ -118,10 +212,15 @@ class Attention(nn.Module):
     def __init__(self, args: DecoderArgs):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
+        self.rotary_dim = args.rotary_dim if args.rotary_dim < args.head_dim else None
         self.q_proj = nn.Linear(args.hidden_size, args.num_heads * args.head_dim, bias=args.attention_bias)
         self.k_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=args.attention_bias)
         self.v_proj = nn.Linear(args.hidden_size, args.num_kv_heads * args.head_dim, bias=args.attention_bias)
         self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False)
+        self.qk_norm = args.qk_norm
+        if args.qk_norm:
+            self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
+            self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
 
     def forward(
         self,
@@ -131,12 +230,14 @@ class Attention(nn.Module):
         allowed: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        B, S, _ = x.shape  # x: [B, S, D]; cos, sin: [B, 1, S, Dh]; allowed: [B, 1, S, P+S]
-        q = self.q_proj(x).view(B, S, -1, self.head_dim).transpose(1, 2)  # q: [B, H, S, Dh]
-        k = self.k_proj(x).view(B, S, -1, self.head_dim).transpose(1, 2)  # k: [B, KVH, S, Dh]
+        B, S, _ = x.shape  # x: [B, S, D]; cos, sin: [B, 1, S, rotary_dim]; allowed: [B, 1, S, P+S]
+        q = self.q_proj(x).view(B, S, -1, self.head_dim)  # q: [B, S, H, Dh]
+        k = self.k_proj(x).view(B, S, -1, self.head_dim)  # k: [B, S, KVH, Dh]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # q: [B, H, S, Dh]; k: [B, KVH, S, Dh]
         v = self.v_proj(x).view(B, S, -1, self.head_dim).transpose(1, 2)  # v: [B, KVH, S, Dh]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = apply_rope(q, cos, sin, self.rotary_dim), apply_rope(k, cos, sin, self.rotary_dim)
         k = torch.cat([past[0], k], dim=2)  # k: [B, KVH, P+S, Dh]
         v = torch.cat([past[1], v], dim=2)  # v: [B, KVH, P+S, Dh]
         n_rep = self.num_heads // self.num_kv_heads
@@ -203,10 +304,12 @@ class Decoder(nn.Module):
         S, T = input_ids.shape[1], attention_mask.shape[1]  # input_ids: [B, S]; attention_mask: [B, T=P+S]
         x = self.embed_tokens(input_ids)  # x: [B, S, D]
 
-        # RoPE from position ids, in fp32 (inv_freq is built here so casting the model never rounds it).
-        freqs = position_ids[..., None].float() * rope_inv_freq(self.args, input_ids.device)  # freqs: [B, S, Dh/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # emb: [B, 1, S, Dh]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        # RoPE from position ids, in fp32 (built here so casting the model never rounds it); LongRoPE's long
+        # factors once this call reaches past the original context, as transformers decides per forward.
+        long_context = self.args.long_rope and (
+            position_ids.max() + 1 > self.args.rope_scaling["original_max_position_embeddings"])
+        cos, sin = rope_cos_sin(self.args, position_ids, x.dtype, long_context)  # cos, sin: [B, S, rotary_dim]
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, S, rotary_dim]
 
         # Query i sits at cache slot P+i and may see slots <= P+i that hold real tokens.
         q_slot = torch.arange(T - S, T, device=input_ids.device)  # q_slot: [S]
@@ -234,9 +337,10 @@ class Decoder(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_model: nn.Module) -> Decoder:
-        """Build from a transformers causal LM, sharing its weights (tied or untied lm_head)."""
+        """Build from a transformers causal LM, sharing its weights (tied or untied lm_head; fused ones split)."""
+        args = DecoderArgs.from_hf_config(hf_model.config)
         state = {name.removeprefix("model."): t for name, t in hf_model.state_dict().items()}
-        return cls.from_state_dict(DecoderArgs.from_hf_config(hf_model.config), state)
+        return cls.from_state_dict(args, unfuse_projections(args, state))
 
     def cast(self, dtype: torch.dtype) -> Decoder:
         """A copy with weights in dtype; self is left untouched."""

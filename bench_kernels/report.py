@@ -20,6 +20,7 @@ from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_CO
 from bench_kernels.config import SweepConfig
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
+from bench_kernels.roofline import streaming_gbps_of
 from bench_kernels.workload import BATCH_FORMATION
 
 if TYPE_CHECKING:
@@ -370,7 +371,7 @@ def roofline_html(df: pd.DataFrame) -> str:
         where = html.escape(gpu or f"CPU ({rows['cpu_name'].iloc[0]})")
         rates = ", ".join(f"{column.removeprefix('matmul_tflops_')} {rows[column].max():,.4g}"
                           for column in MATMUL_COLUMNS if rows[column].notna().any())
-        streams = rows[["copy_gbps", "read_gbps"]].max(axis=1).max()  # the decode roofline's: the faster
+        streams = streaming_gbps_of(rows).max()
         specified = specified_bandwidth_gbps(gpu) if gpu else None
         spec = (f"specified bandwidth {specified:,.0f} GB/s (data sheet)" if specified
                 else "no MBU: no specified bandwidth for a CPU" if not gpu

@@ -16,12 +16,12 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from bench_kernels.paths import atomic_write, remove_stale_temporaries
+from bench_kernels.precisions import MATMUL_PRECISIONS
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error", "skipped", "unavailable")
-# Compute precisions whose matmul rate a sweep measures (hardware.device_rates), one provenance column each.
-MATMUL_PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
+# Compute precisions whose matmul rate a sweep measures (rates.device_rates), one provenance column each.
 MATMUL_COLUMNS = tuple(f"matmul_tflops_{precision}" for precision in MATMUL_PRECISIONS)
 # gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers over;
 # 1 for a single device, the CPU included); rows written before it existed read as 1.

@@ -16,19 +16,21 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
-from bench_kernels.architecture import decode_roofline_tokens_per_s, decode_step_bytes, prefill_flops
 from bench_kernels.config import SweepConfig
 from bench_kernels.console import quiet_libraries
+from bench_kernels.deployments import Deployment, deployments
 from bench_kernels.errors import readable_error
-from bench_kernels.gpu_specs import mbu
-from bench_kernels.hardware import device_rates, last_level_cache_bytes, pick_device, provenance
-from bench_kernels.models import PROJECTION_BYTES, LoadedModel, model_display_name, resolve_model_config
-from bench_kernels.quality import first_divergence_p50, perplexity, perplexity_windows, ppl_delta_pct
+from bench_kernels.provenance import pick_device, provenance
+from bench_kernels.rates import device_rates, last_level_cache_bytes
+from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
+from bench_kernels.precisions import PRECISIONS
+from bench_kernels.quality import first_divergence_p50, perplexity, ppl_delta_pct
 from bench_kernels.results import ResultsStore, row_key
+from bench_kernels.roofline import (ROOFLINE_NOT_APPLICABLE, decode_columns, decode_step_bytes, decode_weight_bytes,
+                                    prefill_flops)
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
 from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
-from bench_kernels.workload import load_text, make_prompts, packaged_text, text_token_ids
+from bench_kernels.workload import load_text, make_prompts, packaged_text, perplexity_windows, text_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +69,6 @@ class SweepContext:
 def options_text(options: Any) -> str:
     """A runtime's options as one line for its rows ('' when it takes none)."""
     return ", ".join(f"{k}={v}" for k, v in asdict(options).items())
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """One separately measured way to run a runtime: its precision and options (e.g. one tensor-parallel
-    degree of several), and how many devices it uses."""
-
-    runtime: str
-    precision: str
-    options: Any
-    gpu_count: int
-
-    @property
-    def label(self) -> str:
-        """'compiled fp8' for one device, 'compiled fp8 on 2 devices' for more."""
-        devices = f" on {self.gpu_count} devices" if self.gpu_count > 1 else ""
-        return f"{self.runtime} {self.precision}{devices}"
-
-
-def deployments(cfg: SweepConfig, runtime_name: str, device: torch.device) -> list[Deployment]:
-    """Every deployment of one runtime in the sweep, precisions outermost."""
-    runtime_cls = get_runtime(runtime_name)
-    shards = runtime_cls.shard_options(cfg.options_for(runtime_name))
-    return [Deployment(runtime_name, precision, options, runtime_cls.gpu_count(options, device))
-            for precision in cfg.precisions_for(runtime_name) for options in shards]
 
 
 def make_context(cfg: SweepConfig, progress: ProgressFn | None = None) -> SweepContext:
@@ -149,45 +126,56 @@ def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.
     """One build row per (runtime, precision): export / engine build time, artifact size, cache hit."""
     ctx = make_context(cfg, progress)
     for runtime_name in cfg.runtimes:
-        runtime_cls = get_runtime(runtime_name)
         for deployment in deployments(cfg, runtime_name, ctx.device):
-            label = f"build {deployment.label}"
-            key = _shape_key(ctx, "build", deployment, None, None)
-            if ctx.store.is_finished(key):
-                ctx.progress(f"{label}: already done, kept")
-                continue
-            row = {**ctx.base_row("build", runtime_name, deployment.precision, deployment.options), **key}
-            unsupported = unavailable(ctx, deployment, building=True)
-            if unsupported:
-                row.update(status="unavailable", error=unsupported)
-                ctx.store.append(row)
-                continue
-            if not runtime_cls.needs_build:
-                row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
-                ctx.store.append(row)
-                continue
-            log.info("%s ...", label)
-            runtime = loaded = None
-            try:
-                loaded = _load(ctx, deployment)
-                runtime = runtime_cls(loaded, deployment.precision, ctx.device, deployment.options)
-                info = runtime.prepare(cfg.batch_sizes, cfg.input_lens, cfg.output_len)
-                row.update(status="ok", link_gbps=runtime.link_gbps, **_build_columns(info))
-                reason = runtime_cls.unavailable_reason(ctx.device, deployment.precision)
-                if reason:
-                    discarded = runtime.discard_build()
-                    row["notes"] = f"{row['notes']}; inference unavailable here: {reason}" + (
-                        f"; {discarded}" if discarded else "")
-            except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
-                ctx.log_failure(label, err)
-                row.update(status="error", error=readable_error(err))
-            finally:
-                _release(runtime)
-            runtime = loaded = None
-            _release()
-            ctx.store.append(row)
-            ctx.progress(f"{label}: {row['status']} {row.get('error') or ''}".rstrip())
+            _build_deployment(ctx, deployment)
     return ctx.store.load()
+
+
+def build_deployment(cfg: SweepConfig, deployment: Deployment, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """The build row of one deployment of the sweep (see run_build_stage); return the whole table."""
+    ctx = make_context(cfg, progress)
+    _build_deployment(ctx, deployment)
+    return ctx.store.load()
+
+
+def _build_deployment(ctx: SweepContext, deployment: Deployment) -> None:
+    runtime_name, runtime_cls = deployment.runtime, get_runtime(deployment.runtime)
+    label = f"build {deployment.label}"
+    key = _shape_key(ctx, "build", deployment, None, None)
+    if ctx.store.is_finished(key):
+        ctx.progress(f"{label}: already done, kept")
+        return
+    row = {**ctx.base_row("build", runtime_name, deployment.precision, deployment.options), **key}
+    unsupported = unavailable(ctx, deployment, building=True)
+    if unsupported:
+        row.update(status="unavailable", error=unsupported)
+        ctx.store.append(row)
+        return
+    if not runtime_cls.needs_build:
+        row.update(status="skipped", build_s=0.0, notes="no build step: runs the loaded weights directly")
+        ctx.store.append(row)
+        return
+    log.info("%s ...", label)
+    runtime = loaded = None
+    try:
+        loaded = _load(ctx, deployment)
+        runtime = runtime_cls(loaded, deployment.precision, ctx.device, deployment.options)
+        info = runtime.prepare(ctx.cfg.batch_sizes, ctx.cfg.input_lens, ctx.cfg.output_len)
+        row.update(status="ok", link_gbps=runtime.link_gbps, **_build_columns(info))
+        reason = runtime_cls.unavailable_reason(ctx.device, deployment.precision)
+        if reason:
+            discarded = runtime.discard_build()
+            row["notes"] = f"{row['notes']}; inference unavailable here: {reason}" + (
+                f"; {discarded}" if discarded else "")
+    except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
+        ctx.log_failure(label, err)
+        row.update(status="error", error=readable_error(err))
+    finally:
+        _release(runtime)
+    runtime = loaded = None
+    _release()
+    ctx.store.append(row)
+    ctx.progress(f"{label}: {row['status']} {row.get('error') or ''}".rstrip())
 
 
 def _record_build(ctx: SweepContext, deployment: Deployment, build: BuildInfo, link_gbps: float | None) -> None:
@@ -259,7 +247,7 @@ def baseline_precision(cfg: SweepConfig) -> str | None:
     """The reference precision perplexity deltas are taken against: the sweep's first unquantized one the reference
     runs (a quantized reference's perplexity is measured against it, not used as the yardstick)."""
     runs = get_runtime("reference").precisions
-    return next((p for p in cfg.precisions_for("reference") if p in runs and p not in PROJECTION_BYTES), None)
+    return next((p for p in cfg.precisions_for("reference") if p in runs and not PRECISIONS[p].quantized), None)
 
 
 def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: LoadedModel) -> dict[str, Any]:
@@ -294,34 +282,33 @@ def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: Loa
     return {**columns, "notes": notes}
 
 
-def _roofline(ctx: SweepContext, runtime: Runtime, weight_bytes: int, batch_size: int, input_len: int,
+def _roofline(ctx: SweepContext, runtime: Runtime, stored_weight_bytes: int, batch_size: int, input_len: int,
               itl_ms_p50: float) -> dict[str, Any]:
-    """Decode roofline from the measured streaming bandwidth; efficiency = decode tokens/s over that bound. Beside
-    it the bytes a decode step reads per second (decode_gbps) and their share of the card's specified bandwidth (mbu).
+    """Decode roofline from the measured streaming bandwidth with the one byte model (bench_kernels.roofline);
+    efficiency = decode tokens/s over that bound. Beside it the bytes a decode step reads per second (decode_gbps)
+    and their share of the card's specified bandwidth (mbu).
 
     A model split over devices counts the busiest device's share of weights and KV cache at that
     bandwidth, plus what it sends per step (tensor-parallel collectives) at the measured link bandwidth.
     On a CPU whose last-level cache holds the weights and KV cache, DRAM bandwidth bounds nothing: no figure."""
+    config = runtime.loaded.config
     kv_token_bytes = runtime.kv_bytes_per_token()
     link_bytes = runtime.link_bytes_per_decode_step(batch_size)
-    step_bytes = weight_bytes + batch_size * (input_len + ctx.cfg.output_len) * kv_token_bytes
+    weight_bytes = decode_weight_bytes(stored_weight_bytes, runtime.embedding_row_bytes(), config.vocab_size,
+                                       batch_size)
+    step_bytes = decode_step_bytes(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len)
     if ctx.device.type == "cpu" and step_bytes <= last_level_cache_bytes():
         return {"notes": f"{ROOFLINE_NOT_APPLICABLE} ({step_bytes / 1e6:.1f} MB of weights and KV cache fit in "
                          f"the CPU's {last_level_cache_bytes() / 2**20:.0f} MiB last-level cache)"}
-    bound = decode_roofline_tokens_per_s(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len,
-                                         device_rates(ctx.device.type).streaming_gbps, link_bytes, runtime.link_gbps)
-    step_s = itl_ms_p50 / 1e3 if itl_ms_p50 > 0 else float("nan")
-    decode_gbps = decode_step_bytes(weight_bytes, kv_token_bytes, batch_size, input_len, ctx.cfg.output_len) \
-        / step_s / 1e9
     notes = (f"roofline of the busiest device: {weight_bytes / 1e9:.2f} GB of weights, {kv_token_bytes} B of KV "
              f"cache per token, {link_bytes / 1e6:.2f} MB sent per decode step" if link_bytes else "")
-    return {"roofline_tokens_per_s": bound, "efficiency": batch_size / step_s / bound, "decode_gbps": decode_gbps,
-            "mbu": mbu(decode_gbps, ctx.env["gpu_name"]), "notes": notes}
+    return {**decode_columns(step_bytes, batch_size, itl_ms_p50, device_rates(ctx.device.type).streaming_gbps,
+                             ctx.env["gpu_name"], link_bytes, runtime.link_gbps), "notes": notes}
 
 
 def _prefill_roofline(ctx: SweepContext, runtime: Runtime, gpu_count: int, batch_size: int, input_len: int,
                       ttft_ms_p50: float) -> dict[str, Any]:
-    """Prefill against the compute roofline: its matmul FLOPs (architecture.prefill_flops) over TTFT p50, and
+    """Prefill against the compute roofline: its matmul FLOPs (roofline.prefill_flops) over TTFT p50, and
     that over the measured matmul rate of the precision the runtime's prefill computes in (times the GPUs that
     share each prefill: tensor-parallel ranks; GPUs that take turns compute one at a time)."""
     runtime_cls = type(runtime)
@@ -375,6 +362,15 @@ def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressF
     for deployment in deployments(cfg, runtime_name, ctx.device):
         _measure_deployment(ctx, deployment, meter)
         _release()  # now that the deployment's model is unreferenced
+    return ctx.store.load()
+
+
+def measure_deployment(cfg: SweepConfig, deployment: Deployment, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """Every (batch size, input length) of one deployment of the sweep not yet finished, and its perplexity for
+    real weights (a Ray task's work: the spec is validated and expanded once, by the driver); the whole table."""
+    ctx = make_context(cfg, progress)
+    _measure_deployment(ctx, deployment)
+    _release()
     return ctx.store.load()
 
 
@@ -442,7 +438,7 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
     build_columns = _build_columns(build) if build else {}
     if build is not None:
         _record_build(ctx, deployment, build, runtime.link_gbps)
-    step_weight_bytes = runtime.weight_bytes()
+    stored_weight_bytes = runtime.weight_bytes()
     for batch_size, input_len in todo:
         label = f"{name} batch {batch_size} input {input_len}"
         log.info("%s ...", label)
@@ -452,7 +448,7 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
             summary = measured.summary()
             columns = _merged(summary, build_columns,
                               _quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
-                              _roofline(ctx, runtime, step_weight_bytes, batch_size, input_len,
+                              _roofline(ctx, runtime, stored_weight_bytes, batch_size, input_len,
                                         summary["itl_ms_p50"]),
                               _prefill_roofline(ctx, runtime, deployment.gpu_count, batch_size, input_len,
                                                 summary["ttft_ms_p50"]))

@@ -1,7 +1,14 @@
-"""Prompts of exact token lengths cut from real text, identical for every runtime."""
+"""Prompts of exact token lengths cut from real text, identical for every runtime, and the fixed windows of the
+packaged text that perplexity scores.
+
+Perplexity windows: the text's tokens are cut into consecutive, non-overlapping windows of PERPLEXITY_WINDOW
+tokens (fewer when the model's context is shorter) and the first PERPLEXITY_WINDOWS of them are scored (8 x 511 =
+4,088 predictions).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +23,9 @@ BATCH_FORMATION = (
     "Prompt i of a batch starts at token offset i * (text tokens // batch_size) and wraps around the "
     "text, so the prompts of a batch differ, need no padding, and every runtime gets the same ids."
 )
+
+PERPLEXITY_WINDOW = 512
+PERPLEXITY_WINDOWS = 8
 
 
 def packaged_text() -> str:
@@ -52,3 +62,14 @@ def make_prompts(token_ids: list[int], batch_size: int, input_len: int) -> torch
     stride = max(n // batch_size, 1)
     rows = [[token_ids[(i * stride + j) % n] for j in range(input_len)] for i in range(batch_size)]
     return torch.tensor(rows, dtype=torch.long)  # ids: [B, S]
+
+
+def perplexity_windows(token_ids: Sequence[int], max_positions: int) -> torch.Tensor:
+    """The scored windows [N, W] (see the module docstring); N < PERPLEXITY_WINDOWS only for a short text."""
+    import torch
+
+    window = min(PERPLEXITY_WINDOW, max_positions)
+    count = min(PERPLEXITY_WINDOWS, len(token_ids) // window)
+    if count == 0:
+        raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one window of {window}")
+    return torch.tensor(list(token_ids[: count * window]), dtype=torch.long).view(count, window)

@@ -1,4 +1,5 @@
-"""Shared fixtures: tests run from the project root; a tiny random-weight model as a local HF folder."""
+"""Shared fixtures: tests run from the project root with a cache of their own; a tiny random-weight model as a
+local HF folder."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cache import use_test_cache
+
 ROOT = Path(__file__).resolve().parents[1]
+use_test_cache()  # before any test (or subprocess it starts) converts, exports or builds anything
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench_kernels.architecture import preset_fields, prefill_flops
+from bench_kernels.architecture import preset_fields
+from bench_kernels.roofline import prefill_flops
 
 # 2 layers, hidden 8, 2 query heads and 1 KV head of dimension 4, MLP 16, vocabulary 10.
 SMALL = SimpleNamespace(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -36,3 +37,13 @@ def test_prefill_flops_of_llama_3_1_8b() -> None:
         pytest.approx(2 * 7.50e9 * tokens + attention, rel=1e-3)
     # Batched prompts are independent: the FLOPs scale with the batch.
     assert prefill_flops(config, 4, tokens) == 4 * prefill_flops(config, 1, tokens)
+
+
+def test_qwen3_8b_preset_has_the_published_size() -> None:
+    """Qwen3-8B's model card: 8.2B parameters, 6.95B of them outside the embeddings (its untied LM head included in
+    the 8.2B); the per-head q/k norms (36 x 2 x 128) are the only weights these counts leave out."""
+    from bench_kernels.architecture import parameter_counts
+
+    counts = parameter_counts(SimpleNamespace(**preset_fields("qwen3-8b")))
+    assert counts.projections + counts.norms == pytest.approx(6.95e9, rel=1e-3)
+    assert counts.total == pytest.approx(8.19e9, rel=1e-3)

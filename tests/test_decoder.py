@@ -1,9 +1,11 @@
-"""The package's decoder against transformers: the embedded SmolLM2 in fp32, and tiny random Llama-3/Qwen2/Mistral."""
+"""The package's decoder against transformers: the embedded SmolLM2 in fp32, and tiny random Llama-3, Qwen2, Mistral,
+Qwen3 and Phi-3 models; the helpers that run a tiny Phi-3 or Qwen3 through a runtime against the reference runtime."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import pytest
 import torch
@@ -12,9 +14,14 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from bench_kernels.decoder import (
     Decoder,
@@ -22,9 +29,15 @@ from bench_kernels.decoder import (
     empty_past,
     greedy_generate,
     position_ids_from_mask,
+    rope_attention_factor,
+    rope_cos_sin,
     rope_inv_freq,
+    unfuse_projections,
 )
-from bench_kernels.models import load_model
+from bench_kernels.measure import StepTimer
+from bench_kernels.models import LoadedModel, load_model, packaged_tokenizer
+from bench_kernels.quality import perplexity, perplexity_windows
+from bench_kernels.workload import make_prompts, packaged_text, text_token_ids
 
 MAX_REL_ERR = 1e-4
 
@@ -48,6 +61,18 @@ LLAMA3_ROPE = {
     "original_max_position_embeddings": 8192,
 }
 
+# LongRoPE over the first 12 of 16 dims per head (partial rotary, as Phi-4-mini), distinct short and long factors;
+# an original context of 12 positions (max_position_embeddings 48: attention factor sqrt(1 + ln 4 / ln 12)), so a
+# few tokens reach the long regime.
+PHI3_ORIGINAL_CONTEXT = 12
+PHI3_ROPE = {
+    "rope_type": "longrope",
+    "rope_theta": 10_000.0,
+    "partial_rotary_factor": 0.75,
+    "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.0],
+    "long_factor": [1.0, 1.6, 2.7, 4.4, 7.0, 11.0],
+}
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
@@ -69,7 +94,7 @@ def embedded_reference():
 def eos_ids(model) -> list[int]:
     """EOS ids that transformers' min_new_tokens suppresses."""
     eos = model.generation_config.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -163,8 +188,18 @@ TINY = dict(
 )
 
 
-def tiny_model(family: str):
+def tiny_model(family: str, vocab_size: int = TINY["vocab_size"]):
     """A 2-layer random-weight transformers model of one family."""
+    tiny = {**TINY, "vocab_size": vocab_size}
+    if family == "phi3":  # fused qkv_proj and gate_up_proj, LongRoPE
+        config = Phi3Config(**tiny, max_position_embeddings=4 * PHI3_ORIGINAL_CONTEXT,
+                            original_max_position_embeddings=PHI3_ORIGINAL_CONTEXT, rope_parameters=dict(PHI3_ROPE),
+                            bos_token_id=1, eos_token_id=2, pad_token_id=2)
+        return randomize_(Phi3ForCausalLM(config))
+    if family == "qwen3":  # RMSNorm on q and k per head; head_dim != hidden_size / heads
+        config = Qwen3Config(**tiny, head_dim=24, max_position_embeddings=64,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        return randomize_(Qwen3ForCausalLM(config))
     if family == "llama3":
         config = LlamaConfig(**TINY, max_position_embeddings=131072, rope_parameters=dict(LLAMA3_ROPE))
         return randomize_(LlamaForCausalLM(config))
@@ -185,13 +220,15 @@ def tiny_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, attention_mask
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral", "qwen3", "phi3"])
 def test_tiny_random_models_match_transformers(family):
+    """Prefill and 6 decode steps; Phi-3's steps cross its original context (9 + 6 > 12), so both regimes run."""
     model = tiny_model(family)
     decoder = Decoder.from_hf(model)
     assert decoder.args.attention_bias == (family == "qwen2")
     assert decoder.args.tie_word_embeddings == (family == "qwen2")
-    assert (decoder.args.rope_scaling is not None) == (family == "llama3")
+    assert (decoder.args.rope_scaling is not None) == (family in ("llama3", "phi3"))
+    assert decoder.args.qk_norm == (family == "qwen3")
     assert_stepwise_parity(model, decoder, *tiny_batch(TINY["vocab_size"]), decode_steps=6)
 
 
@@ -243,3 +280,122 @@ def test_unsupported_configs_are_refused():
         DecoderArgs.from_hf_config(LlamaConfig(**TINY, rope_parameters={"rope_type": "linear", "factor": 2.0}))
     with pytest.raises(ValueError, match="SwiGLU"):
         DecoderArgs.from_hf_config(LlamaConfig(**TINY, mlp_bias=True))
+    with pytest.raises(ValueError, match="attention_bias"):
+        DecoderArgs.from_hf_config(Qwen3Config(**TINY, attention_bias=True))
+    with pytest.raises(ValueError, match="partial rotary"):
+        DecoderArgs.from_hf_config(LlamaConfig(**TINY, partial_rotary_factor=0.5))
+
+
+def test_phi3_fused_projections_are_split_without_a_copy():
+    model = tiny_model("phi3")
+    decoder = Decoder.from_hf(model)
+    fused = model.model.layers[1].self_attn.qkv_proj.weight
+    attention = decoder.layers[1].self_attn
+    assert attention.q_proj.weight.data_ptr() == fused.data_ptr()
+    assert torch.equal(torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]), fused)
+    mlp = decoder.layers[1].mlp
+    gate_up = model.model.layers[1].mlp.gate_up_proj.weight
+    assert torch.equal(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), gate_up)
+
+
+def test_longrope_matches_transformers_in_both_regimes():
+    """Frequencies, attention factor and cos/sin equal transformers' own, bit for bit, below and past the original
+    context; the long factors differ from the short ones."""
+    model = tiny_model("phi3")
+    args = DecoderArgs.from_hf_config(model.config)
+    assert args.rotary_dim == 12 and args.long_rope
+    for long_context, seq_len in ((False, None), (True, PHI3_ORIGINAL_CONTEXT + 1)):
+        expected, attention_factor = ROPE_INIT_FUNCTIONS["longrope"](model.config, seq_len=seq_len)
+        assert torch.equal(rope_inv_freq(args, long_context=long_context), expected)
+        assert rope_attention_factor(args) == attention_factor == pytest.approx((1 + math.log(4) / math.log(12)) ** 0.5)
+    assert not torch.equal(rope_inv_freq(args), rope_inv_freq(args, long_context=True))
+    x = torch.zeros(1, 1, TINY["hidden_size"])
+    for length in (PHI3_ORIGINAL_CONTEXT, PHI3_ORIGINAL_CONTEXT + 1):  # the last short length and the first long one
+        positions = torch.arange(length)[None]
+        with torch.inference_mode():
+            expected_cos, expected_sin = model.model.rotary_emb(x, positions)
+        cos, sin = rope_cos_sin(args, positions, torch.float32, long_context=length > PHI3_ORIGINAL_CONTEXT)
+        assert torch.equal(cos, expected_cos) and torch.equal(sin, expected_sin), length
+
+
+def test_longrope_long_factors_decide_prompts_past_the_original_context():
+    """A decoder given the short factors for both regimes still matches on a short prompt, but not on a long one:
+    the parity tests would see long factors that were wrong or unused."""
+    model = tiny_model("phi3")
+    args = DecoderArgs.from_hf_config(model.config)
+    short_only = dataclasses.replace(args, rope_scaling={**args.rope_scaling,
+                                                         "long_factor": args.rope_scaling["short_factor"]})
+    state = {name.removeprefix("model."): t for name, t in model.state_dict().items()}
+    for length, matches in ((PHI3_ORIGINAL_CONTEXT, True), (PHI3_ORIGINAL_CONTEXT + 4, False)):
+        ids = torch.randint(0, TINY["vocab_size"], (1, length), generator=torch.Generator().manual_seed(2))
+        mask, positions = torch.ones_like(ids), torch.arange(length)[None]
+        with torch.inference_mode():
+            expected = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            decoder = Decoder.from_state_dict(short_only, unfuse_projections(short_only, state))
+            logits, _ = decoder(ids, positions, mask, empty_past(args, 1, torch.float32, "cpu"))
+        err = rel_err(logits, expected)
+        assert err < MAX_REL_ERR if matches else err > 100 * MAX_REL_ERR, (length, err)
+
+
+@pytest.mark.parametrize("family", ["phi3", "qwen3"])
+def test_phi3_and_qwen3_greedy_tokens_equal_transformers_generate(family):
+    """A left-padded batch inside Phi-3's original context (9 + 3 tokens) and one past it from the start (20 + 6)."""
+    model = tiny_model(family)
+    decoder = Decoder.from_hf(model)
+    short_ids, short_mask = tiny_batch(TINY["vocab_size"])
+    long_ids = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(5))
+    for ids, mask, new_tokens in ((short_ids, short_mask, 3), (long_ids, torch.ones_like(long_ids), 6)):
+        with torch.inference_mode():
+            expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens)[:, ids.shape[1]:]
+        assert torch.equal(greedy_generate(decoder, ids, mask, new_tokens, eos_ids(model)), expected)
+
+
+# ---- a tiny Phi-3 or Qwen3 through a runtime, against the reference runtime ------------------------------------------
+
+RUNTIME_PROMPT_LENS = (4, 16)  # 4 + 6 new tokens stay inside Phi-3's original context; 16 is past it from the start
+RUNTIME_NEW_TOKENS = 6
+
+
+def tiny_loaded(family: str) -> LoadedModel:
+    """A tiny random model of the family as a runtime gets it, with the packaged tokenizer (vocabulary 49152)."""
+    tokenizer = packaged_tokenizer()
+    model = tiny_model(family, vocab_size=len(tokenizer))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    return LoadedModel(f"tiny-{family}", "real", model, tokenizer, 0.0, f"tiny-{family}-randomized")
+
+
+def compare_with_reference(loaded: LoadedModel, runtime) -> dict[str, float]:
+    """Greedy tokens, last-position logits and perplexity of `runtime` (fp32, CPU) against the reference runtime on
+    the same model; the reference runs first: preparing the compiled runtime moves the model's layers to "meta"."""
+    from bench_kernels.runtimes.reference.runtime import ReferenceRuntime
+
+    cpu = torch.device("cpu")
+    token_ids = text_token_ids(loaded.tokenizer, packaged_text())
+    prompts = [make_prompts(token_ids, 2, length) for length in RUNTIME_PROMPT_LENS]
+    windows = perplexity_windows(token_ids, loaded.config.max_position_embeddings)[:4]
+    reference = ReferenceRuntime(loaded, "fp32", cpu)
+    expected_tokens = [reference.generate(ids, RUNTIME_NEW_TOKENS, StepTimer(cpu)) for ids in prompts]
+    expected_logits = [reference.first_step_logits(ids) for ids in prompts]
+    expected_ppl, _ = perplexity(reference.sequence_logits, windows)
+    runtime.prepare([2], list(RUNTIME_PROMPT_LENS), RUNTIME_NEW_TOKENS)
+    tokens = [runtime.generate(ids, RUNTIME_NEW_TOKENS, StepTimer(cpu)) for ids in prompts]
+    logits = [runtime.first_step_logits(ids) for ids in prompts]
+    ppl, _ = perplexity(runtime.sequence_logits, windows)
+    same = torch.cat([(a == b).flatten() for a, b in zip(tokens, expected_tokens)])
+    figures = {
+        "token_agreement": same.float().mean().item(),
+        "logits_max_rel_err": max(rel_err(a, b) for a, b in zip(logits, expected_logits)),
+        "ppl_delta_pct": 100 * (ppl / expected_ppl - 1),
+        "ppl_reference": expected_ppl,
+    }
+    print(f"\n{loaded.name} on {runtime.name}: {figures} (2 x {RUNTIME_NEW_TOKENS} tokens per prompt length "
+          f"{RUNTIME_PROMPT_LENS}, {windows.numel()} scored tokens)")
+    return figures
+
+
+def assert_runs_like_the_reference(figures: dict[str, float]) -> None:
+    """fp32 on the CPU: every greedy token the reference's, logits within MAX_REL_ERR, perplexity within 0.1%."""
+    assert figures["token_agreement"] == 1.0, figures
+    assert figures["logits_max_rel_err"] < MAX_REL_ERR, figures
+    assert abs(figures["ppl_delta_pct"]) < 0.1, figures

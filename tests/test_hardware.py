@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from bench_kernels.hardware import device_rates, provenance
+from bench_kernels.provenance import provenance
+from bench_kernels.rates import device_rates
 from bench_kernels.results import MATMUL_COLUMNS
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench_kernels.measure import Measurement, StepTimer, measure_generation, percentile
+from bench_kernels.timing import Measurement, StepTimer, measure_generation, percentile
 
 CPU = torch.device("cpu")
 

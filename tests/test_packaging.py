@@ -27,3 +27,16 @@ def test_environment_yml_mirrors_pyproject() -> None:
     makefile = (ROOT / "Makefile").read_text()
     torch_pin = next(s for s in pip_block if s.startswith("torch=="))
     assert f"TORCH_SPEC ?= {torch_pin}" in makefile
+
+
+def test_every_pin_outside_pip_matches_the_one_in_pyproject() -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["bench-kernels"]["pins"]
+    places = ["Makefile", "environment.yml", "README.md", "mypy-tensorrt.ini", "bench_kernels/models.py",
+              "tests/test_trt_engine.py"]
+    found = {name: set() for name in pins}
+    for place in places:
+        text = (ROOT / place).read_text()
+        for name in pins:
+            found[name] |= set(re.findall(rf"{re.escape(name)}==([\w.+]+)", text))
+    assert found == {name: {version} for name, version in pins.items()}
+

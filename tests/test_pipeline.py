@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench_kernels.browser import check_report, find_chromium
+from tests.browser import check_report, find_chromium
 from bench_kernels.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]

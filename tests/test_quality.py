@@ -12,10 +12,11 @@ import torch
 
 from bench_kernels.analysis import GATE_MARK, WINNER_MARK, decision_matrix
 from bench_kernels.config import parse_config
-from bench_kernels.quality import (first_divergence_p50, fp8_round_trip_, perplexity, perplexity_windows,
-                                   ppl_delta_pct, window_nll)
+from bench_kernels.quality import first_divergence_p50, perplexity, ppl_delta_pct, window_nll
 from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS, ResultsStore
+from bench_kernels.runtimes.compiled.fp8_rounding import fp8_round_trip_
 from bench_kernels.sweep import run_sweeps
+from bench_kernels.workload import perplexity_windows
 
 
 def test_nll_and_perplexity_of_a_case_worked_by_hand() -> None:

@@ -89,6 +89,23 @@ def test_awq_folding_keeps_the_float_function_and_never_loses_to_round_to_neares
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
+def test_awq_folding_keeps_qwen3_the_same_function() -> None:
+    """Qwen3's per-head q/k norms sit after the projections whose input channels AWQ scales: folding changes nothing."""
+    from tests.test_decoder import tiny_model
+
+    model = tiny_model("qwen3")
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    awq = search_awq(model, ids)
+    assert len(awq.scales) == 6  # q/k/v, gate/up and down per layer; o is not folded into v with grouped KV heads
+    scaled = copy.deepcopy(model)
+    fold_awq_scales(scaled, awq)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(input_ids=ids).logits, before, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(scaled.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight)
+
+
 def test_awq_on_weights_drawn_under_inference_mode() -> None:
     """A model built under inference mode holds inference tensors; AWQ must search and fold them all the same."""
     with torch.inference_mode():
@@ -114,42 +131,52 @@ def test_awq_refuses_architectures_whose_norms_it_cannot_fold_into() -> None:
 INTERPRETED_KERNEL_CHECK = """
 import sys, torch
 from bench_kernels.quantization import dequantize_int4, quantize_int4
-from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, triton_int4_linear
-rows, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
+from bench_kernels.runtimes.compiled import decode_kernels
+from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, quantize_fp8
+rows, dtype, split = int(sys.argv[1]), getattr(torch, sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(rows)
 weight = quantize_int4(torch.randn(48, 256), group_size=64)
 x = torch.randn(rows, 256).to(dtype)
-out = triton_int4_linear(x, weight.packed, weight.scales, block_n=16)
 expected = x.float() @ dequantize_int4(weight).t()
+out = decode_kernels.int4_matmul(x, weight.packed, weight.scales, {"BLOCK_N": 16, "SPLIT_K": split})
 assert out.shape == (rows, 48) and out.dtype == dtype, (out.shape, out.dtype)
 torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=expected.abs().max().item() * 1e-2)
-_, _, _, dequantize = _int4_kernels()
+assert not decode_kernels._semaphores(x.device).any(), "a split launch left its counters set"
+fp8, scale = quantize_fp8(torch.randn(40, 320))
+x8 = torch.randn(rows, 320).to(dtype)
+expected8 = x8.float() @ fp8.float().t() * scale
+out8 = decode_kernels.fp8_matmul(x8, fp8, scale, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": split})
+torch.testing.assert_close(out8.float(), expected8, rtol=1e-2, atol=expected8.abs().max().item() * 1e-2)
+_, dequantize = _int4_kernels()
 restored = torch.empty(48, 256)
 dequantize[(1, 4)](weight.packed, weight.scales, restored, 48, 256, GROUP=64, BLOCK_N=64)
 assert torch.equal(restored, dequantize_int4(weight)), "the dequantization kernel"
-print("ok", (out.float() - expected).abs().max().item())
+print("ok", (out.float() - expected).abs().max().item(), (out8.float() - expected8).abs().max().item())
 """
 
 
 @needs_triton
-@pytest.mark.parametrize(("rows", "dtype"), [(1, "bfloat16"), (5, "float16"), (70, "float16")])
-def test_triton_int4_kernels_match_the_dequantized_weight(rows: int, dtype: str) -> None:
+@pytest.mark.parametrize(("rows", "split"), [(1, 1), (5, 3), (70, 2)])
+def test_triton_int4_and_fp8_decode_kernels_match_the_float_math(rows: int, split: int) -> None:
     """The kernels as written, run by Triton's interpreter (TRITON_INTERPRET must be set before triton is imported,
-    hence a fresh process). The interpreter's tensor-core dot mishandles bf16 on the CPU, so the many-row kernel is
-    checked with fp16 activations (the same code path on the GPU)."""
+    hence a fresh process), against the dequantized weights in fp32: one row, a few rows with K split three ways (the
+    last split program sums the partials), and more rows than one row tile. The interpreter's tensor-core dot
+    mishandles bf16 on the CPU, so activations are fp16 (the same code path on the GPU, where the PTX conversion of
+    the nibbles replaces the fp32 one run here)."""
     import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", INTERPRETED_KERNEL_CHECK, str(rows), dtype], capture_output=True,
-                          text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
+    done = subprocess.run([sys.executable, "-c", INTERPRETED_KERNEL_CHECK, str(rows), "float16", str(split)],
+                          capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
 
 
 def test_compiled_int4_and_awq_perplexity_on_the_embedded_model() -> None:
     """Real SmolLM2 weights through the compiled runtime's own forward pass (eager on the CPU): int4 costs
     perplexity, AWQ gets part of it back."""
-    from bench_kernels.quality import perplexity, perplexity_windows
+    from bench_kernels.quality import perplexity
+    from bench_kernels.workload import perplexity_windows
     from bench_kernels.runtimes import get_runtime
     from bench_kernels.workload import packaged_text, text_token_ids
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench_kernels.architecture import prefill_flops
+from bench_kernels.roofline import prefill_flops
 from bench_kernels.config import parse_config
 from bench_kernels.models import resolve_model_config
 from bench_kernels.results import ResultsStore, load_results

@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass as options_dataclass
 
+from bench_kernels.precisions import PRECISIONS
+
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import Measurement, StepTimer
+    from bench_kernels.timing import Measurement, StepTimer
     from bench_kernels.models import LoadedModel
 
-# Weight-only int4 precisions: round-to-nearest, and the same after AWQ's activation-aware scaling
-# (bench_kernels.quantization); each runtime that lists them rounds to int4 its own way.
-INT4_PRECISIONS = ("int4", "int4-awq")
 
 # Strict, frozen, no unknown keys: how every runtime's options class is declared.
 OPTIONS_CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -147,7 +146,7 @@ class Runtime(ABC):
         """The precision the prefill's matmuls compute in at this weight precision (whose measured matmul rate
         bounds it): the precision itself for fp32 / fp16 / bf16; bf16 for weight-only quantized precisions, whose
         weights are dequantized to the bf16 activations."""
-        return precision if precision in ("fp32", "fp16", "bf16") else "bf16"
+        return PRECISIONS[precision].prefill_precision
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
@@ -164,6 +163,13 @@ class Runtime(ABC):
         from bench_kernels.models import weight_bytes
 
         return weight_bytes(self.loaded.hf_model)
+
+    def embedding_row_bytes(self) -> int:
+        """Bytes of the input-embedding row a decode step gathers per sequence (0 when tied to the LM head): the
+        embedding is stored in the float dtype of the KV cache."""
+        from bench_kernels.roofline import embedding_row_bytes
+
+        return embedding_row_bytes(self.loaded.config, self.kv_element_size())
 
     def kv_element_size(self) -> int:
         """Bytes per cached key/value element."""
@@ -186,8 +192,8 @@ class Runtime(ABC):
         return [self.device]
 
     def measure(self, input_ids: torch.Tensor, output_len: int, warmup: int, repeats: int) -> Measurement:
-        """Time warmup + repeats generations of input_ids [B, S] with the one timer (bench_kernels.measure)."""
-        from bench_kernels.measure import measure_generation
+        """Time warmup + repeats generations of input_ids [B, S] with the one timer (bench_kernels.timing)."""
+        from bench_kernels.timing import measure_generation
 
         return measure_generation(lambda timer: self.generate(input_ids, output_len, timer), self.devices(),
                                   batch_size=input_ids.shape[0], input_len=input_ids.shape[1],

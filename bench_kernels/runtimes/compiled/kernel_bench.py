@@ -2,10 +2,12 @@
 matmul rates: `python -m bench_kernels.runtimes.compiled.kernel_bench [PRESET]` on a CUDA machine.
 
 Decode rows (1-64 activation rows) are bound by reading the weights: each line gives the kernel's time (replayed
-from a CUDA graph), the bytes it must read over that time, and that rate's share of the measured copy bandwidth.
-Prefill rows (PREFILL_ROWS rows) are bound by tensor-core throughput: the fp8 path's activation quantization
-(eager torch and the fused Triton kernel), its scaled GEMM, the runtime's whole fp8 path, and cuBLAS bf16 beside
-it.
+from a CUDA graph, each call on the next of enough copies of the weight that together they exceed twice the L2, so
+every call reads its weight from device memory as a decode step does), the bytes it must read over that time, and
+that rate's share of the measured copy bandwidth; then the time the model's projections take per decode step with
+each kernel (its layers times the four projections). Prefill rows (PREFILL_ROWS rows) are bound by tensor-core
+throughput: the fp8 path's activation quantization (eager torch and the fused Triton kernel), its scaled GEMM, the
+runtime's whole fp8 path, and cuBLAS bf16 beside it.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ import torch
 import torch.nn.functional as F
 
 from bench_kernels.architecture import preset_fields
-from bench_kernels.hardware import device_rates
+from bench_kernels.rates import device_rates
 from bench_kernels.quantization import dequantize_int4, quantize_int4
 from bench_kernels.runtimes.compiled.linear_ops import (
-    _scaled_mm_rowwise,
-    _time_ms,
+    chosen_backends,
+    decode_candidates,
+    decode_product,
     dequantize_int4_weight,
+    kernel_time_ms,
+    l2_cache_bytes,
     quantize_fp8,
     quantize_rows_fp8,
+    rotated_sets,
+    rotating_time_ms,
+    scaled_mm_rowwise,
     triton_gemv,
-    triton_int4_linear,
     triton_quantize_rows_fp8,
 )
 
@@ -43,32 +50,67 @@ def projection_shapes(preset: str) -> dict[str, tuple[int, int]]:
             "gate_up": (2 * inter, hidden), "down": (hidden, inter)}
 
 
-def decode_table(shapes: dict[str, tuple[int, int]], copy_gbps: float) -> None:
-    print(f"decode kernels (copy bandwidth {copy_gbps:,.0f} GB/s): weight  N x K  rows  us  GB/s  share")
+def decode_kernels(weight: torch.Tensor) -> dict[str, tuple[tuple, object]]:
+    """kind -> (the tensors it reads, run(x, *tensors)) for one bf16 weight [N, K]; "runtime": the kernel the
+    compiled runtime chooses for that shape (timed on first use; chosen_backends, printed at the end, names it)."""
+    fp8, fp8_scale = quantize_fp8(weight)
+    int4 = quantize_int4(weight)
+    return {
+        "bf16 cuBLAS": ((weight,), lambda x, w: F.linear(x, w)),
+        "bf16 Triton": ((weight,), lambda x, w: triton_gemv(x, w, None)),
+        "fp8 GEMV": ((fp8, fp8_scale), lambda x, w, s: triton_gemv(x, w, s)),
+        "fp8 _scaled_mm": ((fp8, fp8_scale), lambda x, w, s: scaled_mm_rowwise(x, w, s)),
+        "fp8 runtime": ((fp8, fp8_scale), lambda x, w, s: decode_product(x, w, s)),
+        "int4 runtime": ((int4.packed, int4.scales), lambda x, p, s: decode_product(x, p, s)),
+    }
+
+
+def check_kernels(weight: torch.Tensor, name: str) -> None:
+    """The runtime's int4 and fp8 kernels against the float math of their stored weights, at every decode row count
+    (each candidate it may choose: the choice is timed, not checked)."""
+    int4 = quantize_int4(weight)
+    reference = dequantize_int4(int4, torch.float32)
+    if not torch.equal(dequantize_int4_weight(int4.packed, int4.scales, torch.float32), reference):
+        raise AssertionError(f"the int4 dequantization kernel differs from dequantize_int4 at {name}")
+    fp8, fp8_scale = quantize_fp8(weight)
+    for rows in DECODE_ROWS:
+        x = torch.randn(rows, weight.shape[1], device="cuda", dtype=torch.bfloat16)
+        for stored, scale, expected in ((int4.packed, int4.scales, x.float() @ reference.t()),
+                                        (fp8, fp8_scale, x.float() @ fp8.float().t() * fp8_scale)):
+            for kernel, run in decode_candidates(x, stored).items():
+                if kernel == "library" and stored.dtype == fp8.dtype:
+                    continue  # _scaled_mm rounds the activations to fp8 too: prefill's math, checked below
+                error = (run(x, stored, scale).float() - expected).abs().max() / expected.abs().max()
+                if not error <= 1e-2:
+                    raise AssertionError(f"{kernel} for {stored.dtype} off by {error:.3g} (relative) at {name} rows "
+                                         f"{rows}")
+
+
+def decode_table(shapes: dict[str, tuple[int, int]], copy_gbps: float, layers: int) -> None:
+    l2_bytes = l2_cache_bytes(torch.device("cuda"))
+    print(f"decode kernels (copy bandwidth {copy_gbps:,.0f} GB/s, L2 {l2_bytes / 1e6:.1f} MB; each timing cycles "
+          "through copies of the weight totalling over twice the L2): kind  weight  N x K  rows  copies  us  GB/s  "
+          "share")
+    step_ms: dict[tuple[str, int], float] = {}
     for name, (n, k) in shapes.items():
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        fp8, fp8_scale = quantize_fp8(weight)
-        int4 = quantize_int4(weight)
-        reference = dequantize_int4(int4, torch.float32)
-        if not torch.equal(dequantize_int4_weight(int4.packed, int4.scales, torch.float32), reference):
-            raise AssertionError(f"the int4 dequantization kernel differs from dequantize_int4 at {name}")
-        for rows in DECODE_ROWS:
-            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-            out = triton_int4_linear(x, int4.packed, int4.scales)
-            error = ((out.float() - x.float() @ reference.t()).abs().max() / (x.float() @ reference.t()).abs().max())
-            if error > 1e-2:
-                raise AssertionError(f"int4 kernel off by {error:.3g} (relative) at {name} rows {rows}")
-            activation_bytes = x.numel() * 2 + rows * n * 2
-            for kind, stored, run in (
-                ("bf16 cuBLAS", weight.numel() * 2, lambda: F.linear(x, weight)),
-                ("bf16 Triton", weight.numel() * 2, lambda: triton_gemv(x, weight, None)),
-                ("fp8", fp8.numel() + fp8_scale.numel() * 4, lambda: triton_gemv(x, fp8, fp8_scale)),
-                ("int4", int4.nbytes(), lambda: triton_int4_linear(x, int4.packed, int4.scales)),
-            ):
-                ms = _time_ms(run)
-                gbps = (stored + activation_bytes) / ms / 1e6
-                print(f"{kind:11} {name:8} {n:>6} x {k:<6} {rows:>3} {ms * 1e3:8.1f} {gbps:8.0f} "
-                             f"{gbps / copy_gbps:6.2f}", flush=True)
+        check_kernels(weight, name)
+        for kind, (tensors, run) in decode_kernels(weight).items():
+            sets = rotated_sets(tensors, l2_bytes)
+            stored = sum(t.numel() * t.element_size() for t in tensors)
+            for rows in DECODE_ROWS:
+                x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+                ms = rotating_time_ms(lambda *t: run(x, *t), sets)
+                step_ms[kind, rows] = step_ms.get((kind, rows), 0.0) + layers * ms
+                gbps = (stored + x.numel() * 2 + rows * n * 2) / ms / 1e6
+                print(f"{kind:14} {name:8} {n:>6} x {k:<6} {rows:>3} {len(sets):>3} {ms * 1e3:8.1f} {gbps:8.0f} "
+                      f"{gbps / copy_gbps:6.2f}", flush=True)
+            del sets
+    print(f"decode step time of the projections ({layers} layers x {', '.join(shapes)}), ms per step; rows: "
+          + " ".join(f"{rows:>7}" for rows in DECODE_ROWS))
+    for kind in dict.fromkeys(kind for kind, _ in step_ms):
+        print(f"{kind:14} " + " ".join(f"{step_ms[kind, rows]:7.3f}" for rows in DECODE_ROWS), flush=True)
+    print("the runtime's choices (device, dtype, N, K, rows -> kernel):", chosen_backends())
 
 
 def _scaled_mm(rows: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -89,7 +131,7 @@ def prefill_table(shapes: dict[str, tuple[int, int]], rates: dict[str, float]) -
         if differ > 1e-6 or not torch.equal(fused_scale, eager_scale):
             raise AssertionError(f"fused fp8 row quantization differs from the eager one at {name}: {differ:.2e} of "
                                  f"values, scales equal: {torch.equal(fused_scale, eager_scale)}")
-        if not torch.equal(_scaled_mm_rowwise(x, fp8, fp8_scale, chunk_rows=PREFILL_ROWS // 2),
+        if not torch.equal(scaled_mm_rowwise(x, fp8, fp8_scale, chunk_rows=PREFILL_ROWS // 2),
                            _scaled_mm(fused, fused_scale, fp8, fp8_scale)):
             raise AssertionError(f"the runtime's chunked fp8 GEMM differs from one _scaled_mm at {name}")
         flops = 2 * PREFILL_ROWS * n * k
@@ -99,11 +141,11 @@ def prefill_table(shapes: dict[str, tuple[int, int]], rates: dict[str, float]) -
             ("fp8 quantize rows, fused", lambda: triton_quantize_rows_fp8(x)),
             ("fp8 _scaled_mm alone", lambda: _scaled_mm(fused, fused_scale, fp8, fp8_scale)),
             ("fp8 fused + _scaled_mm", lambda: _scaled_mm(*triton_quantize_rows_fp8(x), fp8, fp8_scale)),
-            ("fp8 runtime path", lambda: _scaled_mm_rowwise(x, fp8, fp8_scale)),
+            ("fp8 runtime path", lambda: scaled_mm_rowwise(x, fp8, fp8_scale)),
             ("int4 dequantize + cuBLAS", lambda: F.linear(x, dequantize_int4_weight(int4.packed, int4.scales,
                                                                                      torch.bfloat16))),
         ):
-            ms = _time_ms(run, iters=5)
+            ms = kernel_time_ms(run, iters=5)
             print(f"{name:8} {n:>6} x {k:<6} {what:28} {ms * 1e3:9.1f} {flops / ms / 1e9:8.0f}", flush=True)
 
 
@@ -119,7 +161,7 @@ def main() -> None:
     shapes = projection_shapes(args.preset)
     print(torch.cuda.get_device_name(), args.preset, shapes)
     if not args.prefill_only:
-        decode_table(shapes, device_rates("cuda").streaming_gbps)
+        decode_table(shapes, device_rates("cuda").streaming_gbps, preset_fields(args.preset)["num_hidden_layers"])
     if not args.decode_only:
         prefill_table(shapes, device_rates("cuda").matmul_tflops)
 

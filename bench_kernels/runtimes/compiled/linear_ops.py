@@ -1,6 +1,7 @@
 """The compiled runtime's matrix products: weight-only fp8 (e4m3, per-output-channel scales), weight-only int4
-(group-wise scales, bench_kernels.quantization's layout) and small-batch GEMV in Triton, with cuBLAS /
-torch._scaled_mm where those are faster.
+(group-wise scales, bench_kernels.quantization's layout) and small-batch GEMV in Triton (here and in
+decode_kernels), with cuBLAS / torch._scaled_mm where those are faster: up to GEMV_MAX_ROWS rows each shape times
+its candidates on first use and keeps the fastest.
 
 All projections of the compiled decoder go through one custom op, `bench_kernels::linear`, so
 torch.compile treats it as a single opaque call and fuses the elementwise work around it.
@@ -9,27 +10,37 @@ torch.compile treats it as a single opaque call and fuses the elementwise work a
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
-import os
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 
-from bench_kernels.hardware import cuda_graph_of
+from bench_kernels.timing import cuda_graph_of
 
 log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-INT4_TRITON_MAX_ROWS = 64
 INT4 = torch.uint8  # int4 weights are stored packed, two per byte (bench_kernels.quantization's layout)
 # Up to this many activation rows (decode batches) a step is bound by reading the weights: the Triton
 # weight-only kernel reads fp8 weights as they are stored; beyond it, prefill-sized GEMMs use tensor cores.
 GEMV_MAX_ROWS = 64
 
-# (device index, weight dtype, N, K, rows) -> "triton" or "library"; filled by timing both on first use.
+# Launch configurations timed for decode_kernels, by row tile: int4 (BLOCK_N, SPLIT_K, num_warps); fp8 (BLOCK_N,
+# BLOCK_K, SPLIT_K, num_warps). Each was within a few percent of the best of a wider grid at the Llama-3.1-8B and 70B
+# projection shapes on an H200 (BENCHMARKS.md, 2026-12-02); the first is the default where nothing was timed.
+INT4_CONFIGS = {16: ((32, 4, 2), (32, 2, 2), (32, 8, 2), (16, 8, 1)),
+                32: ((64, 4, 4), (32, 4, 2), (64, 8, 4), (64, 2, 4)),
+                64: ((64, 2, 4), (64, 4, 4), (64, 1, 4))}
+FP8_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 128, 1, 4))
+
+# (device index, weight dtype, N, K, rows) -> the name of the kernel measured fastest there (decode_candidates).
 _CHOSEN_BACKEND: dict[tuple, str] = {}
+# A decode candidate whose product differs from the library path's by more than this (relative, over the whole
+# product) is never chosen: fp8's library path rounds activations to fp8 (a few percent), a faulty kernel far more.
+CANDIDATE_MAX_ERROR = 0.1
 
 
 def quantize_fp8(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,65 +152,12 @@ def _kernels():
 
 @cache
 def _int4_kernels():
-    """Triton kernels for int4 weights in bench_kernels.quantization's layout: packed uint8 [N, K / 2] (byte j of a
-    group holds its channels j and GROUP / 2 + j, each stored + 8) and scales [N, K / GROUP]. Codes are dequantized
-    in registers, so the weights are read once, as stored; each half of a group meets a contiguous slice of the
-    activations. A code becomes a float without an int-to-float conversion (a quarter-rate instruction that bounded
-    the first version): the nibble ORed into the mantissa of 2^23, reinterpreted, minus 2^23 + 8, all exact."""
+    """The int4 dequantization kernel (prefill: cuBLAS multiplies the weight it writes) for bench_kernels.quantization's
+    layout: packed uint8 [N, K / 2] (byte j of a group holds its channels j and GROUP / 2 + j, each stored + 8) and
+    scales [N, K / GROUP]. A code becomes a float without an int-to-float conversion: the nibble ORed into the
+    mantissa of 2^23, reinterpreted, minus 2^23 + 8, all exact. Decode sizes run decode_kernels' int4 kernel."""
     import triton
     import triton.language as tl
-
-    @triton.jit
-    def int4_gemv_one_row(x_ptr, packed_ptr, scale_ptr, y_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                          GROUPS_PER_STEP: tl.constexpr):
-        # GROUPS_PER_STEP groups per iteration; products scaled and accumulated elementwise, reduced once at the end.
-        HALF: tl.constexpr = GROUP // 2
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_s = tl.arange(0, GROUPS_PER_STEP)
-        offs_j = tl.arange(0, HALF)
-        n_ok = offs_n < N
-        groups = K // GROUP
-        acc = tl.zeros((BLOCK_N, GROUPS_PER_STEP, HALF), dtype=tl.float32)
-        for g0 in range(0, groups, GROUPS_PER_STEP):
-            g = g0 + offs_s
-            g_ok = g < groups
-            ok = n_ok[:, None] & g_ok[None, :]
-            packed = tl.load(packed_ptr + offs_n[:, None, None] * (K // 2) + g[None, :, None] * HALF
-                             + offs_j[None, None, :], mask=ok[:, :, None], other=0x88).to(tl.int32)
-            x_low = tl.load(x_ptr + g[:, None] * GROUP + offs_j[None, :], mask=g_ok[:, None], other=0.0)
-            x_high = tl.load(x_ptr + g[:, None] * GROUP + HALF + offs_j[None, :], mask=g_ok[:, None], other=0.0)
-            scale = tl.load(scale_ptr + offs_n[:, None] * groups + g[None, :], mask=ok, other=0.0).to(tl.float32)
-            low = ((packed & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-            high = ((packed >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-            acc += (low * x_low.to(tl.float32)[None, :, :] + high * x_high.to(tl.float32)[None, :, :]) \
-                * scale[:, :, None]
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
-        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
-
-    @triton.jit
-    def int4_gemm(x_ptr, packed_ptr, scale_ptr, y_ptr, M, N, K, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
-        # Tensor-core dots of the activations with the codes (exact in bf16/fp16), scaled per group in fp32.
-        HALF: tl.constexpr = GROUP // 2
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_j = tl.arange(0, HALF)
-        n_ok, m_ok = offs_n < N, offs_m < M
-        groups = K // GROUP
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for g in range(0, groups):
-            # [HALF, BLOCK_N]: loaded K-major, as the dot takes its second operand.
-            packed = tl.load(packed_ptr + offs_n[None, :] * (K // 2) + g * HALF + offs_j[:, None],
-                             mask=n_ok[None, :], other=0x88).to(tl.int32)
-            x_low = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + offs_j[None, :], mask=m_ok[:, None], other=0.0)
-            x_high = tl.load(x_ptr + offs_m[:, None] * K + g * GROUP + HALF + offs_j[None, :], mask=m_ok[:, None],
-                             other=0.0)
-            low = (((packed & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0).to(x_ptr.dtype.element_ty)
-            high = (((packed >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0).to(x_ptr.dtype.element_ty)
-            part = tl.dot(x_low, low) + tl.dot(x_high, high)
-            acc += part * tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
 
     @triton.jit
     def int4_dequantize(packed_ptr, scale_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -218,16 +176,7 @@ def _int4_kernels():
         tl.store(row, (low * scale).to(w_ptr.dtype.element_ty), mask=n_ok[:, None])
         tl.store(row + HALF, (high * scale).to(w_ptr.dtype.element_ty), mask=n_ok[:, None])
 
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU tests run the kernels as written, untuned
-        return triton, int4_gemv_one_row, int4_gemm, int4_dequantize
-    timing = _autotune_timing(triton)
-    one_row = triton.autotune([triton.Config({"BLOCK_N": n, "GROUPS_PER_STEP": g}, num_warps=w, num_stages=s)
-                               for n in (16, 32, 64) for g in (1, 2, 4) for w in (4, 8) for s in (2, 3)],
-                              key=["N", "K", "GROUP"], **timing)(int4_gemv_one_row)
-    many_rows = triton.autotune([triton.Config({"BLOCK_N": n}, num_warps=4, num_stages=s)
-                                 for n in (16, 32, 64) for s in (2, 3, 4)],
-                                key=["M", "N", "K", "GROUP", "BLOCK_M"], **timing)(int4_gemm)
-    return triton, one_row, many_rows, int4_dequantize
+    return triton, int4_dequantize
 
 
 def int4_triton_group_ok(group_size: int) -> bool:
@@ -271,26 +220,14 @@ def triton_quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return quantized, row_scale
 
 
-def triton_int4_linear(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
-                       block_n: int | None = None) -> torch.Tensor:
-    """rows [M, K] (bf16/fp16) times the int4 weight [N, K] transposed: [M, N] in rows' dtype. block_n: run
-    untuned with this tile width (the Triton interpreter on the CPU), else autotuned."""
-    triton, one_row, many_rows, _ = _int4_kernels()
-    M, K = rows.shape
-    N = packed.shape[0]
-    group = K // scales.shape[1]
-    rows = rows.contiguous()
-    out = torch.empty((M, N), dtype=rows.dtype, device=rows.device)
-    tile = {"BLOCK_N": block_n} if block_n else {}
-    if M == 1:
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-        one_row[grid](rows, packed, scales, out, N, K, GROUP=group, **tile,
-                      **({"GROUPS_PER_STEP": 2} if block_n else {}))
-    else:
-        block_m = max(16, min(64, triton.next_power_of_2(M)))
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))  # noqa: E731
-        many_rows[grid](rows, packed, scales, out, M, N, K, GROUP=group, BLOCK_M=block_m, **tile)
-    return out
+def _int4_config(candidate: tuple[int, int, int]) -> dict:
+    block_n, split_k, warps = candidate
+    return {"BLOCK_N": block_n, "SPLIT_K": split_k, "num_warps": warps, "num_stages": 3}
+
+
+def _fp8_config(candidate: tuple[int, int, int, int]) -> dict:
+    block_n, block_k, split_k, warps = candidate
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": warps, "num_stages": 3}
 
 
 def dequantize_int4_weight(packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -302,7 +239,7 @@ def dequantize_int4_weight(packed: torch.Tensor, scales: torch.Tensor, dtype: to
     group = K // scales.shape[1]
     if not packed.is_cuda or triton_unavailable_reason() or not int4_triton_group_ok(group):
         return dequantize_int4(Int4Weight(packed, scales, group), dtype)
-    triton, _, _, dequantize = _int4_kernels()
+    triton, dequantize = _int4_kernels()
     weight = torch.empty((N, K), dtype=dtype, device=packed.device)
     dequantize[(triton.cdiv(N, 64), K // group)](packed, scales, weight, N, K, GROUP=group, BLOCK_N=64)
     return weight
@@ -325,7 +262,7 @@ def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
     return out
 
 
-def _scaled_mm_rowwise(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+def scaled_mm_rowwise(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                        chunk_rows: int = 16384) -> torch.Tensor:
     """fp8 GEMM for many rows: activations quantized per row, weights per channel, bf16 out (Hopper).
 
@@ -340,8 +277,9 @@ def _scaled_mm_rowwise(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Te
     return out
 
 
-def _time_ms(fn, iters: int = 20) -> float:
-    """Kernel time per call, replayed from a CUDA graph as in decoding (Python launch cost excluded)."""
+def kernel_time_ms(fn, iters: int = 20) -> float:
+    """Kernel time per call, replayed from a CUDA graph as in decoding (Python launch cost excluded). A weight that
+    fits the L2 is read from there on every replay but the first: rotating_time_ms times it from device memory."""
     graph = cuda_graph_of(fn, iters)
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -352,54 +290,124 @@ def _time_ms(fn, iters: int = 20) -> float:
     return start.elapsed_time(end) / iters
 
 
+def l2_cache_bytes(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).L2_cache_size
+
+
+def rotation_count(nbytes: int, l2_bytes: int) -> int:
+    """Copies of nbytes of weights to cycle through so that together they exceed twice the L2 (at least two): each
+    call then reads its weight from device memory, as a decode step that reads every layer's weights once does."""
+    return max(2, 2 * l2_bytes // nbytes + 1)
+
+
+def rotated_sets(tensors: tuple[torch.Tensor | None, ...], l2_bytes: int) -> list[tuple[torch.Tensor | None, ...]]:
+    """tensors and clones of them (new storage, same values), rotation_count of them in all."""
+    nbytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    clones = [tuple(None if t is None else t.clone() for t in tensors)
+              for _ in range(rotation_count(nbytes, l2_bytes) - 1)]
+    return [tensors, *clones]
+
+
+def rotating_time_ms(run, sets: list[tuple], calls: int = 20) -> float:
+    """kernel_time_ms of run(*set), each call on the next of sets (rotated_sets), every set equally often."""
+    calls = len(sets) * -(-calls // len(sets))
+    position = itertools.count()
+    return kernel_time_ms(lambda: run(*sets[next(position) % len(sets)]), iters=calls)
+
+
 def _library_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """The library path: torch._scaled_mm for fp8 weights, cuBLAS otherwise (int4 dequantized first)."""
     if weight.dtype == FP8:
-        return _scaled_mm_rowwise(rows, weight, scale)
+        return scaled_mm_rowwise(rows, weight, scale)
     if weight.dtype == INT4:
         return F.linear(rows, dequantize_int4_weight(weight, scale, rows.dtype))
     return F.linear(rows, weight)
 
 
-def _triton_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    if weight.dtype == INT4:
-        return triton_int4_linear(rows, weight, scale)
-    return triton_gemv(rows, weight, scale)
-
-
 def _has_triton_kernel(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> bool:
-    """Whether a Triton kernel takes this product: up to GEMV_MAX_ROWS rows, int4 weights up to INT4_TRITON_MAX_ROWS
-    (beyond, a prefill's GEMM is compute-bound and cuBLAS on the dequantized weight wins; not autotuning there
-    saves the build minutes)."""
-    if triton_unavailable_reason():
+    """Whether a Triton kernel takes this product: up to GEMV_MAX_ROWS rows (beyond, a prefill's GEMM is
+    compute-bound and cuBLAS or _scaled_mm wins; not timing there saves the build minutes), int4 group sizes the
+    kernels take."""
+    if triton_unavailable_reason() or rows.shape[0] > GEMV_MAX_ROWS:
         return False
+    return weight.dtype != INT4 or int4_triton_group_ok(weight.shape[1] * 2 // scale.shape[1])
+
+
+def decode_candidates(rows: torch.Tensor, weight: torch.Tensor) -> dict[str, object]:
+    """The kernels timed for this product, by the name chosen_backends reports: run(rows, weight, scale)."""
+    from bench_kernels.runtimes.compiled import decode_kernels
+
     if weight.dtype == INT4:
-        return rows.shape[0] <= INT4_TRITON_MAX_ROWS and int4_triton_group_ok(weight.shape[1] * 2 // scale.shape[1])
-    return rows.shape[0] <= GEMV_MAX_ROWS
+        configs = [_int4_config(c) for c in INT4_CONFIGS[decode_kernels.block_m(rows.shape[0])]]
+        return {**{f"split-K {c['BLOCK_N']}/{c['SPLIT_K']}/{c['num_warps']}":
+                   (lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c)) for c in configs},
+                "library": _library_linear}
+    candidates = {"triton": triton_gemv}
+    if weight.dtype == FP8 and rows.shape[0] > 1:
+        for c in map(_fp8_config, FP8_CONFIGS):
+            candidates[f"split-K {c['BLOCK_N']}/{c['BLOCK_K']}/{c['SPLIT_K']}/{c['num_warps']}"] = \
+                lambda r, w, s, c=c: decode_kernels.fp8_matmul(r, w, s, c)
+    candidates["library"] = _library_linear
+    return candidates
 
 
-def _backend(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> str:
-    """"triton" or "library" for this (rows, weight) shape: whichever measured faster here, on first use."""
-    if not _has_triton_kernel(rows, weight, scale):
-        return "library"
-    key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0])
-    if key not in _CHOSEN_BACKEND:
-        if torch.cuda.is_current_stream_capturing():
-            # Cannot time inside a CUDA graph capture; quantized weights at few rows have no library kernel
-            # worth taking (fp8: none reads fp8 as stored; int4: the library path dequantizes first).
-            return "triton" if weight.dtype in (FP8, INT4) else "library"
-        triton_ms = _time_ms(lambda: _triton_linear(rows, weight, scale))
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """||out - reference|| / ||reference|| over the whole product (0 for two zero products)."""
+    scale = reference.norm().item()
+    return (out.float() - reference).norm().item() / scale if scale else out.float().norm().item()
+
+
+def accurate_candidates(candidates: dict[str, object], rows: torch.Tensor, weight: torch.Tensor,
+                        scale: torch.Tensor | None) -> dict[str, object]:
+    """The candidates whose product on these rows agrees with the library path's (CANDIDATE_MAX_ERROR), so that
+    speed never chooses a wrong kernel; one that raises is left to the timing, which logs why."""
+    reference = _library_linear(rows, weight, scale).float()
+    kept = {}
+    for name, run in candidates.items():
         try:
-            library_ms = _time_ms(lambda: _library_linear(rows, weight, scale))
+            error = relative_error(run(rows, weight, scale), reference)
+        except RuntimeError:
+            kept[name] = run
+            continue
+        if error > CANDIDATE_MAX_ERROR:
+            log.warning("%s for %s x %s left out: relative error %.3g against the library path", name,
+                        tuple(rows.shape), tuple(weight.shape), error)
+        else:
+            kept[name] = run
+    return kept
+
+
+def _chosen(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> str:
+    """The name of the candidate measured fastest for this (rows, weight) shape here, on first use: quantized
+    weights timed from device memory (rotated over copies, as a decode step reads each layer's), bf16 as before."""
+    key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0])
+    if key in _CHOSEN_BACKEND:
+        return _CHOSEN_BACKEND[key]
+    candidates = decode_candidates(rows, weight)
+    if torch.cuda.is_current_stream_capturing():
+        # Cannot time inside a CUDA graph capture: the first candidate (quantized weights' library paths lose at few
+        # rows: none reads fp8 as stored, the int4 one dequantizes first), bf16's cuBLAS.
+        return next(iter(candidates)) if weight.dtype in (FP8, INT4) else "library"
+    sets = rotated_sets((weight, scale), l2_cache_bytes(rows.device)) if weight.dtype in (FP8, INT4) \
+        else [(weight, scale)]
+    times_ms = {}
+    for name, run in accurate_candidates(candidates, rows, weight, scale).items():
+        try:
+            times_ms[name] = rotating_time_ms(lambda w, s, run=run: run(rows, w, s), sets)
         except RuntimeError as err:  # e.g. a _scaled_mm shape constraint
-            log.info("library kernel for %s x %s unavailable: %s", tuple(rows.shape), tuple(weight.shape), err)
-            library_ms = float("inf")
-        _CHOSEN_BACKEND[key] = "triton" if triton_ms < library_ms else "library"
-        library = {FP8: "_scaled_mm", INT4: "dequantize + cuBLAS"}.get(weight.dtype, "cuBLAS")
-        log.info("%s rows %s x weight %s: triton %.1f us, %s %.1f us -> %s", _weight_kind(weight),
-                 tuple(rows.shape), tuple(weight.shape), triton_ms * 1e3, library, library_ms * 1e3,
-                 _CHOSEN_BACKEND[key])
+            log.info("%s for %s x %s unavailable: %s", name, tuple(rows.shape), tuple(weight.shape), err)
+    del sets
+    _CHOSEN_BACKEND[key] = min(times_ms, key=times_ms.get)
+    log.info("%s rows %s x weight %s: %s -> %s", _weight_kind(weight), tuple(rows.shape), tuple(weight.shape),
+             ", ".join(f"{name} {ms * 1e3:.1f} us" for name, ms in times_ms.items()), _CHOSEN_BACKEND[key])
     return _CHOSEN_BACKEND[key]
+
+
+def decode_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """rows [M, K] @ weight^T on a GPU by the kernel the runtime chooses for this shape (timed on first use)."""
+    if not _has_triton_kernel(rows, weight, scale):
+        return _library_linear(rows, weight, scale)
+    return decode_candidates(rows, weight)[_chosen(rows, weight, scale)](rows, weight, scale)
 
 
 def _weight_kind(weight: torch.Tensor) -> str:
@@ -407,7 +415,7 @@ def _weight_kind(weight: torch.Tensor) -> str:
 
 
 def chosen_backends() -> dict[tuple, str]:
-    """What the timing picked so far: (device, dtype, N, K, rows) -> backend."""
+    """What the timing picked so far: (device, dtype, N, K, rows) -> the kernel's name (decode_candidates)."""
     return dict(_CHOSEN_BACKEND)
 
 
@@ -430,10 +438,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) ->
                 rows_q, row_scale = quantize_rows_fp8(rows)
                 rows = rows_q.float() * row_scale
             out = (rows.float() @ weight.float().t() * scale).to(x.dtype)
-    elif _backend(rows, weight, scale) == "triton":
-        out = _triton_linear(rows, weight, scale)
     else:
-        out = _library_linear(rows, weight, scale)
+        out = decode_product(rows, weight, scale)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 

@@ -2,9 +2,9 @@
 functions under torch.compile, and on CUDA the prefill and the whole decode step captured once per
 shape as CUDA graphs.
 
-Numbers follow decoder.Decoder exactly (same RoPE, norms and GQA head grouping); only the kernels and
-the cache layout change. Prompts of a batch are equally long (workload.make_prompts), so every row
-shares one position and no padding mask is needed.
+Numbers follow decoder.Decoder exactly (same RoPE, norms, Qwen3's q/k norms and GQA head grouping); only
+the kernels and the cache layout change. Prompts of a batch are equally long (workload.make_prompts), so
+every row shares one position and no padding mask is needed.
 
 With a Shard (tensor parallelism, sharding.py) each process holds its part of every projection and of
 the KV cache; the all-reduces after o and down and the LM head's all-gather sit inside the compiled
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench_kernels.decoder import Decoder, DecoderArgs, rope_inv_freq, rotate_half
+from bench_kernels.decoder import Decoder, DecoderArgs, apply_rope, rope_cos_sin
 from bench_kernels.quantization import quantize_int4
 from bench_kernels.runtimes.compiled.linear_ops import linear, quantize_fp8
 from bench_kernels.runtimes.compiled.sharding import Shard, all_gather_columns, all_reduce_sum, check_split
@@ -38,13 +38,16 @@ class LayerWeights:
     input_norm: torch.Tensor
     qkv: tuple[torch.Tensor, torch.Tensor | None]
     qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # [Dh], Qwen3's RMSNorm over each query head
+    k_norm: torch.Tensor | None
     o: tuple[torch.Tensor, torch.Tensor | None]
     post_norm: torch.Tensor
     gate_up: tuple[torch.Tensor, torch.Tensor | None]
     down: tuple[torch.Tensor, torch.Tensor | None]
 
     def tensors(self) -> list[torch.Tensor | None]:
-        return [self.input_norm, *self.qkv, self.qkv_bias, *self.o, self.post_norm, *self.gate_up, *self.down]
+        return [self.input_norm, *self.qkv, self.qkv_bias, self.q_norm, self.k_norm, *self.o, self.post_norm,
+                *self.gate_up, *self.down]
 
 
 def _project(weight: torch.Tensor, weight_format: str, own: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,17 +69,22 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _qkv_rope(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, bias: torch.Tensor | None,
-              cos: torch.Tensor, sin: torch.Tensor, eps: float, heads: int, kv_heads: int, head_dim: int):
-    """Norm, fused q/k/v projection and RoPE: q [B, H, S, Dh], k and v [B, KVH, S, Dh]."""
+              q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+              eps: float, heads: int, kv_heads: int, head_dim: int):
+    """Norm, fused q/k/v projection, per-head q/k norms (Qwen3) and RoPE: q [B, H, S, Dh], k and v [B, KVH, S, Dh]."""
     B, S, _ = x.shape
     qkv = linear(_rms_norm(x, norm, eps), w, s)
     if bias is not None:
         qkv = qkv + bias
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-    q = q.view(B, S, heads, head_dim).transpose(1, 2)
-    k = k.view(B, S, kv_heads, head_dim).transpose(1, 2)
+    q = q.view(B, S, heads, head_dim)
+    k = k.view(B, S, kv_heads, head_dim)
+    if q_norm is not None:
+        q, k = _rms_norm(q, q_norm, eps), _rms_norm(k, k_norm, eps)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(B, S, kv_heads, head_dim).transpose(1, 2)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+    rotary_dim = cos.shape[-1] if cos.shape[-1] < head_dim else None
+    return apply_rope(q, cos, sin, rotary_dim), apply_rope(k, cos, sin, rotary_dim), v
 
 
 def _out_and_mlp(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor | None,
@@ -161,11 +169,17 @@ class StaticDecoder:
         self.group = shard.group_name if shard and shard.world > 1 else None
         self.world = shard.world if shard else 1
         self.dtype, self.device = embed.dtype, embed.device
-        inv_freq = rope_inv_freq(args, self.device)
-        positions = torch.arange(args.max_position_embeddings, device=self.device).float()
-        freqs = torch.outer(positions, inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)  # [P, Dh], fp32 like Decoder, then cast
-        self.cos_table, self.sin_table = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        # [P, rotary_dim] tables, fp32 like Decoder, then cast. A decode step at position p sees p + 1 positions: the
+        # table holds LongRoPE's long factors from the original context length on; a prefill longer than that
+        # uses the long factors at every position (_rope_rows).
+        positions = torch.arange(args.max_position_embeddings, device=self.device)
+        self.cos_table, self.sin_table = rope_cos_sin(args, positions, self.dtype)
+        self.long_cos_table, self.long_sin_table = self.cos_table, self.sin_table
+        if args.long_rope:
+            original = args.rope_scaling["original_max_position_embeddings"]
+            self.long_cos_table, self.long_sin_table = rope_cos_sin(args, positions, self.dtype, long_context=True)
+            self.cos_table[original:] = self.long_cos_table[original:]
+            self.sin_table[original:] = self.long_sin_table[original:]
         self.suppressed = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=self.device)
         self.compile_mode = compile_mode
         if compile_mode:
@@ -198,9 +212,10 @@ class StaticDecoder:
                      release: Callable[[int], None] | None = None, shard: Shard | None = None) -> StaticDecoder:
         """Fuse q/k/v and gate/up (and quantize to fp8 or int4 if asked), keeping only this shard's part of each.
 
-        block(i) gives layer i with the shared decoder's (and transformers' Llama) module names, its weights on
-        the device the decoder will run on; `release(i)` is called once layer i is packed, so the caller can
-        free it before the next one arrives (a model larger than the device's memory streams through)."""
+        block(i) gives layer i with the shared decoder's (and transformers' Llama) module names, or transformers'
+        Phi-3 layer with its fused qkv_proj and gate_up_proj, its weights on the device the decoder will run on;
+        `release(i)` is called once layer i is packed, so the caller can free it before the next one arrives (a
+        model larger than the device's memory streams through)."""
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format {weight_format!r} is not one of {WEIGHT_FORMATS}")
         a = args
@@ -217,22 +232,32 @@ class StaticDecoder:
             # This rank's query, key and value heads, fused along the output features: [q | k | v].
             return torch.cat([q.narrow(0, *q_rows), k.narrow(0, *kv_rows), v.narrow(0, *kv_rows)])
 
+        def kept(norm: torch.nn.Module | None) -> torch.Tensor | None:
+            return None if norm is None else (norm.weight.detach().clone() if own else norm.weight.detach())
+
         layers = []
         for i in range(a.num_layers):
             layer = block(i)
             attn, mlp = layer.self_attn, layer.mlp
-            bias = (qkv(attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)
-                    if attn.q_proj.bias is not None else None)
-            gate_up = torch.cat([mlp.gate_proj.weight.narrow(0, mlp_first, mlp_count),
-                                 mlp.up_proj.weight.narrow(0, mlp_first, mlp_count)])
+            if hasattr(attn, "qkv_proj"):  # transformers' Phi-3 layer: q/k/v and gate/up fused in the checkpoint
+                q_w, k_w, v_w = attn.qkv_proj.weight.split([a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim,
+                                                           a.num_kv_heads * a.head_dim])
+                gate_w, up_w = mlp.gate_up_proj.weight.chunk(2)
+            else:
+                q_w, k_w, v_w = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+                gate_w, up_w = mlp.gate_proj.weight, mlp.up_proj.weight
+            q_proj = getattr(attn, "q_proj", None)
+            bias = (qkv(q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)
+                    if q_proj is not None and q_proj.bias is not None else None)
+            gate_up = torch.cat([gate_w.narrow(0, mlp_first, mlp_count), up_w.narrow(0, mlp_first, mlp_count)])
             layers.append(LayerWeights(
-                input_norm=(layer.input_layernorm.weight.detach().clone() if own
-                            else layer.input_layernorm.weight.detach()),
-                qkv=_project(qkv(attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight), weight_format),
+                input_norm=kept(layer.input_layernorm),
+                qkv=_project(qkv(q_w, k_w, v_w), weight_format),
                 qkv_bias=bias,
+                q_norm=kept(getattr(attn, "q_norm", None)),
+                k_norm=kept(getattr(attn, "k_norm", None)),
                 o=_project(attn.o_proj.weight.narrow(1, *q_rows), weight_format, own),
-                post_norm=(layer.post_attention_layernorm.weight.detach().clone() if own
-                           else layer.post_attention_layernorm.weight.detach()),
+                post_norm=kept(layer.post_attention_layernorm),
                 gate_up=_project(gate_up, weight_format),
                 down=_project(mlp.down_proj.weight.narrow(1, mlp_first, mlp_count), weight_format, own),
             ))
@@ -277,10 +302,18 @@ class StaticDecoder:
     # ---- the forward pieces --------------------------------------------------------------------------
     def _layer_args(self, layer: LayerWeights) -> tuple:
         a = self.args
-        return layer.input_norm, *layer.qkv, layer.qkv_bias, a.rms_norm_eps, self.heads, self.kv_heads, a.head_dim
+        return (layer.input_norm, *layer.qkv, layer.qkv_bias, layer.q_norm, layer.k_norm, a.rms_norm_eps, self.heads,
+                self.kv_heads, a.head_dim)
 
     def _tail_args(self, layer: LayerWeights) -> tuple:
         return (*layer.o, layer.post_norm, *layer.gate_up, *layer.down, self.args.rms_norm_eps, self.group)
+
+    def _rope_rows(self, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [1, 1, S, rotary_dim] of a prefill of S tokens: LongRoPE's long factors throughout when S
+        exceeds the original context (as transformers' forward picks them), else the table's rows."""
+        long = self.args.long_rope and S > self.args.rope_scaling["original_max_position_embeddings"]
+        cos, sin = (self.long_cos_table, self.long_sin_table) if long else (self.cos_table, self.sin_table)
+        return cos[:S][None, None], sin[:S][None, None]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self._head(x, self.final_norm, *self.lm_head, self.args.rms_norm_eps, self.group, self.world,
@@ -298,10 +331,10 @@ class StaticDecoder:
         qkv_rope, prefill_tail = (_qkv_rope, _prefill_layer_tail) if eager else (self._qkv_rope, self._prefill_tail)
         S = ids.shape[1]
         x = F.embedding(ids, self.embed)
-        cos, sin = self.cos_table[:S][None, None], self.sin_table[:S][None, None]  # [1, 1, S, Dh]
+        cos, sin = self._rope_rows(S)
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches):
-            norm, w, s, bias, eps, heads, kv_heads, head_dim = self._layer_args(layer)
-            q, k, v = qkv_rope(x, norm, w, s, bias, cos, sin, eps, heads, kv_heads, head_dim)
+            norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads, head_dim = self._layer_args(layer)
+            q, k, v = qkv_rope(x, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads, head_dim)
             k_cache[:, :, :S].copy_(k)
             v_cache[:, :, :S].copy_(v)
             x = prefill_tail(x, q, k, v, *self._tail_args(layer))
@@ -321,8 +354,8 @@ class StaticDecoder:
         sin = self.sin_table.index_select(0, pos)[None, None]
         valid = state.slots <= pos  # [L]
         for layer, k_cache, v_cache in zip(self.layers, state.k_caches, state.v_caches):
-            norm, w, s, bias, eps, heads, kv_heads, head_dim = self._layer_args(layer)
-            q, k, v = self._qkv_rope(x, norm, w, s, bias, cos, sin, eps, heads, kv_heads, head_dim)
+            norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads, head_dim = self._layer_args(layer)
+            q, k, v = self._qkv_rope(x, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads, head_dim)
             k_cache.index_copy_(2, pos, k)
             v_cache.index_copy_(2, pos, v)
             x = self._decode_tail(x, q, k_cache, v_cache, valid, *self._tail_args(layer))

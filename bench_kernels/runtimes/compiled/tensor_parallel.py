@@ -1,12 +1,12 @@
-"""The processes of a tensor-parallel deployment: the sweep starts one per rank and joins them itself.
+"""The processes of a tensor-parallel deployment: the coordinator (coordinator.py) starts one per rank and joins
+them itself.
 
-Each rank is a fresh Python process (`python -m` this module, so the caller's script is never imported
-again) with its own device (cuda:<rank>, or the CPU), in one torch.distributed group (NCCL on GPUs, gloo
-on the CPU) rendezvousing through a file, so no port is needed. The sweep's
-process only coordinates: it sends every rank the same command, and each rank runs it on its part of the
-model, the collectives keeping them in step; rank 0's answer is the deployment's (its timer sees every
-token only once all ranks have contributed to it). A rank that fails, dies or does not answer in time
-stops the whole group with a readable error; nothing waits forever.
+Each rank is a fresh Python process running this module's serve_rank (RANK_PROGRAM: the caller's script is
+never imported again) with its own device (cuda:<rank>, or the CPU), in one torch.distributed group (NCCL
+on GPUs, gloo on the CPU) rendezvousing through a file, so no port is needed. Each rank runs a
+SingleProcessRuntime on its part of the model and answers every command the coordinator sends, the
+collectives keeping the ranks in step. A rank that fails, dies or does not answer in time stops the whole
+group with a readable error; nothing waits forever.
 """
 
 from __future__ import annotations
@@ -30,11 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import bench_kernels
+from bench_kernels.runtimes.compiled.single_process import SingleProcessRuntime
 
 log = logging.getLogger(__name__)
 
 # How long a rank may take to exit once told to stop, before it is killed.
 STOP_GRACE_S = 10.0
+# A rank's whole program (`python -c`): serve_rank on the pipe end whose file descriptor is its one argument.
+RANK_PROGRAM = ("import multiprocessing.connection, sys; from {module} import serve_rank; "
+                "serve_rank(multiprocessing.connection.Connection(int(sys.argv[1])))")
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,14 @@ def _failure(err: BaseException) -> dict[str, Any]:
             "out_of_memory": isinstance(err, torch.OutOfMemoryError)}
 
 
-def _start_rank(rank: int, world: int, store_path: str, request: RankRequest, timeout_s: float):
+def _start_rank(rank: int, world: int, store_path: str, request: RankRequest,
+                timeout_s: float) -> tuple[SingleProcessRuntime, dict[str, Any]]:
     """Join the group, measure the link, load and pack this rank's part; returns (runtime, facts)."""
     import torch
     import torch.distributed as dist
 
-    from bench_kernels.hardware import all_reduce_bus_gbps, all_reduce_latency_us
+    from bench_kernels.rates import all_reduce_bus_gbps, all_reduce_latency_us
     from bench_kernels.models import load_model
-    from bench_kernels.runtimes.compiled.runtime import CompiledRuntime
     from bench_kernels.runtimes.compiled.sharding import Shard
 
     if request.device_type == "cuda":
@@ -106,7 +110,7 @@ def _start_rank(rank: int, world: int, store_path: str, request: RankRequest, ti
     link_gbps = all_reduce_bus_gbps(device, world)
     shard = Shard(rank, world, dist.group.WORLD.group_name)
     loaded = load_model(request.model, request.precision, device, request.seed, placement="streamed")
-    runtime = CompiledRuntime(loaded, request.precision, device, request.options, shard=shard)
+    runtime = SingleProcessRuntime(loaded, request.precision, device, request.options, shard=shard)
     start = time.perf_counter()
     runtime.pack()
     pack_s = time.perf_counter() - start
@@ -175,8 +179,8 @@ class TensorParallelGroup:
                                                           if p)}
         for rank in range(self.world):
             parent_end, child_end = multiprocessing.Pipe()
-            process = subprocess.Popen([sys.executable, "-m", __name__, str(child_end.fileno())], env=env,
-                                       pass_fds=[child_end.fileno()])
+            process = subprocess.Popen([sys.executable, "-c", RANK_PROGRAM.format(module=__name__),
+                                        str(child_end.fileno())], env=env, pass_fds=[child_end.fileno()])
             child_end.close()
             _send(parent_end, (rank, self.world, store_path, self.request, self.timeout_s))
             self.processes.append(process)
@@ -241,6 +245,3 @@ class TensorParallelGroup:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
-
-if __name__ == "__main__":
-    serve_rank(multiprocessing.connection.Connection(int(sys.argv[1])))

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from bench_kernels.architecture import DECODER_MODEL_TYPES
-from bench_kernels.runtimes.base import INT4_PRECISIONS, BuildInfo, Runtime, distribution_version
+from bench_kernels.precisions import INT4_PRECISIONS
+from bench_kernels.runtimes.base import BuildInfo, Runtime, distribution_version
 
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.timing import StepTimer
 
 
 class OnnxRuntimeRuntime(Runtime):

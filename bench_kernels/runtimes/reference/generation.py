@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 
 
 class _MarkEachToken(StoppingCriteria):

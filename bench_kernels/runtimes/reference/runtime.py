@@ -15,7 +15,7 @@ from bench_kernels.runtimes.reference.torchao_quantization import TORCHAO_PRECIS
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.timing import StepTimer
     from bench_kernels.models import LoadedModel
 
 

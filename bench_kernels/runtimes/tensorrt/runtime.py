@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 from pydantic import Field
 
 from bench_kernels.architecture import DECODER_MODEL_TYPES
-from bench_kernels.runtimes.base import (INT4_PRECISIONS, OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime,
-                                         options_dataclass)
+from bench_kernels.precisions import INT4_PRECISIONS
+from bench_kernels.runtimes.base import OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime, options_dataclass
 
 if TYPE_CHECKING:
     import torch
 
-    from bench_kernels.measure import StepTimer
+    from bench_kernels.timing import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def tensorrt_status(device: torch.device) -> tuple[str, str, str | None]:
     """(flavor, version, reason inference cannot run here or None); flavor '' when nothing imports."""
     import torch
 
-    from bench_kernels.runtimes.tensorrt.engine import TensorRTUnavailable, import_tensorrt, runtime_unavailable_reason
+    from bench_kernels.runtimes.tensorrt.library import TensorRTUnavailable, import_tensorrt
+    from bench_kernels.runtimes.tensorrt.runner import runtime_unavailable_reason
 
     try:
         found = import_tensorrt()
@@ -74,7 +75,7 @@ class TensorRTRuntime(Runtime):
 
     @classmethod
     def build_unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
-        from bench_kernels.runtimes.tensorrt.engine import TensorRTUnavailable, import_tensorrt
+        from bench_kernels.runtimes.tensorrt.library import TensorRTUnavailable, import_tensorrt
 
         try:
             import_tensorrt()
@@ -88,9 +89,8 @@ class TensorRTRuntime(Runtime):
         return f"{flavor} {version}".strip()
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
-        from bench_kernels.runtimes.tensorrt.engine import profiles_for_sweep
-
         from bench_kernels.onnx_export import export_model
+        from bench_kernels.runtimes.tensorrt.profiles import profiles_for_sweep
 
         if self.precision in INT4_PRECISIONS:
             self.export = export_model(self.loaded, self.precision, "bf16", "DequantizeLinear")
@@ -105,7 +105,7 @@ class TensorRTRuntime(Runtime):
 
     def _build(self) -> BuildInfo:
         from bench_kernels.paths import cache_dir
-        from bench_kernels.runtimes.tensorrt.engine import build_engine
+        from bench_kernels.runtimes.tensorrt.build import build_engine
 
         self.engine = build_engine(self.export.path, self.profiles, cache_dir("engines"),
                                    workspace_gb=self.options.workspace_gb,
@@ -131,7 +131,7 @@ class TensorRTRuntime(Runtime):
 
     def ensure_shape(self, batch_size: int, input_len: int, output_len: int) -> float:
         """Rebuild when a request falls outside the built profiles (if allowed); returns the rebuild seconds."""
-        from bench_kernels.runtimes.tensorrt.engine import ShapeOutsideProfiles, profile_for, profiles_for_sweep
+        from bench_kernels.runtimes.tensorrt.profiles import ShapeOutsideProfiles, profile_for, profiles_for_sweep
 
         last_past = input_len + output_len - 2
         if profile_for(self.profiles, batch_size, input_len, 0) is not None and (
@@ -151,7 +151,7 @@ class TensorRTRuntime(Runtime):
         return time.perf_counter() - start
 
     def _runner(self):
-        from bench_kernels.runtimes.tensorrt.engine import TrtDecoderRunner
+        from bench_kernels.runtimes.tensorrt.runner import TrtDecoderRunner
 
         if self.runner is None:
             self.runner = TrtDecoderRunner(self.engine.path, kernel_specialization=self.options.kernel_specialization)

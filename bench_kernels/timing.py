@@ -1,7 +1,8 @@
-"""The one generation timer for every runtime: warmup, device sync, events, percentiles, peak memory.
+"""The one generation timer for every runtime (warmup, device sync, events, percentiles, peak memory), and the
+CUDA-graph helper that the kernel and all-reduce timers replay.
 
-Two micro-benchmarks time single kernels instead, for other ends: hardware._best_time_s measures the
-roofline's copy bandwidth and matmul rate, and the compiled runtime's linear_ops._time_ms replays a kernel
+Two micro-benchmarks time single kernels instead, for other ends: rates._best_time_s measures the
+roofline's copy bandwidth and matmul rate, and the compiled runtime's linear_ops.kernel_time_ms replays a kernel
 from a CUDA graph to choose between Triton and cuBLAS. Neither times a generation.
 """
 
@@ -208,3 +209,16 @@ def measure_generation(
             result.add_run(timer.offsets_ms())
     result.peak_mem_gb, result.peak_mem_gb_per_gpu = peak.peak_gb, peak.peak_gb_per_device
     return result
+
+
+def cuda_graph_of(work: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph:
+    """`calls` back-to-back calls of work captured in one CUDA graph, after one call outside the capture (which
+    compiles, autotunes or sets up a communicator), so that replaying it times the GPU without Python's launches."""
+    work()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: under tensor parallelism the process group's watchdog thread queries events during a capture.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        for _ in range(calls):
+            work()
+    return graph

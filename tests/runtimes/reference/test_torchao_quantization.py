@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from bench_kernels.config import parse_config
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import weight_bytes
-from bench_kernels.quality import perplexity, perplexity_windows
+from bench_kernels.quality import perplexity
 from bench_kernels.runtimes.reference import ReferenceRuntime
 from bench_kernels.runtimes.reference.runtime import ReferenceOptions
 from bench_kernels.runtimes.reference.torchao_quantization import is_quantized, torchao_config
 from bench_kernels.sweep import run_sweeps
-from bench_kernels.workload import packaged_text, text_token_ids
+from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
 
 CPU = torch.device("cpu")
 

@@ -7,24 +7,27 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_decoder import (  # one model load per session; one_torch_thread is an autouse fixture
+from tests.test_decoder import (  # one model load per session; one_torch_thread is an autouse fixture
     MAX_REL_ERR,
     PROMPTS,
+    assert_runs_like_the_reference,
+    compare_with_reference,
     embedded_reference,
     eos_ids,
     one_torch_thread,  # noqa: F401
     rel_err,
+    tiny_loaded,
 )
 
 from bench_kernels.decoder import Decoder, DecoderArgs, empty_past, position_ids_from_mask
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import load_model
 from bench_kernels.onnx_export import DATA_FILE, MODEL_FILE, export_decoder, export_model, input_names, output_names
-from bench_kernels.quality import perplexity, perplexity_windows
+from bench_kernels.quality import perplexity
 from bench_kernels.quantization import int4_codes, int4_group_size
 from bench_kernels.runtimes.onnxruntime.generate import first_step_logits, make_session, ort_greedy_generate
 from bench_kernels.runtimes.onnxruntime.runtime import OnnxRuntimeRuntime
-from bench_kernels.workload import packaged_text, text_token_ids
+from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
 
 MODEL_KEY = "smollm2-135m-instruct-q4_1"
 
@@ -307,3 +310,13 @@ def test_ort_int4_and_int4_awq_on_the_embedded_model():
     for result in (int4, awq):
         assert result[1].shape == (1, 4) and result[1][0, 0] == fp32[1][0, 0]  # " Paris"
         assert result[2] < 0.35 * fp32[2] and result[3] < 0.5 * fp32[3]
+
+
+@pytest.mark.parametrize("family", ["phi3", "qwen3"])
+def test_ort_runs_phi3_and_qwen3_like_the_reference(family, tmp_path, monkeypatch):
+    """The ONNX Runtime runtime on a tiny random Phi-3 (fused projections, LongRoPE past its original context) and
+    Qwen3 (q/k norms): the reference's greedy tokens, logits and perplexity."""
+    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))
+    loaded = tiny_loaded(family)
+    assert_runs_like_the_reference(compare_with_reference(loaded, OnnxRuntimeRuntime(loaded, "fp32",
+                                                                                      torch.device("cpu"))))

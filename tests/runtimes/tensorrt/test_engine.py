@@ -23,11 +23,18 @@ import torch.nn as nn
 
 from bench_kernels.decoder import Decoder, DecoderArgs
 from bench_kernels.onnx_export import export_decoder
-from bench_kernels.runtimes.tensorrt import engine as te
+from bench_kernels.runtimes.tensorrt.build import (attach_timing_cache, build_engine, default_target, onnx_files,
+                                                   save_timing_cache)
+from bench_kernels.runtimes.tensorrt.deserialize import deserialize_engine
+from bench_kernels.runtimes.tensorrt.library import (CapturedErrors, EngineBuildError, TensorRTRuntimeError,
+                                                     TensorRTUnavailable, TrtModule, import_tensorrt, rtx_runs_on,
+                                                     trt_logger)
+from bench_kernels.runtimes.tensorrt.profiles import ShapeOutsideProfiles, ShapeProfile, profile_for, profiles_for_sweep
+from bench_kernels.runtimes.tensorrt.runner import KERNEL_SPECIALIZATIONS, TrtDecoderRunner, runtime_unavailable_reason
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 VOCAB, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, LAYERS, MAX_POSITIONS = 64, 32, 4, 2, 8, 2, 64
-PROFILES = te.profiles_for_sweep(batch_sizes=[1, 2], input_lens=[4, 8], output_len=6)
+PROFILES = profiles_for_sweep(batch_sizes=[1, 2], input_lens=[4, 8], output_len=6)
 GPU = torch.cuda.is_available()
 
 
@@ -106,11 +113,11 @@ def export_tiny(path: Path, external_data: bool = False) -> TinyDecoder:
 
 
 @pytest.fixture(scope="module")
-def tensorrt() -> te.TrtModule:
+def tensorrt() -> TrtModule:
     """The installed TensorRT; skips (with the import errors) only outside CI, fails in CI."""
     try:
-        return te.import_tensorrt()
-    except te.TensorRTUnavailable as err:
+        return import_tensorrt()
+    except TensorRTUnavailable as err:
         if os.environ.get("CI"):
             pytest.fail(f"CI must have TensorRT (pip install tensorrt-rtx==1.7.1.116): {err.reason}")
         print(f"skipping TensorRT builds: {err.reason}", file=sys.__stderr__)
@@ -135,37 +142,37 @@ def test_import_tensorrt_reports_every_import_error(monkeypatch: pytest.MonkeyPa
     stub_only = types.ModuleType("tensorrt")  # what `import tensorrt` gives when only tensorrt-stubs is installed
     monkeypatch.setitem(sys.modules, "tensorrt", stub_only)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
-    te.import_tensorrt.cache_clear()
+    import_tensorrt.cache_clear()
     try:
-        with pytest.raises(te.TensorRTUnavailable) as caught:
-            te.import_tensorrt()
+        with pytest.raises(TensorRTUnavailable) as caught:
+            import_tensorrt()
     finally:
-        te.import_tensorrt.cache_clear()
+        import_tensorrt.cache_clear()
     assert "import tensorrt: only an empty namespace package" in caught.value.reason
     assert "import tensorrt_rtx: ModuleNotFoundError" in caught.value.reason
 
 
 def test_profiles_for_sweep_cover_every_step_of_the_sweep() -> None:
     batch_sizes, input_lens, output_len = [1, 4, 8], [16, 128], 32
-    prefill, decode = te.profiles_for_sweep(batch_sizes, input_lens, output_len)
-    assert prefill == te.ShapeProfile(batch=(1, 8, 8), sequence=(16, 128, 128), past=(0, 0, 0))
+    prefill, decode = profiles_for_sweep(batch_sizes, input_lens, output_len)
+    assert prefill == ShapeProfile(batch=(1, 8, 8), sequence=(16, 128, 128), past=(0, 0, 0))
     assert decode.sequence == (1, 1, 1) and decode.past[0] == 16 and decode.past[2] == 128 + 32 - 2
     for b in batch_sizes:
         for s in input_lens:
-            assert te.profile_for([prefill, decode], b, s, 0) == 0
-            assert all(te.profile_for([prefill, decode], b, 1, s + t - 1) == 1 for t in range(1, output_len))
-    assert te.profiles_for_sweep([2], [8], 1) == [prefill.__class__((2, 2, 2), (8, 8, 8), (0, 0, 0))]
+            assert profile_for([prefill, decode], b, s, 0) == 0
+            assert all(profile_for([prefill, decode], b, 1, s + t - 1) == 1 for t in range(1, output_len))
+    assert profiles_for_sweep([2], [8], 1) == [prefill.__class__((2, 2, 2), (8, 8, 8), (0, 0, 0))]
     with pytest.raises(ValueError):
-        te.profiles_for_sweep([], [8], 4)
+        profiles_for_sweep([], [8], 4)
     with pytest.raises(ValueError, match="min <= opt <= max"):
-        te.ShapeProfile((4, 2, 8), (1, 1, 1), (0, 0, 0))
+        ShapeProfile((4, 2, 8), (1, 1, 1), (0, 0, 0))
 
 
 def test_shape_outside_profiles_names_the_shape_and_the_built_ranges() -> None:
-    assert te.profile_for(PROFILES, 3, 1, 9) is None  # batch 3 > 2
-    assert te.profile_for(PROFILES, 2, 1, 50) is None  # past beyond input 8 + output 6 - 2
-    assert te.profile_for(PROFILES, 2, 1, 12) == 1
-    message = str(te.ShapeOutsideProfiles(2, 1, 50, PROFILES))
+    assert profile_for(PROFILES, 3, 1, 9) is None  # batch 3 > 2
+    assert profile_for(PROFILES, 2, 1, 50) is None  # past beyond input 8 + output 6 - 2
+    assert profile_for(PROFILES, 2, 1, 12) == 1
+    message = str(ShapeOutsideProfiles(2, 1, 50, PROFILES))
     assert "batch=2, sequence=1, past=50" in message
     assert "#0: batch 1..2 (opt 2), sequence 4..8 (opt 8), past 0..0 (opt 0)" in message
     assert "#1: batch 1..2 (opt 2), sequence 1..1 (opt 1), past 4..12 (opt 8)" in message
@@ -174,79 +181,79 @@ def test_shape_outside_profiles_names_the_shape_and_the_built_ranges() -> None:
 def test_unavailable_reasons_and_targets() -> None:
     if torch.cuda.is_available():
         pytest.skip("the no-GPU reasons are checked on machines without a GPU")
-    assert te.default_target("tensorrt_rtx") == "portable"
-    reason = te.runtime_unavailable_reason("tensorrt_rtx", "1.7.1.116")
+    assert default_target("tensorrt_rtx") == "portable"
+    reason = runtime_unavailable_reason("tensorrt_rtx", "1.7.1.116")
     assert reason is not None and reason.startswith("no CUDA GPU visible (torch.cuda.is_available() is False)")
 
 
 def test_rtx_compute_capability_rule() -> None:
     """The rule behind the H100/H200 refusal: "Supported compute capabilities: 8.0 8.6 8.9 12.0 12.1 >12.0"."""
-    assert not te.rtx_runs_on((9, 0)) and not te.rtx_runs_on((7, 5)) and not te.rtx_runs_on((8, 7))
-    assert all(te.rtx_runs_on(cc) for cc in [(8, 0), (8, 6), (8, 9), (12, 0), (12, 1), (13, 0)])
+    assert not rtx_runs_on((9, 0)) and not rtx_runs_on((7, 5)) and not rtx_runs_on((8, 7))
+    assert all(rtx_runs_on(cc) for cc in [(8, 0), (8, 6), (8, 9), (12, 0), (12, 1), (13, 0)])
 
 
 # --- real builds ----------------------------------------------------------------------------------
 
 
-def test_build_cache_hit_corruption_and_profile_change(tensorrt: te.TrtModule, tiny_onnx: tuple[Path, TinyDecoder],
+def test_build_cache_hit_corruption_and_profile_change(tensorrt: TrtModule, tiny_onnx: tuple[Path, TinyDecoder],
                                                        tmp_path: Path) -> None:
     onnx_path, _ = tiny_onnx
-    first = te.build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3)
+    first = build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3)
     print(f"\n{first}")
     assert first.path.is_file() and first.path.stat().st_size > 0 and first.engine_mb > 0
     assert not first.cache_hit and first.build_s > 0 and first.parse_s > 0 and first.peak_build_rss_gb > 0
     assert (first.flavor, first.version) == (tensorrt.flavor, tensorrt.version)
-    assert first.target == te.default_target(tensorrt.flavor)
+    assert first.target == default_target(tensorrt.flavor)
     assert _stored_checksum_ok(first.path)
 
-    second = te.build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3)
+    second = build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3)
     assert second.cache_hit and second.path == first.path and second.build_s == first.build_s  # the original cost
     assert second.parse_s == first.parse_s
 
     data = bytearray(first.path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
     first.path.write_bytes(bytes(data))
-    rebuilt = te.build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3)
+    rebuilt = build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3)
     assert not rebuilt.cache_hit and rebuilt.path == first.path and _stored_checksum_ok(rebuilt.path)
 
     first.path.with_name(first.path.name + ".sha256").unlink()  # an entry without its checksum is never loaded
-    assert not te.build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3).cache_hit
+    assert not build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3).cache_hit
 
-    wider = te.profiles_for_sweep(batch_sizes=[1, 4], input_lens=[4, 8], output_len=6)
-    changed = te.build_engine(onnx_path, wider, tmp_path, workspace_gb=1, optimization_level=3)
+    wider = profiles_for_sweep(batch_sizes=[1, 4], input_lens=[4, 8], output_len=6)
+    changed = build_engine(onnx_path, wider, tmp_path, workspace_gb=1, optimization_level=3)
     assert not changed.cache_hit and changed.path != first.path
-    assert te.build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3).cache_hit
+    assert build_engine(onnx_path, PROFILES, tmp_path, workspace_gb=1, optimization_level=3).cache_hit
     if tensorrt.flavor == "tensorrt_rtx":
         assert not list(tmp_path.glob("timing-*"))  # no timing cache: a no-op in TensorRT-RTX
     else:
         assert list(tmp_path.glob("timing-*"))
 
 
-def test_external_data_is_part_of_the_cache_key(tensorrt: te.TrtModule, tmp_path: Path) -> None:
+def test_external_data_is_part_of_the_cache_key(tensorrt: TrtModule, tmp_path: Path) -> None:
     onnx_path = tmp_path / "model" / "tiny.onnx"
     onnx_path.parent.mkdir()
     export_tiny(onnx_path, external_data=True)
     data_file = onnx_path.with_name("tiny.onnx.data")
-    assert te.onnx_files(onnx_path) == [onnx_path, data_file]
-    first = te.build_engine(onnx_path, PROFILES, tmp_path / "cache")  # parse_from_file resolves the data file
+    assert onnx_files(onnx_path) == [onnx_path, data_file]
+    first = build_engine(onnx_path, PROFILES, tmp_path / "cache")  # parse_from_file resolves the data file
     weights = bytearray(data_file.read_bytes())
     weights[-1] ^= 0x01  # other weights, same graph
     data_file.write_bytes(bytes(weights))
-    second = te.build_engine(onnx_path, PROFILES, tmp_path / "cache")
+    second = build_engine(onnx_path, PROFILES, tmp_path / "cache")
     assert not first.cache_hit and not second.cache_hit and second.path != first.path
 
 
-def test_parse_errors_carry_the_parser_messages(tensorrt: te.TrtModule, tiny_onnx: tuple[Path, TinyDecoder],
+def test_parse_errors_carry_the_parser_messages(tensorrt: TrtModule, tiny_onnx: tuple[Path, TinyDecoder],
                                                tmp_path: Path) -> None:
     model = onnx.load(str(tiny_onnx[0]))
     next(n for n in model.graph.node if n.op_type == "Softmax").op_type = "NoSuchOp"
     broken = tmp_path / "broken.onnx"
     onnx.save(model, str(broken))
-    with pytest.raises(te.EngineBuildError, match=r"could not parse .*broken\.onnx:\n.*operator: NoSuchOp"):
-        te.build_engine(broken, PROFILES, tmp_path / "cache")
+    with pytest.raises(EngineBuildError, match=r"could not parse .*broken\.onnx:\n.*operator: NoSuchOp"):
+        build_engine(broken, PROFILES, tmp_path / "cache")
 
 
-def test_int4_weight_only_graph_builds_a_smaller_engine(tensorrt: te.TrtModule, tmp_path: Path) -> None:
+def test_int4_weight_only_graph_builds_a_smaller_engine(tensorrt: TrtModule, tmp_path: Path) -> None:
     """The int4 export (INT4 initializers, block DequantizeLinear along K into MatMul, bf16 scales) builds, and the
     engine keeps the weights in int4: it is smaller than the bf16 engine by most of what int4 saves."""
     torch.manual_seed(0)
@@ -264,8 +271,8 @@ def test_int4_weight_only_graph_builds_a_smaller_engine(tensorrt: te.TrtModule, 
     assert all(initializers[n.input[1]].data_type == onnx.TensorProto.BFLOAT16 for n in dequantize)
     assert all({a.name: a.i for a in n.attribute} == {"axis": 0, "block_size": 128} for n in dequantize)
 
-    float_build = te.build_engine(bf16.path, PROFILES, tmp_path / "engines")
-    int4_build = te.build_engine(int4.path, PROFILES, tmp_path / "engines")
+    float_build = build_engine(bf16.path, PROFILES, tmp_path / "engines")
+    int4_build = build_engine(int4.path, PROFILES, tmp_path / "engines")
     print(f"\nbf16 engine {float_build.engine_mb:.2f} MB in {float_build.build_s:.2f} s, "
           f"int4 engine {int4_build.engine_mb:.2f} MB in {int4_build.build_s:.2f} s")
     projection_bf16_mb = sum(
@@ -274,19 +281,32 @@ def test_int4_weight_only_graph_builds_a_smaller_engine(tensorrt: te.TrtModule, 
     assert 0 < int4_build.engine_mb < float_build.engine_mb - saved_mb / 2
 
 
+@pytest.mark.parametrize("family", ["phi3", "qwen3"])
+def test_phi3_and_qwen3_exports_parse_and_build(tensorrt: te.TrtModule, tmp_path: Path, family: str) -> None:
+    """The exported decoder of a tiny Phi-3 (LongRoPE's regime chosen in the graph, partial rotary) and Qwen3 (q/k
+    norms) parses and builds, with profiles reaching past Phi-3's original context of 12 positions (8 + 6 tokens)."""
+    from tests.test_decoder import tiny_model
+
+    decoder = Decoder.from_hf(tiny_model(family))
+    export = export_decoder(decoder, f"tiny-{family}", "fp32", tmp_path / "onnx")
+    build = te.build_engine(export.path, PROFILES, tmp_path / "engines", workspace_gb=1)
+    print(f"\n{family}: {build.flavor} engine {build.engine_mb:.2f} MB in {build.build_s:.2f} s")
+    assert build.path.is_file() and build.engine_mb > 0 and not build.cache_hit
+
+
 @pytest.mark.skipif(GPU, reason="checks the error on a machine without a GPU")
-def test_loading_without_a_gpu_is_a_clean_error(tensorrt: te.TrtModule, tiny_onnx: tuple[Path, TinyDecoder],
+def test_loading_without_a_gpu_is_a_clean_error(tensorrt: TrtModule, tiny_onnx: tuple[Path, TinyDecoder],
                                                 tmp_path: Path) -> None:
-    build = te.build_engine(tiny_onnx[0], PROFILES, tmp_path)
-    reason = te.runtime_unavailable_reason(build.flavor, build.version, build.path)
+    build = build_engine(tiny_onnx[0], PROFILES, tmp_path)
+    reason = runtime_unavailable_reason(build.flavor, build.version, build.path)
     assert reason is not None and reason.startswith("no CUDA GPU visible")
     # The runtime itself can be created without a GPU; deserializing then fails with CUDA's own error text.
-    with pytest.raises(te.TensorRTRuntimeError, match=r"could not load .*\.engine: .*(?i:cuda)") as caught:
-        te.TrtDecoderRunner(build.path)
+    with pytest.raises(TensorRTRuntimeError, match=r"could not load .*\.engine: .*(?i:cuda)") as caught:
+        TrtDecoderRunner(build.path)
     print(f"\n{caught.value}")
 
 
-def test_runtime_api_used_by_the_runner_exists(tensorrt: te.TrtModule) -> None:
+def test_runtime_api_used_by_the_runner_exists(tensorrt: TrtModule) -> None:
     """The runner cannot run here; at least every name it calls must exist in the installed module."""
     used = {
         "Runtime": ["deserialize_cuda_engine"],
@@ -304,7 +324,7 @@ def test_runtime_api_used_by_the_runner_exists(tensorrt: te.TrtModule) -> None:
                                     "set_execution_context_allocation_strategy",
                                     "dynamic_shapes_kernel_specialization_strategy"],
                  "IRuntimeCache": ["deserialize", "serialize"], "CudaGraphStrategy": ["WHOLE_GRAPH_CAPTURE"],
-                 "DynamicShapesKernelSpecializationStrategy": [s.upper() for s in te.KERNEL_SPECIALIZATIONS],
+                 "DynamicShapesKernelSpecializationStrategy": [s.upper() for s in KERNEL_SPECIALIZATIONS],
                  "IBuilderConfig": ["num_compute_capabilities", "set_compute_capability"],
                  "ComputeCapability": ["CURRENT"]}
     missing = [f"{cls}.{name}" for cls, names in used.items() for name in names
@@ -316,12 +336,12 @@ def test_kernel_specialization_option_matches_the_runner() -> None:
     from bench_kernels.runtimes.tensorrt.runtime import TensorRTOptions
 
     choices = typing.get_args(typing.get_type_hints(TensorRTOptions)["kernel_specialization"])
-    assert sorted(choices) == sorted(te.KERNEL_SPECIALIZATIONS)
+    assert sorted(choices) == sorted(KERNEL_SPECIALIZATIONS)
     with pytest.raises(ValueError, match="kernel_specialization must be one of"):
-        te.TrtDecoderRunner("never-read.engine", kernel_specialization="EAGER")
+        TrtDecoderRunner("never-read.engine", kernel_specialization="EAGER")
 
 
-def test_timing_cache_refusals_never_lose_the_build(tensorrt: te.TrtModule, tmp_path: Path,
+def test_timing_cache_refusals_never_lose_the_build(tensorrt: TrtModule, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """attach_timing_cache / save_timing_cache on the real builder config.
 
@@ -329,7 +349,7 @@ def test_timing_cache_refusals_never_lose_the_build(tensorrt: te.TrtModule, tmp_
     of a serialized cache were tried), so TensorRT's refusal (False for a cache of another GPU or version) is
     reached by replacing set_timing_cache on the IBuilderConfig class for this test only.
     """
-    builder = tensorrt.module.Builder(te._trt_logger()[0])
+    builder = tensorrt.module.Builder(trt_logger()[0])
     path = tmp_path / "timing.cache"
     accept = tensorrt.module.IBuilderConfig.set_timing_cache
     answers: list[bool | None] = []
@@ -343,37 +363,37 @@ def test_timing_cache_refusals_never_lose_the_build(tensorrt: te.TrtModule, tmp_
     path.write_bytes(b"from another GPU")
     answers[:] = [False]  # the saved cache is refused, an empty one accepted: the file is replaced
     config = builder.create_builder_config()
-    te.attach_timing_cache(config, path)
+    attach_timing_cache(config, path)
     assert config.get_timing_cache() is not None
-    te.save_timing_cache(config, path)
+    save_timing_cache(config, path)
     assert path.read_bytes() != b"from another GPU" and path.stat().st_size > 0
 
     path.write_bytes(b"from another GPU")
     answers[:] = [False, False]  # both refused: no cache attached, the build goes on and the file stays
     config = builder.create_builder_config()
-    te.attach_timing_cache(config, path)
+    attach_timing_cache(config, path)
     assert config.get_timing_cache() is None
-    te.save_timing_cache(config, path)  # raised AttributeError on None.serialize() before
+    save_timing_cache(config, path)  # raised AttributeError on None.serialize() before
     assert path.read_bytes() == b"from another GPU"
 
 
-def test_one_logger_captures_errors_when_another_came_first(tensorrt: te.TrtModule, tmp_path: Path) -> None:
+def test_one_logger_captures_errors_when_another_came_first(tensorrt: TrtModule, tmp_path: Path) -> None:
     engine = tmp_path / "garbage.engine"
     engine.write_bytes(b"not an engine" * 16)
     engine.with_name(engine.name + ".sha256").write_text(hashlib.sha256(engine.read_bytes()).hexdigest())
-    assert te._trt_logger()[0] is te._trt_logger()[0]  # one logger for the process
+    assert trt_logger()[0] is trt_logger()[0]  # one logger for the process
     gc.collect()  # no builder or runtime of ours left alive from earlier tests: the foreign logger registers first
     foreign = tensorrt.module.Runtime(tensorrt.module.Logger(tensorrt.module.Logger.INTERNAL_ERROR))
     try:
-        with pytest.raises(te.TensorRTRuntimeError) as caught:
-            te.deserialize_engine(engine)
+        with pytest.raises(TensorRTRuntimeError) as caught:
+            deserialize_engine(engine)
     finally:
         del foreign
     print(f"\n{caught.value}")
-    assert te._trt_logger()[1].superseded  # TensorRT answered our logger with LOGGER_SUPERSEDED
+    assert trt_logger()[1].superseded  # TensorRT answered our logger with LOGGER_SUPERSEDED
     # tensorrt_rtx 1.7 still routes a runtime's errors to the logger it was created with
     assert "IRuntime::deserializeCudaEngine" in str(caught.value)
-    assert "registered first" in te.CapturedErrors(superseded=True).describe("could not load x.engine")
+    assert "registered first" in CapturedErrors(superseded=True).describe("could not load x.engine")
 
 
 # --- static typing against tensorrt-stubs ---------------------------------------------------------
@@ -403,10 +423,10 @@ def _mypy(*files: str) -> subprocess.CompletedProcess[str]:
                     reason="needs mypy and tensorrt-stubs (pip install --no-deps tensorrt-stubs==10.13.0.35.1)")
 def test_trt_engine_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
     _prepare_tensorrt_stubs()
-    clean = _mypy("bench_kernels/runtimes/tensorrt/engine.py", "bench_kernels/runtimes/tensorrt/buffers.py")
+    clean = _mypy()  # the files mypy-tensorrt.ini lists
     assert clean.returncode == 0, clean.stdout + clean.stderr
     typo = tmp_path / "trt_engine_typo.py"
-    source = (ROOT / "bench_kernels" / "runtimes" / "tensorrt" / "engine.py").read_text()
+    source = (ROOT / "bench_kernels" / "runtimes" / "tensorrt" / "runner.py").read_text()
     typo.write_text(source.replace("context.set_input_shape(", "context.set_input_shap("))
     caught = _mypy(str(typo))
     assert caught.returncode == 1 and '"IExecutionContext" has no attribute "set_input_shap"' in caught.stdout

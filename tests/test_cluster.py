@@ -14,7 +14,7 @@ from bench_kernels.sweep import run_build_stage, run_sweeps
 
 def _tiny(tmp_path: Path, model: Path, run_name: str) -> dict:
     # Three deployments: the reference, and the compiled runtime on one and on two ranks (eager: compiling
-    # on this CPU would dominate the test's time; tests/test_tensor_parallel.py compiles).
+    # on this CPU would dominate the test's time; tests/runtimes/compiled/test_tensor_parallel.py compiles).
     return dict(run_name=run_name, model=f"local:{model}", runtimes=["reference", "compiled"], precisions=["fp32"],
                 batch_sizes=[1, 2], input_lens=[8], output_len=4, warmup=0, repeats=1, device="cpu",
                 reports_dir=str(tmp_path), runtime_options={"compiled": {"compile": False, "tensor_parallel": [1, 2]}})

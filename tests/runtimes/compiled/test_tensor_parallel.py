@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench_kernels.config import parse_config
-from bench_kernels.runtimes.compiled.runtime import CompiledOptions, CompiledRuntime
+from bench_kernels.runtimes.compiled import CompiledOptions, CompiledRuntime
 from bench_kernels.runtimes.compiled.sharding import Shard, check_split, split_description
 from bench_kernels.sweep import run_inference_sweep
 

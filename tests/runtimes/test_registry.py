@@ -16,14 +16,14 @@ from bench_kernels import plots
 from bench_kernels.analysis import decision_matrix
 from bench_kernels.config import ConfigError, parse_config
 from bench_kernels.decoder import Decoder, greedy_generate
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import eos_token_ids
 from bench_kernels.report import availability_notes, build_table, method_notes, provenance_table, results_table
 from bench_kernels.runtimes import RUNTIMES, BuildInfo, Runtime, options_dataclass, register, unregister
 from bench_kernels.runtimes.base import OPTIONS_CONFIG
 from bench_kernels.sweep import run_build_stage, run_sweeps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @options_dataclass(config=OPTIONS_CONFIG)

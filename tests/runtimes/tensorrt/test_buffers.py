@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-BUFFERS_FILE = Path(__file__).resolve().parents[1] / "bench_kernels" / "runtimes" / "tensorrt" / "buffers.py"
+BUFFERS_FILE = Path(__file__).resolve().parents[3] / "bench_kernels" / "runtimes" / "tensorrt" / "buffers.py"
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
 # Odd sizes, so that no buffer size is a multiple of 256 bytes by chance; batch 2 as in the issue.

@@ -8,12 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_decoder import tiny_model
+from tests.test_decoder import assert_runs_like_the_reference, compare_with_reference, tiny_loaded, tiny_model
 
 from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import parse_config
 from bench_kernels.decoder import Decoder, greedy_generate
 from bench_kernels.runtimes.compiled.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
+from bench_kernels.runtimes.compiled.runtime import CompiledOptions, CompiledRuntime
+from bench_kernels.runtimes.compiled.sharding import Shard
 from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
 from bench_kernels.sweep import run_build_stage, run_inference_sweep
 
@@ -31,9 +33,10 @@ def _decoder_logits(decoder: Decoder, ids: torch.Tensor) -> torch.Tensor:
     return logits[:, -1]
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "mistral", "qwen3", "phi3"])
 def test_static_decoder_matches_the_shared_decoder(family):
-    """Same logits and the same 24 greedy tokens as decoder.Decoder (Llama-3 RoPE, q/k/v bias, head_dim 24)."""
+    """Same logits and the same 24 greedy tokens as decoder.Decoder (Llama-3 RoPE, q/k/v bias, head_dim 24, q/k
+    norms, LongRoPE: Phi-3's 11 + 24 tokens cross its original context of 12)."""
     decoder = Decoder.from_hf(tiny_model(family))
     ids = _prompts(decoder.args.vocab_size, 3, 11)
     expected_tokens = greedy_generate(decoder, ids, torch.ones_like(ids), 24)
@@ -44,7 +47,7 @@ def test_static_decoder_matches_the_shared_decoder(family):
     torch.testing.assert_close(static.prefill_logits(ids), expected_logits, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+@pytest.mark.parametrize("family", ["qwen2", "llama3", "qwen3", "phi3"])
 def test_weight_bytes_match_the_loaded_model(family):
     """The roofline's numerator: the same bytes as the transformers model, a tied LM head counted once."""
     from bench_kernels.models import weight_bytes
@@ -52,6 +55,33 @@ def test_weight_bytes_match_the_loaded_model(family):
     model = tiny_model(family)
     assert model.config.tie_word_embeddings == (family == "qwen2")
     assert StaticDecoder.from_decoder(Decoder.from_hf(model), compile_mode=None).weight_bytes() == weight_bytes(model)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_phi3_fused_layers_shard_like_split_ones(rank):
+    """Tensor parallel over 2: each rank packs from transformers' fused Phi-3 layers exactly the weights it packs
+    from the shared decoder's split ones (packing only: the collectives run in the tensor-parallel tests)."""
+    model = tiny_model("phi3")
+    decoder = Decoder.from_hf(model)
+    shard = Shard(rank, 2, "packing-only")
+    fused = StaticDecoder.from_modules(decoder.args, model.model.embed_tokens.weight, lambda i: model.model.layers[i],
+                                       model.model.norm.weight, model.lm_head.weight, compile_mode=None, shard=shard)
+    split = StaticDecoder.from_decoder(decoder, compile_mode=None, shard=shard)
+    assert fused.heads == split.heads == 2 and fused.kv_heads == 1
+    for fused_layer, split_layer in zip(fused.layers, split.layers, strict=True):
+        for a, b in zip(fused_layer.tensors(), split_layer.tensors(), strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["phi3", "qwen3"])
+def test_compiled_runs_phi3_and_qwen3_like_the_reference(family):
+    """The compiled runtime (eager: the same functions torch.compile gets) packing transformers' own Phi-3 layers
+    (fused q/k/v and gate/up, LongRoPE past its original context) and Qwen3 layers (q/k norms): the reference's
+    greedy tokens, logits and perplexity."""
+    loaded = tiny_loaded(family)
+    runtime = CompiledRuntime(loaded, "fp32", torch.device("cpu"), CompiledOptions(compile=False))
+    assert_runs_like_the_reference(compare_with_reference(loaded, runtime))
+    assert (runtime.static.layers[0].q_norm is not None) == (family == "qwen3")
 
 
 def test_shape_changes_reuse_nothing_stale():
@@ -75,6 +105,21 @@ def test_suppressed_tokens_are_never_generated():
     constrained = StaticDecoder.from_decoder(decoder, compile_mode=None, suppress_token_ids=banned).generate(ids, 16)
     assert not torch.isin(constrained, torch.tensor(banned)).any()
     assert torch.equal(constrained, greedy_generate(decoder, ids, torch.ones_like(ids), 16, banned))
+
+
+def test_kernel_timings_rotate_over_copies_larger_than_twice_the_l2():
+    """kernel_bench and the runtime's kernel choice time each call on the next of enough copies of a weight that
+    together they exceed twice the L2 (a 33.5 MB weight replayed alone stays in an H200's 60 MB L2): each copy has
+    its own storage and the same values."""
+    from bench_kernels.runtimes.compiled.linear_ops import rotated_sets, rotation_count
+
+    packed, scales = torch.randint(0, 255, (48, 64), dtype=torch.uint8), torch.randn(48, 2)
+    nbytes, l2_bytes = packed.numel() + scales.numel() * 4, 10_000
+    sets = rotated_sets((packed, scales), l2_bytes)
+    assert len(sets) * nbytes > 2 * l2_bytes >= (len(sets) - 1) * nbytes
+    assert len({p.data_ptr() for p, _ in sets}) == len(sets) == len({s.data_ptr() for _, s in sets})
+    assert all(torch.equal(p, packed) and torch.equal(s, scales) for p, s in sets)
+    assert rotation_count(int(33.5e6), 60 * 2**20) == 4 and rotation_count(2**30, 60 * 2**20) == 2
 
 
 def test_fp8_quantization_is_per_channel_and_within_e4m3_rounding():

@@ -1,138 +1,24 @@
-"""Provenance (what ran where) and the rates the roofline divides by (measured copy bandwidth, matmul rate)."""
+"""The rates the rooflines divide by (copy and read bandwidth, matmul rates), the CPU's cache size, and the
+all-reduce rates a tensor-parallel runtime measures; each measured, below the runtimes."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import datetime as dt
 import functools
-import importlib.metadata
 import logging
 import multiprocessing
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from bench_kernels.paths import project_root
-from bench_kernels.results import MATMUL_PRECISIONS
+from bench_kernels.precisions import MATMUL_PRECISIONS
+from bench_kernels.roofline import streaming_gbps
+from bench_kernels.timing import cuda_graph_of
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(requested: str) -> torch.device:
-    """'auto' means CUDA when a GPU is visible, else the CPU; 'cuda' without a GPU is an error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' was asked for but torch sees no CUDA GPU; use 'cpu' or 'auto'")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def device_memory_bytes(device: torch.device) -> int:
-    """Total memory of the GPU, or of the machine for the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    import psutil
-
-    return psutil.virtual_memory().total
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
-@functools.cache
-def git_sha() -> str:
-    """HEAD of the project checkout, '+dirty' when the tree has changes; '' outside git.
-
-    $BENCH_KERNELS_GIT_SHA stands in where the tree was copied without .git (e.g. to a remote GPU machine).
-    """
-    if os.environ.get("BENCH_KERNELS_GIT_SHA"):
-        return os.environ["BENCH_KERNELS_GIT_SHA"]
-    root = project_root()
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return sha + ("+dirty" if dirty else "")
-
-
-@functools.cache
-def _driver_version() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.strip().splitlines()[0] if out.strip() else ""
-
-
-@functools.cache
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def provenance(device: torch.device) -> dict[str, str]:
-    """The environment block every results row carries."""
-    cuda = device.type == "cuda"
-    rates = device_rates(device.type)
-    block = {
-        "device": device.type,
-        "gpu_name": torch.cuda.get_device_name(device) if cuda else "",
-        "gpu_memory_gb": f"{device_memory_bytes(device) / 1e9:.1f}" if cuda else "",  # one card's capacity
-        "driver_version": _driver_version() if cuda else "",
-        "cuda_version": (torch.version.cuda or "") if cuda else "",
-        "cpu_name": cpu_name(),
-        "torch_version": torch.__version__,
-        "transformers_version": _version("transformers"),
-        "git_sha": git_sha(),
-        # Measured once per process at the start of a sweep: the roofline's denominators.
-        "copy_gbps": f"{rates.copy_gbps:.1f}",
-        "read_gbps": f"{rates.read_gbps:.1f}",
-        **{f"matmul_tflops_{precision}": f"{tflops:.4g}" for precision, tflops in rates.matmul_tflops.items()},
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return block
-
-
-def environment_report() -> dict[str, Any]:
-    """What this machine offers the sweeps: used by 00_environment."""
-    from bench_kernels.runtimes import availability_report
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_threads": torch.get_num_threads(),
-        "cuda_available": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
-                    gpu_memory_gb=round(props.total_memory / 1e9, 1), driver=_driver_version(),
-                    cuda=torch.version.cuda)
-    for dist in ("torch", "transformers", "papermill", "pandas"):
-        info[f"{dist} version"] = _version(dist) or "not installed"
-    info["runtimes"] = availability_report()
-    return info
-
 
 def _best_time_s(work: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Fastest of `repeats` timed calls after one untimed: CUDA events on a GPU, perf_counter on a CPU."""
@@ -185,8 +71,8 @@ class DeviceRates:
 
     @property
     def streaming_gbps(self) -> float:
-        """The decode roofline's bandwidth: the faster of the copy and read rates."""
-        return max(self.copy_gbps, self.read_gbps)
+        """The decode roofline's bandwidth (roofline.streaming_gbps: the faster of the copy and read rates)."""
+        return streaming_gbps(self.copy_gbps, self.read_gbps)
 
 
 def _measure_rates(device_type: str, cpu_threads: int) -> DeviceRates:
@@ -223,19 +109,6 @@ def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> f
     gbps = 2 * (world - 1) / world * nbytes / seconds / 1e9
     log.info("measured all-reduce bus bandwidth over %d ranks: %.1f GB/s", world, gbps)
     return gbps
-
-
-def cuda_graph_of(work: Callable[[], object], calls: int) -> torch.cuda.CUDAGraph:
-    """`calls` back-to-back calls of work captured in one CUDA graph, after one call outside the capture (which
-    compiles, autotunes or sets up a communicator), so that replaying it times the GPU without Python's launches."""
-    work()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: under tensor parallelism the process group's watchdog thread queries events during a capture.
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        for _ in range(calls):
-            work()
-    return graph
 
 
 def all_reduce_latency_us(device: torch.device, numel: int, dtype: torch.dtype, calls: int, repeats: int = 5) -> float:

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from bench_kernels.config import parse_config
-from bench_kernels.measure import StepTimer
+from bench_kernels.timing import StepTimer
 from bench_kernels.models import load_model
 from bench_kernels.onnx_export import export_model
 from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
-from bench_kernels.runtimes.tensorrt.engine import (ShapeOutsideProfiles, TensorRTRuntimeError, build_engine,
-                                                    profile_for, profiles_for_sweep)
+from bench_kernels.runtimes.tensorrt.build import build_engine
+from bench_kernels.runtimes.tensorrt.library import TensorRTRuntimeError
+from bench_kernels.runtimes.tensorrt.profiles import ShapeOutsideProfiles, profile_for, profiles_for_sweep
 from bench_kernels.runtimes.tensorrt.runtime import TensorRTOptions, TensorRTRuntime, tensorrt_status
 from bench_kernels.sweep import run_build_stage, run_inference_sweep
 

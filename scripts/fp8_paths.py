@@ -3,10 +3,11 @@ import torch
 
 from bench_kernels.decoder import Decoder
 from bench_kernels.models import load_model
-from bench_kernels.quality import fp8_round_trip_, perplexity, perplexity_windows, ppl_delta_pct
+from bench_kernels.quality import perplexity, ppl_delta_pct
+from bench_kernels.runtimes.compiled.fp8_rounding import fp8_round_trip_
 from bench_kernels.runtimes.compiled import linear_ops
 from bench_kernels.runtimes.compiled.static_decoder import StaticDecoder
-from bench_kernels.workload import packaged_text, text_token_ids
+from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
 
 device = torch.device("cuda")
 
@@ -25,7 +26,7 @@ with torch.inference_mode():
     print(f"compiled fp8, GPU kernels (_scaled_mm beyond 64 rows): {value:.4f} ({ppl_delta_pct(value, base):+.3f}%)")
     rows = torch.randn(512, 576, device=device, dtype=torch.bfloat16) * 3
     weight, scale = static.layers[0].o
-    kernel = linear_ops._scaled_mm_rowwise(rows, weight, scale).float()
+    kernel = linear_ops.scaled_mm_rowwise(rows, weight, scale).float()
     q, row_scale = linear_ops.quantize_rows_fp8(rows)
     emulated = (q.float() * row_scale) @ weight.float().t() * scale
     print(f"_scaled_mm vs the same math in fp32: max |diff| / max |out| = "

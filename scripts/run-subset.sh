@@ -1,4 +1,5 @@
-# How the 70B run was made, one device call per subset: bash run-subset.sh NAME SED-EXPRESSIONS... rewrites
+# How the H200 70B report was made, one device call per subset, from the project root:
+#   bash scripts/run-subset.sh NAME SED-EXPRESSIONS... rewrites
 # params/h100x2-llama3.1-70b.yaml (shapes, precisions, runtimes) and sweeps it; .gpu/prior70b held the earlier
 # calls' results.csv and samples.jsonl (carried with .whl: pydantic and its dependencies), so resume joined them.
 name=$1; shift

@@ -1,5 +1,4 @@
-"""The reference runtime with device_map auto and the random weights it relies on: drawn by name, so a layer
-drawn alone (a rank, a GPU of a device map, a layer streamed into a packer) equals the whole model's."""
+"""The reference runtime with device_map auto (the random weights it relies on are drawn by name: test_models)."""
 
 from __future__ import annotations
 
@@ -8,23 +7,7 @@ from pathlib import Path
 import torch
 
 from bench_kernels.config import parse_config
-from bench_kernels.models import load_model
 from bench_kernels.sweep import run_inference_sweep
-
-
-def test_random_weights_drawn_module_by_module_equal_the_whole_model():
-    whole = load_model("preset:smollm2-135m", "fp32", "cpu", seed=3)
-    streamed = load_model("preset:smollm2-135m", "fp32", "cpu", seed=3, placement="streamed")
-    assert streamed.hf_model.model.layers[5].mlp.up_proj.weight.is_meta
-    for name in ("model.layers.5", "model.embed_tokens", "model.norm"):
-        streamed.materialize(name, "cpu")
-    for name, param in streamed.hf_model.named_parameters():
-        if not param.is_meta:
-            torch.testing.assert_close(param, whole.hf_model.get_parameter(name), rtol=0, atol=0)
-    other_seed = load_model("preset:smollm2-135m", "fp32", "cpu", seed=4)
-    assert not torch.equal(other_seed.hf_model.model.layers[5].mlp.up_proj.weight,
-                           whole.hf_model.model.layers[5].mlp.up_proj.weight)
-    assert whole.hf_model.lm_head.weight is whole.hf_model.model.embed_tokens.weight  # tied, as configured
 
 
 def test_reference_with_device_map_auto_runs_on_the_cpu(tmp_path: Path, tiny_local_model: Path):

@@ -1,0 +1,26 @@
+"""The decode-kernel chooser: speed never picks a candidate whose product is wrong."""
+
+from __future__ import annotations
+
+import torch
+
+from bench_kernels.runtimes.compiled.linear_ops import CANDIDATE_MAX_ERROR, accurate_candidates, relative_error
+
+
+def test_a_candidate_far_from_the_library_path_is_left_out():
+    torch.manual_seed(0)
+    rows, weight = torch.randn(4, 64), torch.randn(32, 64)
+    candidates = {
+        "exact": lambda r, w, s: r @ w.t(),
+        "slightly off": lambda r, w, s: (r @ w.t()) * (1 + CANDIDATE_MAX_ERROR / 2),
+        "wrong": lambda r, w, s: (r @ w.t()).flip(-1),
+    }
+    kept = accurate_candidates(candidates, rows, weight, None)
+    assert list(kept) == ["exact", "slightly off"]
+
+
+def test_relative_error_is_over_the_whole_product():
+    reference = torch.ones(2, 8)
+    assert relative_error(reference, reference) == 0.0
+    assert abs(relative_error(reference * 1.5, reference) - 0.5) < 1e-6
+    assert relative_error(torch.zeros(2, 8), torch.zeros(2, 8)) == 0.0

@@ -1,0 +1,84 @@
+"""The charts draw what was measured: one line per deployment with its values, points above a roofline circled,
+one card's memory drawn across the memory panels, the speedups written in their cells, the latency target shaded."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+
+from bench_kernels import plots
+from tests.rows import typed_frame
+
+matplotlib.use("Agg")
+
+
+def ok(runtime: str, batch: int, length: int, tps: float, **extra: object) -> dict:
+    return {"stage": "inference", "status": "ok", "runtime": runtime, "precision": "fp32", "batch_size": batch,
+            "input_len": length, "output_len": 4, "tokens_per_s": tps, "efficiency": 0.5, **extra}
+
+
+ROWS = [ok("reference", 1, 8, 10.0), ok("reference", 2, 8, 18.0), ok("reference", 1, 16, 9.0),
+        ok("compiled", 1, 8, 30.0), ok("compiled", 2, 8, 50.0, efficiency=1.3), ok("compiled", 1, 16, 27.0),
+        {**ok("compiled", 2, 16, 99.0), "status": "error", "error": "RuntimeError: out of memory"}]
+
+
+def lines_by_label(ax: Axes) -> dict[str, list[tuple[float, float]]]:
+    """A panel's data lines by series: their (x, y) points (seaborn's legend entries are empty lines of one colour)."""
+    series = {line.get_color(): line.get_label() for line in ax.get_lines() if not len(line.get_xdata())}
+    return {series[line.get_color()]: list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()
+            if len(line.get_xdata()) and line.get_color() in series}
+
+
+def test_throughput_has_a_panel_per_input_length_and_a_line_per_deployment_with_its_values() -> None:
+    figure = plots.throughput_vs_batch(typed_frame(ROWS))
+    assert [ax.get_title() for ax in figure.axes] == ["input len = 8", "input len = 16"]
+    short = lines_by_label(figure.axes[0])
+    assert short["reference fp32"] == [(1, 10.0), (2, 18.0)] and short["compiled fp32"] == [(1, 30.0), (2, 50.0)]
+    long = lines_by_label(figure.axes[1])
+    assert long["compiled fp32"] == [(1, 27.0)], "the failed row is not drawn"
+
+
+def test_a_deployment_over_several_gpus_is_its_own_line() -> None:
+    rows = [ok("compiled", 1, 8, 30.0, gpu_count=1), ok("compiled", 1, 8, 45.0, gpu_count=2)]
+    labels = set(lines_by_label(plots.throughput_vs_batch(typed_frame(rows)).axes[0]))
+    assert labels == {"compiled fp32", "compiled fp32 on 2 GPUs"}
+
+
+def test_points_above_the_roofline_are_circled_and_kept_in_view() -> None:
+    figure = plots.efficiency_vs_batch(typed_frame(ROWS))
+    short = figure.axes[0]
+    circled = [tuple(point) for collection in short.collections if isinstance(collection, PathCollection)
+               for point in collection.get_offsets()]
+    assert circled == [(2.0, 1.3)]
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in short.get_lines())  # the bound
+    assert short.get_ylim()[1] == pytest.approx(1.3 * 1.05)
+    assert figure.axes[1].get_ylim() == short.get_ylim()  # one scale for every panel
+    assert not any(isinstance(collection, PathCollection) for collection in figure.axes[1].collections)
+
+
+def test_memory_is_per_device_against_one_card() -> None:
+    rows = [ok("compiled", 1, 8, 30.0, peak_mem_gb=60.0, peak_mem_gb_per_gpu=30.0, gpu_memory_gb=80.0, gpu_count=2),
+            ok("reference", 1, 8, 10.0, peak_mem_gb=20.0, gpu_memory_gb=80.0)]
+    ax = plots.memory_vs_batch(typed_frame(rows)).axes[0]
+    values = {y for points in lines_by_label(ax).values() for _, y in points}
+    assert {30.0, 20.0} <= values and 60.0 not in values
+    assert any(list(line.get_ydata()) == [80.0, 80.0] for line in ax.get_lines())
+
+
+def test_speedup_cells_hold_the_ratio_to_the_reference() -> None:
+    figure = plots.speedup_heatmaps(typed_frame(ROWS))
+    ax = figure.axes[0]
+    assert ax.get_title() == "compiled fp32 vs reference fp32"
+    assert sorted(text.get_text() for text in ax.texts) == ["2.8", "3.0", "3.0"]  # 50 / 18, 30 / 10, 27 / 9
+
+
+def test_pareto_shades_what_meets_the_per_token_target() -> None:
+    table = typed_frame([ok("compiled", 1, 8, 30.0), ok("compiled", 4, 8, 80.0)]).assign(
+        per_user_tokens_per_s=[30.0, 20.0], tokens_per_s_per_gpu=[30.0, 80.0], gpu_count=[1, 1])
+    ax = plots.pareto(table, tpot_ms=40.0).axes[0]
+    shaded = [patch for patch in ax.patches if patch.get_label().startswith("meets 40 ms")]
+    assert len(shaded) == 1 and shaded[0].get_x() == pytest.approx(1000 / 40)
+    assert sorted(text.get_text() for text in ax.texts) == ["b1", "b4"]
+    assert plots.pareto(table.iloc[0:0]) is None
