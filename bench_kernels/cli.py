@@ -217,10 +217,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Render run B against run A into one HTML file; both folders are checked before a kernel starts."""
     import papermill
 
-    from bench_kernels.compare import compare_runs, summary_line
+    from bench_kernels.compare import RunFolderError, compare_runs, summary_line
 
     run_a, run_b = Path(args.run_a).resolve(), Path(args.run_b).resolve()
-    comparison = compare_runs(run_a, run_b)
+    try:
+        comparison = compare_runs(run_a, run_b)
+    except RunFolderError as err:
+        print(err, file=sys.stderr)
+        return 1
     html_path = Path(args.out).resolve() if args.out else run_b / f"compare-vs-{run_a.name}.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:

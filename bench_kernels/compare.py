@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench_kernels.config import ConfigError
+from bench_kernels.analysis import plain_number
 from bench_kernels.paths import resolve_project_path
-from bench_kernels.report import PROVENANCE_COLUMNS
-from bench_kernels.results import KEY_COLUMNS, ResultsStore, load_results, read_rows, row_key
+from bench_kernels.results import (COLUMN, KEY_COLUMNS, METRICS, PROVENANCE_COLUMNS, SHAPE_COLUMNS, Column,
+                                   ResultsStore, load_results, read_rows, row_key)
+from bench_kernels.verdicts import BETTER, NOT_JUDGED, SPEED_WORDS, UNCHANGED, WORSE
 
-SHAPE_COLUMNS = ["batch_size", "input_len", "output_len"]
-SHAPE_KEY = ["runtime", "precision", *SHAPE_COLUMNS]
-QUALITY_KEY = ["runtime", "precision"]
+# Inference rows are joined on the measurement's key less the model (runs of two models compare, with a warning).
+SHAPE_KEY = [c for c in KEY_COLUMNS if c not in ("stage", "model")]
+QUALITY_KEY = ["runtime", "precision", "gpu_count"]
+WHOLE_NUMBERS = ["gpu_count", *SHAPE_COLUMNS]
 # What was measured, compared field by field beside the environment columns.
 SETUP_COLUMNS = ["model", "weights", "warmup", "repeats"]
-BETTER, WORSE, UNCHANGED, NOT_JUDGED = "better", "worse", "unchanged", "not judged"
-SPEED_WORDS = {BETTER: "faster", WORSE: "slower", UNCHANGED: "unchanged", NOT_JUDGED: "not judged"}
 VERDICT_STYLE = {BETTER: "background-color: #d8f3dc; font-weight: bold",
                  WORSE: "background-color: #ffd6d6; font-weight: bold",
                  UNCHANGED: "", NOT_JUDGED: "color: #6c757d; font-style: italic"}
@@ -37,29 +37,16 @@ CHANGE_COLUMNS = ["stage", *SHAPE_KEY, "metric", "a", "b", "ratio", "spread_a", 
 UNMATCHED_COLUMNS = ["stage", *SHAPE_KEY, "in_a", "in_b"]
 
 
-class RunFolderError(ConfigError):
+class RunFolderError(ValueError):
     """A folder given as a run that is not one (missing, or without results.csv)."""
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A compared results column, the raw samples its spread comes from, and which way is better."""
-
-    column: str
-    label: str
-    samples: str | None  # the sample list in samples.jsonl; None: one value per run, no spread
-    higher_is_better: bool
+SPEED = COLUMN["tokens_per_s"]
 
 
-INFERENCE_METRICS = (
-    Metric("tokens_per_s", "tokens/s", "latency_ms", True),
-    Metric("ttft_ms_p50", "TTFT p50", "ttft_ms", False),
-    Metric("itl_ms_p50", "per-token latency p50", "itl_ms", False),
-    Metric("latency_ms_p50", "latency p50", "latency_ms", False),
-    Metric("peak_mem_gb", "peak memory", None, False),
-)
-PERPLEXITY = Metric("perplexity", "perplexity", None, False)
-SPEED = INFERENCE_METRICS[0]
+def compared_metrics(stage: str) -> list[Column]:
+    """The registry's metrics compare judges on rows of a stage (compared=True); a Comparison names them by column."""
+    return [m for m in METRICS if m.compared and stage in m.stages]
 
 
 @dataclass
@@ -105,14 +92,14 @@ def judge(a: float, b: float, spread_a: float, spread_b: float, higher_is_better
     return BETTER if (b > a) == higher_is_better else WORSE
 
 
-def _metric_samples(metric: Metric, row: pd.Series, samples: dict[str, Any]) -> list[float]:
+def _metric_samples(metric: Column, row: pd.Series, samples: dict[str, Any]) -> list[float]:
     values = samples.get(metric.samples or "", [])
-    if metric is SPEED:  # tokens/s of each measured run: its generated tokens over its end-to-end latency
+    if metric == SPEED:  # tokens/s of each measured run: its generated tokens over its end-to-end latency
         return [row["batch_size"] * row["output_len"] * 1e3 / v for v in values if v > 0]
     return values
 
 
-def load_run(folder: str | Path) -> Run:
+def read_run(folder: str | Path) -> Run:
     """A run folder's results.csv and the spreads of its samples.jsonl; relative paths from the project root."""
     folder = resolve_project_path(folder).resolve()
     if not folder.is_dir():
@@ -121,12 +108,11 @@ def load_run(folder: str | Path) -> Run:
     if not csv_path.is_file():
         raise RunFolderError(f"{folder}: not a run folder, it has no results.csv")
     results = load_results(csv_path)
-    by_key = {tuple(r["key"][c] for c in KEY_COLUMNS): r for r in ResultsStore(folder).load_samples()}
-    # Samples are keyed by the cells as written: read results.csv as text for the keys, in the same row order.
+    by_key = ResultsStore(folder).samples_by_key()
     row_samples = [by_key.get(row_key(r), {}) for r in read_rows(csv_path)]
-    for metric in INFERENCE_METRICS:
+    for metric in compared_metrics("inference"):
         if metric.samples:
-            results[f"{metric.column}_spread"] = [spread(_metric_samples(metric, row, samples)) for (_, row), samples
+            results[f"{metric.name}_spread"] = [spread(_metric_samples(metric, row, samples)) for (_, row), samples
                                                   in zip(results.iterrows(), row_samples)]
     return Run(folder, results)
 
@@ -135,21 +121,21 @@ def _stage(run: Run, stage: str) -> pd.DataFrame:
     return run.results[run.results["stage"] == stage]
 
 
-def _changes(run_a: Run, run_b: Run, stage: str, key: list[str], metrics: tuple[Metric, ...]) -> list[dict]:
+def _changes(run_a: Run, run_b: Run, stage: str, key: list[str], metrics: list[Column]) -> list[dict]:
     """One record per key measured ok in both runs and metric with a value in both."""
     ok_a, ok_b = (_stage(run, stage)[lambda d: d["status"] == "ok"] for run in (run_a, run_b))
     merged = ok_a.merge(ok_b, on=key, suffixes=("_a", "_b"))
     records = []
     for _, row in merged.iterrows():
         for metric in metrics:
-            a, b = row[f"{metric.column}_a"], row[f"{metric.column}_b"]
+            a, b = row[f"{metric.name}_a"], row[f"{metric.name}_b"]
             if pd.isna(a) or pd.isna(b):
                 continue
-            spread_a = row.get(f"{metric.column}_spread_a", math.nan)
-            spread_b = row.get(f"{metric.column}_spread_b", math.nan)
-            records.append({"stage": stage, **{k: row[k] for k in key}, "metric": metric.label, "a": a, "b": b,
+            spread_a = row.get(f"{metric.name}_spread_a", math.nan)
+            spread_b = row.get(f"{metric.name}_spread_b", math.nan)
+            records.append({"stage": stage, **{k: row[k] for k in key}, "metric": metric.name, "a": a, "b": b,
                             "ratio": b / a if a else math.nan, "spread_a": spread_a, "spread_b": spread_b,
-                            "verdict": judge(a, b, spread_a, spread_b, metric.higher_is_better)})
+                            "verdict": judge(a, b, spread_a, spread_b, metric.better == "higher")})
     return records
 
 
@@ -178,7 +164,7 @@ def _values(rows: pd.DataFrame, column: str) -> str:
 def provenance_differences(run_a: Run, run_b: Run) -> pd.DataFrame:
     """The setup, environment and runtime version fields whose values differ, with both runs' values."""
     a, b = run_a.results, run_b.results
-    rows = [(column, _values(a, column), _values(b, column)) for column in SETUP_COLUMNS + PROVENANCE_COLUMNS]
+    rows = [(column, _values(a, column), _values(b, column)) for column in [*SETUP_COLUMNS, *PROVENANCE_COLUMNS]]
     rows += [(f"runtime_version ({runtime})", _values(a[a["runtime"] == runtime], "runtime_version"),
               _values(b[b["runtime"] == runtime], "runtime_version"))
              for runtime in sorted(set(a["runtime"]) | set(b["runtime"]))]
@@ -188,9 +174,9 @@ def provenance_differences(run_a: Run, run_b: Run) -> pd.DataFrame:
 
 def compare_runs(folder_a: str | Path, folder_b: str | Path) -> Comparison:
     """Run B against run A: inference joined on runtime, precision and shape, perplexity on runtime and precision."""
-    run_a, run_b = load_run(folder_a), load_run(folder_b)
-    changes = (_changes(run_a, run_b, "inference", SHAPE_KEY, INFERENCE_METRICS)
-               + _changes(run_a, run_b, "quality", QUALITY_KEY, (PERPLEXITY,)))
+    run_a, run_b = read_run(folder_a), read_run(folder_b)
+    changes = (_changes(run_a, run_b, "inference", SHAPE_KEY, compared_metrics("inference"))
+               + _changes(run_a, run_b, "quality", QUALITY_KEY, compared_metrics("quality")))
     unmatched = _unmatched(run_a, run_b, "inference", SHAPE_KEY) + _unmatched(run_a, run_b, "quality", QUALITY_KEY)
     return Comparison(run_a, run_b, pd.DataFrame(changes, columns=CHANGE_COLUMNS),
                       pd.DataFrame(unmatched, columns=UNMATCHED_COLUMNS), provenance_differences(run_a, run_b))
@@ -198,7 +184,7 @@ def compare_runs(folder_a: str | Path, folder_b: str | Path) -> Comparison:
 
 def summary_table(comparison: Comparison) -> pd.DataFrame:
     """Per runtime and precision: shapes compared on tokens/s, and how many B ran faster, slower or unchanged."""
-    speed = comparison.changes[comparison.changes["metric"] == SPEED.label]
+    speed = comparison.changes[comparison.changes["metric"] == SPEED.name]
     rows = [{"runtime": runtime, "precision": precision, "shapes": len(group),
              **{word: int((group["verdict"] == verdict).sum()) for verdict, word in SPEED_WORDS.items()}}
             for (runtime, precision), group in speed.groupby(["runtime", "precision"])]
@@ -217,14 +203,15 @@ def summary_line(comparison: Comparison) -> str:
 
 
 def _shape_text(table: pd.DataFrame) -> pd.DataFrame:
-    """Shape columns as whole numbers, blank where a row has none (perplexity rows)."""
-    return table.assign(**{c: table[c].map(lambda v: "" if pd.isna(v) else f"{v:.0f}") for c in SHAPE_COLUMNS})
+    """Shape columns as whole numbers, blank where a row has none (perplexity rows); metrics by their labels."""
+    shaped = table.assign(**{c: table[c].map(lambda v: "" if pd.isna(v) else f"{v:.0f}") for c in WHOLE_NUMBERS})
+    return shaped.assign(metric=shaped["metric"].map(lambda m: COLUMN[m].titled)) if "metric" in shaped else shaped
 
 
 def _table(table: pd.DataFrame, empty: str) -> str:
     if table.empty:
         return f"<p>{html.escape(empty)}</p>"
-    return table.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+    return table.to_html(index=False, na_rep="", float_format=plain_number)
 
 
 def heading_html(comparison: Comparison) -> str:
@@ -248,10 +235,11 @@ def ratios_html(comparison: Comparison) -> str:
     inference = comparison.changes[comparison.changes["stage"] == "inference"]
     if inference.empty:
         return "<p>No inference shape was measured in both runs.</p>"
-    labels = [m.label for m in INFERENCE_METRICS if m.label in set(inference["metric"])]
-    shaped = inference.astype({c: "Int64" for c in SHAPE_COLUMNS})  # numbers, so that shapes sort by size
-    ratios = shaped.pivot(index=SHAPE_KEY, columns="metric", values="ratio")[labels]
-    verdicts = shaped.pivot(index=SHAPE_KEY, columns="metric", values="verdict")[labels]
+    names = [m.name for m in compared_metrics("inference") if m.name in set(inference["metric"])]
+    shaped = inference.astype({c: "Int64" for c in WHOLE_NUMBERS})  # numbers, so that shapes sort by size
+    titles = {name: COLUMN[name].titled for name in names}
+    ratios = shaped.pivot(index=SHAPE_KEY, columns="metric", values="ratio")[names].rename(columns=titles)
+    verdicts = shaped.pivot(index=SHAPE_KEY, columns="metric", values="verdict")[names].rename(columns=titles)
     text = ratios.map(lambda r: "—" if pd.isna(r) else f"{r:.3f}") + verdicts.map(
         lambda v: f" {v}" if v in (BETTER, WORSE) else "")
     styled = text.style.apply(lambda _: verdicts.map(lambda v: VERDICT_STYLE.get(v, "")), axis=None)
@@ -266,8 +254,10 @@ def unmatched_html(comparison: Comparison) -> str:
 
 def quality_html(comparison: Comparison) -> str:
     quality = comparison.changes[comparison.changes["stage"] == "quality"]
-    table = quality[[*QUALITY_KEY, "a", "b", "ratio", "verdict"]].rename(
-        columns={"a": "perplexity A", "b": "perplexity B", "ratio": "B / A"})
+    table = quality[[*QUALITY_KEY, "metric", "a", "b", "ratio", "verdict"]].rename(
+        columns={"a": "A", "b": "B", "ratio": "B / A"})
+    table = table.assign(gpu_count=table["gpu_count"].map(lambda v: f"{v:.0f}"),
+                         metric=table["metric"].map(lambda m: COLUMN[m].titled))
     return _table(table, "No perplexity was measured in both runs (random weights get none).")
 
 

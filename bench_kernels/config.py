@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bench_kernels.paths import find_project, resolve_project_path
-from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions
+from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions, runtime_names
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,10 @@ class SweepConfig(BaseModel):
     @classmethod
     def _claims_file_reads(cls, value: str) -> str:
         if value:
-            from bench_kernels.claims import ClaimsError, load_claims
+            from bench_kernels.claims_file import ClaimsError, load_claims
 
             try:
-                load_claims(value)
+                load_claims(value, runtime_names())
             except ClaimsError as err:
                 raise ValueError(str(err)) from None
         return value

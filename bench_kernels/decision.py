@@ -1,5 +1,6 @@
-"""What to ship: the configurations that meet the latency targets and the accuracy gate, the best of them,
-why each other lost, goodput, and what serving a load costs. Pure pandas on results rows (no torch).
+"""The decision, in one module: which configuration meets the latency targets and the accuracy gate with the
+most tokens/s per GPU, why each other lost, goodput, what serving a load costs, and the decision matrix that sets
+every runtime x precision side by side. Pure pandas on results rows (no torch).
 
 A configuration is a runtime x precision x batch size measured at the workload's input and output
 length, with at most the workload's batch size (the traffic cannot fill a larger batch). Targets are
@@ -11,15 +12,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
-from bench_kernels.analysis import gate_failures, gpu_counts, ok_rows, on_gpus
-from bench_kernels.results import KEY_COLUMNS
+from bench_kernels.analysis import (SAMPLE_COUNT_COLUMNS, break_even_tokens, build_rows, gpu_counts, inference_rows,
+                                    ok_rows, on_gpus, plain_number, quality_rows, random_weights,
+                                    reference_precision_for, rows_of, runs_precision, runtime_fact, sample_count,
+                                    shorten, split_deployments)
+from bench_kernels.gpu_specs import specified_bandwidth_gbps
+from bench_kernels.results import COLUMN, METRICS, row_key
+from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 
 SECONDS_PER_DAY = 86_400
 HOURS_PER_MONTH = 730.0
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95  # of the interval on the recommendation's lead
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,9 @@ def _misses(row: pd.Series, targets: Targets) -> list[str]:
     for column, limit, name in (("ttft_ms_p99", targets.ttft_ms, "time to first token p99"),
                                 ("itl_ms_p99", targets.tpot_ms, "time per output token p99")):
         if limit is not None and row[column] > limit:
-            misses.append(f"{name} {row[column]:,.1f} ms > {limit:,.0f} ms (+{100 * (row[column] / limit - 1):.0f}%)")
+            n = sample_count(row, COLUMN[column].n)
+            over = f"{name}{f' (n={int(n):,})' if pd.notna(n) else ''}"
+            misses.append(f"{over} {row[column]:,.1f} ms > {limit:,.0f} ms (+{100 * (row[column] / limit - 1):.0f}%)")
     return misses
 
 
@@ -52,30 +63,28 @@ def goodput_share(samples: dict[str, list[float]] | None, output_len: int, targe
     met = 0
     for ttft, latency in zip(samples["ttft_ms"], samples["latency_ms"]):
         tpot = (latency - ttft) / max(output_len - 1, 1)
-        met += (targets.ttft_ms is None or ttft <= targets.ttft_ms) and (targets.tpot_ms is None or tpot <= targets.tpot_ms)
+        met += ((targets.ttft_ms is None or ttft <= targets.ttft_ms)
+                and (targets.tpot_ms is None or tpot <= targets.tpot_ms))
     return met / len(samples["ttft_ms"])
 
 
-def index_samples(records: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, list[float]]]:
-    """ResultsStore.load_samples() records by their row key (as results.csv writes it)."""
-    return {tuple(str(record["key"][c]) for c in KEY_COLUMNS): record for record in records}
-
-
-def _row_key(row: pd.Series) -> tuple[str, ...]:
-    return tuple(str(int(row[c])) if c in ("gpu_count", "batch_size", "input_len", "output_len") else str(row[c])
-                 for c in KEY_COLUMNS)
+def gate_failures(df: pd.DataFrame, max_ppl_delta_pct: float) -> dict[tuple[str, str], float]:
+    """(runtime, precision) -> perplexity delta (%) of every configuration over the accuracy gate."""
+    rows = quality_rows(df)
+    over = rows[(rows["status"] == "ok") & (rows["ppl_delta_pct"] > max_ppl_delta_pct)]
+    return {(r.runtime, r.precision): float(r.ppl_delta_pct) for r in over.itertuples()}
 
 
 def configurations(df: pd.DataFrame, targets: Targets,
-                   samples: dict[tuple[str, ...], dict[str, list[float]]] | None = None) -> pd.DataFrame:
+                   samples: dict[tuple[str, ...], dict[str, Any]] | None = None) -> pd.DataFrame:
     """Every measured configuration at the workload's lengths: throughput per GPU, goodput, and whether it
     meets the targets and the accuracy gate (with the reasons when not)."""
     rows = ok_rows(df)
     rows = rows[(rows["input_len"] == targets.input_len) & (rows["output_len"] == targets.output_len)
                 & (rows["batch_size"] <= targets.batch_size)].copy()
     columns = ["runtime", "precision", "batch_size", "gpu_count", "tokens_per_s", "tokens_per_s_per_gpu",
-               "goodput_tokens_per_s", "ttft_ms_p99", "itl_ms_p99", "per_user_tokens_per_s", "ppl_delta_pct",
-               "feasible", "why_not"]
+               "goodput_tokens_per_s", "n_runs", "ttft_ms_p99", "n_decode_steps", "itl_ms_p99", "per_user_tokens_per_s",
+               "ppl_delta_pct", "feasible", "why_not"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     failing = gate_failures(df, targets.max_ppl_delta_pct) if targets.max_ppl_delta_pct is not None else {}
@@ -89,17 +98,18 @@ def configurations(df: pd.DataFrame, targets: Targets,
         why = _misses(row, targets)
         if pair in failing:
             why.append(f"perplexity {failing[pair]:+.2f}% over the accuracy gate of {targets.max_ppl_delta_pct:g}%")
-        share = goodput_share((samples or {}).get(_row_key(row)), targets.output_len, targets)
+        share = goodput_share((samples or {}).get(row_key(row)), targets.output_len, targets)
         if share is None:  # no raw samples: all or nothing at p99
             share = 0.0 if _misses(row, targets) else 1.0
         out.append({**{c: row[c] for c in ("runtime", "precision", "batch_size", "gpu_count", "tokens_per_s",
                                             "tokens_per_s_per_gpu", "ttft_ms_p99", "itl_ms_p99",
                                             "per_user_tokens_per_s")},
                     "goodput_tokens_per_s": row["tokens_per_s"] * share,
+                    **{SAMPLE_COUNT_COLUMNS[kind]: sample_count(row, kind) for kind in SAMPLE_COUNT_COLUMNS},
                     "ppl_delta_pct": quality["ppl_delta_pct"].get(pair, math.nan) if not quality.empty else math.nan,
                     "feasible": not why, "why_not": "; ".join(why)})
-    return pd.DataFrame(out, columns=columns).sort_values("tokens_per_s_per_gpu", ascending=False,
-                                                          ignore_index=True)
+    table = pd.DataFrame(out, columns=columns).astype({c: "Int64" for c in SAMPLE_COUNT_COLUMNS.values()})
+    return table.sort_values("tokens_per_s_per_gpu", ascending=False, ignore_index=True)
 
 
 @dataclass
@@ -111,10 +121,46 @@ class Recommendation:
     runner_up: pd.Series | None
     losers: pd.DataFrame  # one row per other runtime x precision: its best attempt and the reason
     quality_judged: bool  # False when no perplexity was measured (e.g. random weights)
+    lead_interval_pct: tuple[float, float] | None = None  # CONFIDENCE bootstrap interval of the lead; None: no samples
+    runs: tuple[int, int] = (0, 0)  # measured runs of the best and the runner-up that the interval resamples
+    tie: bool = False  # the runner-up lies inside that interval (it includes no lead at all)
 
 
-def recommend(table: pd.DataFrame, df: pd.DataFrame) -> Recommendation:
-    """The most tokens/s per GPU among configurations that meet every target; ties go to the smaller batch."""
+def run_latencies(df: pd.DataFrame, targets: Targets, samples: dict[tuple[str, ...], dict[str, Any]] | None,
+                  configuration: pd.Series) -> list[float]:
+    """The end-to-end latency of each measured run of a configuration (samples.jsonl); [] without samples."""
+    rows = ok_rows(df)
+    rows = rows[(rows["runtime"] == configuration["runtime"]) & (rows["precision"] == configuration["precision"])
+                & (rows["batch_size"] == configuration["batch_size"]) & (rows["input_len"] == targets.input_len)
+                & (rows["output_len"] == targets.output_len) & (gpu_counts(rows) == configuration["gpu_count"])]
+    if rows.empty or not samples:
+        return []
+    return list((samples.get(row_key(rows.iloc[0])) or {}).get("latency_ms") or [])
+
+
+def lead_interval_pct(best: pd.Series, best_runs: list[float], runner_up: pd.Series, runner_up_runs: list[float],
+                      output_len: int, resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE,
+                      seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the best's lead over the runner-up (% more tokens/s per GPU): each resample draws
+    both configurations' runs with replacement and sets their median latencies against each other, as the
+    reported tokens/s (batch x output tokens over the median latency) does."""
+    rng = np.random.default_rng(seed)
+
+    def rates(row: pd.Series, runs: list[float]) -> np.ndarray:
+        drawn = rng.choice(np.asarray(runs, dtype=np.float64), size=(resamples, len(runs)), replace=True)
+        return row["batch_size"] * output_len * 1e3 / np.median(drawn, axis=1) / row["gpu_count"]
+
+    leads = 100 * (rates(best, best_runs) / rates(runner_up, runner_up_runs) - 1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(leads, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ...], dict[str, Any]] | None = None,
+              targets: Targets | None = None) -> Recommendation:
+    """The most tokens/s per GPU among configurations that meet every target; ties go to the smaller batch. With
+    raw samples (by row_key) and the targets, the lead over the runner-up gets a bootstrap interval, and a
+    runner-up inside it makes a tie."""
     feasible = table[table["feasible"].astype(bool)].sort_values(["tokens_per_s_per_gpu", "batch_size"],
                                                                  ascending=[False, True])
     best = feasible.iloc[0] if not feasible.empty else None
@@ -139,9 +185,16 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame) -> Recommendation:
                        "batch_size": int(top["batch_size"]), "tokens_per_s_per_gpu": top["tokens_per_s_per_gpu"],
                        "reason": reason})
     judged = not df[(df["stage"] == "quality") & (df["status"] == "ok")].empty
-    return Recommendation(best, runner_up, pd.DataFrame(losers, columns=["runtime", "precision", "gpu_count",
-                                                                         "batch_size", "tokens_per_s_per_gpu",
-                                                                         "reason"]), judged)
+    losers_table = pd.DataFrame(losers, columns=["runtime", "precision", "gpu_count", "batch_size",
+                                                 "tokens_per_s_per_gpu", "reason"])
+    if best is None or runner_up is None or targets is None:
+        return Recommendation(best, runner_up, losers_table, judged)
+    best_runs, runner_up_runs = (run_latencies(df, targets, samples, row) for row in (best, runner_up))
+    if len(best_runs) < 2 or len(runner_up_runs) < 2:  # one run has no spread to resample
+        return Recommendation(best, runner_up, losers_table, judged)
+    interval = lead_interval_pct(best, best_runs, runner_up, runner_up_runs, targets.output_len)
+    return Recommendation(best, runner_up, losers_table, judged, interval, (len(best_runs), len(runner_up_runs)),
+                          interval[0] <= 0)
 
 
 def cost_table(table: pd.DataFrame, gpu_hour_usd: float, requests_per_day: float | None,
@@ -201,4 +254,355 @@ def summary_facts(rec: Recommendation) -> dict[str, Any]:
     if rec.runner_up is not None:
         facts["runner_up"] = describe(rec.runner_up)
         facts["lead_pct"] = 100 * (rec.best["tokens_per_s_per_gpu"] / rec.runner_up["tokens_per_s_per_gpu"] - 1)
+        facts["lead_interval_pct"] = rec.lead_interval_pct
+        facts["tie"] = rec.tie
     return facts
+
+
+@dataclass
+class Decision:
+    """Everything the report's first sections show, computed once from the rows and the report's inputs."""
+
+    targets: Targets
+    configurations: pd.DataFrame
+    recommendation: Recommendation
+    costs: pd.DataFrame
+
+
+def decide(results: pd.DataFrame, targets: Targets, samples: dict[tuple[str, ...], dict[str, Any]],
+           gpu_hour_usd: float, requests_per_day: float | None) -> Decision:
+    """The configurations at the workload, the recommendation and the costs (raw samples, by row_key, give
+    goodput)."""
+    table = configurations(results, targets, samples)
+    costs = cost_table(table, gpu_hour_usd, requests_per_day, targets.output_len)
+    return Decision(targets, table, recommend(table, results, samples, targets), costs)
+
+
+# --- the decision matrix: rows = criteria (the metric registry's matrix entries), columns = configurations ---
+
+WINNER_MARK = "★ "
+GATE_MARK = " ✗ over the accuracy gate"
+NOT_MEANINGFUL = "not meaningful: random weights"
+
+
+@dataclass(frozen=True)
+class MatrixContext:
+    """What every cell of one decision matrix reads: the rows, the shapes it is read at, the gate's verdicts."""
+
+    df: pd.DataFrame
+    batch_min: int
+    batch_max: int
+    input_min: int
+    input_max: int
+    output_len: int | None
+    failing: frozenset[tuple[str, str]]
+    max_ppl_delta_pct: float | None
+
+    def shape(self, code: str) -> tuple[int, int]:
+        """(batch size, input length) of a registry matrix code such as 'min max' (smallest batch, longest input)."""
+        batch, length = code.split()
+        return (self.batch_min if batch == "min" else self.batch_max,
+                self.input_min if length == "min" else self.input_max)
+
+
+Cell = Callable[[MatrixContext, "Criterion", str, str], Any]  # -> float or "not measured: why"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One row of the decision matrix: a metric (or a derived figure) at one shape."""
+
+    label: str
+    better: str  # "higher", "lower" or "" (not ranked)
+    value: Cell
+    fmt: str = "{:.1f}"
+    suffix: Cell | None = None  # words after a measured value
+    column: str = ""
+    batch_size: int | None = None
+    input_len: int | None = None
+
+
+def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
+    """'not measured: <why>' from the runtime's rows (their status and error)."""
+    rows = df[(df["runtime"] == runtime) & (df["stage"] == stage)]
+    for column, value in shape.items():
+        rows = rows[rows[column] == value]
+    if rows.empty:
+        return "not measured: not in this sweep"
+    failed = rows[rows["status"] != "ok"]
+    if failed.empty:
+        return "not measured"
+    first = failed.iloc[0]
+    # Shortened: the full reason is in the report's "not measured" list.
+    return f"not measured: {first['status']}: {shorten(str(first['error'] or first['notes']), 60)}"
+
+
+def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: Any) -> Any:
+    rows = rows_of(df, runtime, precision)
+    for key, value in shape.items():
+        rows = rows[rows[key] == value]
+    value = pd.to_numeric(rows.iloc[0][column], errors="coerce") if not rows.empty else math.nan
+    if pd.isna(value):
+        return _why_not(df, runtime, "inference", precision=precision, **shape)
+    return float(value)
+
+
+def _measured(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    return _pick(ctx.df, runtime, c.column, precision, batch_size=c.batch_size, input_len=c.input_len)
+
+
+def _quality_row(df: pd.DataFrame, runtime: str, precision: str) -> pd.Series | None:
+    rows = quality_rows(df)
+    rows = rows[(rows["runtime"] == runtime) & (rows["precision"] == precision) & (rows["status"] == "ok")]
+    return rows.iloc[0] if not rows.empty else None
+
+
+def _per_configuration(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    """A metric of the build or quality stage: one value per runtime x precision."""
+    stage = COLUMN[c.column].stages[0]
+    rows = ctx.df[(ctx.df["stage"] == stage) & (ctx.df["runtime"] == runtime) & (ctx.df["precision"] == precision)
+                  & (ctx.df["status"] == "ok")][c.column].dropna()
+    return float(rows.iloc[0]) if not rows.empty else _why_not(ctx.df, runtime, stage, precision=precision)
+
+
+def _against_reference(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    """A figure measured against the reference's outputs: none for the reference itself or on random weights."""
+    if runtime == "reference" and precision == reference_precision_for(ctx.df, precision):
+        return "is the reference"
+    if random_weights(ctx.df, runtime, precision):
+        return NOT_MEANINGFUL
+    return _measured(ctx, c, runtime, precision)
+
+
+def _decode_efficiency(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    """A value above the bound is a measurement error: shown as invalid, never ranked."""
+    value = _measured(ctx, c, runtime, precision)
+    if isinstance(value, float) and value > 1.0:
+        return f"invalid: {value:.0%} is above the roofline (a measurement error)"
+    if isinstance(value, str):
+        rows = rows_of(ctx.df, runtime, precision)
+        notes = rows[(rows["batch_size"] == c.batch_size) & (rows["input_len"] == c.input_len)]["notes"]
+        if notes.str.contains(ROOFLINE_NOT_APPLICABLE, regex=False).any():
+            return "roofline not applicable (model fits in the CPU cache)"
+    return value
+
+
+def _prefill_efficiency(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    """Above the measured matmul rate is a measurement error, as for decode; rows without one say why."""
+    value = _measured(ctx, c, runtime, precision)
+    if isinstance(value, float) and value > 1.0:
+        return f"invalid: {value:.0%} is above the compute roofline (a measurement error)"
+    if value == "not measured":
+        computed = [p for p in rows_of(ctx.df, runtime, precision)["prefill_precision"] if isinstance(p, str) and p]
+        if not computed:
+            return "not recorded: rows written before prefill was set against the compute roofline"
+        return f"no {computed[0]} matmul rate measured on this device"
+    return value
+
+
+def _model_bandwidth_utilization(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    """MBU, or why measured rows carry none: a CPU, a card whose specified bandwidth is not in gpu_specs, or rows
+    from before MBU was recorded."""
+    value = _measured(ctx, c, runtime, precision)
+    if value != "not measured":
+        return value
+    gpu = next((g for g in rows_of(ctx.df, runtime, precision)["gpu_name"] if isinstance(g, str) and g), "")
+    if not gpu:
+        return "no MBU on a CPU (no specified bandwidth)"
+    if specified_bandwidth_gbps(gpu) is None:
+        return f"no MBU: {gpu}'s specified bandwidth is not in the table"
+    return "not recorded: rows written before MBU was"
+
+
+def _build_time(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    builds = build_rows(ctx.df)
+    row = builds[(builds["runtime"] == runtime) & (builds["precision"] == precision)]
+    if row.empty:
+        return 0.0 if runtime_fact(ctx.df, runtime, "runtime_needs_build") == "false" \
+            else "not measured: build stage not run"
+    if row.iloc[0]["status"] == "skipped":
+        return 0.0
+    if row.iloc[0]["status"] != "ok":
+        return f"not measured: {row.iloc[0]['status']}: {row.iloc[0]['error']}"
+    return float(row.iloc[0]["build_s"])
+
+
+def _from_cache(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    builds = build_rows(ctx.df)
+    row = builds[(builds["runtime"] == runtime) & (builds["precision"] == precision) & (builds["status"] == "ok")]
+    hit = not row.empty and row.iloc[0]["cache_hit"] == "true"
+    return " (from cache: what the first build took)" if hit else ""
+
+
+def _break_even(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    if runtime == "reference":
+        return "baseline"
+    shape = {"batch_size": c.batch_size, "input_len": c.input_len}
+    build = _build_time(ctx, c, runtime, precision)
+    tps = _pick(ctx.df, runtime, "tokens_per_s", precision, **shape)
+    ref = _pick(ctx.df, "reference", "tokens_per_s", reference_precision_for(ctx.df, precision), **shape)
+    for value in (build, tps, ref):
+        if isinstance(value, str):
+            return value
+    tokens = break_even_tokens(build, tps, ref)
+    return "never (not faster than reference)" if math.isinf(tokens) else tokens
+
+
+def _dynamic_shapes(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    return runtime_fact(ctx.df, runtime, "runtime_dynamic_shapes") or "not recorded"
+
+
+def _perplexity(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    if random_weights(ctx.df, runtime, precision):
+        return NOT_MEANINGFUL
+    row = _quality_row(ctx.df, runtime, precision)
+    return float(row["perplexity"]) if row is not None else _why_not(ctx.df, runtime, "quality",
+                                                                      precision=precision)
+
+
+def _ppl_delta(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    row = _quality_row(ctx.df, runtime, precision)
+    return f" ({row['ppl_delta_pct']:+.2f}% vs reference)" if row is not None and pd.notna(
+        row["ppl_delta_pct"]) else ""
+
+
+def _gate(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    value = _perplexity(ctx, c, runtime, precision)
+    row = _quality_row(ctx.df, runtime, precision)
+    if isinstance(value, str) or row is None:
+        return value if isinstance(value, str) else "not measured"
+    if pd.isna(row["ppl_delta_pct"]):
+        return "not judged: no reference perplexity"
+    verdict = "FAIL" if (runtime, precision) in ctx.failing else "pass"
+    return f"{verdict} ({row['ppl_delta_pct']:+.2f}%)"
+
+
+def _prefill_precision(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    """Words after a prefill efficiency: the compute precision whose matmul rate bounds it."""
+    rows = rows_of(ctx.df, runtime, precision)
+    rows = rows[(rows["batch_size"] == c.batch_size) & (rows["input_len"] == c.input_len)]
+    computed = [p for p in rows["prefill_precision"] if isinstance(p, str) and p]
+    return f" (of the {computed[0]} matmul rate)" if computed else ""
+
+
+def _sample_n(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    """' (n=5)' after a percentile: the samples it is over at the criterion's shape."""
+    rows = rows_of(ctx.df, runtime, precision)
+    rows = rows[(rows["batch_size"] == c.batch_size) & (rows["input_len"] == c.input_len)]
+    n = sample_count(rows.iloc[0], COLUMN[c.column].n) if not rows.empty else math.nan
+    return f" (n={int(n):,})" if pd.notna(n) else ""
+
+
+def _of_generated(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    return f" of {ctx.output_len}" if ctx.output_len else ""
+
+
+# Metrics whose cells need more than the measured value (reasons, invalid values, the reference's own column);
+# any other metric with matrix entries in the registry is read as measured.
+SPECIAL_CELLS: dict[str, Cell] = {
+    "build_s": _build_time, "perplexity": _perplexity, "efficiency": _decode_efficiency,
+    "mbu": _model_bandwidth_utilization, "prefill_efficiency": _prefill_efficiency,
+    "token_agreement": _against_reference, "first_divergence_p50": _against_reference,
+    "max_logit_diff": _against_reference,
+}
+SUFFIXES: dict[str, Cell] = {"build_s": _from_cache, "perplexity": _ppl_delta,
+                             "prefill_efficiency": _prefill_precision, "first_divergence_p50": _of_generated}
+
+
+def _derived_after(metric: str, ctx: MatrixContext) -> list[Criterion]:
+    """The matrix rows computed from other figures, placed after the metric they follow."""
+    if metric == "build_s":
+        return [Criterion(f"break-even vs reference, batch {ctx.batch_max}, input {ctx.input_max} (generated "
+                          "tokens)", "lower", _break_even, "{:,.0f}", batch_size=ctx.batch_max,
+                          input_len=ctx.input_max),
+                Criterion("dynamic shapes", "", _dynamic_shapes)]
+    if metric == "perplexity":
+        gate = (f"accuracy gate: perplexity at most +{ctx.max_ppl_delta_pct:g}% over the reference"
+                if ctx.max_ppl_delta_pct is not None else "accuracy gate: none set")
+        return [Criterion(gate, "", _gate)]
+    return []
+
+
+def matrix_criteria(ctx: MatrixContext) -> list[Criterion]:
+    """The matrix rows, in registry order: each metric at each shape its registry entry names."""
+    criteria = []
+    for metric in METRICS:
+        for code in metric.matrix:
+            unit = f" ({metric.unit})" if metric.unit else ""
+            cell = SPECIAL_CELLS.get(metric.name, _measured if code != "once" else _per_configuration)
+            suffix = SUFFIXES.get(metric.name, _sample_n if metric.n else None)
+            if code == "once":
+                criteria.append(Criterion(metric.label + unit, metric.better, cell, metric.fmt, suffix, metric.name))
+                continue
+            batch, length = ctx.shape(code)
+            criteria.append(Criterion(f"{metric.label}, batch {batch}, input {length}{unit}", metric.better, cell,
+                                      metric.fmt, suffix, metric.name, batch, length))
+        criteria += _derived_after(metric.name, ctx)
+    return criteria
+
+
+def _formatted(fmt: str, value: float) -> str:
+    return plain_number(value, 3) if fmt == "significant" else fmt.format(value)
+
+
+def matrix_columns(df: pd.DataFrame, precision: str | None = None) -> list[tuple[str, str]]:
+    """(runtime, precision) pairs a decision matrix compares: each runtime at each sweep precision it runs
+    (a precision a runtime does not implement is left out, not shown as a column of reasons)."""
+    present = set(zip(df["runtime"], df["precision"]))
+    return [(runtime, prec) for runtime in dict.fromkeys(df["runtime"]) for prec in dict.fromkeys(df["precision"])
+            if (runtime, prec) in present and runs_precision(df, runtime, prec) and precision in (None, prec)]
+
+
+def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delta_pct: float | None = None,
+                    workload: Any = None) -> pd.DataFrame:
+    """Rows = criteria, columns = runtimes (runtime + precision when the sweep has several precisions);
+    each cell a measured value or 'not measured: why'.
+
+    The best measured value of each ranked row is marked with a star (only when at least two
+    columns were measured on it). Shapes are stated in the row labels. With max_ppl_delta_pct, a
+    configuration over the accuracy gate is marked in its column label and never starred. With a workload
+    (batch_size, input_len), every shape-specific row is read at the user's shape: the workload's input
+    length and the largest measured batch that its batch size fills; without one, at the sweep's extremes.
+    """
+    df = split_deployments(df)
+    inference = inference_rows(df)
+    if inference.empty:
+        return pd.DataFrame()
+    pairs = matrix_columns(df, precision)
+    several = len({p for _, p in pairs}) > 1
+    failing = frozenset(gate_failures(df, max_ppl_delta_pct)) if max_ppl_delta_pct is not None else frozenset()
+    label = {pair: (f"{pair[0]} {pair[1]}" if several else pair[0]) + (GATE_MARK if pair in failing else "")
+             for pair in pairs}
+    batches = sorted(inference["batch_size"].dropna().unique())
+    lens = sorted(inference["input_len"].dropna().unique())
+    b_min, b_max, l_min, l_max = int(batches[0]), int(batches[-1]), int(lens[0]), int(lens[-1])
+    if workload is not None:
+        b_min = b_max = int(max([b for b in batches if b <= workload.batch_size], default=batches[0]))
+        l_min = l_max = int(workload.input_len)
+    output_len = pd.to_numeric(inference["output_len"], errors="coerce").max()
+    ctx = MatrixContext(df, b_min, b_max, l_min, l_max, int(output_len) if pd.notna(output_len) else None, failing,
+                        max_ppl_delta_pct)
+    table: dict[str, dict[str, str]] = {}
+    winners: dict[str, str] = {}
+    for criterion in dict((c.label, c) for c in matrix_criteria(ctx)).values():  # at one shape, rows can coincide
+        values = {label[pair]: criterion.value(ctx, criterion, *pair) for pair in pairs}
+        numeric = {c: v for c, v in values.items() if isinstance(v, float) and not math.isnan(v)}
+        ranked = {label[pair]: numeric[label[pair]] for pair in pairs if label[pair] in numeric and pair not in failing}
+        best = ""
+        if criterion.better and len(ranked) >= 2:
+            pick = max if criterion.better == "higher" else min
+            best = pick(ranked, key=ranked.__getitem__)
+        table[criterion.label] = {
+            label[pair]: (WINNER_MARK if label[pair] == best else "")
+            + (_formatted(criterion.fmt, values[label[pair]])
+               + (criterion.suffix(ctx, criterion, *pair) if criterion.suffix else "")
+               if label[pair] in numeric else str(values[label[pair]]))
+            for pair in pairs
+        }
+        winners[criterion.label] = best or "—"
+    columns = [label[pair] for pair in pairs]
+    matrix = pd.DataFrame.from_dict(table, orient="index")[columns]
+    matrix["winner"] = pd.Series(winners)
+    precisions = ", ".join(dict.fromkeys(p for _, p in pairs))
+    matrix.index.name = f"criterion ({precisions})"
+    return matrix

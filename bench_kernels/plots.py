@@ -7,9 +7,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import (baseline_precision, break_even_table, gpu_counts, ok_rows, on_gpus,
+from bench_kernels.analysis import (break_even_table, gpu_counts, ok_rows, on_gpus, reference_precision_for,
                                     speedup_table, split_deployments)
-from bench_kernels.compare import BETTER, NOT_JUDGED, SPEED, SPEED_WORDS, UNCHANGED, WORSE
+from bench_kernels.results import COLUMN
+from bench_kernels.verdicts import SPEED_WORDS, VERDICT_COLOURS
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -43,18 +44,20 @@ def _facet_panels(data: pd.DataFrame, x: str, y: str, facet: str, title: str, yl
     return fig
 
 
-def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,
+def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str | None = None,
                  log_x: bool = False) -> Figure | None:
-    """One panel per value of `facet`, one line per runtime+precision, over the ok inference rows."""
+    """One panel per value of `facet`, one line per runtime+precision, over the ok inference rows; the y axis
+    labelled from the metric registry unless given."""
     data = ok_rows(df).dropna(subset=[y])
     if data.empty:
         return None
-    return _facet_panels(data.assign(series=_series_label(data)), x, y, facet, title, ylabel, log_x=log_x)
+    return _facet_panels(data.assign(series=_series_label(data)), x, y, facet, title,
+                         ylabel or COLUMN[y].titled, log_x=log_x)
 
 
 def throughput_vs_batch(df: pd.DataFrame) -> Figure | None:
     return _facet_lines(df, "batch_size", "tokens_per_s", "input_len",
-                        "Generated tokens/s vs batch size (end to end, higher is better)", "tokens/s")
+                        "Generated tokens/s vs batch size (end to end, higher is better)")
 
 
 def latency_vs_batch(df: pd.DataFrame) -> Figure | None:
@@ -73,7 +76,7 @@ def latency_vs_batch(df: pd.DataFrame) -> Figure | None:
 
 def ttft_vs_input_len(df: pd.DataFrame) -> Figure | None:
     return _facet_lines(df, "input_len", "ttft_ms_p50", "batch_size",
-                        "Time to first token (p50) vs input length (lower is better)", "TTFT p50 (ms)")
+                        "Time to first token (p50) vs input length (lower is better)")
 
 
 def memory_vs_batch(df: pd.DataFrame) -> Figure | None:
@@ -93,7 +96,7 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure | None:
 
 def _against_bound(df: pd.DataFrame, column: str, title: str, x: str, facet: str, above: str) -> Figure | None:
     """A share of a roofline per shape; the red line is the bound, points above it are flagged (`above`)."""
-    fig = _facet_lines(df, x, column, facet, title, column.replace("_", " "), log_x=True)
+    fig = _facet_lines(df, x, column, facet, title, log_x=True)
     if fig is None:
         return None
     data = ok_rows(df).dropna(subset=[column])
@@ -126,7 +129,7 @@ def speedup_heatmaps(df: pd.DataFrame) -> Figure | None:
     panels = []
     measured = ok_rows(df)[["runtime", "precision"]].drop_duplicates()
     for runtime, precision in measured[measured["runtime"] != "reference"].itertuples(index=False):
-        baseline = baseline_precision(df, precision)
+        baseline = reference_precision_for(df, precision)
         table = speedup_table(df, runtime, baseline_precision=baseline)
         table = table[table["precision"] == precision]
         if not table.empty:
@@ -165,13 +168,12 @@ def build_vs_break_even(df: pd.DataFrame) -> Figure | None:
 def comparison_ratios(changes: pd.DataFrame) -> Figure | None:
     """tokens/s of run B over run A per shape (a compare.Comparison's changes), one panel per runtime and
     precision; the grey bar around 1 is the runs' spread, within which a ratio counts as unchanged."""
-    speed = changes[changes["metric"] == SPEED.label]
+    speed = changes[changes["metric"] == "tokens_per_s"]
     if speed.empty:
         return None
     panels = list(speed.groupby(["runtime", "precision"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.45 * len(speed) + 2 * len(panels) + 1, 3.8),
                              squeeze=False, sharey=True)
-    colours = {BETTER: "#2d6a4f", WORSE: "#b00020", UNCHANGED: "#6c757d", NOT_JUDGED: "#adb5bd"}
     for ax, ((runtime, precision), panel) in zip(axes[0], panels):
         panel = panel.sort_values(["batch_size", "input_len", "output_len"]).reset_index(drop=True)
         tolerance = panel[["spread_a", "spread_b"]].max(axis=1, skipna=False) / panel["a"]
@@ -179,7 +181,7 @@ def comparison_ratios(changes: pd.DataFrame) -> Figure | None:
         for verdict, word in SPEED_WORDS.items():
             points = panel[panel["verdict"] == verdict]
             if not points.empty:
-                ax.scatter(points.index, points["ratio"], color=colours[verdict], s=60, zorder=3, label=word)
+                ax.scatter(points.index, points["ratio"], color=VERDICT_COLOURS[verdict], s=60, zorder=3, label=word)
         ax.axhline(1.0, color="#343a40", linewidth=1)
         ax.set_xticks(panel.index, [f"b{b:.0f} in{i:.0f} out{o:.0f}" for b, i, o in
                                     panel[["batch_size", "input_len", "output_len"]].itertuples(index=False)],

@@ -1,5 +1,6 @@
 """torch profiler traces of one generation per deployment at the workload's shape, bounded to its first decode
-steps, and their top kernels: written next to the results (profiles/), read back by the report."""
+steps, and their top kernels: written next to the results (profiles/), read back by ResultsStore.profiles for the
+report."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import csv
 from pathlib import Path
 from typing import Any, Callable
 
+from bench_kernels.results import PROFILE_COLUMNS
+
 PROFILE_DECODE_STEPS = 4  # prefill, then this many decode steps: enough to see a step's kernels, a small trace
 TOP_KERNELS = 12
-TOP_COLUMNS = ["name", "calls", "self_time_us", "share_pct"]
 
 
 def profile_name(runtime: str, precision: str, gpu_count: int, batch_size: int, input_len: int) -> str:
@@ -48,7 +50,7 @@ def record_profile(generate: Callable[[Any], Any], device_type: str, folder: Pat
         top = sorted(events, key=lambda e: -(e.self_device_time_total if cuda else e.self_cpu_time_total))
         with (folder / f"{name}.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(TOP_COLUMNS)
+            writer.writerow(PROFILE_COLUMNS)
             for event in top[:TOP_KERNELS]:
                 time_us = event.self_device_time_total if cuda else event.self_cpu_time_total
                 writer.writerow([event.key, event.count, f"{time_us:.1f}", f"{100 * time_us / total:.1f}"])
@@ -59,8 +61,3 @@ def record_profile(generate: Callable[[Any], Any], device_type: str, folder: Pat
         generate(SteppingTimer(torch.device(device_type), profiler))
     return folder / f"{name}.csv"
 
-
-def top_kernels(run_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Each recorded profile's top kernels, by profile name."""
-    return {path.stem: list(csv.DictReader(path.open(encoding="utf-8")))
-            for path in sorted((Path(run_dir) / "profiles").glob("*.csv"))}

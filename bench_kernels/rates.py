@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from bench_kernels.method import MATMUL_SIZE_CPU, MATMUL_SIZE_GPU
 from bench_kernels.precisions import MATMUL_PRECISIONS
 from bench_kernels.roofline import streaming_gbps
 from bench_kernels.timing import cuda_graph_of
@@ -161,7 +162,8 @@ def matmul_rates_tflops(device_type: str) -> dict[str, float]:
     TF32; fp8 through torch._scaled_mm with rowwise scales; int8 through torch._int_mm, in TOP/s). CPU: 2048^3 in
     fp32 and bf16 (under a second together)."""
     device = torch.device(device_type)
-    n, precisions, repeats = (8192, MATMUL_PRECISIONS, 10) if device.type == "cuda" else (2048, ("fp32", "bf16"), 3)
+    n, precisions, repeats = ((MATMUL_SIZE_GPU, MATMUL_PRECISIONS, 10) if device.type == "cuda"
+                              else (MATMUL_SIZE_CPU, ("fp32", "bf16"), 3))
     rates = {}
     for precision in precisions:
         try:

@@ -1,4 +1,5 @@
-"""What 90_report shows: provenance, results, charts, the decision matrix, and what was not measured."""
+"""What 90_report shows: provenance, results, charts, the decision, and what was not measured. It renders: the
+decision comes from decision.py, the rows from results.py, and what the spec asked for from a ReportSpec."""
 
 from __future__ import annotations
 
@@ -6,28 +7,65 @@ import base64
 import html
 import io
 import math
-from importlib import resources
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import (BUILD_COLUMNS, INFERENCE_COLUMNS, QUALITY_COLUMNS, WINNER_MARK, build_rows,
-                                    decision_matrix, gate_failures, inference_rows, ok_rows, quality_rows, shorten,
-                                    not_yet_run, on_gpus, runs_precision, scaling_table, unmeasured_summary)
-from bench_kernels.config import SweepConfig
+from bench_kernels.analysis import (build_columns, build_rows, inference_columns, inference_rows, not_yet_run,
+                                    ok_rows, on_gpus, plain_number, quality_columns, quality_rows, runs_precision,
+                                    scaling_table, shorten, unmeasured_summary, with_sample_counts)
+from bench_kernels.claims import check_claims, claims_section_html
+from bench_kernels.claims_file import load_claims
+from bench_kernels.decision import (CONFIDENCE, WINNER_MARK, Recommendation, Targets, cost_formulas, describe,
+                                    gate_failures, summary_facts)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
-from bench_kernels.results import MATMUL_COLUMNS, ResultsStore
+from bench_kernels.method import (BATCH_FORMATION, MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MEMORY_SAMPLE_INTERVAL_S,
+                                  PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS, perplexity_predictions)
+from bench_kernels.plots import ALL_CHARTS
+from bench_kernels.results import MATMUL_COLUMNS, PROVENANCE_COLUMNS, ResultsStore
 from bench_kernels.roofline import streaming_gbps_of
-from bench_kernels.workload import BATCH_FORMATION
 
-if TYPE_CHECKING:
-    from bench_kernels.decision import Recommendation, Targets
 
-PROVENANCE_COLUMNS = ["device", "gpu_name", "driver_version", "cuda_version", "cpu_name", "torch_version",
-                      "transformers_version", "git_sha", "copy_gbps", "read_gbps", *MATMUL_COLUMNS]
+@dataclass(frozen=True)
+class ReportSpec:
+    """What the report reads beside the results: where they are, what the spec asked for (to say what has not run
+    yet), the workload and its targets, the price and load for the cost section, the claims file."""
+
+    run_dir: Path
+    model: str
+    device: str
+    output_len: int
+    warmup: int
+    repeats: int
+    batch_sizes: tuple[int, ...]
+    input_lens: tuple[int, ...]
+    precisions_by_runtime: dict[str, list[str]]  # every runtime of the spec, with the precisions it runs
+    targets: Targets
+    gpu_hour_usd: float = 0.0
+    requests_per_day: float | None = None
+    load_output_len: int | None = None
+    claims: str = ""
+
+    @property
+    def max_ppl_delta_pct(self) -> float | None:
+        return self.targets.max_ppl_delta_pct
+
+    @classmethod
+    def of(cls, spec: Any) -> ReportSpec:
+        """From a validated sweep spec (config.SweepConfig, read by its fields: the report half does not import
+        the measurement half)."""
+        shape, slo, load = spec.workload_shape, spec.targets, spec.sized_load
+        return cls(spec.run_dir, spec.model, spec.device, spec.output_len, spec.warmup, spec.repeats,
+                   tuple(spec.batch_sizes), tuple(spec.input_lens),
+                   {runtime: spec.precisions_for(runtime) for runtime in spec.runtimes},
+                   Targets(shape.batch_size, shape.input_len, shape.output_len, slo.ttft_ms, slo.tpot_ms,
+                           spec.max_ppl_delta_pct),
+                   spec.gpu_hour_usd, load.requests_per_day if load else None, load.output_len if load else None,
+                   spec.claims)
 
 
 def offline_template_dir() -> Path:
@@ -35,19 +73,15 @@ def offline_template_dir() -> Path:
     return Path(str(resources.files("bench_kernels").joinpath("templates")))
 
 
-def load_run(cfg: SweepConfig) -> pd.DataFrame:
-    return ResultsStore(cfg.run_dir).load()
-
-
 def provenance_table(df: pd.DataFrame) -> pd.DataFrame:
     """Distinct environments the rows were measured in: which runtimes (and their versions) ran there, and when."""
     if df.empty:
-        return pd.DataFrame(columns=PROVENANCE_COLUMNS)
+        return pd.DataFrame(columns=list(PROVENANCE_COLUMNS))
     labelled = df.assign(runtime_label=df["runtime"] + df["runtime_version"].map(lambda v: f" ({v})" if v else ""))
-    grouped = labelled.groupby(PROVENANCE_COLUMNS, dropna=False)
+    grouped = labelled.groupby(list(PROVENANCE_COLUMNS), dropna=False)
     table = grouped.agg(runtimes=("runtime_label", lambda s: ", ".join(dict.fromkeys(s))), rows=("status", "size"),
                         first=("timestamp", "min"), last=("timestamp", "max"))
-    table = table.reset_index().sort_values("first")
+    table = readable(table.reset_index().sort_values("first"))
     return table.T.set_axis([f"environment {i + 1}" for i in range(len(table))], axis=1)
 
 
@@ -61,17 +95,18 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """Inference rows that ran or failed, with the columns a reader compares; unavailable rows are summarised
     once in "What was and was not measured" instead (errors shortened: the full text is listed there)."""
     rows = inference_rows(df)
-    table = _int_columns(rows[rows["status"] != "unavailable"][INFERENCE_COLUMNS].reset_index(drop=True))
+    shown = rows[rows["status"] != "unavailable"].reset_index(drop=True)
+    table = with_sample_counts(_int_columns(shown[inference_columns()]), shown)
     return table.assign(error=table["error"].map(shorten))
 
 
 def build_table(df: pd.DataFrame) -> pd.DataFrame:
-    return build_rows(df)[BUILD_COLUMNS].reset_index(drop=True)
+    return build_rows(df)[build_columns()].reset_index(drop=True)
 
 
 def quality_table(df: pd.DataFrame, max_ppl_delta_pct: float) -> pd.DataFrame:
     """Perplexity per runtime and precision, its delta against the reference, and the gate's verdict."""
-    table = quality_rows(df)[QUALITY_COLUMNS].reset_index(drop=True)
+    table = quality_rows(df)[quality_columns()].reset_index(drop=True)
     verdict = table["ppl_delta_pct"].map(lambda d: "" if pd.isna(d) else "FAIL" if d > max_ppl_delta_pct else "pass")
     return readable(table.assign(accuracy_gate=verdict))
 
@@ -110,7 +145,7 @@ def styled_matrix(matrix: pd.DataFrame):
     return matrix.style.map(highlight).set_properties(**{"text-align": "left", "white-space": "normal"})
 
 
-def _targets_text(targets: "Targets") -> str:
+def _targets_text(targets: Targets) -> str:
     parts = [f"batch at most {targets.batch_size}, input {targets.input_len}, output {targets.output_len} tokens"]
     if targets.ttft_ms is not None:
         parts.append(f"time to first token p99 &le; {targets.ttft_ms:g} ms")
@@ -121,40 +156,8 @@ def _targets_text(targets: "Targets") -> str:
     return "; ".join(parts)
 
 
-def targets_for(cfg: SweepConfig) -> "Targets":
-    """The sweep's workload, latency targets and accuracy gate as the decision reads them."""
-    from bench_kernels.decision import Targets
-
-    shape, slo = cfg.workload_shape, cfg.targets
-    return Targets(shape.batch_size, shape.input_len, shape.output_len, slo.ttft_ms, slo.tpot_ms,
-                   cfg.max_ppl_delta_pct)
-
-
-@dataclass
-class Decision:
-    """Everything the report's first sections show, computed once from the rows and the spec."""
-
-    targets: "Targets"
-    configurations: pd.DataFrame
-    recommendation: "Recommendation"
-    costs: pd.DataFrame
-
-
-def decide(cfg: SweepConfig, results: pd.DataFrame) -> Decision:
-    """The configurations at the workload, the recommendation and the costs (raw samples give goodput)."""
-    from bench_kernels.decision import configurations, cost_table, index_samples, recommend
-
-    targets = targets_for(cfg)
-    table = configurations(results, targets, index_samples(ResultsStore(cfg.run_dir).load_samples()))
-    load = cfg.sized_load
-    costs = cost_table(table, cfg.gpu_hour_usd, load.requests_per_day if load else None, targets.output_len)
-    return Decision(targets, table, recommend(table, results), costs)
-
-
-def recommendation_html(rec: "Recommendation", targets: "Targets") -> str:
+def recommendation_html(rec: Recommendation, targets: Targets) -> str:
     """The report's first words: what to ship, the runner-up, and why every other configuration lost."""
-    from bench_kernels.decision import describe, summary_facts
-
     head = f"<p><b>Workload and targets</b>: {_targets_text(targets)}.</p>"
     if rec.best is None:
         return head + ("<p><b>No measured configuration meets these targets.</b> The closest attempt of each "
@@ -165,47 +168,69 @@ def recommendation_html(rec: "Recommendation", targets: "Targets") -> str:
             f"(goodput {best['goodput_tokens_per_s']:,.1f} tokens/s from requests that meet the targets; "
             f"{best['per_user_tokens_per_s']:,.1f} tokens/s per user).</p>")
     if rec.runner_up is not None:
-        lead = summary_facts(rec)["lead_pct"]
-        text += (f"<p>Runner-up: {html.escape(describe(rec.runner_up))}, "
-                 f"{rec.runner_up['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU ({lead:.0f}% behind).</p>")
+        text += _runner_up_html(rec)
     if not rec.quality_judged:
         text += ("<p><i>Quality was not judged: no perplexity was measured in this run (random weights carry "
                  "none), so the accuracy gate could not exclude any configuration.</i></p>")
     return head + text + ("<p>Why the others lost:</p>" + _losers_html(rec) if not rec.losers.empty else "")
 
 
-def _losers_html(rec: "Recommendation") -> str:
+def _runner_up_html(rec: Recommendation) -> str:
+    """The runner-up, the lead over it with its bootstrap interval, and 'a tie' when the interval holds no lead."""
+    facts = summary_facts(rec)
+    lead = facts["lead_pct"]
+    runner_up = (f"{html.escape(describe(rec.runner_up))}, {rec.runner_up['tokens_per_s_per_gpu']:,.1f} tokens/s "
+                 f"per GPU")
+    if rec.lead_interval_pct is None:
+        return (f"<p>Runner-up: {runner_up} ({lead:.0f}% behind; no raw samples of both, so no interval on the "
+                "lead).</p>")
+    low, high = rec.lead_interval_pct
+    digits = 2 if max(abs(low), abs(high)) < 1 else 1  # a lead under 1%: enough digits to show its sign
+    interval = (f"{CONFIDENCE:.0%} bootstrap interval of the lead {low:+.{digits}f}% to {high:+.{digits}f}%, over "
+                f"{rec.runs[0]:,} and {rec.runs[1]:,} measured runs")
+    if rec.tie:
+        return (f"<p><b>Runner-up: {runner_up}, a tie</b>: the lead of {lead:.1f}% lies inside the runs' spread "
+                f"({interval}); on these measurements the two are not told apart, so choose between them on "
+                "the other criteria.</p>")
+    return f"<p>Runner-up: {runner_up} ({lead:.0f}% behind; {interval}).</p>"
+
+
+def _losers_html(rec: Recommendation) -> str:
     items = "".join(f"<li><b>{html.escape(r.runtime)} {html.escape(r.precision)}"
                     f"{on_gpus(r.gpu_count)}</b>: {html.escape(r.reason)}</li>"
                     for r in rec.losers.itertuples())
     return f"<ul>{items}</ul>"
 
 
-def cost_html(cfg: SweepConfig, costs: pd.DataFrame) -> str:
+def cost_html(spec: ReportSpec, costs: pd.DataFrame) -> str:
     """The cost section's words: the formulas, or what to set to get figures."""
-    from bench_kernels.decision import cost_formulas
-
-    if cfg.gpu_hour_usd <= 0:
+    if spec.gpu_hour_usd <= 0:
         return ("<p>No cost figures: set <code>gpu_hour_usd</code> (the price of one GPU hour) in the sweep spec, "
                 "and <code>load: {requests_per_day: ...}</code> to size a deployment.</p>")
     if costs.empty:
         return "<p>No configuration meets the targets, so nothing is priced.</p>"
-    load = cfg.sized_load
-    sizing = (f"Load: {load.requests_per_day:,.0f} requests a day of {load.output_len} generated tokens."
-              if load else "Set <code>load: {requests_per_day: ...}</code> to size a deployment.")
+    sizing = (f"Load: {spec.requests_per_day:,.0f} requests a day of {spec.load_output_len} generated tokens."
+              if spec.requests_per_day else "Set <code>load: {requests_per_day: ...}</code> to size a deployment.")
     formulas = "".join(f"<li>{html.escape(f)}</li>" for f in cost_formulas())
-    return (f"<p>GPU hour: ${cfg.gpu_hour_usd:,.2f}. {sizing}</p>{readable(costs).to_html(index=False)}"
+    return (f"<p>GPU hour: ${spec.gpu_hour_usd:,.2f}. {sizing}</p>{readable(costs).to_html(index=False)}"
             f"<ul>{formulas}</ul>")
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
-    """Numbers to 4 significant digits, blanks instead of NaN, for display."""
-    def cell(value: object) -> object:
+    """For display: numbers to 4 significant digits with thousands separators and no exponent, money (usd_*
+    columns) as '$13,140' or '$3.36', blanks instead of NaN and None."""
+    def cell(value: object, money: bool) -> object:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and money:
+            return f"${value:,.2f}" if abs(value) < 1000 else f"${value:,.0f}"
         if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:,.4g}" if abs(value) < 1e15 else f"{value:.3e}"
-        return "" if value is None or value is pd.NA else value
+            return plain_number(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}"
+        return value
 
-    return table.map(cell)
+    return table.apply(lambda column: column.map(lambda v: cell(v, str(column.name).startswith("usd_"))))
 
 
 def show_table(table: pd.DataFrame, caption: str) -> None:
@@ -216,21 +241,17 @@ def show_table(table: pd.DataFrame, caption: str) -> None:
          classes="display compact")
 
 
-def claims_html(cfg: SweepConfig, results: pd.DataFrame) -> str:
+def claims_html(spec: ReportSpec, results: pd.DataFrame) -> str:
     """Published claims set beside this run's measurements and the hardware's limit, or what to set."""
-    if not cfg.claims:
+    if not spec.claims:
         return ("<p>No claims checked: set <code>claims: params/claims/&lt;name&gt;.yaml</code> in the sweep spec "
                 "(for example <code>tensorrt-vs-llama-blog.yaml</code>, the article's figures).</p>")
-    from bench_kernels.claims import check_claims, claims_section_html, load_claims
-
-    return claims_section_html(check_claims(load_claims(cfg.claims), results))
+    return claims_section_html(check_claims(load_claims(spec.claims), results))
 
 
-def profiles_html(cfg: SweepConfig) -> str:
+def profiles_html(spec: ReportSpec) -> str:
     """The top kernels of every recorded profile (the Chrome traces lie beside results.csv), or what to set."""
-    from bench_kernels.profiles import top_kernels
-
-    profiles = top_kernels(cfg.run_dir)
+    profiles = ResultsStore(spec.run_dir).profiles()
     if not profiles:
         return ("<p>No profiles: set <code>profile: true</code> to record a torch profiler trace per runtime and "
                 "precision at the workload's shape (Chrome trace format, in <code>profiles/</code> beside "
@@ -243,10 +264,10 @@ def profiles_html(cfg: SweepConfig) -> str:
     return "".join(parts)
 
 
-def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
+def method_notes(spec: ReportSpec, df: pd.DataFrame) -> str:
     """The measurement method in plain words (HTML), stated in every report."""
     inference = inference_rows(df)
-    devices = ", ".join(sorted(set(df["device"]) - {""})) or cfg.device
+    devices = ", ".join(sorted(set(df["device"]) - {""})) or spec.device
     random_weights = (df["weights"] == "random").any()
 
     def measured(column: str, spec_value: int) -> str:
@@ -254,22 +275,26 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         values = sorted({int(v) for v in inference[column].dropna()})
         return " or ".join(map(str, values)) if values else str(spec_value)
 
+    sample_ms = MEMORY_SAMPLE_INTERVAL_S * 1000
+
     lines = [
-        f"<b>Model</b>: {html.escape(str(df['model'].iloc[0]) if not df.empty else cfg.model)}"
+        f"<b>Model</b>: {html.escape(str(df['model'].iloc[0]) if not df.empty else spec.model)}"
         + (" with <b>random weights</b> from an architecture preset: valid for speed and memory, "
            "never for quality." if random_weights else " (real weights)."),
-        f"<b>Output length</b>: fixed at {measured('output_len', cfg.output_len)} new tokens per prompt (minimum = "
+        f"<b>Output length</b>: fixed at {measured('output_len', spec.output_len)} new tokens per prompt (minimum = "
         "maximum, EOS ignored), so every runtime generates the same amount of work.",
-        f"<b>Runs</b>: {measured('warmup', cfg.warmup)} warmup run(s) per shape, never counted; "
-        f"{measured('repeats', cfg.repeats)} measured run(s). "
-        "p50 / p99 are over the measured runs (per-token latency: over every decode step of every run).",
+        f"<b>Runs</b>: {measured('warmup', spec.warmup)} warmup run(s) per shape, never counted; "
+        f"{measured('repeats', spec.repeats)} measured run(s). "
+        "p50 / p99 are over the measured runs (per-token latency: over every decode step of every run); the "
+        "tables and the matrix give that n beside them (n_runs, n_decode_steps), and a p99 over fewer than 100 "
+        "samples is close to their maximum (interpolated between the two largest), not a tail estimate.",
         f"<b>Timing</b> on {html.escape(devices)}: CUDA events read after one synchronize on GPU, "
         "<code>time.perf_counter</code> on CPU. TTFT = prompt in to first token out (prefill + first token); "
         "per-token latency = each later decode step; throughput = batch x output tokens / end-to-end p50 latency.",
         "<b>Peak memory</b> during the measured runs. GPU: torch's max allocated for torch runtimes; for ONNX "
         "Runtime and TensorRT, which allocate outside torch, the device memory in use (total - free, sampled "
-        "every 5 ms, CUDA context included). CPU: the process's peak resident set, sampled every 5 ms (Python "
-        "and libraries included).",
+        f"every {sample_ms:g} ms, CUDA context included). CPU: the process's peak resident set, sampled every "
+        f"{sample_ms:g} ms (Python and libraries included).",
         f"<b>Batches</b>: {html.escape(BATCH_FORMATION)}",
         "<b>Efficiency</b>: decode tokens/s (batch / per-token latency p50) over the roofline bound "
         "(all weights plus the batch's KV cache read once per step at the measured streaming bandwidth: the "
@@ -283,7 +308,8 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         "at 85-87% of it), so it compares with published MBU figures. No MBU on a CPU or on a card whose data "
         "sheet is not in <code>bench_kernels/gpu_specs.py</code>.",
         "<b>Prefill efficiency</b>: the prefill's matmul FLOPs over TTFT p50 (<code>prefill_tflops</code>), over "
-        "the matmul rate measured at the start of the sweep (GPU: 8192&sup3; GEMMs; CPU: 2048&sup3;) in the precision "
+        f"the matmul rate measured at the start of the sweep (GPU: {MATMUL_SIZE_GPU}&sup3; GEMMs; CPU: "
+        f"{MATMUL_SIZE_CPU}&sup3;) in the precision "
         "the runtime's prefill computes in (<code>prefill_precision</code>: the weights' precision for fp32, fp16 and "
         "bf16; bf16 for weight-only quantized weights; fp8 for the compiled runtime's fp8 on a GPU; fp32 for ONNX "
         "Runtime on a CPU), times the GPUs that share each prefill (tensor-parallel ranks). FLOPs = 2 &times; P "
@@ -294,10 +320,11 @@ def method_notes(cfg: SweepConfig, df: pd.DataFrame) -> str:
         "query heads A and head dimension Dh. TTFT also holds the embedding, norms, the first token's sampling and "
         "the host's work, so this is a lower bound on the prefill's own rate.",
         "<b>Perplexity</b>: teacher-forced through each runtime's own forward pass over the packaged text, cut "
-        "into consecutive windows of 512 tokens (fewer if the model's context is shorter); the first 8 windows "
-        "are scored, every token after a window's first predicted from those before it (4,088 predictions). "
+        f"into consecutive windows of {PERPLEXITY_WINDOW} tokens (fewer if the model's context is shorter); the "
+        f"first {PERPLEXITY_WINDOWS} windows are scored, every token after a window's first predicted from those "
+        f"before it ({perplexity_predictions():,} predictions). "
         f"Its delta is against the reference at the sweep's first reference precision; the accuracy gate "
-        f"(max_ppl_delta_pct = {cfg.max_ppl_delta_pct:g}%) reads MLPerf's 99%-of-reference rule as at most "
+        f"(max_ppl_delta_pct = {spec.max_ppl_delta_pct:g}%) reads MLPerf's 99%-of-reference rule as at most "
         f"that much higher perplexity. Random weights get no perplexity.",
         "<b>Token agreement</b> is the share of generated tokens equal to the reference's on the same prompts; "
         "<b>first divergence</b> the median position of the first generated token that differs.",
@@ -322,23 +349,19 @@ def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
     return readable(_int_columns(ok_rows(df)[ROOFLINE_COLUMNS].reset_index(drop=True)))
 
 
-def several_gpus_html(df: pd.DataFrame) -> str:
-    """What spreading a deployment over several GPUs bought: its scaling efficiency where one GPU ran the same
-    shapes, or why one GPU did not (HTML; scaling_table has the rows)."""
-    return _scaling_html(scaling_table(df))
-
-
 def show_several_gpus(df: pd.DataFrame) -> None:
-    """The Several GPUs section: what several_gpus_html says, then the scaling table when there is one."""
+    """The Several GPUs section: what scaling_html says, then the scaling table when there is one."""
     from IPython.display import HTML, display
 
     table = scaling_table(df)
-    display(HTML(_scaling_html(table)))
+    display(HTML(scaling_html(table)))
     if not table.empty:
         show_table(table, "Every shape measured on several GPUs, beside one GPU")
 
 
-def _scaling_html(table: pd.DataFrame) -> str:
+def scaling_html(table: pd.DataFrame) -> str:
+    """What spreading a deployment over several GPUs bought (a scaling_table): its scaling efficiency where one
+    GPU ran the same shapes, or why one GPU did not (HTML)."""
     if table.empty:
         return "<p>Every measured deployment ran on one GPU.</p>"
     items = []
@@ -369,7 +392,7 @@ def roofline_html(df: pd.DataFrame) -> str:
     items = []
     for gpu, rows in inference.groupby("gpu_name"):
         where = html.escape(gpu or f"CPU ({rows['cpu_name'].iloc[0]})")
-        rates = ", ".join(f"{column.removeprefix('matmul_tflops_')} {rows[column].max():,.4g}"
+        rates = ", ".join(f"{column.removeprefix('matmul_tflops_')} {plain_number(rows[column].max())}"
                           for column in MATMUL_COLUMNS if rows[column].notna().any())
         streams = streaming_gbps_of(rows).max()
         specified = specified_bandwidth_gbps(gpu) if gpu else None
@@ -401,21 +424,21 @@ def pending_item(row: pd.Series) -> str:
             f"{pending_work(row)}</li>")
 
 
-def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
+def availability_notes(df: pd.DataFrame, spec: ReportSpec) -> str:
     """Plain statement of every runtime that could not be measured, and why, and of the spec's shapes that have not
     run yet (HTML)."""
     missing = unmeasured_summary(df)
     # A precision the runtime's rows say it does not run only ever gets an `unavailable` row: nothing left to run.
-    runnable = {runtime: [p for p in cfg.precisions_for(runtime) if runs_precision(df, runtime, p)]
-                for runtime in cfg.runtimes}
-    pending = not_yet_run(df, runnable, cfg.batch_sizes, cfg.input_lens)
+    runnable = {runtime: [p for p in precisions if runs_precision(df, runtime, p)]
+                for runtime, precisions in spec.precisions_by_runtime.items()}
+    pending = not_yet_run(df, runnable, list(spec.batch_sizes), list(spec.input_lens))
     if missing.empty and pending.empty:
         return "<p>Every configured runtime was measured on every shape.</p>"
     parts = []
     if not pending.empty:
         items = [pending_item(row) for _, row in pending.iterrows()]
-        parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping every "
-                     "finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
+        parts.append("<p><b>Not run yet</b> (the spec asks for them; running the same spec again resumes, keeping "
+                     "every finished row): the recommendation, matrix and charts cover only what ran.</p><ul>"
                      + "".join(items) + "</ul>")
     if not missing.empty:
         items = [f"<li><b>{html.escape(row['runtime'])}</b> ({html.escape(row['precision'])}, {row['stage']}): "
@@ -427,8 +450,6 @@ def availability_notes(df: pd.DataFrame, cfg: SweepConfig) -> str:
 
 def show_charts(df: pd.DataFrame) -> None:
     """Every chart of plots.ALL_CHARTS, in order."""
-    from bench_kernels.plots import ALL_CHARTS
-
     for what, chart in ALL_CHARTS.items():
         show_figure(chart(df), what)
 
@@ -453,9 +474,3 @@ def show_figure(fig: Figure | None, what: str) -> None:
     alt = f"{what} chart: {fig.get_suptitle()}" + (f"; series: {', '.join(series)}" if series else "")
     display(HTML(figure_html(fig, alt)))
     plt.close(fig)
-
-
-__all__ = ["availability_notes", "build_table", "claims_html", "profiles_html", "cost_html", "decide", "readable",
-           "recommendation_html", "show_table", "quality_notes", "quality_table", "decision_matrix", "load_run", "method_notes",
-           "offline_template_dir", "provenance_table", "results_table", "roofline_html", "roofline_table", "show_charts",
-           "show_figure", "styled_matrix"]

@@ -10,8 +10,9 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 
@@ -23,46 +24,162 @@ log = logging.getLogger(__name__)
 STATUSES = ("ok", "error", "skipped", "unavailable")
 # Compute precisions whose matmul rate a sweep measures (rates.device_rates), one provenance column each.
 MATMUL_COLUMNS = tuple(f"matmul_tflops_{precision}" for precision in MATMUL_PRECISIONS)
-# gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers over;
-# 1 for a single device, the CPU included); rows written before it existed read as 1.
-KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", "batch_size", "input_len", "output_len")
+@dataclass(frozen=True)
+class Column:
+    """One results.csv column. A metric (group "metric") also says its unit, which way is better, its label for
+    tables, charts and the decision matrix, and where the matrix and compare read it."""
+
+    name: str
+    dtype: str = "str"  # "int", "float" or "str"
+    group: str = "metric"  # "key", "outcome", "metric", "runtime", "provenance", "device" or "meta"
+    unit: str = ""
+    better: str = ""  # "higher", "lower" or "" (not ranked)
+    label: str = ""
+    stages: tuple[str, ...] = ()  # the stages whose rows carry it
+    fmt: str = "{:.1f}"  # how a value is written in the decision matrix; "significant": 3 digits, no exponent
+    matrix: tuple[str, ...] = ()  # decision-matrix rows: "<batch> <input>" shapes ("min max": smallest batch,
+    # longest input), or "once" for a value per configuration (build and quality stages)
+    n: str = ""  # a percentile: what its samples are, "runs" or "decode steps" (see sample_count)
+    compared: bool = False  # compare judges it run against run
+    samples: str | None = None  # the raw-sample list in samples.jsonl its spread comes from; None: one value
+
+    @property
+    def numeric(self) -> bool:
+        return self.dtype in ("int", "float")
+
+    @property
+    def titled(self) -> str:
+        """'throughput (tokens/s)': the label with its unit, for axes and headers."""
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+
+def _metric(name: str, label: str, unit: str = "", better: str = "", stages: tuple[str, ...] = ("inference",),
+            **more: Any) -> Column:
+    return Column(name, "float", "metric", unit, better, label, stages, **more)
+
+
+def _provenance(name: str, dtype: str = "str", group: str = "provenance") -> Column:
+    return Column(name, dtype, group)
+
+
+# The schema in CSV order. A new metric is its computation (which writes the row's value) plus one entry here.
+REGISTRY: list[Column] = [
+    Column("run_name", group="key"), Column("stage", group="key"), Column("runtime", group="key"),
+    Column("model", group="key"), Column("weights", group="key"), Column("precision", group="key"),
+    # gpu_count: devices one deployment uses (tensor-parallel ranks, or the GPUs a device_map spreads layers
+    # over; 1 for a single device, the CPU included); rows written before it existed read as 1.
+    Column("gpu_count", "int", "key"), Column("batch_size", "int", "key"), Column("input_len", "int", "key"),
+    Column("output_len", "int", "key"),
+    Column("status", group="outcome"), Column("error", group="outcome"),
+    Column("warmup", "int", "outcome"), Column("repeats", "int", "outcome"),
+    _metric("tokens_per_s", "throughput", "tokens/s", "higher", matrix=("min max", "max max"), compared=True,
+            samples="latency_ms"),
+    _metric("prefill_tokens_per_s", "prefill throughput", "tokens/s", "higher"),
+    _metric("ttft_ms_p50", "time to first token p50", "ms", "lower", matrix=("min max", "max max"), compared=True,
+            samples="ttft_ms", n="runs"),
+    _metric("ttft_ms_p99", "time to first token p99", "ms", "lower", n="runs"),
+    _metric("itl_ms_p50", "per-token latency p50", "ms", "lower", fmt="{:.2f}", matrix=("min max",),
+            compared=True, samples="itl_ms", n="decode steps"),
+    _metric("itl_ms_p99", "per-token latency p99", "ms", "lower", n="decode steps"),
+    _metric("latency_ms_p50", "latency p50", "ms", "lower", compared=True, samples="latency_ms", n="runs"),
+    _metric("latency_ms_p99", "latency p99", "ms", "lower", matrix=("max max",), n="runs"),
+    _metric("peak_mem_gb", "peak memory", "GB", "lower", fmt="{:.2f}", matrix=("max max",), compared=True),
+    _metric("peak_mem_gb_per_gpu", "peak memory per GPU", "GB", "lower"),
+    _metric("build_s", "build / export / compile time", "s", "lower", ("build",), matrix=("once",)),
+    _metric("artifact_mb", "artifact size", "MB", "lower", ("build",)),
+    Column("cache_hit", stages=("build",)),
+    _metric("token_agreement", "quality: token agreement with reference", "", "higher", fmt="{:.3f}",
+            matrix=("min min",)),
+    _metric("first_divergence_p50", "quality: median first divergent token", "", "higher", fmt="{:.0f}",
+            matrix=("min min",)),
+    _metric("max_logit_diff", "quality: max |logit difference| at the first token", "", "lower", fmt="significant",
+            matrix=("min min",)),
+    _metric("perplexity", "quality: perplexity on the packaged text", "", "lower", ("quality",), fmt="{:.3f}",
+            matrix=("once",), compared=True),
+    _metric("ppl_delta_pct", "perplexity over the reference's", "%", "lower", ("quality",)),
+    _metric("roofline_tokens_per_s", "decode roofline", "tokens/s"),
+    _metric("efficiency", "decode efficiency vs roofline", "", "higher", fmt="{:.0%}", matrix=("min min",)),
+    _metric("decode_gbps", "decode bytes read", "GB/s"),
+    _metric("mbu", "MBU: decode bytes/s over the card's specified bandwidth", "", "higher", fmt="{:.0%}",
+            matrix=("min min",)),
+    Column("prefill_precision", stages=("inference",)),
+    _metric("prefill_tflops", "prefill matmul rate", "TFLOP/s"),
+    _metric("prefill_efficiency", "prefill efficiency vs compute roofline", "", "higher", fmt="{:.0%}",
+            matrix=("max max",)),
+    Column("runtime_version", group="runtime"), Column("runtime_options", group="runtime"),
+    Column("runtime_precisions", group="runtime"), Column("runtime_needs_build", group="runtime"),
+    Column("runtime_dynamic_shapes", group="runtime"),
+    _provenance("device"), _provenance("gpu_name"), _provenance("gpu_memory_gb", "float", "device"),
+    _provenance("driver_version"), _provenance("cuda_version"), _provenance("cpu_name"),
+    _provenance("torch_version"), _provenance("transformers_version"), _provenance("git_sha"),
+    _provenance("copy_gbps", "float"), _provenance("read_gbps", "float"),
+    *(_provenance(column, "float") for column in MATMUL_COLUMNS), _provenance("link_gbps", "float", "device"),
+    Column("timestamp", group="meta"), Column("notes", group="meta"),
+]
+# Read from REGISTRY and rebuilt in place by register/unregister, so every module that imported them sees a change.
+COLUMN: dict[str, Column] = {}
+COLUMNS: list[str] = []
+NUMERIC_COLUMNS: list[str] = []
+INTEGER_COLUMNS: list[str] = []
+METRICS: list[Column] = []
+PROVENANCE_COLUMNS: list[str] = []  # the environment a row was measured in (provenance table, compare)
+
+
+def _derive() -> None:
+    COLUMN.clear()
+    COLUMN.update((c.name, c) for c in REGISTRY)
+    COLUMNS[:] = [c.name for c in REGISTRY]
+    NUMERIC_COLUMNS[:] = [c.name for c in REGISTRY if c.numeric]
+    INTEGER_COLUMNS[:] = [c.name for c in REGISTRY if c.dtype == "int"]
+    METRICS[:] = [c for c in REGISTRY if c.group == "metric"]
+    PROVENANCE_COLUMNS[:] = [c.name for c in REGISTRY if c.group == "provenance"]
+
+
+def register(column: Column) -> Column:
+    """Add a metric after the last one, as a new entry in REGISTRY would (for code that adds one at run time: a
+    plugin, a test)."""
+    if column.name in COLUMN:
+        raise ValueError(f"results column {column.name!r} is registered already")
+    last_metric = max(i for i, c in enumerate(REGISTRY) if c.group == "metric")
+    REGISTRY.insert(last_metric + 1, column)
+    _derive()
+    return column
+
+
+def unregister(name: str) -> None:
+    REGISTRY[:] = [c for c in REGISTRY if c.name != name]
+    _derive()
+
+
+_derive()
+SHAPE_COLUMNS = ("batch_size", "input_len", "output_len")
+KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", *SHAPE_COLUMNS)
 KEY_DEFAULTS = {"gpu_count": "1"}
-COLUMNS = (
-    "run_name", "stage", "runtime", "model", "weights", "precision", "gpu_count", "batch_size", "input_len",
-    "output_len", "status", "error", "warmup", "repeats",
-    "tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99",
-    "latency_ms_p50", "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu",
-    "build_s", "artifact_mb", "cache_hit", "token_agreement", "first_divergence_p50", "max_logit_diff",
-    "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency", "decode_gbps", "mbu",
-    "prefill_precision", "prefill_tflops", "prefill_efficiency",
-    "runtime_version", "runtime_options", "runtime_precisions", "runtime_needs_build", "runtime_dynamic_shapes",
-    "device", "gpu_name", "gpu_memory_gb", "driver_version", "cuda_version", "cpu_name",
-    "torch_version", "transformers_version", "git_sha", "copy_gbps", "read_gbps", *MATMUL_COLUMNS, "link_gbps",
-    "timestamp", "notes",
-)
-NUMERIC_COLUMNS = (
-    "gpu_count", "batch_size", "input_len", "output_len", "warmup", "repeats", "tokens_per_s",
-    "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99", "latency_ms_p50",
-    "latency_ms_p99", "peak_mem_gb", "peak_mem_gb_per_gpu", "build_s", "artifact_mb", "token_agreement",
-    "first_divergence_p50", "max_logit_diff", "perplexity", "ppl_delta_pct", "roofline_tokens_per_s", "efficiency",
-    "decode_gbps", "mbu", "prefill_tflops", "prefill_efficiency", "gpu_memory_gb", "copy_gbps", "read_gbps",
-    *MATMUL_COLUMNS, "link_gbps",
-)
+# The columns of profiles/<name>.csv: a profile's top kernels by self time (written by the sweep's profiler).
+PROFILE_COLUMNS = ("name", "calls", "self_time_us", "share_pct")
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
 FINISHED = ("ok", "skipped")
 
 
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _cell(value: Any, column: str = "") -> str:
+    """A value as results.csv writes it: blank for None and NaN, integer columns as whole numbers ('8', not '8.0')."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if column in INTEGER_COLUMNS and value != "":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return str(int(number)) if number.is_integer() else str(value)
     if isinstance(value, float):
         return repr(value)
     return str(value)
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    """The identity of a measurement; build rows leave the shape columns empty."""
-    return tuple(_cell(row.get(c)) or KEY_DEFAULTS.get(c, "") for c in KEY_COLUMNS)
+def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The identity of a measurement, from a row as written, as read back, or typed (a pandas row); build rows
+    leave the shape columns empty. The one key of results.csv, samples.jsonl and the report's joins."""
+    return tuple(_cell(row.get(c), c) or KEY_DEFAULTS.get(c, "") for c in KEY_COLUMNS)
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -92,6 +209,8 @@ class ResultsStore:
         self.csv_path = self.run_dir / "results.csv"
         self.samples_path = self.run_dir / "samples.jsonl"
         self.lock_path = self.run_dir / ".results.lock"
+        self.profiles_dir = self.run_dir / "profiles"
+        self._finished: tuple[Any, set[tuple[str, ...]]] | None = None  # (results.csv's stat, its finished keys)
         remove_stale_temporaries(self.run_dir)
 
     @contextlib.contextmanager
@@ -109,9 +228,18 @@ class ResultsStore:
         return read_rows(self.csv_path)
 
     def finished_keys(self) -> set[tuple[str, ...]]:
-        return {row_key(r) for r in self.rows() if r.get("status") in FINISHED}
+        """The keys of the rows a rerun keeps. results.csv is read again only when it changed on disk (another
+        process may append to it), so asking of every deployment costs one stat, not one read."""
+        try:
+            stat = self.csv_path.stat()
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            version = None
+        if self._finished is None or self._finished[0] != version:
+            self._finished = (version, {row_key(r) for r in self.rows() if r.get("status") in FINISHED})
+        return self._finished[1]
 
-    def is_finished(self, key_fields: dict[str, Any]) -> bool:
+    def is_finished(self, key_fields: Mapping[str, Any]) -> bool:
         return row_key(key_fields) in self.finished_keys()
 
     def append(self, row: dict[str, Any], samples: dict[str, list[float]] | None = None) -> None:
@@ -136,12 +264,21 @@ class ResultsStore:
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows({c: r.get(c, "") for c in COLUMNS} for r in kept)
-            writer.writerow({c: _cell(row.get(c)) for c in COLUMNS})
+            writer.writerows({c: _cell(r.get(c, ""), c) for c in COLUMNS} for r in kept)
+            writer.writerow({c: _cell(row.get(c), c) for c in COLUMNS})
             atomic_write(self.csv_path, buffer.getvalue())
 
     def load(self) -> pd.DataFrame:
         return load_results(self.csv_path)
+
+    def samples_by_key(self) -> dict[tuple[str, ...], dict[str, Any]]:
+        """load_samples() by row_key: the raw samples of each row."""
+        return {row_key(record["key"]): record for record in self.load_samples()}
+
+    def profiles(self) -> dict[str, list[dict[str, str]]]:
+        """Each recorded profile's top kernels (profiles/<name>.csv, PROFILE_COLUMNS), by profile name."""
+        return {path.stem: list(csv.DictReader(path.open(encoding="utf-8")))
+                for path in sorted(self.profiles_dir.glob("*.csv"))}
 
     def load_samples(self) -> list[dict[str, Any]]:
         """Raw samples, the last line per key winning; a torn final line is skipped."""
@@ -154,8 +291,9 @@ class ResultsStore:
             except json.JSONDecodeError:
                 log.warning("skipping a torn line in %s", self.samples_path)
                 continue
-            record["key"] = {c: record["key"].get(c) or KEY_DEFAULTS.get(c, "") for c in KEY_COLUMNS}
-            latest[tuple(record["key"].values())] = record
+            key = row_key(record["key"])
+            record["key"] = dict(zip(KEY_COLUMNS, key))
+            latest[key] = record
         return list(latest.values())
 
 
@@ -163,8 +301,13 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """One or more results.csv files as a typed DataFrame with every schema column."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    rows = [row for p in paths for row in read_rows(Path(p))]
-    df = pd.DataFrame(rows, columns=list(COLUMNS)).fillna("")
+    return typed_frame(row for p in paths for row in read_rows(Path(p)))
+
+
+def typed_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows (as read from results.csv, or written by hand in a test) as a DataFrame with every schema column:
+    numeric columns as numbers (NaN where blank), the others as text ('' where absent)."""
+    df = pd.DataFrame([{c: row.get(c, "") for c in COLUMNS} for row in rows], columns=list(COLUMNS)).fillna("")
     for column in NUMERIC_COLUMNS:
         df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
-    return df[list(COLUMNS)]
+    return df

@@ -83,6 +83,15 @@ def decode_columns(step_bytes: float, batch_size: int, itl_ms_p50: float, bandwi
             "mbu": mbu(decode_gbps, gpu_name)}
 
 
+def prefill_columns(flops: int, ttft_ms_p50: float, rate_tflops: float | None, sharing: int = 1) -> dict[str, float]:
+    """A row's prefill columns: its matmul FLOPs over TTFT p50, and that over the measured matmul rate of the
+    precision it computes in times the GPUs that share each prefill (none without a measured rate)."""
+    tflops = flops / (ttft_ms_p50 / 1e3) / 1e12
+    if rate_tflops is None:
+        return {"prefill_tflops": tflops}
+    return {"prefill_tflops": tflops, "prefill_efficiency": tflops / (rate_tflops * sharing)}
+
+
 # ---- from the architecture alone --------------------------------------------------------------------------------
 
 def stored_weight_bytes(counts: ParameterCounts, precision: str) -> float:

@@ -10,7 +10,6 @@ import gc
 import logging
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -20,17 +19,15 @@ from bench_kernels.config import SweepConfig
 from bench_kernels.console import quiet_libraries
 from bench_kernels.deployments import Deployment, deployments
 from bench_kernels.errors import readable_error
-from bench_kernels.provenance import pick_device, provenance
-from bench_kernels.rates import device_rates, last_level_cache_bytes
 from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
-from bench_kernels.precisions import PRECISIONS
-from bench_kernels.quality import first_divergence_p50, perplexity, ppl_delta_pct
+from bench_kernels.provenance import pick_device, provenance
+from bench_kernels.quality import agreement_columns, baseline_precision, perplexity_columns, reference_outputs_dir
+from bench_kernels.rates import device_rates, last_level_cache_bytes
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.roofline import (ROOFLINE_NOT_APPLICABLE, decode_columns, decode_step_bytes, decode_weight_bytes,
-                                    prefill_flops)
+                                    prefill_columns, prefill_flops)
 from bench_kernels.runtimes import BuildInfo, Runtime, get_runtime
-from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
-from bench_kernels.workload import load_text, make_prompts, packaged_text, perplexity_windows, text_token_ids
+from bench_kernels.workload import load_text, make_prompts, text_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -194,33 +191,6 @@ def _build_columns(info: BuildInfo | None) -> dict[str, Any]:
             "notes": info.notes}
 
 
-def _reference_path(ctx: SweepContext, precision: str, batch_size: int, input_len: int) -> Path:
-    folder = ctx.store.run_dir / "reference_outputs"
-    folder.mkdir(exist_ok=True)
-    return folder / f"{ctx.model_name}_{precision}_b{batch_size}_i{input_len}_o{ctx.cfg.output_len}.pt"
-
-
-def _quality(ctx: SweepContext, runtime: Runtime, precision: str, ids: torch.Tensor, tokens: torch.Tensor,
-             batch_size: int, input_len: int) -> dict[str, Any]:
-    """Token agreement (every prompt) and first-step max logit difference (the first QUALITY_LOGIT_ROWS
-    prompts) against saved reference outputs."""
-    ids = ids[:QUALITY_LOGIT_ROWS]
-    if runtime.name == "reference":
-        torch.save({"tokens": tokens, "logits": runtime.first_step_logits(ids)},
-                   _reference_path(ctx, precision, batch_size, input_len))
-        return {}
-    for ref_precision in dict.fromkeys([precision, "fp32", *ctx.cfg.precisions]):
-        path = _reference_path(ctx, ref_precision, batch_size, input_len)
-        if path.is_file():
-            ref = torch.load(path)
-            agreement = (ref["tokens"] == tokens).float().mean().item()
-            logit_diff = (ref["logits"][:QUALITY_LOGIT_ROWS] - runtime.first_step_logits(ids)).abs().max().item()
-            note = "" if ref_precision == precision else f"quality vs the {ref_precision} reference"
-            return {"token_agreement": agreement, "first_divergence_p50": first_divergence_p50(ref["tokens"], tokens),
-                    "max_logit_diff": logit_diff, "notes": note}
-    return {"notes": "quality not measured: no reference outputs for this shape (run the reference runtime)"}
-
-
 def _workload_shape(cfg: SweepConfig) -> tuple[int, int]:
     """The measured (batch size, input length) the workload's traffic fills: where a profile is recorded."""
     shape = cfg.workload_shape
@@ -243,43 +213,19 @@ def _profile(ctx: SweepContext, runtime: Runtime, deployment: Deployment, ids: t
     return {"notes": f"profile: profiles/{name}.json (prefill and {PROFILE_DECODE_STEPS} decode steps)"}
 
 
-def baseline_precision(cfg: SweepConfig) -> str | None:
-    """The reference precision perplexity deltas are taken against: the sweep's first unquantized one the reference
-    runs (a quantized reference's perplexity is measured against it, not used as the yardstick)."""
-    runs = get_runtime("reference").precisions
-    return next((p for p in cfg.precisions_for("reference") if p in runs and not PRECISIONS[p].quantized), None)
-
-
 def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: LoadedModel) -> dict[str, Any]:
-    """The quality row's columns: perplexity over the packaged text's fixed windows, and its delta against
-    the reference at the baseline precision (when that has been measured)."""
+    """The quality row's columns (quality.perplexity_columns); a failure is a row with a readable error."""
     label = f"{runtime.name} {precision} perplexity"
     try:
-        windows = perplexity_windows(text_token_ids(loaded.tokenizer, packaged_text()),
-                                     loaded.config.max_position_embeddings)
-        value, tokens = perplexity(lambda ids: runtime.sequence_logits(ids), windows)
-    except NotImplementedError as err:
-        return {"status": "unavailable", "error": str(err)}
+        columns = perplexity_columns(runtime, precision, loaded, baseline_precision(ctx.cfg), ctx.store.rows())
     except Exception as err:  # noqa: BLE001 - a failed score is a row, the sweep goes on
         ctx.log_failure(label, err)
         return {"status": "error", "error": readable_error(err)}
-    notes = (f"teacher-forced over {windows.shape[0]} windows of {windows.shape[1]} tokens of the packaged text "
-             f"({tokens} predictions)")
-    baseline = baseline_precision(ctx.cfg)
-    columns: dict[str, Any] = {"status": "ok", "perplexity": value}
-    if runtime.name == "reference" and precision == baseline:
-        columns["ppl_delta_pct"] = 0.0
-    else:
-        reference = [r for r in ctx.store.rows() if r["stage"] == "quality" and r["runtime"] == "reference"
-                     and r["precision"] == baseline and r["status"] == "ok"]
-        if reference:
-            columns["ppl_delta_pct"] = ppl_delta_pct(value, float(reference[0]["perplexity"]))
-            notes += f"; delta against the reference {baseline}"
-        else:
-            notes += f"; no reference {baseline or ''} perplexity to compare with".replace("  ", " ")
-    ctx.progress(f"{label}: {value:.3f}" + (f" ({columns['ppl_delta_pct']:+.3f}% vs reference {baseline})"
-                                            if "ppl_delta_pct" in columns else ""))
-    return {**columns, "notes": notes}
+    if columns["status"] == "ok":
+        delta = columns.get("ppl_delta_pct")
+        ctx.progress(f"{label}: {columns['perplexity']:.3f}" + (
+            f" ({delta:+.3f}% vs reference {baseline_precision(ctx.cfg)})" if delta is not None else ""))
+    return columns
 
 
 def _roofline(ctx: SweepContext, runtime: Runtime, stored_weight_bytes: int, batch_size: int, input_len: int,
@@ -314,13 +260,12 @@ def _prefill_roofline(ctx: SweepContext, runtime: Runtime, gpu_count: int, batch
     runtime_cls = type(runtime)
     precision = runtime_cls.prefill_compute_precision(ctx.device, runtime.precision)
     flops = prefill_flops(runtime.loaded.config, batch_size, input_len, runtime_cls.prefill_logits_every_position)
-    tflops = flops / (ttft_ms_p50 / 1e3) / 1e12
     rate = device_rates(ctx.device.type).matmul_tflops.get(precision)
-    if rate is None:
-        return {"prefill_precision": precision, "prefill_tflops": tflops,
-                "notes": f"no prefill efficiency: no {precision} matmul rate was measured on this {ctx.device.type}"}
     sharing = gpu_count if runtime_cls.splits_prefill_over_gpus else 1
-    return {"prefill_precision": precision, "prefill_tflops": tflops, "prefill_efficiency": tflops / (rate * sharing)}
+    columns = prefill_columns(flops, ttft_ms_p50, rate, sharing)
+    if rate is None:
+        columns["notes"] = f"no prefill efficiency: no {precision} matmul rate was measured on this {ctx.device.type}"
+    return {"prefill_precision": precision, **columns}
 
 
 def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -447,7 +392,9 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
             measured = runtime.measure(ids, cfg.output_len, cfg.warmup, cfg.repeats)
             summary = measured.summary()
             columns = _merged(summary, build_columns,
-                              _quality(ctx, runtime, precision, ids, measured.last_output, batch_size, input_len),
+                              agreement_columns(runtime, precision, ids, measured.last_output,
+                                                reference_outputs_dir(ctx.store.run_dir), ctx.model_name,
+                                                ctx.cfg.precisions, ctx.cfg.output_len),
                               _roofline(ctx, runtime, stored_weight_bytes, batch_size, input_len,
                                         summary["itl_ms_p50"]),
                               _prefill_roofline(ctx, runtime, deployment.gpu_count, batch_size, input_len,

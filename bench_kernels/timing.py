@@ -18,6 +18,8 @@ import numpy as np
 import psutil
 import torch
 
+from bench_kernels.method import MEMORY_SAMPLE_INTERVAL_S
+
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +83,7 @@ class PeakMemory:
     """
 
     def __init__(self, device: torch.device | list[torch.device], device_wide: bool = False,
-                 interval_s: float = 0.005):
+                 interval_s: float = MEMORY_SAMPLE_INTERVAL_S):
         self.devices = device if isinstance(device, list) else [device]
         self.cuda = [d for d in self.devices if d.type == "cuda"]
         self.sampled = not self.cuda or device_wide

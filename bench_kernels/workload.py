@@ -13,19 +13,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench_kernels.method import PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS
 from bench_kernels.paths import resolve_project_path
 
 if TYPE_CHECKING:
     import torch
-
-BATCH_FORMATION = (
-    "Each prompt is exactly input_len tokens of real English text, tokenized without special tokens. "
-    "Prompt i of a batch starts at token offset i * (text tokens // batch_size) and wraps around the "
-    "text, so the prompts of a batch differ, need no padding, and every runtime gets the same ids."
-)
-
-PERPLEXITY_WINDOW = 512
-PERPLEXITY_WINDOWS = 8
 
 
 def packaged_text() -> str:
@@ -55,7 +47,7 @@ def text_token_ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def make_prompts(token_ids: list[int], batch_size: int, input_len: int) -> torch.Tensor:
-    """A [batch_size, input_len] int64 batch cut from the token stream (see BATCH_FORMATION)."""
+    """A [batch_size, input_len] int64 batch cut from the token stream (see method.BATCH_FORMATION)."""
     import torch
 
     n = len(token_ids)

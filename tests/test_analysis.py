@@ -7,16 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from bench_kernels.analysis import WINNER_MARK, break_even_tokens, decision_matrix, speedup_table, unmeasured_summary
-from bench_kernels.results import COLUMNS
-
-
-def frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame([{c: r.get(c, math.nan if c in ("tokens_per_s",) else "") for c in COLUMNS} for r in rows])
-    for column in ("batch_size", "input_len", "tokens_per_s", "latency_ms_p99", "ttft_ms_p50", "itl_ms_p50",
-                   "peak_mem_gb", "build_s", "token_agreement", "max_logit_diff"):
-        df[column] = pd.to_numeric(df[column], errors="coerce")
-    return df
+from bench_kernels.analysis import break_even_tokens, speedup_table, unmeasured_summary
+from bench_kernels.decision import WINNER_MARK, decision_matrix
+from bench_kernels.results import typed_frame as frame
 
 
 def inference(runtime: str, batch: int, tps: float, **extra: object) -> dict:
@@ -64,7 +57,8 @@ def test_not_yet_run_counts_only_the_precisions_each_runtime_runs() -> None:
                           "batch_size": 1, "input_len": 128}])
     pending = not_yet_run(rows, {"reference": ["bf16"], "compiled": ["bf16", "fp8"]}, [1, 8], [128])
     assert pending.fillna(0).to_dict("records") == [
-        {"runtime": "reference", "precision": "bf16", "gpu_count": 1, "missing": 1, "shapes": 2, "build_missing": False},
+        {"runtime": "reference", "precision": "bf16", "gpu_count": 1, "missing": 1, "shapes": 2,
+         "build_missing": False},
         {"runtime": "compiled", "precision": "bf16", "gpu_count": 0, "missing": 2, "shapes": 2, "build_missing": False},
         {"runtime": "compiled", "precision": "fp8", "gpu_count": 0, "missing": 2, "shapes": 2, "build_missing": False}]
 
@@ -93,4 +87,5 @@ def test_not_yet_run_expects_a_build_in_every_precision_once_the_runtime_has_one
     assert pending.to_dict("records") == [
         {"runtime": "tensorrt", "precision": "int4", "gpu_count": 1, "missing": 0, "shapes": 1, "build_missing": True}]
     assert pending_work(pending.iloc[0]) == "the build"
-    assert not_yet_run(rows.iloc[1:], {"tensorrt": ["bf16", "int4"]}, [1], [128]).empty  # no build anywhere: none expected
+    # No build anywhere: none expected.
+    assert not_yet_run(rows.iloc[1:], {"tensorrt": ["bf16", "int4"]}, [1], [128]).empty

@@ -65,13 +65,13 @@ def test_a_change_within_the_spread_is_unchanged_and_one_beyond_it_is_flagged(tm
                       shape("reference", 4, [v - 20 for v in around_100]))
     comparison = compare_runs(run_a, run_b)
     verdicts = comparison.changes.set_index(["batch_size", "metric"])["verdict"]
-    assert verdicts[(1, "latency p50")] == verdicts[(1, "tokens/s")] == UNCHANGED
-    assert verdicts[(2, "latency p50")] == verdicts[(2, "TTFT p50")] == verdicts[(2, "tokens/s")] == WORSE
-    assert verdicts[(4, "latency p50")] == verdicts[(4, "tokens/s")] == BETTER
-    assert verdicts[(1, "peak memory")] == UNCHANGED  # equal: no spread needed
-    assert verdicts[(2, "peak memory")] == NOT_JUDGED  # one value per run: no spread to judge by
+    assert verdicts[(1, "latency_ms_p50")] == verdicts[(1, "tokens_per_s")] == UNCHANGED
+    assert verdicts[(2, "latency_ms_p50")] == verdicts[(2, "ttft_ms_p50")] == verdicts[(2, "tokens_per_s")] == WORSE
+    assert verdicts[(4, "latency_ms_p50")] == verdicts[(4, "tokens_per_s")] == BETTER
+    assert verdicts[(1, "peak_mem_gb")] == UNCHANGED  # equal: no spread needed
+    assert verdicts[(2, "peak_mem_gb")] == NOT_JUDGED  # one value per run: no spread to judge by
     ratios = comparison.changes.set_index(["batch_size", "metric"])["ratio"]
-    assert ratios[(2, "latency p50")] == pytest.approx(1.2) and ratios[(2, "peak memory")] == 2.0
+    assert ratios[(2, "latency_ms_p50")] == pytest.approx(1.2) and ratios[(2, "peak_mem_gb")] == 2.0
     counts = summary_table(comparison).set_index(["runtime", "precision"]).loc[("reference", "bf16")]
     assert (counts["shapes"], counts["faster"], counts["slower"], counts["unchanged"]) == (3, 1, 1, 1)
     assert summary_line(comparison).startswith("b vs a, tokens/s beyond the runs' spread: reference bf16: "

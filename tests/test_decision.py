@@ -10,16 +10,14 @@ import pytest
 
 from bench_kernels.decision import (Targets, configurations, cost_table, deployment_gpus, goodput_share,
                                     recommend, summary_facts)
-from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS
+from bench_kernels.report import recommendation_html
+from bench_kernels.results import typed_frame
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     base = {"stage": "inference", "status": "ok", "model": "m", "weights": "real", "input_len": 128,
             "output_len": 128}
-    df = pd.DataFrame([{c: {**base, **r}.get(c, "") for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for column in NUMERIC_COLUMNS:
-        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
-    return df
+    return typed_frame({**base, **r} for r in rows)
 
 
 def config(runtime: str, precision: str, batch: int, tps: float, ttft: float, itl: float, **extra: object) -> dict:
@@ -98,3 +96,33 @@ def test_cost_arithmetic_by_hand() -> None:
     assert deployment_gpus(1_000_000, 128, 800.0, gpus_per_replica=2) == 2  # one 2-GPU replica: 1,600 tokens/s
     assert deployment_gpus(1_000_000, 128, 300.0, gpus_per_replica=2) == 6  # three replicas of 600 tokens/s
     assert math.isnan(table.iloc[0]["ppl_delta_pct"])
+
+
+def _runs(latency_ms: list[float]) -> dict[str, list[float]]:
+    return {"ttft_ms": [20.0] * len(latency_ms), "latency_ms": latency_ms}
+
+
+def test_a_runner_up_inside_the_leads_bootstrap_interval_is_a_tie() -> None:
+    # Batch 8 x 128 tokens: 947.7 vs 945.9 tokens/s from latencies whose run-to-run spread is wider than the gap.
+    close = [config("compiled", "fp16", 8, 8 * 128e3 / 1080.5, 20.0, 8.0),
+             config("compiled", "bf16", 8, 8 * 128e3 / 1082.6, 20.0, 8.0)]
+    apart = [close[0], config("reference", "bf16", 8, 8 * 128e3 / 1500.0, 20.0, 8.0)]
+    samples = {("inference", "compiled", "m", "fp16", "1", "8", "128", "128"): _runs([1060.0, 1075.0, 1080.5, 1090.0,
+                                                                                   1101.0]),
+               ("inference", "compiled", "m", "bf16", "1", "8", "128", "128"): _runs([1058.0, 1071.0, 1082.6, 1094.0,
+                                                                                   1099.0]),
+               ("inference", "reference", "m", "bf16", "1", "8", "128", "128"): _runs([1480.0, 1490.0, 1500.0,
+                                                                                    1510.0, 1520.0])}
+    targets = Targets(batch_size=8, input_len=128, output_len=128)
+    df = frame(close)
+    tie = recommend(configurations(df, targets, samples), df, samples, targets)
+    low, high = tie.lead_interval_pct
+    assert low < 0 < high and tie.tie and summary_facts(tie)["tie"]
+    assert "a tie" in recommendation_html(tie, targets)
+    df = frame(apart)
+    clear = recommend(configurations(df, targets, samples), df, samples, targets)
+    low, high = clear.lead_interval_pct
+    assert 0 < low <= summary_facts(clear)["lead_pct"] <= high and not clear.tie
+    assert "a tie" not in recommendation_html(clear, targets)
+    without = recommend(configurations(df, targets), df)  # no raw samples: no interval, never called a tie
+    assert without.lead_interval_pct is None and not without.tie

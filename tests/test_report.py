@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 
 from bench_kernels import plots
-from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE, WINNER_MARK, decision_matrix
 from bench_kernels.config import parse_config
-from bench_kernels.decision import Targets, configurations, cost_table, recommend
-from bench_kernels.report import (availability_notes, build_table, method_notes, profiles_html, provenance_table,
-                                  recommendation_html, results_table, roofline_html, roofline_table, scaling_table,
-                                  several_gpus_html, unmeasured_summary)
-from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS, load_results
+from bench_kernels.decision import WINNER_MARK, Targets, configurations, cost_table, decision_matrix, recommend
+from bench_kernels.report import (ReportSpec, availability_notes, build_table, method_notes, profiles_html,
+                                  provenance_table, readable, recommendation_html, results_table, roofline_html,
+                                  roofline_table, scaling_html, scaling_table, unmeasured_summary)
+from bench_kernels.results import load_results, typed_frame
+from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.sweep import run_sweeps
 
 
@@ -24,10 +24,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     base = {"run_name": "t", "model": "m", "weights": "real", "device": "cpu", "cpu_name": "cpu", "output_len": 4,
             "warmup": 1, "repeats": 2, "timestamp": "2026-11-27T00:00:00+00:00", "runtime_version": "v 1",
             "runtime_precisions": "fp32 fp16 bf16", "runtime_needs_build": "false"}
-    df = pd.DataFrame([{c: {**base, **r}.get(c, "") for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for column in NUMERIC_COLUMNS:
-        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
-    return df
+    return typed_frame({**base, **r} for r in rows)
 
 
 def ok(runtime: str, batch: int, length: int, tps: float, precision: str = "fp32", **extra: object) -> dict:
@@ -67,14 +64,15 @@ MIXES = {
 @pytest.mark.parametrize("rows", MIXES.values(), ids=MIXES.keys())
 def test_every_table_and_chart_renders(rows: list[dict]) -> None:
     df = frame(rows)
-    cfg = parse_config({})
+    spec = ReportSpec.of(parse_config({}))
     decision_matrix(df)
     for name, chart in plots.ALL_CHARTS.items():
         figure = chart(df)
         assert figure is None or figure.axes, name
     results_table(df), build_table(df), provenance_table(df), unmeasured_summary(df), roofline_table(df)
     scaling_table(df)
-    assert availability_notes(df, cfg) and method_notes(cfg, df) and roofline_html(df) and several_gpus_html(df)
+    assert availability_notes(df, spec) and method_notes(spec, df) and roofline_html(df)
+    assert scaling_html(scaling_table(df))
     targets = Targets(batch_size=4, input_len=8, output_len=4, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
     table = configurations(df, targets)
     assert "Workload and targets" in recommendation_html(recommend(table, df), targets)
@@ -105,7 +103,7 @@ def test_a_prefill_above_the_compute_roofline_is_invalid_and_never_starred() -> 
     row = decision_matrix(df).loc[lambda m: m.index.str.startswith("prefill efficiency")].iloc[0]
     assert row["compiled"] == "invalid: 130% is above the compute roofline (a measurement error)"
     assert row["onnxruntime"] == WINNER_MARK + "50% (of the fp32 matmul rate)" and row["winner"] == "onnxruntime"
-    assert "exceed the compute roofline" in method_notes(parse_config({}), df)
+    assert "exceed the compute roofline" in method_notes(ReportSpec.of(parse_config({})), df)
     assert plots.prefill_efficiency_vs_batch(df).axes[0].collections  # the invalid point is circled
 
 
@@ -144,7 +142,7 @@ def test_committed_reports_written_before_the_new_columns_still_render(results_c
         assert inference["matmul_tflops_bf16"].gt(500).all()
         assert "bf16 7" in roofline_html(df)
     roofline_table(df), provenance_table(df), results_table(df)
-    assert method_notes(parse_config({}), df)
+    assert method_notes(ReportSpec.of(parse_config({})), df)
     no_quality = inference.empty or not (df["stage"] == "quality").any()
     for name, chart in plots.ALL_CHARTS.items():
         figure = chart(df)
@@ -199,7 +197,7 @@ def test_a_profile_is_recorded_at_the_workload_and_shown(tiny_local_model: Path,
     assert "profile:" not in rows.loc[1, "notes"]  # only the workload's shape
     trace = cfg.run_dir / "profiles" / "reference-fp32-1gpu-b2-i8.json"
     assert trace.stat().st_size > 1000 and '"traceEvents"' in trace.read_text()
-    section = profiles_html(cfg)
+    section = profiles_html(ReportSpec.of(cfg))
     assert "reference-fp32-1gpu-b2-i8" in section and "aten::" in section and "self_time_us" in section
 
 
@@ -222,14 +220,14 @@ def test_deployments_over_several_gpu_counts_stay_apart() -> None:
     assert scaling["scaling_efficiency"].round(4).tolist() == [round(68 / (2 * 48), 4), round(400 / (2 * 270), 4)]
     assert scaling["tokens_per_s_per_gpu"].tolist() == [34.0, 200.0] and set(scaling["one_gpu"]) == {"ok"}
     assert "<b>compiled</b> fp8 on 2 GPUs: 0.71 to 0.74 of 2 times one GPU's tokens/s (every shape)" in \
-        several_gpus_html(df)
+        scaling_html(scaling_table(df))
     # A model one GPU cannot hold: no efficiency, and the reason one GPU gave.
     too_big = frame([{**failed("compiled", 1, 8, precision="bf16"), "gpu_count": 1},
                      ok("compiled", 1, 8, 35.0, "bf16", gpu_count=2, peak_mem_gb_per_gpu=71.8)])
     assert scaling_table(too_big)["scaling_efficiency"].isna().all()
     assert "bf16 on 2 GPUs: no scaling efficiency (on one GPU: error: compiled cannot run: a reason)" in \
-        several_gpus_html(too_big)
-    assert several_gpus_html(frame([one])) == "<p>Every measured deployment ran on one GPU.</p>"
+        scaling_html(scaling_table(too_big))
+    assert scaling_html(scaling_table(frame([one]))) == "<p>Every measured deployment ran on one GPU.</p>"
 
 
 def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
@@ -239,7 +237,7 @@ def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
                         "input_lens": [8]})
     df = frame([ok("reference", 1, 8, 10.0, "bf16"), ok("reference", 8, 8, 40.0, "bf16"),
                 ok("compiled", 1, 8, 30.0, "bf16", runtime_precisions="fp32 fp16 bf16 fp8")])
-    notes = availability_notes(df, cfg)
+    notes = availability_notes(df, ReportSpec.of(cfg))
     assert "Not run yet" in notes
     assert "<b>compiled</b> bf16: 1 of 2 shapes" in notes and "<b>compiled</b> fp8: 2 of 2 shapes" in notes
     assert "<b>reference</b> bf16" not in notes
@@ -247,7 +245,7 @@ def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
     # precisions can be narrowed for the sweep: neither is left to run.
     cfg = parse_config({"runtimes": ["reference", "compiled"], "precisions": ["bf16", "int8"], "batch_sizes": [1, 8],
                         "input_lens": [8], "precisions_by_runtime": {"reference": ["bf16"]}})
-    notes = availability_notes(df, cfg)
+    notes = availability_notes(df, ReportSpec.of(cfg))
     assert "<b>compiled</b> bf16: 1 of 2 shapes" in notes
     assert "int8" not in notes and "<b>reference</b>" not in notes
 
@@ -255,7 +253,8 @@ def test_the_specs_shapes_that_have_not_run_yet_are_listed() -> None:
 def test_speed_against_quality_places_each_precision_by_its_perplexity() -> None:
     quality = [{"stage": "quality", "runtime": runtime, "precision": precision, "status": "ok", "perplexity": ppl,
                 "ppl_delta_pct": delta}
-               for runtime, precision, ppl, delta in (("reference", "bf16", 40.0, 0.0), ("compiled", "int4", 48.0, 20.0),
+               for runtime, precision, ppl, delta in (("reference", "bf16", 40.0, 0.0),
+                                                      ("compiled", "int4", 48.0, 20.0),
                                                       ("compiled", "int4-awq", 46.0, 15.0))]
     df = frame([ok("reference", 1, 8, 10.0, "bf16"), ok("compiled", 1, 8, 30.0, "int4"),
                 ok("compiled", 4, 8, 90.0, "int4"), ok("compiled", 1, 8, 29.0, "int4-awq"), *quality])
@@ -265,3 +264,20 @@ def test_speed_against_quality_places_each_precision_by_its_perplexity() -> None
     positions = {text.get_text(): text.xy for text in figure.axes[0].texts}
     assert positions["compiled int4"] == (20.0, 90.0)  # its best measured tokens/s, at batch 4
     assert plots.speed_vs_quality(frame([ok("reference", 1, 8, 10.0, "bf16")])) is None  # no perplexity: no chart
+
+
+def test_numbers_read_plainly_money_in_dollars_and_every_percentile_with_its_n() -> None:
+    table = readable(pd.DataFrame({"usd_per_month": [13140.0, 3.3611], "tokens_per_s": [17540.0, 0.0000123],
+                                   "gpus_needed": [6, None]}))
+    assert table["usd_per_month"].tolist() == ["$13,140", "$3.36"]
+    assert table["tokens_per_s"].tolist() == ["17,540", "0.0000123"] and table["gpus_needed"].tolist() == ["6", ""]
+    df = frame([ok("reference", 1, 8, 10.0, max_logit_diff=0.0000412), ok("compiled", 1, 8, 30.0, **BUILT,
+                                                                          max_logit_diff=0.00000731)])
+    matrix = decision_matrix(df)
+    assert matrix.loc["latency p99, batch 1, input 8 (ms)", "compiled"] == WINNER_MARK + "146.7 (n=2)"
+    assert matrix.loc["per-token latency p50, batch 1, input 8 (ms)", "reference"] == "100.00 (n=6)"  # 2 x 3 steps
+    logits = matrix.loc[matrix.index.str.startswith("quality: max |logit")].iloc[0]
+    assert logits["compiled"] == "0.00000731"
+    rows = results_table(df)
+    assert rows[["n_runs", "n_decode_steps"]].values.tolist() == [[2, 6], [2, 6]]
+    assert list(rows.columns).index("n_runs") == list(rows.columns).index("ttft_ms_p50") - 1

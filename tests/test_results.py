@@ -13,7 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench_kernels.results import COLUMNS, ResultsStore, load_results
+from bench_kernels.compare import compare_runs
+from bench_kernels.decision import WINNER_MARK, decision_matrix
+from bench_kernels.results import COLUMNS, Column, ResultsStore, load_results, register, unregister
+from bench_kernels.verdicts import BETTER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,3 +152,41 @@ def test_rows_written_before_gpu_count_are_single_device_rows(tmp_path: Path) ->
     df = store.load().set_index("gpu_count")
     assert df.loc[1, "tokens_per_s"] == 12.5 and len(df) == 2
     assert sorted(s["ttft_ms"][0] for s in store.load_samples()) == [1.0, 2.0]
+
+
+def test_integers_are_written_as_integers_and_keys_match_whatever_the_type(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.append(row(8.0, gpu_count=1.0))  # e.g. a value that went through a float column of a DataFrame
+    store.append(row(2))
+    first, second = store.csv_path.read_text().splitlines()[1:]
+    assert first.startswith("t,inference,reference,m,,fp32,1,8,8,4,ok,") and second.startswith(
+        "t,inference,reference,m,,fp32,,2,8,4,ok,")
+    assert store.is_finished(row(8)) and store.is_finished({**row(8), "batch_size": "8.0"})
+    store.append(row(8))  # the same measurement again: replaced, not added beside it
+    assert len(store.rows()) == 2
+
+
+@pytest.fixture
+def energy_metric():
+    """A metric registered at run time, as one new entry in results.REGISTRY would add it."""
+    yield register(Column("energy_j_per_token", "float", unit="J/token", better="lower", label="energy per token",
+                          stages=("inference",), fmt="{:.3f}", matrix=("min max",), compared=True,
+                          samples="energy_j"))
+    unregister("energy_j_per_token")
+
+
+def test_a_metric_registered_in_one_place_reaches_the_csv_compare_and_the_matrix(tmp_path: Path,
+                                                                                  energy_metric: Column) -> None:
+    for folder, joules in (("a", {"reference": 0.50, "compiled": 0.20}), ("b", {"reference": 0.50, "compiled": 0.10})):
+        store = ResultsStore(tmp_path / folder)
+        for runtime, value in joules.items():
+            store.append(row(1, runtime=runtime, energy_j_per_token=value),
+                         {"energy_j": [value * f for f in (0.99, 1.0, 1.01)], "latency_ms": [10.0, 10.0, 10.0]})
+    header = (tmp_path / "a" / "results.csv").read_text().splitlines()[0].split(",")
+    assert "energy_j_per_token" in header and header.index("energy_j_per_token") < header.index("runtime_version")
+    changes = compare_runs(tmp_path / "a", tmp_path / "b").changes.set_index(["runtime", "metric"])
+    assert changes.loc[("compiled", "energy_j_per_token"), "ratio"] == pytest.approx(0.5)
+    assert changes.loc[("compiled", "energy_j_per_token"), "verdict"] == BETTER  # lower, beyond the spread
+    matrix = decision_matrix(load_results(tmp_path / "a" / "results.csv"))
+    cells = matrix.loc["energy per token, batch 1, input 8 (J/token)"]
+    assert cells["compiled"] == WINNER_MARK + "0.200" and cells["reference"] == "0.500"

@@ -13,12 +13,13 @@ import torch
 from pydantic import Field
 
 from bench_kernels import plots
-from bench_kernels.analysis import decision_matrix
 from bench_kernels.config import ConfigError, parse_config
+from bench_kernels.decision import decision_matrix
 from bench_kernels.decoder import Decoder, greedy_generate
 from bench_kernels.timing import StepTimer
 from bench_kernels.models import eos_token_ids
-from bench_kernels.report import availability_notes, build_table, method_notes, provenance_table, results_table
+from bench_kernels.report import (ReportSpec, availability_notes, build_table, method_notes, provenance_table,
+                                  results_table)
 from bench_kernels.runtimes import RUNTIMES, BuildInfo, Runtime, options_dataclass, register, unregister
 from bench_kernels.runtimes.base import OPTIONS_CONFIG
 from bench_kernels.sweep import run_build_stage, run_sweeps
@@ -105,7 +106,8 @@ def test_a_runtime_defined_here_is_validated_swept_and_reported(plugged_in, tiny
     assert "eager-decoder" in results_table(df)["runtime"].values
     assert "eager-decoder" in build_table(df)["runtime"].values
     assert "eager-decoder" in provenance_table(df).loc["runtimes"].iloc[0]
-    assert "eager-decoder" in availability_notes(df, cfg) and "Output length" in method_notes(cfg, df)
+    spec = ReportSpec.of(cfg)
+    assert "eager-decoder" in availability_notes(df, spec) and "Output length" in method_notes(spec, df)
 
 
 def test_importing_the_report_loads_no_torch() -> None:

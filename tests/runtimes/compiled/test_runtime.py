@@ -10,9 +10,9 @@ import pytest
 import torch
 from tests.test_decoder import assert_runs_like_the_reference, compare_with_reference, tiny_loaded, tiny_model
 
-from bench_kernels.analysis import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.config import parse_config
 from bench_kernels.decoder import Decoder, greedy_generate
+from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.runtimes.compiled.linear_ops import FP8, FP8_MAX, linear, quantize_fp8
 from bench_kernels.runtimes.compiled.runtime import CompiledOptions, CompiledRuntime
 from bench_kernels.runtimes.compiled.sharding import Shard

@@ -282,14 +282,14 @@ def test_int4_weight_only_graph_builds_a_smaller_engine(tensorrt: TrtModule, tmp
 
 
 @pytest.mark.parametrize("family", ["phi3", "qwen3"])
-def test_phi3_and_qwen3_exports_parse_and_build(tensorrt: te.TrtModule, tmp_path: Path, family: str) -> None:
+def test_phi3_and_qwen3_exports_parse_and_build(tensorrt: TrtModule, tmp_path: Path, family: str) -> None:
     """The exported decoder of a tiny Phi-3 (LongRoPE's regime chosen in the graph, partial rotary) and Qwen3 (q/k
     norms) parses and builds, with profiles reaching past Phi-3's original context of 12 positions (8 + 6 tokens)."""
     from tests.test_decoder import tiny_model
 
     decoder = Decoder.from_hf(tiny_model(family))
     export = export_decoder(decoder, f"tiny-{family}", "fp32", tmp_path / "onnx")
-    build = te.build_engine(export.path, PROFILES, tmp_path / "engines", workspace_gb=1)
+    build = build_engine(export.path, PROFILES, tmp_path / "engines", workspace_gb=1)
     print(f"\n{family}: {build.flavor} engine {build.engine_mb:.2f} MB in {build.build_s:.2f} s")
     assert build.path.is_file() and build.engine_mb > 0 and not build.cache_hit
 
