@@ -1,4 +1,5 @@
-"""bench_kernels: measure how to serve an LLM (reference, compiled, ONNX Runtime, TensorRT) for one model and workload."""
+"""bench_kernels: measure how to serve an LLM (reference, compiled, ONNX Runtime, TensorRT) for one model and
+workload."""
 
 __version__ = "0.1.0"
 

@@ -32,7 +32,7 @@ def test_environment_yml_mirrors_pyproject() -> None:
 def test_every_pin_outside_pip_matches_the_one_in_pyproject() -> None:
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["bench-kernels"]["pins"]
     places = ["Makefile", "environment.yml", "README.md", "mypy-tensorrt.ini", "bench_kernels/models.py",
-              "tests/test_trt_engine.py"]
+              "tests/runtimes/tensorrt/test_engine.py"]
     found = {name: set() for name in pins}
     for place in places:
         text = (ROOT / place).read_text()

@@ -77,5 +77,5 @@ def availability_report(device: torch.device | None = None) -> dict[str, str]:
     return out
 
 
-__all__ = ["OPTIONS_CONFIG", "BuildInfo", "NoOptions", "Runtime", "options_dataclass", "RUNTIMES", "availability_report",
-           "get_runtime", "known_precisions", "register", "runtime_names", "unregister"]
+__all__ = ["OPTIONS_CONFIG", "BuildInfo", "NoOptions", "Runtime", "options_dataclass", "RUNTIMES",
+           "availability_report", "get_runtime", "known_precisions", "register", "runtime_names", "unregister"]

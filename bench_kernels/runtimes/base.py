@@ -222,5 +222,5 @@ class Runtime(ABC):
         runtime's own forward pass."""
         raise NotImplementedError(f"{self.name} does not score sequences (no perplexity)")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a runtime with nothing to release keeps this default
         """Release device memory and handles."""
