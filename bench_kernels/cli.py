@@ -305,15 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "to <run dir>/report.html. Finished rows in results.csv are kept: a rerun "
                                      "measures only what is missing.")
     run.add_argument("params", help="sweep spec, e.g. params/default.yaml")
-    run.add_argument("--force", action="store_true", help="discard earlier results of this run and measure everything again")
+    run.add_argument("--force", action="store_true",
+                     help="discard earlier results of this run and measure everything again")
     run.add_argument("--reports-dir", help="override the spec's reports_dir (where <run_name>/ is written)")
     run.add_argument("--only", nargs="+", metavar="PREFIX",
                      help="run only the notebooks whose names start with these prefixes, e.g. --only 20 90 "
                           "(--only 90 renders the report from results.csv alone)")
-    run.add_argument("--kernel", help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
+    run.add_argument("--kernel",
+                     help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
     run.set_defaults(func=cmd_run)
 
-    sweep = sub.add_parser("sweep", parents=[common], help="run the build stage and every runtime's sweep without Jupyter",
+    sweep = sub.add_parser("sweep", parents=[common],
+                           help="run the build stage and every runtime's sweep without Jupyter",
                            description="Headless: the same build and sweep functions the notebooks call, for "
                                        "machines without Jupyter (results.csv only; render the report later "
                                        "with `run PARAMS --only 90`).")
