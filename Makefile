@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	# --no-deps: the stubs require tensorrt itself, which cannot be installed here; mypy only needs the .pyi files.
 	$(BIN)/python -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (bench-kernels)"
+	# The kernel's own log level: under plain papermill or nbconvert (TCP to a local kernel) it warns on every start
+	# that TCP is unencrypted; the notebooks' own warnings still print.
+	$(BIN)/python -c "import json, sys; p = sys.prefix + '/share/jupyter/kernels/$(KERNEL)/kernel.json'; \
+	  spec = json.load(open(p)); spec['argv'].append('--IPKernelApp.log_level=ERROR'); json.dump(spec, open(p, 'w'), indent=1)"
 	touch $(STAMP)
 
 report: $(STAMP)
@@ -43,8 +47,9 @@ test: $(STAMP) browser
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m tests.run_notebooks -q --durations=5 --nbval-kernel-name $(KERNEL)
 
+# JupyterLab refuses to start as root (the usual user in a container) unless told that is intended.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 clean-reports:
 	find reports -mindepth 1 -maxdepth 1 -type d ! -name 'h100*' ! -name 'h200*' ! -name 'sample-*' -exec rm -rf {} +

@@ -9,6 +9,10 @@ from typing import Any
 
 import yaml
 
+# The model families (config.json's model_type) the package's own decoder implements (bench_kernels.decoder): what
+# the runtimes built on it (onnxruntime, tensorrt, compiled) run.
+DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+
 
 def presets_dir() -> Path:
     """The architecture presets shipped in the package (bench_kernels/presets/)."""

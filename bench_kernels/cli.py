@@ -46,20 +46,42 @@ def _kernel_name(requested: str | None) -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def _load(path: str, reports_dir: str | None, *, measures: bool = True) -> SweepConfig:
-    """The validated spec; with measures, also its model's lengths, the device, and a memory estimate."""
-    from bench_kernels.config import check_device, load_config, parse_config, validate_model
+def _load(path: str, reports_dir: str | None, *, measures: bool = True, here: bool = True) -> SweepConfig:
+    """The validated spec; with measures, also checked against its model (lengths, prompt file, the runtimes'
+    families), and when it runs here, against the device (a GPU asked for, a memory estimate)."""
+    from bench_kernels.config import check_device, family_warnings, load_config
     from bench_kernels.deployments import memory_warnings
 
-    cfg = load_config(path, check_model=False)
-    if reports_dir:
-        cfg = parse_config({**cfg.model_dump(), "reports_dir": str(Path(reports_dir).resolve())}, path)
+    overrides = {"reports_dir": str(Path(reports_dir).resolve())} if reports_dir else {}
+    cfg = load_config(path, check_model=measures, overrides=overrides)
     if measures:
-        hf_config = validate_model(cfg, path)
-        check_device(cfg, path)
-        for warning in memory_warnings(cfg, hf_config):
+        from bench_kernels.models import resolve_model_config
+
+        hf_config = resolve_model_config(cfg.model)
+        warnings = family_warnings(cfg, hf_config)
+        if here:
+            check_device(cfg, path)
+            warnings += memory_warnings(cfg, hf_config)
+        for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
     return cfg
+
+
+def failed_rows_summary(run_dir: Path) -> str | None:
+    """One line naming the rows of a run folder whose status is error and where their tracebacks are; None when
+    no row failed (unavailable rows, which say why a runtime cannot run here, are not failures)."""
+    from bench_kernels.results import ResultsStore
+
+    failed = [row for row in ResultsStore(run_dir).rows() if row.get("status") == "error"]
+    if not failed:
+        return None
+    names = [" ".join(part for part in (row["stage"], row["runtime"], row["precision"],
+                                        f"batch {row['batch_size']}" if row.get("batch_size") else "",
+                                        f"input {row['input_len']}" if row.get("input_len") else "") if part)
+             for row in failed]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"{len(failed)} rows failed ({shown}); their errors are in results.csv, tracebacks in "
+            f"{run_dir / 'errors.log'}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -73,8 +95,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("\nruntimes (runtime_options keys and defaults):")
         for name, cls in RUNTIMES.items():
             options = ", ".join(f"{k}={f.default!r}" for k, f in cls.options_class.__dataclass_fields__.items())
-            print(f"  {name:<12} {cls.description}; precisions {', '.join(cls.precisions)}; "
-                  f"options: {options or 'none'}")
+            families = ", ".join(cls.model_types) if cls.model_types is not None else "any that transformers loads"
+            print(f"  {name:<12} {cls.description}; precisions {', '.join(cls.precisions)}; model families "
+                  f"{families}; options: {options or 'none'}")
         if not args.params:
             return 0
     if not args.params:
@@ -83,7 +106,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.params, None)
     shapes = len(cfg.batch_sizes) * len(cfg.input_lens) * len(cfg.precisions)
     print(f"{args.params}: valid. run_name={cfg.run_name} model={cfg.model} runtimes={','.join(cfg.runtimes)} "
-          f"precisions={','.join(cfg.precisions)}; {shapes} shapes per runtime; results in {cfg.run_dir}")
+          f"precisions={','.join(cfg.precisions)}; {shapes} shape{'' if shapes == 1 else 's'} per runtime; "
+          f"results in {cfg.run_dir}")
     return 0
 
 
@@ -156,21 +180,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"failed notebooks: {', '.join(failed)}", file=sys.stderr)
         return 1
+    summary = failed_rows_summary(run_dir) if selected != [REPORT_NOTEBOOK] else None
+    if summary:
+        print(summary, file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The notebooks' work without Jupyter: build stage, then each runtime's sweep (or each deployment as a
     Ray task with --ray)."""
-    from bench_kernels.config import validate_model
     from bench_kernels.sweep import run_build_stage, run_sweeps
 
     if args.ray is not None:
         from bench_kernels.cluster import run_sweeps_on_ray
 
         # The GPUs are the cluster's: this machine's device and memory are not checked.
-        cfg = _load(args.params, args.reports_dir, measures=False)
-        validate_model(cfg, args.params)
+        cfg = _load(args.params, args.reports_dir, here=False)
         results = run_sweeps_on_ray(cfg, args.ray or None, skip_build=args.skip_build, progress=print)
     else:
         cfg = _load(args.params, args.reports_dir)
@@ -183,6 +209,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"results: {cfg.run_dir / 'results.csv'} ({len(results)} rows); render the report with: "
           f"bench-kernels run {Path(args.params).resolve()} --only 90"
           + (f" --reports-dir {Path(args.reports_dir).resolve()}" if args.reports_dir else ""))
+    summary = failed_rows_summary(cfg.run_dir)
+    if summary:
+        print(summary, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -211,6 +241,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
         export_report(executed, html_path)
     print(summary_line(comparison))
     print(f"comparison: {html_path}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """List the cache's entries (size, age, what each is for), or remove them by kind, by age, or all."""
+    from bench_kernels.cache import KINDS, TEMPORARY, UNKNOWN, age_text, cache_entries, remove, select
+    from bench_kernels.paths import cache_root
+
+    root = cache_root()
+    entries = cache_entries(root)
+    now = time.time()
+    if args.action == "list":
+        if args.kind or args.older_than is not None or args.all:
+            raise ConfigError("cache list takes no --kind, --older-than or --all: they choose what `cache clean` "
+                              "removes")
+        for entry in entries:
+            print(f"{entry.kind:<10} {entry.size_bytes / 1e6:>10.1f} MB {age_text(now - entry.modified):>7}  "
+                  f"{entry.name}: {entry.purpose}")
+        total = sum(e.size_bytes for e in entries)
+        print(f"{root}: {len(entries)} entries, {total / 1e6:.1f} MB")
+        return 0
+    allowed = [*KINDS, TEMPORARY, UNKNOWN]
+    unknown = [k for k in args.kind or [] if k not in allowed]
+    if unknown:
+        raise ConfigError(f"cache clean --kind: unknown kind(s) {unknown}; allowed: {', '.join(allowed)}")
+    if not (args.kind or args.older_than is not None or args.all):
+        raise ConfigError("cache clean removes nothing without --kind KIND, --older-than DAYS or --all")
+    chosen = select(entries, args.kind, args.older_than, now)
+    for entry in chosen:
+        print(f"removed {entry.kind} {entry.name} ({entry.size_bytes / 1e6:.1f} MB)")
+    freed = remove(chosen)
+    kept = [e for e in entries if not e.removable]
+    print(f"{root}: {len(chosen)} entries removed, {freed / 1e6:.1f} MB freed"
+          + (f"; {len(kept)} temporaries of running writers kept" if kept else ""))
     return 0
 
 
@@ -244,15 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "to <run dir>/report.html. Finished rows in results.csv are kept: a rerun "
                                      "measures only what is missing.")
     run.add_argument("params", help="sweep spec, e.g. params/default.yaml")
-    run.add_argument("--force", action="store_true", help="discard earlier results of this run and measure everything again")
+    run.add_argument("--force", action="store_true",
+                     help="discard earlier results of this run and measure everything again")
     run.add_argument("--reports-dir", help="override the spec's reports_dir (where <run_name>/ is written)")
     run.add_argument("--only", nargs="+", metavar="PREFIX",
                      help="run only the notebooks whose names start with these prefixes, e.g. --only 20 90 "
                           "(--only 90 renders the report from results.csv alone)")
-    run.add_argument("--kernel", help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
+    run.add_argument("--kernel",
+                     help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
     run.set_defaults(func=cmd_run)
 
-    sweep = sub.add_parser("sweep", parents=[common], help="run the build stage and every runtime's sweep without Jupyter",
+    sweep = sub.add_parser("sweep", parents=[common],
+                           help="run the build stage and every runtime's sweep without Jupyter",
                            description="Headless: the same build and sweep functions the notebooks call, for "
                                        "machines without Jupyter (results.csv only; render the report later "
                                        "with `run PARAMS --only 90`).")
@@ -291,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--kernel",
                          help=f"Jupyter kernel to execute with (default: {KERNEL_NAME} if registered, else python3)")
     compare.set_defaults(func=cmd_compare)
+
+    cache = sub.add_parser("cache", parents=[common], help="list the cache (sizes, what each entry is for) or clean it",
+                           description="The on-disk cache ($BENCH_KERNELS_CACHE, default ~/.cache/bench_kernels): the "
+                                       "converted embedded model, ONNX exports, TensorRT engines, AWQ scales, and "
+                                       "temporaries of unfinished writes. `cache` lists each entry with its size, "
+                                       "when it was last written and what it is for; `cache clean` removes entries "
+                                       "by kind, by age, or all (never a temporary whose writer still runs). A "
+                                       "removed entry is built again when a run needs it.")
+    cache.add_argument("action", nargs="?", choices=["list", "clean"], default="list")
+    cache.add_argument("--kind", nargs="+", metavar="KIND",
+                       help="clean only these kinds: models, onnx, engines, awq, temporary, unknown")
+    cache.add_argument("--older-than", type=float, metavar="DAYS", help="clean only entries last written before then")
+    cache.add_argument("--all", action="store_true", help="clean every entry")
+    cache.set_defaults(func=cmd_cache)
 
     presets = sub.add_parser("presets", parents=[common], help="list the architecture presets for random-weight runs",
                              description="List the packaged presets, usable as model: preset:<name>.")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bench_kernels.paths import find_project, resolve_project_path
 from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions, runtime_names
@@ -32,8 +32,9 @@ MOVED_KEYS = {
     "trt_optimization_level": "runtime_options: {tensorrt: {optimization_level: ...}}",
     "trt_allow_rebuild": "runtime_options: {tensorrt: {allow_rebuild: ...}}",
 }
-# Keys naming a path; relative ones are taken from the spec file's folder.
+# Keys naming a path; relative ones are taken from the spec file's folder (spec_dir).
 PATH_KEYS = ("reports_dir", "prompt_file", "claims")
+DEFAULT_REPORTS_DIR = "reports"
 
 
 # Latency targets by name: MLPerf Inference's limits for Llama-3.1-8B (time to first token, time per output token).
@@ -104,8 +105,9 @@ class SweepConfig(BaseModel):
     repeats: int = Field(2, ge=1, le=MAX_REPEATS)
     device: DeviceName = "auto"
     prompt_file: str = ""
-    reports_dir: str = "reports"
-    seed: int = 0
+    reports_dir: str = DEFAULT_REPORTS_DIR
+    spec_dir: str = ""  # the folder relative paths are taken from (load_config: the spec's); empty: the project root
+    seed: int = Field(0, ge=0)
     cpu_threads: int = Field(0, ge=0, le=4096)
     runtime_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     precisions_by_runtime: dict[str, list[str]] = Field(default_factory=dict)
@@ -134,14 +136,17 @@ class SweepConfig(BaseModel):
     @field_validator("batch_sizes", "input_lens")
     @classmethod
     def _positive_unique(cls, values: list[int], info: Any) -> list[int]:
+        problems = []
         bad = [v for v in values if v < 1]
         if bad:
-            raise ValueError(f"every value must be >= 1, got {bad}")
+            problems.append(f"every value must be >= 1, got {bad}")
         too_big = [v for v in values if info.field_name == "batch_sizes" and v > MAX_BATCH_SIZE]
         if too_big:
-            raise ValueError(f"every value must be <= {MAX_BATCH_SIZE}, got {too_big}")
+            problems.append(f"every value must be <= {MAX_BATCH_SIZE}, got {too_big}")
         if len(set(values)) != len(values):
-            raise ValueError(f"values must be unique, got {values}")
+            problems.append(f"values must be unique, got {values}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return sorted(values)
 
     @field_validator("runtimes")
@@ -165,12 +170,25 @@ class SweepConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _workload_was_measured(self) -> SweepConfig:
+    def _rules_across_keys(self, info: ValidationInfo) -> SweepConfig:
+        """Every rule that reads several keys, all reported at once; with the context check_model, also what the
+        model's config and tokenizer say about the lengths and the prompt file (model_problems)."""
+        problems = self._workload_problems() + self._precisions_by_runtime_problems()
+        if info.context and info.context.get("check_model"):
+            problems += model_problems(self.model, self.input_lens, self.output_len, self.prompt_file)
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    def _workload_problems(self) -> list[str]:
         """workload and load are complete, and their lengths are shapes the sweep measures: the report reads them."""
-        _nested(Workload, {"batch_size": self.batch_sizes[0], "input_len": self.input_lens[0],
-                           "output_len": self.output_len, **self.workload}, "workload")
-        if self.load:
-            _nested(Load, self.load, "load")
+        try:
+            _nested(Workload, {"batch_size": self.batch_sizes[0], "input_len": self.input_lens[0],
+                               "output_len": self.output_len, **self.workload}, "workload")
+            if self.load:
+                _nested(Load, self.load, "load")
+        except ValueError as err:
+            return [str(err)]
         shape = self.workload_shape
         problems = []
         if shape.input_len not in self.input_lens:
@@ -183,9 +201,7 @@ class SweepConfig(BaseModel):
                 problems.append(f"load.input_len {load.input_len} is not measured; allowed: {self.input_lens}")
             if load.output_len != self.output_len:
                 problems.append(f"load.output_len {load.output_len} is not measured; allowed: {self.output_len}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return problems
 
     @property
     def workload_shape(self) -> Workload:
@@ -228,6 +244,14 @@ class SweepConfig(BaseModel):
                 raise ValueError(str(err)) from None
         return value
 
+    @field_validator("spec_dir")
+    @classmethod
+    def _spec_dir_exists(cls, value: str) -> str:
+        if value and not Path(value).expanduser().is_dir():
+            raise ValueError(f"folder {Path(value).expanduser().resolve()} does not exist (the spec file's folder, "
+                             "which relative paths are taken from)")
+        return value
+
     @field_validator("prompt_file")
     @classmethod
     def _prompt_file_exists(cls, value: str) -> str:
@@ -260,8 +284,7 @@ class SweepConfig(BaseModel):
             raise ValueError("; ".join(problems))
         return value
 
-    @model_validator(mode="after")
-    def _precisions_by_runtime_known(self) -> SweepConfig:
+    def _precisions_by_runtime_problems(self) -> list[str]:
         """Names must be registered runtimes and known precisions (a typo is an error); a runtime of the sweep
         must keep at least one of `precisions`. Entries for runtimes this sweep leaves out are ignored, so
         trimming `runtimes` needs no other edit."""
@@ -277,9 +300,7 @@ class SweepConfig(BaseModel):
             elif name in self.runtimes and not self.precisions_for(name):
                 problems.append(f"precisions_by_runtime.{name}: none of {chosen} is in precisions "
                                 f"({', '.join(self.precisions)})")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return problems
 
     def precisions_for(self, runtime: str) -> list[str]:
         """The precisions this sweep runs `runtime` in: precisions_by_runtime[runtime] if set, else all of them."""
@@ -314,11 +335,14 @@ def _nested(model: type[BaseModel], data: dict[str, Any], key: str = "") -> Base
 
 def _known_unique(values: list[str], allowed: list[str], what: str) -> list[str]:
     """values, each one of allowed and none twice; else an error naming the bad ones and the allowed ones."""
+    problems = []
     unknown = [v for v in values if v not in allowed]
     if unknown:
-        raise ValueError(f"unknown {what}(s) {unknown}; allowed: {', '.join(map(repr, allowed))}")
+        problems.append(f"unknown {what}(s) {unknown}; allowed: {', '.join(map(repr, allowed))}")
     if len(set(values)) != len(values):
-        raise ValueError(f"values must be unique, got {values}")
+        problems.append(f"values must be unique, got {values}")
+    if problems:
+        raise ValueError("; ".join(problems))
     return values
 
 
@@ -327,46 +351,94 @@ def defaults() -> dict[str, Any]:
     return SweepConfig().model_dump()
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _error_lines(err: ValidationError) -> list[str]:
+    """One line per problem pydantic found, naming the key (rules across keys: their messages name them)."""
     lines = []
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<top level>"
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(SweepConfig.model_fields)
-            lines.append(f"  {key}: unknown key; allowed keys: {allowed}")
+            lines.append(f"{key}: unknown key; allowed keys: {allowed}")
+            continue
+        got = item.get("input")
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if not item["loc"]:
+            lines.extend(message.split("\n  "))
+            continue
+        # A message that already quotes the value (e.g. papermill's text '[0]', read as [0]) says it once.
+        quoted = str(_yaml_if_text(got)) in message
+        shown = not quoted and (not isinstance(got, (dict, list)) or len(repr(got)) < 80)
+        lines.append(f"{key}: {message}" + (f" (got {got!r})" if shown else ""))
+    return lines
+
+
+def _invalid(source: str, problems: list[str]) -> ConfigError:
+    return ConfigError(f"invalid sweep spec {source}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+# The keys model_problems reads: checked against the model only when each of them is valid itself.
+MODEL_KEYS = ("model", "input_lens", "output_len", "prompt_file")
+
+
+def model_problems(model: str, input_lens: list[int], output_len: int, prompt_file: str) -> list[str]:
+    """What the model's config and tokenizer (no weights) say about the spec: a model that cannot be resolved,
+    lengths beyond its maximum positions, a prompt_file with fewer tokens than the longest input."""
+    from bench_kernels.models import ModelError, resolve_model_config, resolve_tokenizer
+    from bench_kernels.workload import MIN_TEXT_TOKENS
+
+    try:
+        hf_config = resolve_model_config(model)
+    except ModelError as err:
+        return [f"model: {err}"]
+    problems = []
+    max_positions = hf_config.max_position_embeddings
+    too_long = [n for n in input_lens if n + output_len > max_positions]
+    if too_long:
+        problems.append(f"input_lens: {too_long} plus output_len {output_len} exceed the model's maximum positions "
+                        f"{max_positions} (model {model!r}); allowed: input_len + output_len <= {max_positions}")
+    path = resolve_project_path(prompt_file) if prompt_file else None
+    if path is not None and path.is_file():  # a missing file is the prompt_file key's own error
+        needed = max(max(input_lens), MIN_TEXT_TOKENS)
+        try:
+            tokens = len(resolve_tokenizer(model)(path.read_text(encoding="utf-8"),
+                                                  add_special_tokens=False)["input_ids"])
+        except (OSError, ValueError) as err:
+            problems.append(f"prompt_file: {path} cannot be tokenized with the model's tokenizer: {err}")
         else:
-            got = item.get("input")
-            got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) or len(repr(got)) < 80 else ""
-            message = str(item["msg"]).removeprefix("Value error, ")
-            if not item["loc"]:  # a rule across keys: its message names them
-                lines.append(f"  {message}")
-                continue
-            lines.append(f"  {key}: {message}{got_text}")
-    return f"invalid sweep spec {source}:\n" + "\n".join(lines)
+            if tokens < needed:
+                problems.append(f"prompt_file: {path} has {tokens} tokens (model {model!r}'s tokenizer), fewer than "
+                                f"the longest input needs ({needed}); give a longer text (empty: the packaged text)")
+    return problems
 
 
-def check_against_model(cfg: SweepConfig, max_positions: int, source: str = "") -> None:
-    """Reject lengths the model cannot hold (prompt + output beyond its maximum positions)."""
-    if cfg.max_total_len > max_positions:
-        too_long = [n for n in cfg.input_lens if n + cfg.output_len > max_positions]
-        raise ConfigError(
-            f"invalid sweep spec {source}:\n  input_lens: {too_long} plus output_len {cfg.output_len} exceed "
-            f"the model's maximum positions {max_positions} (model {cfg.model!r}); "
-            f"allowed: input_len + output_len <= {max_positions}"
-        )
-
-
-def parse_config(data: Mapping[str, Any], source: str = "<parameters>") -> SweepConfig:
-    """Validate a mapping of parameters; raise ConfigError listing every problem."""
+def parse_config(data: Mapping[str, Any], source: str = "<parameters>", *, check_model: bool = False) -> SweepConfig:
+    """Validate a mapping of parameters; raise ConfigError listing every problem at once. check_model: also the
+    lengths and the prompt file against the model's config and tokenizer (model_problems)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"invalid sweep spec {source}: expected a mapping of keys, got {type(data).__name__}")
-    moved = [f"  {key}: this key has moved; use {MOVED_KEYS[key]}" for key in data if key in MOVED_KEYS]
+    moved = [f"{key}: this key has moved; use {MOVED_KEYS[key]}" for key in data if key in MOVED_KEYS]
+    fields = {k: v for k, v in data.items() if k not in MOVED_KEYS}
+    spec_dir = fields.get("spec_dir")
+    if isinstance(spec_dir, str) and spec_dir and Path(spec_dir).expanduser().is_dir():
+        # papermill passes the spec's values only; spec_dir (-p spec_dir FOLDER) says where its relative paths start.
+        # Notebook parameters always carry reports_dir: at its default it means what a spec without one means.
+        folder = Path(spec_dir).expanduser().resolve()
+        if fields.get("reports_dir", DEFAULT_REPORTS_DIR) == DEFAULT_REPORTS_DIR:
+            fields["reports_dir"] = str(default_reports_dir(folder))
+        fields = _relative_to(folder, {**fields, "spec_dir": str(folder)})
     try:
-        cfg = SweepConfig(**{k: v for k, v in data.items() if k not in MOVED_KEYS})
+        cfg = SweepConfig.model_validate(fields, context={"check_model": check_model})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source) + "".join(f"\n{m}" for m in moved)) from None
+        problems = _error_lines(err)
+        bad_keys = {str(item["loc"][0]) for item in err.errors() if item["loc"]}
+        # Rules across keys run only once every key is valid; the model's rules need only their own keys.
+        if check_model and bad_keys and not bad_keys & set(MODEL_KEYS):
+            values = {key: _yaml_if_text(fields[key]) if key in fields
+                      else SweepConfig.model_fields[key].get_default(call_default_factory=True) for key in MODEL_KEYS}
+            problems += model_problems(**values)
+        raise _invalid(source, problems + moved) from None
     if moved:
-        raise ConfigError(f"invalid sweep spec {source}:\n" + "\n".join(moved))
+        raise _invalid(source, moved)
     return cfg
 
 
@@ -384,9 +456,11 @@ def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, *, check_model: bool = True) -> SweepConfig:
-    """Read and validate a params YAML; its relative paths are taken from the YAML file's folder, and without a
-    reports_dir it writes to its project's reports/ (or, outside a project, to reports/ beside it)."""
+def load_config(path: str | Path, *, check_model: bool = True,
+                overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a params YAML (overrides replacing some of its keys); its relative paths are taken from the
+    YAML file's folder, and without a reports_dir it writes to its project's reports/ (or, outside a project, to
+    reports/ beside it)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
@@ -396,24 +470,34 @@ def load_config(path: str | Path, *, check_model: bool = True) -> SweepConfig:
         raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
     if isinstance(data, dict):
         folder = path.resolve().parent
-        # Without reports_dir: the project's reports/ for a spec inside a project, else reports/ beside the spec.
-        data = _relative_to(folder, {"reports_dir": str((find_project(folder) or folder) / "reports"), **data})
-    cfg = parse_config(data, str(path))
-    if check_model:
-        validate_model(cfg, str(path))
-    return cfg
+        if isinstance(data.get("spec_dir"), str) and data["spec_dir"]:
+            folder = (folder / Path(data["spec_dir"]).expanduser()).resolve()
+        data = _relative_to(folder, {"reports_dir": str(default_reports_dir(folder)), **data, **(overrides or {}),
+                                     "spec_dir": str(folder)})
+    return parse_config(data, str(path), check_model=check_model)
+
+
+def default_reports_dir(spec_folder: Path) -> Path:
+    """Where a spec without reports_dir writes: its project's reports/ for a spec inside a project, else reports/
+    beside the spec."""
+    return (find_project(spec_folder) or spec_folder) / "reports"
 
 
 def validate_model(cfg: SweepConfig, source: str = "") -> Any:
-    """Resolve the model's config (cheap: no weights), check the sweep's lengths against it; return it."""
-    from bench_kernels.models import ModelError, resolve_model_config
+    """Check an already parsed spec against its model (model_problems); return the model's config."""
+    from bench_kernels.models import resolve_model_config
 
-    try:
-        hf_config = resolve_model_config(cfg.model)
-    except ModelError as err:
-        raise ConfigError(f"invalid sweep spec {source}:\n  model: {err}") from None
-    check_against_model(cfg, hf_config.max_position_embeddings, source)
-    return hf_config
+    problems = model_problems(cfg.model, cfg.input_lens, cfg.output_len, cfg.prompt_file)
+    if problems:
+        raise _invalid(source, problems)
+    return resolve_model_config(cfg.model)
+
+
+def family_warnings(cfg: SweepConfig, hf_config: Any) -> list[str]:
+    """Runtimes of the sweep that do not run the model's family (its config's model_type): their rows will be
+    unavailable, with that reason."""
+    reasons = (get_runtime(name).model_unavailable_reason(hf_config) for name in cfg.runtimes)
+    return [f"{reason}: its rows will be unavailable" for reason in reasons if reason]
 
 
 def check_device(cfg: SweepConfig, source: str = "") -> None:
@@ -431,8 +515,11 @@ def config_from_namespace(namespace: Mapping[str, Any], *, for_report: bool = Fa
     for_report: the report reads results only, so neither the model nor the device must be reachable here.
     """
     data = {name: namespace[name] for name in SweepConfig.model_fields if name in namespace}
-    cfg = parse_config(data, "<notebook parameters>")
+    cfg = parse_config(data, "<notebook parameters>", check_model=not for_report)
     if not for_report:
-        validate_model(cfg, "<notebook parameters>")
+        from bench_kernels.models import resolve_model_config
+
         check_device(cfg, "<notebook parameters>")
+        for warning in family_warnings(cfg, resolve_model_config(cfg.model)):
+            log.warning("warning: %s", warning)
     return cfg

@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_kernels.architecture import DECODER_MODEL_TYPES
+
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+SUPPORTED_MODEL_TYPES = DECODER_MODEL_TYPES
 ROPE_TYPES = ("default", "llama3", "longrope")
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]

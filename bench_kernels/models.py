@@ -7,7 +7,6 @@ import importlib.metadata
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from bench_kernels.architecture import kv_bytes_per_token, parameter_counts, preset_fields, preset_names
-from bench_kernels.paths import cache_dir, resolve_project_path
+from bench_kernels.paths import cache_dir, resolve_project_path, temporary_dir
 from bench_kernels.precisions import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ def convert_embedded() -> Path:
     # A GGUF-loaded model refuses save_pretrained; a fresh model of the same config accepts its weights.
     fresh = type(gguf_model)(gguf_model.config)
     fresh.load_state_dict(gguf_model.state_dict())
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    staging = temporary_dir(target.parent, target.name)
     fresh.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     # Rename into place so a killed conversion never leaves a half-written cache.
@@ -157,6 +156,21 @@ def resolve_model_config(model: str) -> Any:
                 "if the hub is unreachable from this machine, download the model elsewhere and use 'local:<folder>'"
             ) from None
     raise ModelError(f"unknown model {model!r}; allowed: 'embedded', 'preset:<name>', 'local:<folder>', 'hub:<id>'")
+
+
+def resolve_tokenizer(model: str) -> Any:
+    """The model's tokenizer without its weights (validation tokenizes the prompt file with it)."""
+    from transformers import AutoTokenizer
+
+    kind, _, ref = model.partition(":")
+    if model == "embedded":
+        if _embedded_cached():
+            return AutoTokenizer.from_pretrained(embedded_cache_dir())
+        gguf = embedded_gguf_path()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if kind == "preset":
+        return packaged_tokenizer()
+    return AutoTokenizer.from_pretrained(resolve_project_path(ref) if kind == "local" else ref)
 
 
 def _local_weights_id(folder: Path) -> str:

@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ import torch
 from bench_kernels.architecture import parameter_counts
 from bench_kernels.decoder import Decoder
 from bench_kernels.models import LoadedModel
-from bench_kernels.paths import cache_dir as cache_root
+from bench_kernels.paths import cache_dir as cache_root, temporary_dir
 from bench_kernels.precisions import INT4_PRECISIONS  # the weights (AWQ-scaled or not) are the caller's
 from bench_kernels.quantization import int4_codes, int4_group_size
 
@@ -162,7 +161,7 @@ def export_decoder(
 
     start_s = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=cache_dir))
+    tmp = temporary_dir(cache_dir, entry.name)
     float_entry = cache_dir / cache_entry_name(decoder, model_key, dtype, external_data)
     reuse = reuse_float_export and int4_format is not None and (float_entry / META_FILE).exists()
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 
 from bench_kernels.config import SweepConfig
+from bench_kernels.console import quiet_libraries
 from bench_kernels.deployments import Deployment, deployments
 from bench_kernels.errors import readable_error
 from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
@@ -69,6 +69,7 @@ def options_text(options: Any) -> str:
 
 
 def make_context(cfg: SweepConfig, progress: ProgressFn | None = None) -> SweepContext:
+    quiet_libraries()
     device = pick_device(cfg.device)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -108,13 +109,14 @@ def unsupported_precision(runtime_cls: type[Runtime], precision: str) -> str | N
 
 
 def unavailable(ctx: SweepContext, deployment: Deployment, *, building: bool = False) -> str | None:
-    """Why this deployment cannot run (or, building, cannot build) here, or None."""
+    """Why this deployment cannot run (or, building, cannot build) here, or None; the model's family first, since
+    no machine would change that."""
     runtime_cls = get_runtime(deployment.runtime)
+    config = resolve_model_config(ctx.cfg.model)
     device_reason = (runtime_cls.build_unavailable_reason if building else runtime_cls.unavailable_reason)(
         ctx.device, deployment.precision)
-    return (unsupported_precision(runtime_cls, deployment.precision) or device_reason
-            or runtime_cls.options_unavailable_reason(deployment.options, ctx.device,
-                                                      resolve_model_config(ctx.cfg.model)))
+    return (runtime_cls.model_unavailable_reason(config) or unsupported_precision(runtime_cls, deployment.precision)
+            or device_reason or runtime_cls.options_unavailable_reason(deployment.options, ctx.device, config))
 
 
 def run_build_stage(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataFrame:
@@ -159,7 +161,9 @@ def _build_deployment(ctx: SweepContext, deployment: Deployment) -> None:
         row.update(status="ok", link_gbps=runtime.link_gbps, **_build_columns(info))
         reason = runtime_cls.unavailable_reason(ctx.device, deployment.precision)
         if reason:
-            row["notes"] = f"{row['notes']}; inference unavailable here: {reason}"
+            discarded = runtime.discard_build()
+            row["notes"] = f"{row['notes']}; inference unavailable here: {reason}" + (
+                f"; {discarded}" if discarded else "")
     except Exception as err:  # noqa: BLE001 - a failed build is a row, the sweep goes on
         ctx.log_failure(label, err)
         row.update(status="error", error=readable_error(err))
@@ -274,19 +278,26 @@ def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
 
 
 class SweepMeter:
-    """A progress bar with an ETA over every shape a sweep still has to measure, as text (tqdm's format), so it
-    reads the same in a notebook, on the command line and in a log."""
+    """A progress bar with an ETA over every shape a sweep still has to measure: drawn live on stderr when that is a
+    terminal (tqdm), not at all elsewhere, so a log, a pipe or a notebook gets the result lines on their own."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.started = total, 0, time.perf_counter()
-
-    def advance(self, shapes: int = 1) -> str:
-        """Count finished shapes; the bar to print after them."""
         from tqdm import tqdm
 
-        self.done = min(self.done + shapes, self.total)
-        return tqdm.format_meter(self.done, self.total, time.perf_counter() - self.started, unit="shape",
-                                 prefix="sweep", ncols=80)
+        self.bar = tqdm(total=total, unit="shape", desc="sweep", disable=None, leave=False, dynamic_ncols=True)
+
+    def advance(self, shapes: int = 1) -> None:
+        self.bar.update(shapes)
+
+    def around(self, progress: ProgressFn) -> ProgressFn:
+        """progress, the bar cleared while it prints a line and drawn again below it."""
+        def say(message: str) -> None:
+            with self.bar.external_write_mode():
+                progress(message)
+        return say
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run_inference_sweep(cfg: SweepConfig, runtime_name: str, progress: ProgressFn | None = None,
@@ -330,8 +341,9 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
     if not todo and not scores:
         return
 
-    def bar(shapes_done: int = 1) -> str:
-        return f"  {meter.advance(shapes_done)}" if meter is not None else ""
+    def advance(shapes_done: int = 1) -> None:
+        if meter is not None:
+            meter.advance(shapes_done)
 
     def write_quality(status: str, **columns: Any) -> None:
         ctx.store.append({**ctx.base_row("quality", runtime_name, precision, deployment.options),
@@ -349,7 +361,8 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
             write("unavailable", b, s, error=reason)
         if scores:
             write_quality("unavailable", error=reason)
-        ctx.progress(f"{name}: unavailable: {reason}" + (bar(len(todo)) if todo else ""))
+        ctx.progress(f"{name}: unavailable: {reason}")
+        advance(len(todo))
         return
     runtime = None
     try:
@@ -363,7 +376,8 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
             write("error", b, s, error=f"prepare failed: {readable_error(err)}")
         if scores:
             write_quality("error", error=f"prepare failed: {readable_error(err)}")
-        ctx.progress(f"{name}: prepare failed: {readable_error(err)}" + (bar(len(todo)) if todo else ""))
+        ctx.progress(f"{name}: prepare failed: {readable_error(err)}")
+        advance(len(todo))
         _release(runtime)
         return
     build_columns = _build_columns(build) if build else {}
@@ -389,11 +403,13 @@ def _measure_deployment(ctx: SweepContext, deployment: Deployment, meter: SweepM
                 columns = _merged(columns, _profile(ctx, runtime, deployment, ids))
             write("ok", batch_size, input_len, measured.samples(), link_gbps=runtime.link_gbps, **columns)
             ctx.progress(f"{label}: {summary['tokens_per_s']:.1f} tokens/s, "
-                         f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms{bar()}")
+                         f"TTFT p50 {summary['ttft_ms_p50']:.1f} ms, ITL p50 {summary['itl_ms_p50']:.1f} ms")
+            advance()
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: a row with the message, sweep goes on
             ctx.log_failure(label, err)
             write("error", batch_size, input_len, error=readable_error(err))
-            ctx.progress(f"{label}: error: {readable_error(err)}{bar()}")
+            ctx.progress(f"{label}: error: {readable_error(err)}")
+            advance()
             _release()
     if scores:  # after the timed shapes: scoring's long windows must not perturb them
         write_quality(**_perplexity(ctx, runtime, precision, loaded))
@@ -407,9 +423,13 @@ def run_sweeps(cfg: SweepConfig, progress: ProgressFn | None = None) -> pd.DataF
     finished = ctx.store.finished_keys()
     meter = SweepMeter(sum(len(_todo(ctx, deployment, finished)) for runtime_name in cfg.runtimes
                            for deployment in deployments(cfg, runtime_name, ctx.device)))
+    said = meter.around(ctx.progress)
     results = ctx.store.load()
-    for runtime_name in sorted(cfg.runtimes, key=lambda name: name != "reference"):
-        results = run_inference_sweep(cfg, runtime_name, progress, meter)
+    try:
+        for runtime_name in sorted(cfg.runtimes, key=lambda name: name != "reference"):
+            results = run_inference_sweep(cfg, runtime_name, said, meter)
+    finally:
+        meter.close()
     return results
 
 

@@ -35,9 +35,13 @@ def load_text(prompt_file: str = "") -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
+# The fewest tokens a prompt text may have, whatever the input lengths (prompts wrap around the text).
+MIN_TEXT_TOKENS = 16
+
+
 def text_token_ids(tokenizer: Any, text: str) -> list[int]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < 16:
+    if len(ids) < MIN_TEXT_TOKENS:
         raise ValueError(f"prompt text has only {len(ids)} tokens; give a longer prompt_file")
     return list(ids)
 

@@ -109,9 +109,10 @@ def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1
     assert "runtimes: unknown runtime(s) ['nope']" in done.stderr and "'reference'" in done.stderr
-    good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(write(tmp_path))],
+    one_shape = write(tmp_path, batch_sizes=[1])
+    good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(one_shape)],
                           capture_output=True, text=True, cwd=ROOT)
-    assert good.returncode == 0 and "valid" in good.stdout
+    assert good.returncode == 0 and "valid" in good.stdout and "; 1 shape per runtime;" in good.stdout
 
 
 def test_precisions_by_runtime_name_the_bad_runtime_or_precision() -> None:
@@ -126,3 +127,33 @@ def test_precisions_by_runtime_name_the_bad_runtime_or_precision() -> None:
         parse_config({**spec, "precisions_by_runtime": {"reference": ["fp8"]}})
     cfg = parse_config({**spec, "precisions_by_runtime": {"reference": ["bf16", "fp8"], "onnxruntime": ["fp8"]}})
     assert cfg.precisions_for("reference") == ["bf16"] and cfg.precisions_for("compiled") == ["fp32", "bf16"]
+
+
+def test_every_problem_at_once_the_models_included(tmp_path: Path) -> None:
+    """A bad key, a rule across keys and the model's maximum positions, all in the first round."""
+    message = error_of(tmp_path, input_lens=[1_000_000_000], workload={"input_len": 64})
+    assert "workload.input_len 64 is not measured; allowed: [1000000000]" in message
+    assert "input_lens: [1000000000] plus output_len 4 exceed the model's maximum positions 8192" in message
+    message = error_of(tmp_path, seed=-1, input_lens=[8, 8190], precisions_by_runtime={"referance": ["fp32"]})
+    assert "seed: Input should be greater than or equal to 0 (got -1)" in message
+    assert "input_lens: [8190] plus output_len 4 exceed" in message
+    message = error_of(tmp_path, precisions_by_runtime={"referance": ["fp32"]}, workload={"input_len": 64})
+    assert "precisions_by_runtime.referance: unknown runtime" in message and "workload.input_len 64" in message
+
+
+def test_a_value_the_message_quotes_is_said_once() -> None:
+    for given in ([0], "[0]"):  # from a YAML file, and from papermill's -p batch_sizes "[0]"
+        with pytest.raises(ConfigError) as info:
+            parse_config({**GOOD, "batch_sizes": given})
+        assert "batch_sizes: every value must be >= 1, got [0]" in str(info.value)
+        assert str(info.value).count("[0]") == 1, str(info.value)
+
+
+def test_prompt_file_too_short_for_the_longest_input_is_refused(tmp_path: Path) -> None:
+    """Counted with the model's own tokenizer (the packaged SmolLM2 one for a preset) before any weights load."""
+    (tmp_path / "short.txt").write_text("Only a few words here, about twenty tokens in all, and no more than that.")
+    message = error_of(tmp_path, model="preset:smollm2-135m", prompt_file="short.txt", input_lens=[8, 64])
+    assert f"prompt_file: {tmp_path / 'short.txt'} has " in message
+    assert "fewer than the longest input needs (64)" in message
+    (tmp_path / "long.txt").write_text("Enough words to cut every prompt of the sweep from real text. " * 8)
+    assert load_config(write(tmp_path, model="preset:smollm2-135m", prompt_file="long.txt", input_lens=[8, 64]))

@@ -69,6 +69,8 @@ class Runtime(ABC):
     # host (it is only exported) and GPU memory is measured device-wide, not from torch's allocator.
     runs_torch_model: ClassVar[bool] = True
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
+    # The model families (config.json's model_type) this runtime runs; None: every family transformers loads.
+    model_types: ClassVar[tuple[str, ...] | None] = None
     options_class: ClassVar[type] = NoOptions
     # True: the prefill computes logits for every prompt position ([B, S, V]); False: for the last one only.
     prefill_logits_every_position: ClassVar[bool] = False
@@ -117,6 +119,13 @@ class Runtime(ABC):
     def gpu_count(cls, options: Any, device: torch.device) -> int:
         """How many devices one deployment with these options uses (a row's gpu_count)."""
         return 1
+
+    @classmethod
+    def model_unavailable_reason(cls, config: Any) -> str | None:
+        """None when this runtime runs the model's family (read from its config, no weights), else why not."""
+        if cls.model_types is None or config.model_type in cls.model_types:
+            return None
+        return f"{cls.name} does not run model family {config.model_type!r} (it runs {', '.join(cls.model_types)})"
 
     @classmethod
     def options_unavailable_reason(cls, options: Any, device: torch.device, config: Any) -> str | None:
@@ -197,6 +206,11 @@ class Runtime(ABC):
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo | None:
         """Export / build / compile for these shapes; None when the runtime has no build step."""
         return None
+
+    def discard_build(self) -> str:
+        """Delete what prepare built, on a machine where this runtime cannot run it: built there only for the build
+        row's figures, which are written. Returns a note for that row ('' when nothing was deleted)."""
+        return ""
 
     @abstractmethod
     def generate(self, input_ids: torch.Tensor, output_len: int, timer: StepTimer) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from bench_kernels.architecture import DECODER_MODEL_TYPES
 from bench_kernels.runtimes.base import OPTIONS_CONFIG, Runtime, distribution_version, options_dataclass
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class CompiledBase(Runtime):
     the `compiled` runtime, whichever job (one process, or the coordinator of tensor-parallel ranks) runs it."""
 
     name = "compiled"
+    model_types = DECODER_MODEL_TYPES  # the shared decoder's families
     description = ("the shared decoder with a static KV cache under torch.compile, CUDA graphs and Triton kernels; "
                    "tensor parallel over several GPUs")
     needs_build = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from bench_kernels.architecture import DECODER_MODEL_TYPES
 from bench_kernels.precisions import INT4_PRECISIONS
 from bench_kernels.runtimes.base import BuildInfo, Runtime, distribution_version
 
@@ -22,6 +23,7 @@ class OnnxRuntimeRuntime(Runtime):
     """The exported decoder on ONNX Runtime: CPU provider here, CUDA provider with onnxruntime-gpu."""
 
     name = "onnxruntime"
+    model_types = DECODER_MODEL_TYPES  # the shared decoder's families
     description = "the shared decoder exported to ONNX, generated step by step on ONNX Runtime"
     needs_build = True
     runs_torch_model = False

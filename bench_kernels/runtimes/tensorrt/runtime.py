@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
+from bench_kernels.architecture import DECODER_MODEL_TYPES
 from bench_kernels.precisions import INT4_PRECISIONS
 from bench_kernels.runtimes.base import OPTIONS_CONFIG, QUALITY_LOGIT_ROWS, BuildInfo, Runtime, options_dataclass
 
@@ -59,6 +60,7 @@ class TensorRTRuntime(Runtime):
     """Engine built strongly typed from the exported decoder, with prefill and decode profiles from the sweep."""
 
     name = "tensorrt"
+    model_types = DECODER_MODEL_TYPES  # the shared decoder's families
     description = "the shared decoder's ONNX graph built into a strongly typed TensorRT engine"
     needs_build = True
     options_class = TensorRTOptions
@@ -115,6 +117,15 @@ class TensorRTRuntime(Runtime):
                  f"{self.engine.peak_build_rss_gb:.2f} GB; ONNX export {self.export.build_s:.1f} s "
                  f"({self.export.artifact_mb:.0f} MB{rounded}) not included in build_s; profiles: {ranges}")
         return BuildInfo(self.engine.build_s, self.engine.engine_mb, self.engine.cache_hit, notes)
+
+    def discard_build(self) -> str:
+        """The engine, its checksum and build record: an engine that cannot run here is kept for nothing (the embedded
+        135M model's engines are 0.7-1.1 GB each), and a rerun keeps the finished build row rather than build again."""
+        path = self.engine.path
+        for built in (path, path.with_name(path.name + ".sha256"), path.with_suffix(".json")):
+            built.unlink(missing_ok=True)
+        return (f"built here for its build figures (build time, engine size) only: the {self.engine.engine_mb:.0f} MB "
+                "engine cannot run on this machine and was deleted")
 
     def weight_bytes(self) -> int:
         return self.export.weight_bytes(self.loaded.config)
