@@ -115,7 +115,7 @@ def test_inference_rows_are_unavailable_with_the_reason(tmp_path: Path, tiny_loc
 def test_int4_precisions_build_rows_and_unavailable_inference(tmp_path: Path, tiny_local_model: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """int4 and int4-awq build real engines here, each from its own export; inference rows say why they cannot run.
-    (This model's projections are too small for int4 to shrink its engine: test_trt_engine checks the size.)"""
+    (This model's projections are too small for int4 to shrink its engine: test_engine checks the size.)"""
     monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path / "cache"))  # every export and build is real
     cfg = parse_config({"run_name": "trt-int4", "model": f"local:{tiny_local_model}", "runtimes": ["tensorrt"],
                         "precisions": ["bf16", "int4", "int4-awq"], "batch_sizes": [1], "input_lens": [8],
