@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from bench_kernels.decoder import (
     position_ids_from_mask,
     rope_inv_freq,
 )
-from bench_kernels.models import load_model
+from tests.embedded import embedded_fp32_model
 
 MAX_REL_ERR = 1e-4
 
@@ -58,11 +57,9 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@functools.cache
 def embedded_reference():
-    """The embedded SmolLM2-135M-Instruct (the product's loader: GGUF converted once) in fp32, left-padding tokenizer."""
-    loaded = load_model("embedded", "fp32", "cpu")
-    loaded.tokenizer.padding_side = "left"
+    """The embedded SmolLM2-135M-Instruct in fp32 and its left-padding tokenizer, loaded once per test run."""
+    loaded = embedded_fp32_model()
     return loaded.hf_model, loaded.tokenizer
 
 

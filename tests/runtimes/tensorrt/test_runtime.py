@@ -12,7 +12,6 @@ import torch
 from bench_kernels.config import parse_config
 from bench_kernels.measure import StepTimer
 from bench_kernels.models import load_model
-from bench_kernels.onnx_export import export_model
 from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
 from bench_kernels.runtimes.tensorrt.engine import (ShapeOutsideProfiles, TensorRTRuntimeError, build_engine,
                                                     profile_for, profiles_for_sweep)
@@ -23,7 +22,7 @@ CPU = torch.device("cpu")
 FLAVOR, VERSION, REASON = tensorrt_status(CPU)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _needs_tensorrt() -> None:
     if not FLAVOR:
         if os.environ.get("CI"):
@@ -31,8 +30,8 @@ def _needs_tensorrt() -> None:
         pytest.skip(f"no TensorRT module imports: {REASON}")
 
 
-def test_embedded_model_engine_builds_and_caches(tmp_path: Path) -> None:
-    export = export_model(load_model("embedded", "fp32", CPU), "fp32")
+def test_embedded_model_engine_builds_and_caches(tmp_path: Path, embedded_fp32_export) -> None:
+    export, _ = embedded_fp32_export
     profiles = profiles_for_sweep([1, 2], [8, 16], 4)
     first = build_engine(export.path, profiles, tmp_path)
     assert not first.cache_hit and first.build_s > 0 and first.engine_mb > 50 and first.flavor == FLAVOR
@@ -69,13 +68,15 @@ def test_shape_outside_profiles_rebuilds_or_refuses(tiny_local_model: Path, tmp_
         strict.ensure_shape(4, 8, 4)
 
 
-@pytest.fixture
-def strict_runtime(tiny_local_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TensorRTRuntime:
-    """A real engine for a sweep of batch 8, input 8, output 4, that never rebuilds."""
-    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))
-    runtime = TensorRTRuntime(load_model(f"local:{tiny_local_model}", "fp32", CPU), "fp32", CPU,
-                              TensorRTOptions(allow_rebuild=False))
-    runtime.prepare([8], [8], 4)
+@pytest.fixture(scope="module")
+def strict_runtime(tiny_local_model: Path, tmp_path_factory: pytest.TempPathFactory) -> TensorRTRuntime:
+    """A real engine for a sweep of batch 8, input 8, output 4, that never rebuilds (built once: the tests using it
+    only ask it about shapes and fail to load it)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path_factory.mktemp("strict-cache")))
+        runtime = TensorRTRuntime(load_model(f"local:{tiny_local_model}", "fp32", CPU), "fp32", CPU,
+                                  TensorRTOptions(allow_rebuild=False))
+        runtime.prepare([8], [8], 4)
     return runtime
 
 
