@@ -10,16 +10,13 @@ import pytest
 
 from bench_kernels.decision import (Targets, configurations, cost_table, deployment_gpus, goodput_share,
                                     recommend, summary_facts)
-from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS
+from tests.rows import typed_frame
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     base = {"stage": "inference", "status": "ok", "model": "m", "weights": "real", "input_len": 128,
             "output_len": 128}
-    df = pd.DataFrame([{c: {**base, **r}.get(c, "") for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for column in NUMERIC_COLUMNS:
-        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
-    return df
+    return typed_frame(rows, base)
 
 
 def config(runtime: str, precision: str, batch: int, tps: float, ttft: float, itl: float, **extra: object) -> dict:

@@ -14,8 +14,9 @@ from bench_kernels.analysis import GATE_MARK, WINNER_MARK, decision_matrix
 from bench_kernels.config import parse_config
 from bench_kernels.quality import (first_divergence_p50, fp8_round_trip_, perplexity, perplexity_windows,
                                    ppl_delta_pct, window_nll)
-from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS, ResultsStore
+from bench_kernels.results import ResultsStore
 from bench_kernels.sweep import run_sweeps
+from tests.rows import typed_frame
 
 
 def test_nll_and_perplexity_of_a_case_worked_by_hand() -> None:
@@ -97,10 +98,7 @@ def test_presets_get_no_perplexity(tmp_path: Path) -> None:
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     base = {"weights": "real", "output_len": 4, "status": "ok", "runtime_precisions": "fp32 fp16 bf16 fp8"}
-    df = pd.DataFrame([{c: {**base, **r}.get(c, "") for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for column in NUMERIC_COLUMNS:
-        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
-    return df
+    return typed_frame(rows, base)
 
 
 def test_a_configuration_over_the_gate_is_marked_and_never_starred() -> None:

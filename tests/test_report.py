@@ -16,18 +16,16 @@ from bench_kernels.decision import Targets, configurations, cost_table, recommen
 from bench_kernels.report import (availability_notes, build_table, method_notes, profiles_html, provenance_table,
                                   recommendation_html, results_table, roofline_html, roofline_table, scaling_table,
                                   several_gpus_html, unmeasured_summary)
-from bench_kernels.results import COLUMNS, NUMERIC_COLUMNS, load_results
+from bench_kernels.results import load_results
 from bench_kernels.sweep import run_sweeps
+from tests.rows import typed_frame
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     base = {"run_name": "t", "model": "m", "weights": "real", "device": "cpu", "cpu_name": "cpu", "output_len": 4,
             "warmup": 1, "repeats": 2, "timestamp": "2026-11-27T00:00:00+00:00", "runtime_version": "v 1",
             "runtime_precisions": "fp32 fp16 bf16", "runtime_needs_build": "false"}
-    df = pd.DataFrame([{c: {**base, **r}.get(c, "") for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for column in NUMERIC_COLUMNS:
-        df[column] = pd.to_numeric(df[column].replace("", None), errors="coerce")
-    return df
+    return typed_frame(rows, base)
 
 
 def ok(runtime: str, batch: int, length: int, tps: float, precision: str = "fp32", **extra: object) -> dict:
