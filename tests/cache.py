@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def use_test_cache() -> Path:
-    """Point BENCH_KERNELS_CACHE (read by bench_kernels.paths.cache_dir, inherited by subprocesses) at the tests' cache."""
+    """Point BENCH_KERNELS_CACHE (read by bench_kernels.paths.cache_dir, inherited by subprocesses) at the tests'
+    cache."""
     folder = Path(os.environ.get("BENCH_KERNELS_TEST_CACHE") or Path.home() / ".cache" / "bench_kernels-tests")
     os.environ["BENCH_KERNELS_CACHE"] = str(folder.expanduser())
     return folder

@@ -3,12 +3,15 @@ local HF folder."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from tests.cache import use_test_cache
+from tests.embedded import embedded_fp32_model
 
 ROOT = Path(__file__).resolve().parents[1]
 use_test_cache()  # before any test (or subprocess it starts) converts, exports or builds anything
@@ -34,3 +37,28 @@ def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     packaged_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def embedded_fp32_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """The embedded model's decoder exported in fp32 once per test run into a fresh cache folder: (record, folder).
+
+    The entry is also placed in the tests' cache under the name export_model gives it, so the runtimes' later
+    exports of this model (ONNX Runtime, TensorRT, the end-to-end run) find it instead of exporting again."""
+    from bench_kernels.decoder import Decoder
+    from bench_kernels.onnx_export import export_decoder
+    from bench_kernels.paths import cache_dir
+
+    loaded = embedded_fp32_model()
+    folder = tmp_path_factory.mktemp("onnx_cache")
+    record = export_decoder(Decoder.from_hf(loaded.hf_model), f"{loaded.name}-{loaded.weights_id}", "fp32", folder)
+    cached = cache_dir("onnx") / record.path.parent.name
+    if not cached.exists():
+        staging = cached.with_name(f".tmp-{cached.name}-tests")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(record.path.parent, staging)
+        try:
+            staging.rename(cached)
+        except OSError:  # another run placed it first
+            shutil.rmtree(staging)
+    return record, folder

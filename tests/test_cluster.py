@@ -32,7 +32,8 @@ def test_ray_sweep_gives_the_serial_rows_and_resumes(tmp_path: Path, tiny_local_
 
     serial_rows, ray_rows = ResultsStore(serial_cfg.run_dir).rows(), ResultsStore(ray_cfg.run_dir).rows()
     assert len(serial_rows) == len(serial) == 12  # builds, shapes, and a perplexity row per deployment
-    perplexity = {(r["runtime"], r["gpu_count"]): float(r["perplexity"]) for r in serial_rows if r["stage"] == "quality"}
+    perplexity = {(r["runtime"], r["gpu_count"]): float(r["perplexity"])
+                  for r in serial_rows if r["stage"] == "quality"}
     # Two ranks score through the sharded decoder and its gathered vocabulary: the same perplexity as one.
     assert perplexity[("compiled", "2")] == pytest.approx(perplexity[("compiled", "1")], rel=1e-4)
     assert sorted(map(row_key, ray_rows)) == sorted(map(row_key, serial_rows))

@@ -4,7 +4,6 @@ Qwen3 and Phi-3 models; the helpers that run a tiny Phi-3 or Qwen3 through a run
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import pytest
@@ -34,10 +33,11 @@ from bench_kernels.decoder import (
     rope_inv_freq,
     unfuse_projections,
 )
-from bench_kernels.measure import StepTimer
-from bench_kernels.models import LoadedModel, load_model, packaged_tokenizer
+from bench_kernels.timing import StepTimer
+from bench_kernels.models import LoadedModel, packaged_tokenizer
 from bench_kernels.quality import perplexity, perplexity_windows
 from bench_kernels.workload import make_prompts, packaged_text, text_token_ids
+from tests.embedded import embedded_fp32_model
 
 MAX_REL_ERR = 1e-4
 
@@ -83,11 +83,9 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@functools.cache
 def embedded_reference():
-    """The embedded SmolLM2-135M-Instruct (the product's loader: GGUF converted once) in fp32, left-padding tokenizer."""
-    loaded = load_model("embedded", "fp32", "cpu")
-    loaded.tokenizer.padding_side = "left"
+    """The embedded SmolLM2-135M-Instruct in fp32 and its left-padding tokenizer, loaded once per test run."""
+    loaded = embedded_fp32_model()
     return loaded.hf_model, loaded.tokenizer
 
 

@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
 
 from bench_kernels import plots
-from tests.rows import typed_frame
+from bench_kernels.results import typed_frame
 
 matplotlib.use("Agg")
 

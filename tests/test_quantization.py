@@ -85,7 +85,8 @@ def test_awq_folding_keeps_the_float_function_and_never_loses_to_round_to_neares
     fold_awq_scales(scaled, awq)
     with torch.no_grad():
         after = scaled(input_ids=ids).logits
-        assert not torch.equal(scaled.model.layers[0].self_attn.q_proj.weight, model.model.layers[0].self_attn.q_proj.weight)
+        q_proj = scaled.model.layers[0].self_attn.q_proj.weight
+        assert not torch.equal(q_proj, model.model.layers[0].self_attn.q_proj.weight)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 

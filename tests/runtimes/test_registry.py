@@ -57,7 +57,8 @@ class EagerDecoderRuntime(Runtime):
 
     def first_step_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            past = [(torch.zeros(input_ids.shape[0], self.decoder.args.num_kv_heads, 0, self.decoder.args.head_dim),) * 2
+            args = self.decoder.args
+            past = [(torch.zeros(input_ids.shape[0], args.num_kv_heads, 0, args.head_dim),) * 2
                     for _ in range(self.decoder.args.num_layers)]
             logits, _ = self.decoder(input_ids, torch.arange(input_ids.shape[1]).expand_as(input_ids),
                                      torch.ones_like(input_ids), past)

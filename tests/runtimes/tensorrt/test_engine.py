@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from bench_kernels.decoder import Decoder, DecoderArgs
 from bench_kernels.onnx_export import export_decoder
+from bench_kernels.paths import cache_dir
 from bench_kernels.runtimes.tensorrt.build import (attach_timing_cache, build_engine, default_target, onnx_files,
                                                    save_timing_cache)
 from bench_kernels.runtimes.tensorrt.deserialize import deserialize_engine
@@ -399,13 +400,11 @@ def test_one_logger_captures_errors_when_another_came_first(tensorrt: TrtModule,
 # --- static typing against tensorrt-stubs ---------------------------------------------------------
 
 
-def _prepare_tensorrt_stubs() -> None:
-    """Copy tensorrt-stubs into .cache/tensorrt-stubs with its syntax errors fixed (see mypy-tensorrt.ini)."""
+def _prepare_tensorrt_stubs(dest: Path) -> None:
+    """Copy tensorrt-stubs into dest with its syntax errors fixed (see mypy-tensorrt.ini)."""
     origin = importlib.util.find_spec("tensorrt_stubs")
     assert origin is not None and origin.origin is not None
     site = Path(origin.origin).parents[1]
-    dest = ROOT / ".cache" / "tensorrt-stubs"
-    shutil.rmtree(dest, ignore_errors=True)
     for package in ("tensorrt", "tensorrt_bindings"):
         shutil.copytree(site / package, dest / package)
     stub = dest / "tensorrt_bindings" / "tensorrt.pyi"
@@ -414,19 +413,22 @@ def _prepare_tensorrt_stubs() -> None:
     stub.write_text(text)
 
 
-def _mypy(*files: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", "mypy-tensorrt.ini", *files],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _mypy(scratch: Path, *files: str) -> subprocess.CompletedProcess[str]:
+    """mypy with mypy-tensorrt.ini, the stubs in scratch and its cache (torch's analysis, minutes cold) in the tests'
+    cache: nothing written into the checkout."""
+    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", "mypy-tensorrt.ini", "--cache-dir",
+                           str(cache_dir("mypy")), *files], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "MYPYPATH": str(scratch / "tensorrt-stubs")})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None or importlib.util.find_spec("tensorrt_stubs") is None,
                     reason="needs mypy and tensorrt-stubs (pip install --no-deps tensorrt-stubs==10.13.0.35.1)")
 def test_trt_engine_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
-    _prepare_tensorrt_stubs()
-    clean = _mypy()  # the files mypy-tensorrt.ini lists
+    _prepare_tensorrt_stubs(tmp_path / "tensorrt-stubs")
+    clean = _mypy(tmp_path)  # the files mypy-tensorrt.ini lists
     assert clean.returncode == 0, clean.stdout + clean.stderr
     typo = tmp_path / "trt_engine_typo.py"
     source = (ROOT / "bench_kernels" / "runtimes" / "tensorrt" / "runner.py").read_text()
     typo.write_text(source.replace("context.set_input_shape(", "context.set_input_shap("))
-    caught = _mypy(str(typo))
+    caught = _mypy(tmp_path, str(typo))
     assert caught.returncode == 1 and '"IExecutionContext" has no attribute "set_input_shap"' in caught.stdout

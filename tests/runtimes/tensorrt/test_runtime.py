@@ -12,7 +12,6 @@ import torch
 from bench_kernels.config import parse_config
 from bench_kernels.timing import StepTimer
 from bench_kernels.models import load_model
-from bench_kernels.onnx_export import export_model
 from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
 from bench_kernels.runtimes.tensorrt.build import build_engine
 from bench_kernels.runtimes.tensorrt.library import TensorRTRuntimeError
@@ -24,7 +23,7 @@ CPU = torch.device("cpu")
 FLAVOR, VERSION, REASON = tensorrt_status(CPU)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _needs_tensorrt() -> None:
     if not FLAVOR:
         if os.environ.get("CI"):
@@ -32,8 +31,8 @@ def _needs_tensorrt() -> None:
         pytest.skip(f"no TensorRT module imports: {REASON}")
 
 
-def test_embedded_model_engine_builds_and_caches(tmp_path: Path) -> None:
-    export = export_model(load_model("embedded", "fp32", CPU), "fp32")
+def test_embedded_model_engine_builds_and_caches(tmp_path: Path, embedded_fp32_export) -> None:
+    export, _ = embedded_fp32_export
     profiles = profiles_for_sweep([1, 2], [8, 16], 4)
     first = build_engine(export.path, profiles, tmp_path)
     assert not first.cache_hit and first.build_s > 0 and first.engine_mb > 50 and first.flavor == FLAVOR
@@ -70,13 +69,15 @@ def test_shape_outside_profiles_rebuilds_or_refuses(tiny_local_model: Path, tmp_
         strict.ensure_shape(4, 8, 4)
 
 
-@pytest.fixture
-def strict_runtime(tiny_local_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TensorRTRuntime:
-    """A real engine for a sweep of batch 8, input 8, output 4, that never rebuilds."""
-    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))
-    runtime = TensorRTRuntime(load_model(f"local:{tiny_local_model}", "fp32", CPU), "fp32", CPU,
-                              TensorRTOptions(allow_rebuild=False))
-    runtime.prepare([8], [8], 4)
+@pytest.fixture(scope="module")
+def strict_runtime(tiny_local_model: Path, tmp_path_factory: pytest.TempPathFactory) -> TensorRTRuntime:
+    """A real engine for a sweep of batch 8, input 8, output 4, that never rebuilds (built once: the tests using it
+    only ask it about shapes and fail to load it)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path_factory.mktemp("strict-cache")))
+        runtime = TensorRTRuntime(load_model(f"local:{tiny_local_model}", "fp32", CPU), "fp32", CPU,
+                                  TensorRTOptions(allow_rebuild=False))
+        runtime.prepare([8], [8], 4)
     return runtime
 
 
@@ -116,7 +117,7 @@ def test_inference_rows_are_unavailable_with_the_reason(tmp_path: Path, tiny_loc
 def test_int4_precisions_build_rows_and_unavailable_inference(tmp_path: Path, tiny_local_model: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """int4 and int4-awq build real engines here, each from its own export; inference rows say why they cannot run.
-    (This model's projections are too small for int4 to shrink its engine: test_trt_engine checks the size.)"""
+    (This model's projections are too small for int4 to shrink its engine: test_engine checks the size.)"""
     monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path / "cache"))  # every export and build is real
     cfg = parse_config({"run_name": "trt-int4", "model": f"local:{tiny_local_model}", "runtimes": ["tensorrt"],
                         "precisions": ["bf16", "int4", "int4-awq"], "batch_sizes": [1], "input_lens": [8],
