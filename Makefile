@@ -44,7 +44,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m tests.run_notebooks -q --durations=5 --nbval-kernel-name $(KERNEL)
 
 # JupyterLab refuses to start as root (the usual user in a container) unless told that is intended.
