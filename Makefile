@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 	# --no-deps: the stubs require tensorrt itself, which cannot be installed here; mypy only needs the .pyi files.
 	$(BIN)/python -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (bench-kernels)"
-	# The kernel's own log level: under plain papermill or nbconvert (TCP to a local kernel) it warns on every start
-	# that TCP is unencrypted; the notebooks' own warnings still print.
+	# The kernel's own log (under plain papermill or nbconvert it warns on every start that TCP is unencrypted; a late
+	# Ctrl-C logs "KeyboardInterrupt caught in kernel") is noise: cell errors still fail a run, their warnings print.
 	$(BIN)/python -c "import json, sys; p = sys.prefix + '/share/jupyter/kernels/$(KERNEL)/kernel.json'; \
-	  spec = json.load(open(p)); spec['argv'].append('--IPKernelApp.log_level=ERROR'); json.dump(spec, open(p, 'w'), indent=1)"
+	  spec = json.load(open(p)); spec['argv'].append('--IPKernelApp.log_level=CRITICAL'); json.dump(spec, open(p, 'w'), indent=1)"
 	touch $(STAMP)
 
 report: $(STAMP)

@@ -27,6 +27,18 @@ LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
 QUIET_KERNEL = ["--IPKernelApp.log_level=CRITICAL"]
 
 
+def quiet_kernel_arguments(kernel: str) -> list[str]:
+    """QUIET_KERNEL, unless the kernel's spec sets a log level already (make setup's does): the kernel refuses the
+    option given twice."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(kernel).argv
+    except NoSuchKernel:
+        return QUIET_KERNEL  # papermill names the missing kernel itself
+    return [] if any(arg.startswith("--IPKernelApp.log_level") for arg in argv) else QUIET_KERNEL
+
+
 def notebooks_dir() -> Path:
     """The notebooks shipped in the package (the project's notebooks/ points here)."""
     return Path(str(resources.files("bench_kernels").joinpath("notebooks")))
@@ -138,7 +150,7 @@ def execute_notebook(name: str, executed: Path, parameters: dict[str, Any], kern
             str(notebooks_dir() / name), str(executed), parameters=parameters, kernel_name=kernel,
             cwd=str(Path.cwd()), progress_bar=verbose, log_output=verbose,
             stdout_file=None if verbose else sys.stdout, config=Config(LOCAL_KERNEL),
-            extra_arguments=[] if verbose else QUIET_KERNEL,
+            extra_arguments=[] if verbose else quiet_kernel_arguments(kernel),
         )
     except papermill.PapermillExecutionError as err:
         if err.ename == "KeyboardInterrupt":  # Ctrl-C reaches the kernel too: stop, do not go on

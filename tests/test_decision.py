@@ -11,7 +11,7 @@ import pytest
 from bench_kernels.decision import (Targets, configurations, cost_table, deployment_gpus, goodput_share,
                                     recommend, summary_facts)
 from bench_kernels.report import recommendation_html
-from bench_kernels.results import typed_frame
+from bench_kernels.results import row_key, typed_frame
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -98,6 +98,12 @@ def test_cost_arithmetic_by_hand() -> None:
     assert math.isnan(table.iloc[0]["ppl_delta_pct"])
 
 
+def _key(runtime: str, precision: str) -> tuple[str, ...]:
+    """The samples' key of a batch-8, 128-token configuration, as index_samples builds it."""
+    return row_key({"stage": "inference", "runtime": runtime, "model": "m", "precision": precision, "gpu_count": 1,
+                    "batch_size": 8, "input_len": 128, "output_len": 128})
+
+
 def _runs(latency_ms: list[float]) -> dict[str, list[float]]:
     return {"ttft_ms": [20.0] * len(latency_ms), "latency_ms": latency_ms}
 
@@ -107,11 +113,11 @@ def test_a_runner_up_inside_the_leads_bootstrap_interval_is_a_tie() -> None:
     close = [config("compiled", "fp16", 8, 8 * 128e3 / 1080.5, 20.0, 8.0),
              config("compiled", "bf16", 8, 8 * 128e3 / 1082.6, 20.0, 8.0)]
     apart = [close[0], config("reference", "bf16", 8, 8 * 128e3 / 1500.0, 20.0, 8.0)]
-    samples = {("inference", "compiled", "m", "fp16", "1", "8", "128", "128"): _runs([1060.0, 1075.0, 1080.5, 1090.0,
+    samples = {_key("compiled", "fp16"): _runs([1060.0, 1075.0, 1080.5, 1090.0,
                                                                                    1101.0]),
-               ("inference", "compiled", "m", "bf16", "1", "8", "128", "128"): _runs([1058.0, 1071.0, 1082.6, 1094.0,
+               _key("compiled", "bf16"): _runs([1058.0, 1071.0, 1082.6, 1094.0,
                                                                                    1099.0]),
-               ("inference", "reference", "m", "bf16", "1", "8", "128", "128"): _runs([1480.0, 1490.0, 1500.0,
+               _key("reference", "bf16"): _runs([1480.0, 1490.0, 1500.0,
                                                                                     1510.0, 1520.0])}
     targets = Targets(batch_size=8, input_len=128, output_len=128)
     df = frame(close)
