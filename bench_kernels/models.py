@@ -128,28 +128,24 @@ def convert_embedded() -> Path:
     return target
 
 
-def resolve_model_config(model: str) -> Any:
-    """The model's transformers config without loading weights (used by validation)."""
-    from transformers import AutoConfig
-
+def _from_source(auto_class: Any, model: str) -> Any:
+    """auto_class.from_pretrained (AutoConfig, AutoTokenizer) on the embedded, local or hub model's files."""
     kind, _, ref = model.partition(":")
     if model == "embedded":
         if _embedded_cached():
-            return AutoConfig.from_pretrained(embedded_cache_dir())
+            return auto_class.from_pretrained(embedded_cache_dir())
         gguf = embedded_gguf_path()
-        return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if kind == "preset":
-        return _preset_config(ref)
+        return auto_class.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if kind == "local":
         folder = resolve_project_path(ref)
         if not folder.is_dir():
             raise ModelError(f"local model folder {folder} does not exist")
         if not (folder / "config.json").is_file():
             raise ModelError(f"local model folder {folder} has no config.json (expected a Hugging Face model folder)")
-        return AutoConfig.from_pretrained(folder)
+        return auto_class.from_pretrained(folder)
     if kind == "hub":
         try:
-            return AutoConfig.from_pretrained(ref)
+            return auto_class.from_pretrained(ref)
         except OSError as err:
             raise ModelError(
                 f"hub model {ref!r} could not be fetched ({type(err).__name__}: {str(err).splitlines()[0]}); "
@@ -158,19 +154,20 @@ def resolve_model_config(model: str) -> Any:
     raise ModelError(f"unknown model {model!r}; allowed: 'embedded', 'preset:<name>', 'local:<folder>', 'hub:<id>'")
 
 
+def resolve_model_config(model: str) -> Any:
+    """The model's transformers config without loading weights (used by validation)."""
+    from transformers import AutoConfig
+
+    kind, _, ref = model.partition(":")
+    return _preset_config(ref) if kind == "preset" else _from_source(AutoConfig, model)
+
+
 def resolve_tokenizer(model: str) -> Any:
     """The model's tokenizer without its weights (validation tokenizes the prompt file with it)."""
     from transformers import AutoTokenizer
 
-    kind, _, ref = model.partition(":")
-    if model == "embedded":
-        if _embedded_cached():
-            return AutoTokenizer.from_pretrained(embedded_cache_dir())
-        gguf = embedded_gguf_path()
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if kind == "preset":
-        return packaged_tokenizer()
-    return AutoTokenizer.from_pretrained(resolve_project_path(ref) if kind == "local" else ref)
+    kind, _, _ = model.partition(":")
+    return packaged_tokenizer() if kind == "preset" else _from_source(AutoTokenizer, model)
 
 
 def _local_weights_id(folder: Path) -> str:

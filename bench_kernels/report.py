@@ -7,7 +7,7 @@ import base64
 import html
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class ReportSpec:
     requests_per_day: float | None = None
     load_output_len: int | None = None
     claims: str = ""
+    traffic: dict = field(default_factory=dict)  # the spec's traffic key, as given (traffic.spec parses it)
 
     @property
     def max_ppl_delta_pct(self) -> float | None:
@@ -65,7 +66,7 @@ class ReportSpec:
                    Targets(shape.batch_size, shape.input_len, shape.output_len, slo.ttft_ms, slo.tpot_ms,
                            spec.max_ppl_delta_pct),
                    spec.gpu_hour_usd, load.requests_per_day if load else None, load.output_len if load else None,
-                   spec.claims)
+                   spec.claims, dict(spec.traffic or {}))
 
 
 def offline_template_dir() -> Path:

@@ -129,14 +129,14 @@ def sustainable_rates(configs: list[Configuration], spec: TrafficSpec, output_le
                                           "rate_per_s", "rate_per_s_per_gpu", "extrapolated"])
 
 
-def traffic_rates(cfg: Any, spec: TrafficSpec) -> tuple[list[float], str]:
+def traffic_rates(report_spec: Any, spec: TrafficSpec) -> tuple[list[float], str]:
     """The traffic to size for, as requests/s in each hour, and its description: a day profile's hours, else the
     sweep's `load` (requests per day, flat), else the highest load-test rate."""
     if spec.arrivals == "day_profile":
         return ([r / SECONDS_PER_HOUR for r in spec.requests_per_hour],
                 f"the day profile (peak {spec.peak_rate_per_s:,.2f} requests/s, mean {spec.mean_rate_per_s:,.2f})")
-    if cfg.load:
-        per_day = float(cfg.load["requests_per_day"])
+    if report_spec.requests_per_day:
+        per_day = float(report_spec.requests_per_day)
         return [per_day / SECONDS_PER_DAY], f"{per_day:,.0f} requests a day ({per_day / SECONDS_PER_DAY:,.2f}/s)"
     return [max(spec.rate_per_s, default=0.0)], f"{max(spec.rate_per_s, default=0.0):g} requests/s"
 
@@ -282,14 +282,15 @@ def _unsimulated_html(results: pd.DataFrame, configs: list[Configuration]) -> st
             "and decode steps here, and a prediction needs them (a rebuild's cost is known, a step's is not).</p>")
 
 
-def traffic_section(cfg: Any, results: pd.DataFrame,
+def traffic_section(report_spec: Any, results: pd.DataFrame,
                     declared: dict[str, tuple[str, ...]] | None = None) -> tuple[str, Figure | None]:
-    """The traffic section's HTML and its latency-against-rate figure (None without anything to draw)."""
-    spec = parse_traffic(cfg.traffic)
+    """The traffic section's HTML and its latency-against-rate figure (None without anything to draw), from the
+    report's spec (report.ReportSpec: traffic, targets, output_len, gpu_hour_usd, requests_per_day)."""
+    spec = parse_traffic(report_spec.traffic)
     if spec is None:
         return "<p><i>No traffic given (the <code>traffic</code> key): no load runs, no traffic sizing.</i></p>", None
-    targets = cfg.targets
-    output_len = spec.output_len or cfg.output_len
+    targets = report_spec.targets
+    output_len = spec.output_len or report_spec.output_len
     configs = configurations(results, output_len, declared)
     parts = [f"<p>Traffic: {html.escape(_describe(spec, output_len))}. Targets at p99: "
              f"{html.escape(_targets(targets))}. Output lengths are fixed (EOS ignored); the queue counts in TTFT. "
@@ -313,8 +314,8 @@ def traffic_section(cfg: Any, results: pd.DataFrame,
             {"rate_per_s": []}))
     parts.append(_unsimulated_html(results, configs))
     rates = sustainable_rates(configs, spec, output_len, targets)
-    hourly, traffic = traffic_rates(cfg, spec)
-    sizing = gpus_for_traffic(rates, hourly, cfg.gpu_hour_usd)
+    hourly, traffic = traffic_rates(report_spec, spec)
+    sizing = gpus_for_traffic(rates, hourly, report_spec.gpu_hour_usd)
     parts.append(f"<h4>Highest sustainable rate and GPUs for {html.escape(traffic)} (simulated)</h4>"
                  + _table_html(sizing))
     parts.append(_fewest_html(sizing, traffic))

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bench_kernels.config import parse_config
+from bench_kernels.report import ReportSpec
 from bench_kernels.results import ResultsStore
 from bench_kernels.traffic.spec import parse_traffic
 from bench_kernels.traffic_report import (configurations, gpus_for_traffic, measured_highest_rates, traffic_rates,
@@ -17,11 +18,11 @@ TRAFFIC = {"rate_per_s": [2.0, 8.0], "lengths": {"kind": "fixed", "input_len": 1
            "batching": {"max_batch": 4, "max_wait_ms": 10}}
 
 
-def _cfg(tmp_path: Path, **extra: object):
-    return parse_config({"run_name": "t", "reports_dir": str(tmp_path), "runtimes": ["reference", "compiled",
-                                                                                    "tensorrt"],
-                         "batch_sizes": [1, 4], "input_lens": [128, 512], "output_len": 16,
-                         "slo": {"ttft_ms": 500.0, "tpot_ms": 50.0}, "gpu_hour_usd": 2.0, **extra})
+def _cfg(tmp_path: Path, **extra: object) -> ReportSpec:
+    return ReportSpec.of(parse_config({
+        "run_name": "t", "reports_dir": str(tmp_path), "runtimes": ["reference", "compiled", "tensorrt"],
+        "batch_sizes": [1, 4], "input_lens": [128, 512], "output_len": 16,
+        "slo": {"ttft_ms": 500.0, "tpot_ms": 50.0}, "gpu_hour_usd": 2.0, **extra}))
 
 
 def _offline_rows(store: ResultsStore) -> None:
@@ -101,7 +102,8 @@ def test_load_rows_without_offline_rows(tmp_path: Path) -> None:
 def test_gpus_for_a_day_profile() -> None:
     """One deployment of 2 GPUs sustains 2 requests/s: a peak of 5/s needs 3 deployments (6 GPUs); hours of 1/s
     and 5/s need 1 and 3 deployments, a mean of 4 GPUs; at $2 an hour."""
-    cfg = parse_config({"traffic": {"arrivals": "day_profile", "requests_per_hour": [3600.0, 18_000.0]}})
+    cfg = ReportSpec.of(parse_config({"traffic": {"arrivals": "day_profile",
+                                                  "requests_per_hour": [3600.0, 18_000.0]}}))
     hourly, described = traffic_rates(cfg, parse_traffic(cfg.traffic))
     assert hourly == [1.0, 5.0] and described == "the day profile (peak 5.00 requests/s, mean 3.00)"
     rates = pd.DataFrame([{"configuration": "x", "runtime": "x", "precision": "bf16", "gpu_count": 2,
@@ -112,7 +114,7 @@ def test_gpus_for_a_day_profile() -> None:
 
 
 def test_a_daily_load_sizes_the_fleet() -> None:
-    cfg = parse_config({"load": {"requests_per_day": 8_640_000}, "traffic": {"rate_per_s": [1.0, 4.0]}})
+    cfg = ReportSpec.of(parse_config({"load": {"requests_per_day": 8_640_000}, "traffic": {"rate_per_s": [1.0, 4.0]}}))
     assert traffic_rates(cfg, parse_traffic(cfg.traffic)) == ([100.0], "8,640,000 requests a day (100.00/s)")
 
 
