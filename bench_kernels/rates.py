@@ -10,7 +10,7 @@ import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -82,19 +82,49 @@ def _measure_rates(device_type: str, cpu_threads: int) -> DeviceRates:
                        matmul_rates_tflops(device_type))
 
 
-@functools.cache
+def _in_child_process(work: Callable[..., Any], *args: object) -> Any:
+    """work(*args) in a child process of its own (why: device_rates)."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(work, *args).result()
+
+
+# The rates of each device type this process measured: every row of a sweep divides by the same ones.
+_MEASURED: dict[str, DeviceRates] = {}
+
+
 def device_rates(device_type: str) -> DeviceRates:
     """The rates, measured once per process in a child process of their own (at the caller's CPU thread count).
 
     The CUDA context and cuBLAS kernels a measurement loads hold about 1.7 GB of the GPU until their process
     exits, and no empty_cache returns it; in the sweep's own process that was GPU 0's memory that rank 0 of a
     tensor-parallel deployment lacked (a 70B bf16 half at batch 32, input 1024, ran out by 0.2 GB)."""
-    spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        rates = pool.submit(_measure_rates, device_type, torch.get_num_threads()).result()
-    log.info("measured %s rates: copy %.1f GB/s, read %.1f GB/s, matmul %s", device_type, rates.copy_gbps,
-             rates.read_gbps, ", ".join(f"{p} {t:.1f} TFLOP/s" for p, t in rates.matmul_tflops.items()))
-    return rates
+    if device_type not in _MEASURED:
+        rates = _in_child_process(_measure_rates, device_type, torch.get_num_threads())
+        log.info("measured %s rates: copy %.1f GB/s, read %.1f GB/s, matmul %s", device_type, rates.copy_gbps,
+                 rates.read_gbps, ", ".join(f"{p} {t:.1f} TFLOP/s" for p, t in rates.matmul_tflops.items()))
+        _MEASURED[device_type] = rates
+    return _MEASURED[device_type]
+
+
+def _measure_bandwidths(device_type: str, cpu_threads: int) -> tuple[float, float]:
+    torch.set_num_threads(cpu_threads)
+    return copy_bandwidth_gbps(device_type), read_bandwidth_gbps(device_type)
+
+
+def remeasured_rates(device_type: str) -> DeviceRates:
+    """device_rates with the copy and read bandwidths measured again, each the faster of its two measurements;
+    later calls of device_rates return these.
+
+    For a row that decoded faster than its bound allows: on a machine shared with other work (a CI runner, two
+    test workers on two cores) the first measurement may have run while something else held the memory bus."""
+    first = device_rates(device_type)
+    copy_gbps, read_gbps = _in_child_process(_measure_bandwidths, device_type, torch.get_num_threads())
+    log.info("measured %s bandwidth again: copy %.1f GB/s, read %.1f GB/s (first %.1f and %.1f)", device_type,
+             copy_gbps, read_gbps, first.copy_gbps, first.read_gbps)
+    _MEASURED[device_type] = DeviceRates(max(first.copy_gbps, copy_gbps), max(first.read_gbps, read_gbps),
+                                         first.matmul_tflops)
+    return _MEASURED[device_type]
 
 
 def all_reduce_bus_gbps(device: torch.device, world: int, repeats: int = 5) -> float:

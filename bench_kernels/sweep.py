@@ -22,7 +22,7 @@ from bench_kernels.errors import readable_error
 from bench_kernels.models import LoadedModel, model_display_name, resolve_model_config
 from bench_kernels.provenance import pick_device, provenance
 from bench_kernels.quality import agreement_columns, baseline_precision, perplexity_columns, reference_outputs_dir
-from bench_kernels.rates import device_rates, last_level_cache_bytes
+from bench_kernels.rates import DeviceRates, device_rates, last_level_cache_bytes, remeasured_rates
 from bench_kernels.results import ResultsStore, row_key
 from bench_kernels.roofline import (ROOFLINE_NOT_APPLICABLE, decode_columns, decode_step_bytes, decode_weight_bytes,
                                     prefill_columns, prefill_flops)
@@ -248,8 +248,21 @@ def _roofline(ctx: SweepContext, runtime: Runtime, stored_weight_bytes: int, bat
                          f"the CPU's {last_level_cache_bytes() / 2**20:.0f} MiB last-level cache)"}
     notes = (f"roofline of the busiest device: {weight_bytes / 1e9:.2f} GB of weights, {kv_token_bytes} B of KV "
              f"cache per token, {link_bytes / 1e6:.2f} MB sent per decode step" if link_bytes else "")
-    return {**decode_columns(step_bytes, batch_size, itl_ms_p50, device_rates(ctx.device.type).streaming_gbps,
-                             ctx.env["gpu_name"], link_bytes, runtime.link_gbps), "notes": notes}
+
+    def columns(rates: DeviceRates) -> dict[str, Any]:
+        return decode_columns(step_bytes, batch_size, itl_ms_p50, rates.streaming_gbps, ctx.env["gpu_name"],
+                              link_bytes, runtime.link_gbps)
+
+    first = device_rates(ctx.device.type)
+    decode = columns(first)
+    if decode["efficiency"] > 1.0:  # the bandwidth may have been measured while other work held the memory bus
+        rates = remeasured_rates(ctx.device.type)
+        ctx.env.update(copy_gbps=f"{rates.copy_gbps:.1f}", read_gbps=f"{rates.read_gbps:.1f}")  # this row's on
+        decode = columns(rates)
+        notes = "; ".join(filter(None, [notes, (
+            f"bandwidth measured again: this row decoded faster than {first.streaming_gbps:.1f} GB/s allows, "
+            f"{rates.streaming_gbps:.1f} GB/s the faster of two measurements")]))
+    return {**decode, "notes": notes}
 
 
 def _prefill_roofline(ctx: SweepContext, runtime: Runtime, gpu_count: int, batch_size: int, input_len: int,

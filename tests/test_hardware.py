@@ -7,7 +7,7 @@ import time
 import torch
 
 from bench_kernels.provenance import provenance
-from bench_kernels.rates import device_rates
+from bench_kernels.rates import device_rates, remeasured_rates
 from bench_kernels.results import MATMUL_COLUMNS
 
 
@@ -24,3 +24,11 @@ def test_cpu_rates_are_measured_in_a_child_process_and_recorded_in_provenance() 
     assert float(block["matmul_tflops_fp32"]) == float(f"{rates.matmul_tflops['fp32']:.4g}")
     assert float(block["copy_gbps"]) == round(rates.copy_gbps, 1)
     assert set(c for c in MATMUL_COLUMNS if c in block) == {"matmul_tflops_fp32", "matmul_tflops_bf16"}
+
+
+def test_a_second_bandwidth_measurement_keeps_the_faster_and_every_later_row_gets_it() -> None:
+    first = device_rates("cpu")
+    again = remeasured_rates("cpu")
+    assert again.copy_gbps >= first.copy_gbps and again.read_gbps >= first.read_gbps
+    assert again.matmul_tflops == first.matmul_tflops  # only the bandwidths are measured again
+    assert device_rates("cpu") is again
