@@ -114,6 +114,8 @@ REGISTRY: list[Column] = [
     _metric("tpot_ms_p50", "time per output token p50", "ms", "lower", ("load",)),  # its n: the row's requests
     _metric("tpot_ms_p99", "time per output token p99", "ms", "lower", ("load",)),
     _metric("achieved_rate_per_s", "served request rate", "requests/s", "higher", ("load",)),
+    _metric("offered_rate_per_s", "rate the requests arrived at", "requests/s", stages=("load",)),
+    _metric("completion_rate_per_s", "rate the requests completed at", "requests/s", "higher", ("load",)),
     _metric("goodput_per_s", "goodput: requests/s within the targets", "requests/s", "higher", ("load",)),
     _metric("slo_attainment", "share of requests within the targets", "", "higher", ("load",), fmt="{:.0%}"),
     Column("runtime_version", group="runtime"), Column("runtime_options", group="runtime"),

@@ -45,7 +45,8 @@ def _load_row(store: ResultsStore, rate: float, ttft_p99: float, tpot_p99: float
                   "arrivals": f"poisson {rate:g}/s", "status": "ok", "request_rate_per_s": rate, "requests": 60,
                   "duration_s": 30.0, "ttft_ms_p50": ttft_p99 / 2, "ttft_ms_p99": ttft_p99, "tpot_ms_p50": tpot_p99,
                   "tpot_ms_p99": tpot_p99, "latency_ms_p99": ttft_p99 + 15 * tpot_p99, "achieved_rate_per_s": rate,
-                  "goodput_per_s": rate, "slo_attainment": 1.0})
+                  "offered_rate_per_s": rate, "completion_rate_per_s": rate, "goodput_per_s": rate,
+                  "slo_attainment": 1.0})
 
 
 def test_without_a_traffic_key_the_section_says_so(tmp_path: Path) -> None:

@@ -58,7 +58,10 @@ def summarize(timings: Sequence[RequestTiming], *, ttft_ms: float | None = None,
               ) -> dict[str, float]:
     """The load's figures: p50 / p99 of TTFT, TPOT and latency over its n requests; requests/s and output tokens/s
     from the first arrival to the last token; goodput = requests/s meeting both targets (every request, without
-    targets); the share of requests that meet them; the rate requests arrived at (offered)."""
+    targets); the share of requests that meet them; the rate requests arrived at (offered) and the rate they
+    completed at between the first completion and the last (a server that keeps up completes them as fast as they
+    arrive; one past saturation at its capacity, while the queue grows; a short load's tail of service time, which
+    lowers achieved_rate_per_s, does not enter it)."""
     if not timings:
         raise ValueError("summary of a load with no finished requests")
     ttft = np.array([t.ttft_ms for t in timings])
@@ -66,6 +69,7 @@ def summarize(timings: Sequence[RequestTiming], *, ttft_ms: float | None = None,
     latency = np.array([t.latency_ms for t in timings])
     span_s = max(t.last_token_s for t in timings) - min(t.arrival_s for t in timings)
     arrivals_s = max(t.arrival_s for t in timings) - min(t.arrival_s for t in timings)
+    completions_s = max(t.last_token_s for t in timings) - min(t.last_token_s for t in timings)
     good = sum(meets(t, ttft_ms, tpot_ms) for t in timings)
     return {"requests": len(timings), "span_s": span_s,
             "ttft_ms_p50": float(np.percentile(ttft, 50)), "ttft_ms_p99": float(np.percentile(ttft, 99)),
@@ -73,8 +77,14 @@ def summarize(timings: Sequence[RequestTiming], *, ttft_ms: float | None = None,
             "latency_ms_p50": float(np.percentile(latency, 50)), "latency_ms_p99": float(np.percentile(latency, 99)),
             "achieved_rate_per_s": len(timings) / span_s if span_s > 0 else math.nan,
             "offered_rate_per_s": (len(timings) - 1) / arrivals_s if arrivals_s > 0 else math.nan,
+            "completion_rate_per_s": (len(timings) - 1) / completions_s if completions_s > 0 else math.nan,
             "tokens_per_s": sum(t.output_len for t in timings) / span_s if span_s > 0 else math.nan,
             "goodput_per_s": good / span_s if span_s > 0 else math.nan, "slo_attainment": good / len(timings)}
+
+
+def keeps_up(completion_rate_per_s: float, offered_rate_per_s: float) -> bool:
+    """Whether a load's requests completed at 90% or more of the rate they arrived at (summarize's two rates)."""
+    return completion_rate_per_s >= 0.9 * offered_rate_per_s
 
 
 def percentile_note(requests: int, duration_s: float) -> str:

@@ -255,7 +255,8 @@ def _load_runtime(cfg: SweepConfig, spec: TrafficSpec, store: ResultsStore, env:
                        request_rate_per_s=rate if rate is not None else summary["achieved_rate_per_s"],
                        **{k: summary[k] for k in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99",
                                                   "latency_ms_p50", "latency_ms_p99", "tokens_per_s",
-                                                  "achieved_rate_per_s", "goodput_per_s", "slo_attainment")},
+                                                  "achieved_rate_per_s", "offered_rate_per_s",
+                                                  "completion_rate_per_s", "goodput_per_s", "slo_attainment")},
                        notes=f"{len(timings)} requests; per-request samples in {REQUESTS_FILE}")
             append_requests(store.run_dir, {k: row.get(k) for k in ("stage", "runtime", "model", "precision",
                                                                     "gpu_count", "batch_size", "input_len",

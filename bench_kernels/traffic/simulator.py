@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench_kernels.traffic.arrivals import Request
-from bench_kernels.traffic.latency import RequestTiming, summarize
+from bench_kernels.traffic.latency import RequestTiming, keeps_up, summarize
 from bench_kernels.traffic.policies import Arrivals, ContinuousBatching, Policy, StaticBatching
 
 log = logging.getLogger(__name__)
@@ -193,12 +193,12 @@ def _steps_to_next_event(in_flight: list[list], arrivals: Arrivals, policy: Cont
 def highest_rate(predict: Callable[[float], dict[str, float]], *, ttft_ms: float | None, tpot_ms: float | None,
                  low_per_s: float = 1e-3, high_per_s: float = 1e4, iterations: int = 30) -> float:
     """The highest Poisson rate whose predicted p99 TTFT and TPOT meet the targets and whose served rate keeps up
-    with the rate its requests arrived at (bisection in log rate; 0 when even low_per_s fails)."""
+    with the rate its requests arrived at (latency.keeps_up) (bisection in log rate; 0 when even low_per_s fails)."""
     def holds(rate: float) -> bool:
         summary = predict(rate)
         return ((ttft_ms is None or summary["ttft_ms_p99"] <= ttft_ms)
                 and (tpot_ms is None or summary["tpot_ms_p99"] <= tpot_ms)
-                and summary["achieved_rate_per_s"] >= 0.9 * summary["offered_rate_per_s"])
+                and keeps_up(summary["completion_rate_per_s"], summary["offered_rate_per_s"]))
 
     if not holds(low_per_s):
         return 0.0

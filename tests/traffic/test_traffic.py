@@ -8,7 +8,7 @@ import pytest
 
 from bench_kernels.traffic.arrivals import (Request, piecewise_poisson_arrivals, poisson_arrivals,
                                             requests_at_rate, sample_lengths)
-from bench_kernels.traffic.latency import summarize
+from bench_kernels.traffic.latency import keeps_up, summarize
 from bench_kernels.traffic.policies import (Arrivals, ContinuousBatching, ShapeLimitedBatching, StaticBatching,
                                             make_policy)
 from bench_kernels.traffic.simulator import StepCosts, highest_rate, predict_rate, simulate
@@ -98,6 +98,11 @@ def test_dd1_queue_grows_by_the_service_excess() -> None:
     assert [t.ttft_ms for t in slow] == pytest.approx([15.0 + 5.0 * k for k in range(50)])
     assert summarize(slow)["achieved_rate_per_s"] == pytest.approx(50 / (49 * 0.010 + 15.0 * 50 / 1e3 - 49 * 0.010
                                                                         + 0.0), rel=1e-9)
+    # One past saturation completes at its capacity (1 / 15 ms) while requests arrive at 100/s.
+    assert summarize(slow)["completion_rate_per_s"] == pytest.approx(1 / 0.015)
+    assert summarize(slow)["offered_rate_per_s"] == pytest.approx(100.0)
+    assert keeps_up(summarize(fast)["completion_rate_per_s"], summarize(fast)["offered_rate_per_s"])
+    assert not keeps_up(summarize(slow)["completion_rate_per_s"], summarize(slow)["offered_rate_per_s"])
 
 
 def test_static_batching_waits_at_most_max_wait() -> None:
