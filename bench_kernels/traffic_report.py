@@ -36,8 +36,9 @@ SEARCH_ITERATIONS = 9
 # Runtimes whose shape-limited policy runs any shape inside its built ranges (TensorRT profiles); others pad.
 RANGE_PROFILES = ("tensorrt",)
 LOAD_COLUMNS = ["runtime", "precision", "gpu_count", "policy", "arrivals", "request_rate_per_s",
-                "offered_rate_per_s", "completion_rate_per_s", "achieved_rate_per_s", "requests", "duration_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50",
-                "tpot_ms_p99", "latency_ms_p99", "goodput_per_s", "slo_attainment"]
+                "offered_rate_per_s", "completion_rate_per_s", "achieved_rate_per_s", "requests", "duration_s",
+                "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99", "latency_ms_p99", "goodput_per_s",
+                "slo_attainment"]
 
 
 @dataclass
