@@ -20,7 +20,7 @@ from bench_kernels.analysis import (build_columns, build_rows, inference_columns
                                     scaling_table, shorten, unmeasured_summary, with_sample_counts)
 from bench_kernels.claims import check_claims, claims_section_html
 from bench_kernels.claims_file import load_claims
-from bench_kernels.decision import (CONFIDENCE, HOURS_PER_MONTH, MATRIX_NOTES, WINNER_MARK, Decision,
+from bench_kernels.decision import (CONFIDENCE, HOURS_PER_MONTH, MATRIX_NOTES, WINNER_MARK, Decision, Evidence,
                                     Recommendation, Targets, cost_formulas, describe, gate_failures, summary_facts,
                                     usd_per_million_tokens)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
@@ -121,11 +121,20 @@ def quality_table(df: pd.DataFrame, max_ppl_delta_pct: float) -> pd.DataFrame:
     return readable(table.assign(accuracy_gate=verdict))
 
 
-def quality_notes(df: pd.DataFrame, max_ppl_delta_pct: float) -> str:
-    """What the accuracy gate decided (HTML): which configurations failed it, and by how much."""
+def quality_notes(df: pd.DataFrame, max_ppl_delta_pct: float,
+                  evidence: dict[tuple[str, str], Evidence] | None = None) -> str:
+    """What the accuracy gate decided (HTML): which configurations failed it, and by how much; on random weights,
+    the verdicts cited from real-weight runs (quality_evidence)."""
     if (df["weights"] == "random").any():
-        return ("<p>Random weights: perplexity, token agreement and divergence are not meaningful, so no "
-                "configuration is judged on quality and none is starred for it.</p>")
+        text = ("<p>Random weights: perplexity, token agreement and divergence are not meaningful, so no "
+                "configuration is judged on quality here and none is starred for it.</p>")
+        if not evidence:
+            return text + ("<p>No real-weight run is cited as quality evidence (<code>quality_evidence</code>).</p>")
+        items = "".join(f"<li><b>{html.escape(runtime)} {html.escape(precision)}</b>: {html.escape(verdict.words())}"
+                        "</li>" for (runtime, precision), verdict in sorted(evidence.items()))
+        return text + (f"<p>Cited from real-weight runs instead, against this run's gate of {max_ppl_delta_pct:g}% "
+                       f"(another model's perplexity is a guide to a precision's error, not a measurement of this "
+                       f"one):</p><ul>{items}</ul>")
     quality = quality_rows(df)
     if quality.empty:
         return "<p>No perplexity was measured in this run.</p>"

@@ -10,7 +10,7 @@ import pytest
 
 from bench_kernels.decision import (MATRIX_NOTES, Targets, configurations, cost_table, decide, decision_matrix,
                                     deployment_gpus, goodput_share, recommend, summary_facts)
-from bench_kernels.report import ReportSpec, cost_html, recommendation_html, styled_matrix
+from bench_kernels.report import ReportSpec, cost_html, quality_notes, recommendation_html, styled_matrix
 from bench_kernels.config import parse_config
 from bench_kernels.results import row_key, typed_frame
 
@@ -171,6 +171,9 @@ def test_quality_evidence_names_the_fastest_that_passes_beside_the_fastest() -> 
     assert "Quality was not judged" not in html
     reasons = rec.losers.set_index("precision")["reason"]
     assert "passes the accuracy gate on the quality evidence" in reasons["bf16"]
+    notes = quality_notes(df, 1.0, rec.evidence)
+    assert "<b>compiled fp8</b>: fails the accuracy gate on the quality evidence" in notes
+    assert "<b>reference bf16</b>: passes" in notes  # cited though not measured at the workload here
     # Evidence that cites others but not the fastest: the first screen says so, and still names the passing one.
     html = recommendation_html(decide(df, AT_ONE, {}, 0.0, None, evidence=evidence(("compiled", "bf16", 0.5))))
     assert "No quality evidence for compiled fp8</b>" in html and "The fastest that passes: compiled bf16" in html
