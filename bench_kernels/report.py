@@ -214,8 +214,8 @@ def _evidence_html(rec: Recommendation) -> str:
     """Whether the fastest passes the accuracy gate on the quality evidence, and the fastest that does beside it;
     in plain words where there is no evidence for it."""
     best, cited = rec.best, rec.evidence_for(rec.best)
-    if pd.notna(best["ppl_delta_pct"]) or (rec.quality_judged and not rec.evidence):
-        return ""  # this run judged it itself
+    if pd.notna(best["ppl_delta_pct"]) or not rec.evidence:
+        return ""  # this run judged it itself, or no run is cited: the paragraph on quality says so
     name = html.escape(f"{best['runtime']} {best['precision']}")
     if cited is None:
         text = (f"<p><b>No quality evidence for {name}</b>: this run measured no perplexity for it, and no "

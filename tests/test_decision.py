@@ -178,7 +178,9 @@ def test_quality_evidence_names_the_fastest_that_passes_beside_the_fastest() -> 
     html = recommendation_html(decide(df, AT_ONE, {}, 0.0, None, evidence=evidence(("compiled", "bf16", 0.5))))
     assert "No quality evidence for compiled fp8</b>" in html and "The fastest that passes: compiled bf16" in html
     # No evidence at all: not judged, in plain words.
-    assert "Quality was not judged" in recommendation_html(decide(df, AT_ONE, {}, 0.0, None))
+    html = recommendation_html(decide(df, AT_ONE, {}, 0.0, None))
+    assert "Quality was not judged" in html and "no real-weight run is cited" in html
+    assert "No quality evidence for" not in html and "The fastest that passes" not in html
 
 
 def test_the_worst_cited_delta_decides_and_this_runs_own_perplexity_comes_first() -> None:
