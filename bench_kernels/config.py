@@ -13,7 +13,9 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from bench_kernels.method import MAX_UTILIZATION
 from bench_kernels.paths import find_project, resolve_project_path
+from bench_kernels.results import read_rows
 from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions, runtime_names
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,8 @@ MOVED_KEYS = {
     "trt_optimization_level": "runtime_options: {tensorrt: {optimization_level: ...}}",
     "trt_allow_rebuild": "runtime_options: {tensorrt: {allow_rebuild: ...}}",
 }
-# Keys naming a path; relative ones are taken from the spec file's folder (spec_dir).
-PATH_KEYS = ("reports_dir", "prompt_file", "claims")
+# Keys naming a path (quality_evidence: a list of them); relative ones are taken from the spec file's folder (spec_dir).
+PATH_KEYS = ("reports_dir", "prompt_file", "claims", "quality_evidence")
 DEFAULT_REPORTS_DIR = "reports"
 
 
@@ -65,13 +67,15 @@ class LatencyTargets(BaseModel):
 
 
 class Load(BaseModel):
-    """Requests per day (their lengths: the workload's unless given) for sizing a deployment."""
+    """Requests per day (their lengths: the workload's unless given) for sizing a deployment, at most
+    max_utilization busy."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     requests_per_day: float = Field(gt=0)
     input_len: int | None = Field(None, ge=1)
     output_len: int | None = Field(None, ge=1)
+    max_utilization: float = Field(MAX_UTILIZATION, gt=0, le=1)
 
 
 class ConfigError(ValueError):
@@ -118,6 +122,7 @@ class SweepConfig(BaseModel):
     load: dict[str, Any] = Field(default_factory=dict)
     profile: bool = False
     claims: str = ""
+    quality_evidence: list[str] = Field(default_factory=list)  # results folders of real-weight runs
     traffic: dict[str, Any] = Field(default_factory=dict)  # bench_kernels.traffic.spec; empty: no load run
 
     @field_validator("runtimes", "precisions", "batch_sizes", "input_lens", "runtime_options", "precisions_by_runtime",
@@ -125,6 +130,12 @@ class SweepConfig(BaseModel):
     @classmethod
     def _parse_text(cls, value: Any) -> Any:
         return _yaml_if_text(value)
+
+    @field_validator("quality_evidence", mode="before")
+    @classmethod
+    def _one_folder_or_several(cls, value: Any) -> Any:
+        value = _yaml_if_text(value)
+        return [value] if isinstance(value, str) else value
 
     @field_validator("run_name")
     @classmethod
@@ -244,6 +255,14 @@ class SweepConfig(BaseModel):
                 raise ValueError(str(err)) from None
         return value
 
+    @field_validator("quality_evidence")
+    @classmethod
+    def _evidence_has_real_weight_verdicts(cls, folders: list[str]) -> list[str]:
+        problems = [problem for folder in folders if (problem := evidence_problem(resolve_project_path(folder)))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return folders
+
     @field_validator("spec_dir")
     @classmethod
     def _spec_dir_exists(cls, value: str) -> str:
@@ -316,9 +335,29 @@ class SweepConfig(BaseModel):
         return resolve_project_path(self.reports_dir) / self.run_name
 
     @property
+    def evidence_dirs(self) -> tuple[Path, ...]:
+        """The quality_evidence folders, relative paths taken from the project root."""
+        return tuple(resolve_project_path(folder) for folder in self.quality_evidence)
+
+    @property
     def max_total_len(self) -> int:
         """Longest sequence the sweep asks of the model: prompt plus generated tokens."""
         return max(self.input_lens) + self.output_len
+
+
+def evidence_problem(folder: Path) -> str:
+    """Why a results folder cannot be quality evidence ('' when it can): it must hold a results.csv with a
+    real-weight perplexity measured against the reference."""
+    csv_path = folder / "results.csv"
+    if not folder.is_dir():
+        return f"folder {folder} does not exist (a results folder of another run, e.g. reports/<run_name>)"
+    if not csv_path.is_file():
+        return f"{folder} holds no results.csv (a results folder of another run, e.g. reports/<run_name>)"
+    if not any(r.get("stage") == "quality" and r.get("status") == "ok" and r.get("weights") == "real"
+               and r.get("ppl_delta_pct") for r in read_rows(csv_path)):
+        return (f"{csv_path} holds no real-weight perplexity against the reference (quality rows of a run with real "
+                "weights), so it carries no accuracy-gate verdict to cite")
+    return ""
 
 
 def _nested(model: type[BaseModel], data: dict[str, Any], key: str = "") -> BaseModel:
@@ -443,12 +482,19 @@ def parse_config(data: Mapping[str, Any], source: str = "<parameters>", *, check
 
 
 def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """Relative paths of a spec (reports_dir, prompt_file, local:<folder>) made absolute against folder."""
+    """Relative paths of a spec (PATH_KEYS, local:<folder>) made absolute against folder."""
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            return str((folder / value).resolve())
+        return value
+
     out = dict(data)
     for key in PATH_KEYS:
-        value = out.get(key)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            out[key] = str((folder / value).resolve())
+        value = _yaml_if_text(out[key]) if key == "quality_evidence" and key in out else out.get(key)
+        if isinstance(value, list):
+            out[key] = [absolute(v) for v in value]
+        elif value is not None:
+            out[key] = absolute(value)
     model = out.get("model")
     if isinstance(model, str) and model.startswith("local:"):
         ref = Path(model.removeprefix("local:")).expanduser()

@@ -11,7 +11,7 @@ checked at p99, as MLPerf does: time to first token (ttft_ms_p99) and time per o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -20,8 +20,9 @@ import pandas as pd
 from bench_kernels.analysis import (SAMPLE_COUNT_COLUMNS, break_even_tokens, build_rows, gpu_counts, inference_rows,
                                     ok_rows, on_gpus, plain_number, quality_rows, random_weights,
                                     reference_precision_for, rows_of, runs_precision, runtime_fact, sample_count,
-                                    shorten, split_deployments)
+                                    split_deployments)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
+from bench_kernels.method import MAX_UTILIZATION
 from bench_kernels.results import COLUMN, METRICS, row_key
 from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 
@@ -75,6 +76,65 @@ def gate_failures(df: pd.DataFrame, max_ppl_delta_pct: float) -> dict[tuple[str,
     return {(r.runtime, r.precision): float(r.ppl_delta_pct) for r in over.itertuples()}
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """The accuracy gate's verdict on one runtime x precision, cited from a real-weight run (quality_evidence)."""
+
+    runtime: str
+    precision: str
+    model: str  # what it was measured on: not necessarily this run's model
+    run_name: str
+    ppl_delta_pct: float
+    passes: bool
+
+    def words(self) -> str:
+        """'fails the accuracy gate on the quality evidence (perplexity +2.75% on smollm2-135m-instruct, ...)'."""
+        return (f"{'passes' if self.passes else 'fails'} the accuracy gate on the quality evidence (perplexity "
+                f"{self.ppl_delta_pct:+.2f}% over the reference on {self.model}, real weights, run {self.run_name})")
+
+
+def evidence_verdicts(evidence: pd.DataFrame, max_ppl_delta_pct: float | None) -> dict[tuple[str, str], Evidence]:
+    """(runtime, precision) -> the gate's verdict on the cited runs' real-weight perplexity; where several runs
+    measured one, the worst delta is cited (one lucky run does not pass the gate)."""
+    rows = quality_rows(evidence)
+    rows = rows[(rows["status"] == "ok") & (rows["weights"] == "real") & rows["ppl_delta_pct"].notna()]
+    verdicts = {}
+    for row in rows.sort_values("ppl_delta_pct").itertuples():  # the worst last: it stays
+        verdicts[(row.runtime, row.precision)] = Evidence(
+            row.runtime, row.precision, row.model, row.run_name, float(row.ppl_delta_pct),
+            max_ppl_delta_pct is None or row.ppl_delta_pct <= max_ppl_delta_pct)
+    return verdicts
+
+
+def _judged_here(df: pd.DataFrame) -> set[tuple[str, str]]:
+    """The runtime x precision pairs this run's own rows judge: a perplexity delta measured against the reference."""
+    rows = quality_rows(df)
+    rows = rows[(rows["status"] == "ok") & rows["ppl_delta_pct"].notna()]
+    return set(zip(rows["runtime"], rows["precision"]))
+
+
+UNMEASURED_COLUMNS = ["runtime", "precisions", "gpu_count", "status", "reason"]
+
+
+def unmeasured_configurations(df: pd.DataFrame, targets: Targets) -> pd.DataFrame:
+    """Each runtime (and GPU count) with precisions it runs but no measured row at the workload, and why: one line
+    per reason, its precisions listed (e.g. TensorRT engines this GPU cannot run)."""
+    rows = inference_rows(df)
+    rows = rows[(rows["input_len"] == targets.input_len) & (rows["output_len"] == targets.output_len)
+                & (rows["batch_size"] <= targets.batch_size)]
+    rows = rows.assign(gpu_count=gpu_counts(rows).astype(int))
+    lines: dict[tuple[str, int, str, str], list[str]] = {}
+    for (runtime, precision, gpus), group in rows.groupby(["runtime", "precision", "gpu_count"], sort=False):
+        if (group["status"] == "ok").any() or not runs_precision(df, runtime, precision):
+            continue
+        first = group[group["status"] != "ok"].iloc[0]
+        reason = str(first["error"] or first["notes"] or "no reason recorded")
+        lines.setdefault((runtime, int(gpus), first["status"], reason), []).append(precision)
+    return pd.DataFrame([{"runtime": runtime, "precisions": precisions, "gpu_count": gpus, "status": status,
+                          "reason": reason} for (runtime, gpus, status, reason), precisions in lines.items()],
+                        columns=UNMEASURED_COLUMNS)
+
+
 def configurations(df: pd.DataFrame, targets: Targets,
                    samples: dict[tuple[str, ...], dict[str, Any]] | None = None) -> pd.DataFrame:
     """Every measured configuration at the workload's lengths: throughput per GPU, goodput, and whether it
@@ -124,6 +184,13 @@ class Recommendation:
     lead_interval_pct: tuple[float, float] | None = None  # CONFIDENCE bootstrap interval of the lead; None: no samples
     runs: tuple[int, int] = (0, 0)  # measured runs of the best and the runner-up that the interval resamples
     tie: bool = False  # the runner-up lies inside that interval (it includes no lead at all)
+    # Verdicts cited from real-weight runs for the pairs this run does not judge itself (quality_evidence).
+    evidence: dict[tuple[str, str], Evidence] = field(default_factory=dict)
+    passing: pd.Series | None = None  # the fastest feasible configuration that passes the gate, here or on evidence
+    unmeasured: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=UNMEASURED_COLUMNS))
+
+    def evidence_for(self, row: pd.Series) -> Evidence | None:
+        return self.evidence.get((row["runtime"], row["precision"]))
 
 
 def run_latencies(df: pd.DataFrame, targets: Targets, samples: dict[tuple[str, ...], dict[str, Any]] | None,
@@ -156,13 +223,29 @@ def lead_interval_pct(best: pd.Series, best_runs: list[float], runner_up: pd.Ser
     return float(low), float(high)
 
 
+def _passes_gate(row: pd.Series, evidence: dict[tuple[str, str], Evidence]) -> bool:
+    """Judged by this run's own perplexity (a feasible row passed it) or passing on the cited evidence."""
+    cited = evidence.get((row["runtime"], row["precision"]))
+    return pd.notna(row["ppl_delta_pct"]) or (cited is not None and cited.passes)
+
+
 def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ...], dict[str, Any]] | None = None,
-              targets: Targets | None = None) -> Recommendation:
+              targets: Targets | None = None, evidence: pd.DataFrame | None = None) -> Recommendation:
     """The most tokens/s per GPU among configurations that meet every target; ties go to the smaller batch. With
     raw samples (by row_key) and the targets, the lead over the runner-up gets a bootstrap interval, and a
-    runner-up inside it makes a tie."""
+    runner-up inside it makes a tie. With the targets, the runtimes not measured at the workload are named; with
+    the rows of real-weight runs (evidence), each pair this run does not judge gets their verdict, and the fastest
+    configuration that passes the gate is named beside the fastest."""
     feasible = table[table["feasible"].astype(bool)].sort_values(["tokens_per_s_per_gpu", "batch_size"],
                                                                  ascending=[False, True])
+    gate = targets.max_ppl_delta_pct if targets is not None else None
+    judged_here = _judged_here(df)
+    verdicts = {pair: verdict for pair, verdict in evidence_verdicts(evidence, gate).items()
+                if pair not in judged_here} if evidence is not None and not evidence.empty else {}
+    passing = next((row for _, row in feasible.iterrows() if _passes_gate(row, verdicts)), None)
+    unmeasured = unmeasured_configurations(df, targets) if targets is not None else None
+    more = {"evidence": verdicts, "passing": passing,
+            **({"unmeasured": unmeasured} if unmeasured is not None else {})}
     best = feasible.iloc[0] if not feasible.empty else None
     others = feasible if best is None else feasible[(feasible["runtime"] != best["runtime"])
                                                    | (feasible["precision"] != best["precision"])
@@ -178,6 +261,8 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ..
             reason = (f"meets every target; its best, batch {int(top['batch_size'])}, gives "
                       f"{top['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU, "
                       f"{100 * (1 - top['tokens_per_s_per_gpu'] / best['tokens_per_s_per_gpu']):.0f}% less")
+            cited = verdicts.get((runtime, precision))
+            reason += f"; {cited.words()}" if cited is not None else ""
         else:
             top = group.iloc[0]
             reason = f"no batch size meets the targets; at batch {int(top['batch_size'])}: {top['why_not']}"
@@ -188,19 +273,35 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ..
     losers_table = pd.DataFrame(losers, columns=["runtime", "precision", "gpu_count", "batch_size",
                                                  "tokens_per_s_per_gpu", "reason"])
     if best is None or runner_up is None or targets is None:
-        return Recommendation(best, runner_up, losers_table, judged)
+        return Recommendation(best, runner_up, losers_table, judged, **more)
     best_runs, runner_up_runs = (run_latencies(df, targets, samples, row) for row in (best, runner_up))
     if len(best_runs) < 2 or len(runner_up_runs) < 2:  # one run has no spread to resample
-        return Recommendation(best, runner_up, losers_table, judged)
+        return Recommendation(best, runner_up, losers_table, judged, **more)
     interval = lead_interval_pct(best, best_runs, runner_up, runner_up_runs, targets.output_len)
     return Recommendation(best, runner_up, losers_table, judged, interval, (len(best_runs), len(runner_up_runs)),
-                          interval[0] <= 0)
+                          interval[0] <= 0, **more)
+
+
+def larger_batch(df: pd.DataFrame, targets: Targets, samples: dict[tuple[str, ...], dict[str, Any]] | None,
+                 best: pd.Series | None) -> pd.Series | None:
+    """What the workload's batch ceiling costs: the configuration with the most tokens/s per GPU among those
+    measured at a larger batch that still meet the latency targets (and this run's accuracy gate), when it
+    beats the recommendation; None otherwise."""
+    measured = ok_rows(df)["batch_size"].max()
+    if pd.isna(measured) or measured <= targets.batch_size:
+        return None
+    table = configurations(df, replace(targets, batch_size=int(measured)), samples)
+    wider = table[table["feasible"].astype(bool) & (table["batch_size"] > targets.batch_size)]
+    if wider.empty:
+        return None
+    top = wider.iloc[0]
+    return top if best is None or top["tokens_per_s_per_gpu"] > best["tokens_per_s_per_gpu"] else None
 
 
 def cost_table(table: pd.DataFrame, gpu_hour_usd: float, requests_per_day: float | None,
-               output_len: int) -> pd.DataFrame:
+               output_len: int, max_utilization: float = MAX_UTILIZATION) -> pd.DataFrame:
     """Per runtime x precision at its best feasible batch: $ per million generated tokens, and for a load the
-    GPUs it needs and their monthly cost (see cost_formulas)."""
+    GPUs it needs at max_utilization and their monthly cost (see cost_formulas)."""
     columns = ["runtime", "precision", "gpu_count", "batch_size", "tokens_per_s_per_gpu", "usd_per_million_tokens",
                "gpus_needed", "usd_per_month"]
     feasible = table[table["feasible"].astype(bool)]
@@ -210,30 +311,39 @@ def cost_table(table: pd.DataFrame, gpu_hour_usd: float, requests_per_day: float
     for (runtime, precision, _), group in feasible.groupby(["runtime", "precision", "gpu_count"], sort=False):
         top = group.sort_values("tokens_per_s_per_gpu", ascending=False).iloc[0]
         per_gpu = top["tokens_per_s_per_gpu"]
-        gpus = deployment_gpus(requests_per_day, output_len, per_gpu, top["gpu_count"]) if requests_per_day else None
+        gpus = (deployment_gpus(requests_per_day, output_len, per_gpu, top["gpu_count"], max_utilization)
+                if requests_per_day else None)
         rows.append({"runtime": runtime, "precision": precision, "gpu_count": int(top["gpu_count"]),
                      "batch_size": int(top["batch_size"]),
                      "tokens_per_s_per_gpu": per_gpu,
-                     "usd_per_million_tokens": gpu_hour_usd / (per_gpu * 3600) * 1e6,
+                     "usd_per_million_tokens": usd_per_million_tokens(gpu_hour_usd, per_gpu),
                      "gpus_needed": gpus, "usd_per_month": gpus * gpu_hour_usd * HOURS_PER_MONTH if gpus else None})
     return pd.DataFrame(rows, columns=columns).sort_values("usd_per_million_tokens", ignore_index=True)
 
 
+def usd_per_million_tokens(gpu_hour_usd: float, tokens_per_s_per_gpu: float) -> float:
+    return gpu_hour_usd / (tokens_per_s_per_gpu * 3600) * 1e6
+
+
 def deployment_gpus(requests_per_day: float, output_len: int, tokens_per_s_per_gpu: float,
-                    gpus_per_replica: float = 1) -> int:
-    """GPUs to generate requests_per_day x output_len tokens a day at the measured rate, in whole replicas."""
+                    gpus_per_replica: float = 1, max_utilization: float = MAX_UTILIZATION) -> int:
+    """GPUs to generate requests_per_day x output_len tokens a day at the measured rate, in whole replicas each
+    kept at most max_utilization busy."""
     needed_tokens_per_s = requests_per_day * output_len / SECONDS_PER_DAY
-    replica_tokens_per_s = tokens_per_s_per_gpu * gpus_per_replica
-    return int(math.ceil(needed_tokens_per_s / replica_tokens_per_s) * gpus_per_replica)
+    replica_tokens_per_s = tokens_per_s_per_gpu * gpus_per_replica * max_utilization
+    # A hair of float error must not buy a whole replica: 0.7 x 1,000 tokens/s serving 700 is one replica.
+    return int(math.ceil(round(needed_tokens_per_s / replica_tokens_per_s, 9)) * gpus_per_replica)
 
 
-def cost_formulas() -> list[str]:
+def cost_formulas(max_utilization: float = MAX_UTILIZATION) -> list[str]:
     """The arithmetic of the cost section, in words."""
     return [
         "$ per million generated tokens = GPU-hour price / (tokens/s per GPU x 3,600) x 1,000,000, at the "
         "configuration's best batch size that meets the targets.",
-        "GPUs needed = ceil(requests per day x output tokens / 86,400 / tokens/s of one replica) x GPUs per "
-        "replica: the load spread evenly over the day, every replica kept at that batch size (peaks need more).",
+        "GPUs needed = ceil(requests per day x output tokens / 86,400 / (tokens/s of one replica x "
+        f"{max_utilization:.0%} maximum utilisation)) x GPUs per replica: the load spread evenly over the day, "
+        f"every replica kept at that batch size and at most {max_utilization:.0%} busy, the rest headroom for "
+        "peaks and queueing (load.max_utilization sets it).",
         f"Monthly cost = GPUs needed x GPU-hour price x {HOURS_PER_MONTH:g} hours.",
     ]
 
@@ -267,20 +377,35 @@ class Decision:
     configurations: pd.DataFrame
     recommendation: Recommendation
     costs: pd.DataFrame
+    larger_batch: pd.Series | None = None  # the same targets beyond the workload's batch (see larger_batch)
+    requests_per_day: float | None = None
+    max_utilization: float = MAX_UTILIZATION
+
+    def gpus_for_load(self, row: pd.Series | None) -> int | None:
+        """GPUs a configuration needs for the load (None without a load or a configuration)."""
+        if row is None or not self.requests_per_day:
+            return None
+        return deployment_gpus(self.requests_per_day, self.targets.output_len, row["tokens_per_s_per_gpu"],
+                               row["gpu_count"], self.max_utilization)
 
 
 def decide(results: pd.DataFrame, targets: Targets, samples: dict[tuple[str, ...], dict[str, Any]],
-           gpu_hour_usd: float, requests_per_day: float | None) -> Decision:
-    """The configurations at the workload, the recommendation and the costs (raw samples, by row_key, give
+           gpu_hour_usd: float, requests_per_day: float | None, max_utilization: float = MAX_UTILIZATION,
+           evidence: pd.DataFrame | None = None) -> Decision:
+    """The configurations at the workload, the recommendation (with the quality evidence: rows of real-weight
+    runs), the costs at max_utilization, and the same targets at a larger batch (raw samples, by row_key, give
     goodput)."""
     table = configurations(results, targets, samples)
-    costs = cost_table(table, gpu_hour_usd, requests_per_day, targets.output_len)
-    return Decision(targets, table, recommend(table, results, samples, targets), costs)
+    costs = cost_table(table, gpu_hour_usd, requests_per_day, targets.output_len, max_utilization)
+    rec = recommend(table, results, samples, targets, evidence)
+    return Decision(targets, table, rec, costs, larger_batch(results, targets, samples, rec.best), requests_per_day,
+                    max_utilization)
 
 
 # --- the decision matrix: rows = criteria (the metric registry's matrix entries), columns = configurations ---
 
 WINNER_MARK = "★ "
+MATRIX_NOTES = "notes"  # a decision matrix's attrs key: note number -> (the reason a cell was not measured, its cells)
 GATE_MARK = " ✗ over the accuracy gate"
 NOT_MEANINGFUL = "not meaningful: random weights"
 
@@ -322,6 +447,16 @@ class Criterion:
     input_len: int | None = None
 
 
+class Unmeasured(str):
+    """A cell's 'not measured: <status>: <reason>' that keeps its reason apart: the matrix shows the reason once,
+    as a note under it, instead of in every cell it explains."""
+
+    def __new__(cls, status: str, reason: str) -> Unmeasured:
+        cell = super().__new__(cls, f"not measured: {status}: {reason}")
+        cell.status, cell.reason = status, reason
+        return cell
+
+
 def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
     """'not measured: <why>' from the runtime's rows (their status and error)."""
     rows = df[(df["runtime"] == runtime) & (df["stage"] == stage)]
@@ -333,8 +468,7 @@ def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
     if failed.empty:
         return "not measured"
     first = failed.iloc[0]
-    # Shortened: the full reason is in the report's "not measured" list.
-    return f"not measured: {first['status']}: {shorten(str(first['error'] or first['notes']), 60)}"
+    return Unmeasured(first["status"], str(first["error"] or first["notes"]))
 
 
 def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: Any) -> Any:
@@ -423,7 +557,7 @@ def _build_time(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) 
     if row.iloc[0]["status"] == "skipped":
         return 0.0
     if row.iloc[0]["status"] != "ok":
-        return f"not measured: {row.iloc[0]['status']}: {row.iloc[0]['error']}"
+        return Unmeasured(row.iloc[0]["status"], str(row.iloc[0]["error"]))
     return float(row.iloc[0]["build_s"])
 
 
@@ -584,6 +718,15 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
                         max_ppl_delta_pct)
     table: dict[str, dict[str, str]] = {}
     winners: dict[str, str] = {}
+    notes: dict[str, list[int]] = {}  # reason -> [its note number, the cells it explains]
+
+    def unmeasured(value: Any) -> str:
+        if not isinstance(value, Unmeasured):
+            return str(value)
+        note = notes.setdefault(value.reason, [len(notes) + 1, 0])
+        note[1] += 1
+        return f"not measured: {value.status} (note {note[0]})"
+
     for criterion in dict((c.label, c) for c in matrix_criteria(ctx)).values():  # at one shape, rows can coincide
         values = {label[pair]: criterion.value(ctx, criterion, *pair) for pair in pairs}
         numeric = {c: v for c, v in values.items() if isinstance(v, float) and not math.isnan(v)}
@@ -596,7 +739,7 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
             label[pair]: (WINNER_MARK if label[pair] == best else "")
             + (_formatted(criterion.fmt, values[label[pair]])
                + (criterion.suffix(ctx, criterion, *pair) if criterion.suffix else "")
-               if label[pair] in numeric else str(values[label[pair]]))
+               if label[pair] in numeric else unmeasured(values[label[pair]]))
             for pair in pairs
         }
         winners[criterion.label] = best or "—"
@@ -605,4 +748,5 @@ def decision_matrix(df: pd.DataFrame, precision: str | None = None, max_ppl_delt
     matrix["winner"] = pd.Series(winners)
     precisions = ", ".join(dict.fromkeys(p for _, p in pairs))
     matrix.index.name = f"criterion ({precisions})"
+    matrix.attrs[MATRIX_NOTES] = {number: (reason, cells) for reason, (number, cells) in notes.items()}
     return matrix

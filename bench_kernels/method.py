@@ -7,6 +7,8 @@ PERPLEXITY_WINDOWS = 8  # windows scored: the first ones of the text
 MEMORY_SAMPLE_INTERVAL_S = 0.005  # how often device memory in use (outside torch) and a CPU's RSS are sampled
 MATMUL_SIZE_GPU = 8192  # the measured matmul rate's GEMMs are n x n x n: this on a GPU,
 MATMUL_SIZE_CPU = 2048  # and this on a CPU
+# GPUs for a load are sized to run at most this busy: headroom for peaks and queueing, until load runs measure it.
+MAX_UTILIZATION = 0.7
 BATCH_FORMATION = (
     "Each prompt is exactly input_len tokens of real English text, tokenized without special tokens. "
     "Prompt i of a batch starts at token offset i * (text tokens // batch_size) and wraps around the "

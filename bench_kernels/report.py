@@ -20,13 +20,15 @@ from bench_kernels.analysis import (build_columns, build_rows, inference_columns
                                     scaling_table, shorten, unmeasured_summary, with_sample_counts)
 from bench_kernels.claims import check_claims, claims_section_html
 from bench_kernels.claims_file import load_claims
-from bench_kernels.decision import (CONFIDENCE, WINNER_MARK, Recommendation, Targets, cost_formulas, describe,
-                                    gate_failures, summary_facts)
+from bench_kernels.decision import (CONFIDENCE, HOURS_PER_MONTH, MATRIX_NOTES, WINNER_MARK, Decision, Evidence,
+                                    Recommendation, Targets, cost_formulas, describe, gate_failures, summary_facts,
+                                    usd_per_million_tokens)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
-from bench_kernels.method import (BATCH_FORMATION, MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MEMORY_SAMPLE_INTERVAL_S,
-                                  PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS, perplexity_predictions)
+from bench_kernels.method import (BATCH_FORMATION, MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MAX_UTILIZATION,
+                                  MEMORY_SAMPLE_INTERVAL_S, PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS,
+                                  perplexity_predictions)
 from bench_kernels.plots import ALL_CHARTS
-from bench_kernels.results import MATMUL_COLUMNS, PROVENANCE_COLUMNS, ResultsStore
+from bench_kernels.results import MATMUL_COLUMNS, PROVENANCE_COLUMNS, ResultsStore, load_results
 from bench_kernels.roofline import streaming_gbps_of
 
 
@@ -50,6 +52,8 @@ class ReportSpec:
     load_output_len: int | None = None
     claims: str = ""
     traffic: dict = field(default_factory=dict)  # the spec's traffic key, as given (traffic.spec parses it)
+    max_utilization: float = MAX_UTILIZATION  # GPUs for the load are sized at most this busy
+    quality_evidence: tuple[Path, ...] = ()  # results folders of real-weight runs whose gate verdicts are cited
 
     @property
     def max_ppl_delta_pct(self) -> float | None:
@@ -66,7 +70,12 @@ class ReportSpec:
                    Targets(shape.batch_size, shape.input_len, shape.output_len, slo.ttft_ms, slo.tpot_ms,
                            spec.max_ppl_delta_pct),
                    spec.gpu_hour_usd, load.requests_per_day if load else None, load.output_len if load else None,
-                   spec.claims, dict(spec.traffic or {}))
+                   spec.claims, dict(spec.traffic or {}), load.max_utilization if load else MAX_UTILIZATION,
+                   spec.evidence_dirs)
+
+    def evidence(self) -> pd.DataFrame:
+        """The rows of the runs cited as quality evidence (empty without any)."""
+        return load_results([folder / "results.csv" for folder in self.quality_evidence])
 
 
 def offline_template_dir() -> Path:
@@ -112,11 +121,20 @@ def quality_table(df: pd.DataFrame, max_ppl_delta_pct: float) -> pd.DataFrame:
     return readable(table.assign(accuracy_gate=verdict))
 
 
-def quality_notes(df: pd.DataFrame, max_ppl_delta_pct: float) -> str:
-    """What the accuracy gate decided (HTML): which configurations failed it, and by how much."""
+def quality_notes(df: pd.DataFrame, max_ppl_delta_pct: float,
+                  evidence: dict[tuple[str, str], Evidence] | None = None) -> str:
+    """What the accuracy gate decided (HTML): which configurations failed it, and by how much; on random weights,
+    the verdicts cited from real-weight runs (quality_evidence)."""
     if (df["weights"] == "random").any():
-        return ("<p>Random weights: perplexity, token agreement and divergence are not meaningful, so no "
-                "configuration is judged on quality and none is starred for it.</p>")
+        text = ("<p>Random weights: perplexity, token agreement and divergence are not meaningful, so no "
+                "configuration is judged on quality here and none is starred for it.</p>")
+        if not evidence:
+            return text + ("<p>No real-weight run is cited as quality evidence (<code>quality_evidence</code>).</p>")
+        items = "".join(f"<li><b>{html.escape(runtime)} {html.escape(precision)}</b>: {html.escape(verdict.words())}"
+                        "</li>" for (runtime, precision), verdict in sorted(evidence.items()))
+        return text + (f"<p>Cited from real-weight runs instead, against this run's gate of {max_ppl_delta_pct:g}% "
+                       f"(another model's perplexity is a guide to a precision's error, not a measurement of this "
+                       f"one):</p><ul>{items}</ul>")
     quality = quality_rows(df)
     if quality.empty:
         return "<p>No perplexity was measured in this run.</p>"
@@ -143,7 +161,15 @@ def styled_matrix(matrix: pd.DataFrame):
             return "color: #b00020; font-weight: bold"
         return ""
 
-    return matrix.style.map(highlight).set_properties(**{"text-align": "left", "white-space": "normal"})
+    styler = matrix.style.map(highlight).set_properties(**{"text-align": "left", "white-space": "normal"})
+    notes = matrix.attrs.get(MATRIX_NOTES, {})
+    if not notes:
+        return styler
+    items = "".join(f"<li>note {number} ({cells:,} cell{'s' if cells > 1 else ''}): {html.escape(reason)}</li>"
+                    for number, (reason, cells) in notes.items())
+    return styler.set_caption(f"Not measured, and why:<ul style='margin:0'>{items}</ul>").set_table_styles(
+        [{"selector": "caption", "props": "caption-side: bottom; text-align: left; font-style: italic"}],
+        overwrite=False)
 
 
 def _targets_text(targets: Targets) -> str:
@@ -157,23 +183,88 @@ def _targets_text(targets: Targets) -> str:
     return "; ".join(parts)
 
 
-def recommendation_html(rec: Recommendation, targets: Targets) -> str:
-    """The report's first words: what to ship, the runner-up, and why every other configuration lost."""
+def recommendation_html(decision: Decision) -> str:
+    """The report's first words: what to ship, the fastest that passes the accuracy gate on the quality evidence,
+    the runner-up, the same targets at a larger batch, what was not measured, and why every other configuration
+    lost."""
+    rec, targets = decision.recommendation, decision.targets
     head = f"<p><b>Workload and targets</b>: {_targets_text(targets)}.</p>"
     if rec.best is None:
         return head + ("<p><b>No measured configuration meets these targets.</b> The closest attempt of each "
-                       "runtime and precision, and what it broke:</p>" + _losers_html(rec))
+                       "runtime and precision, and what it broke:</p>" + _losers_html(rec)
+                       + _larger_batch_html(decision) + _unmeasured_html(rec))
     best = rec.best
     text = (f"<p style='font-size:1.15em'><b>Ship {html.escape(describe(best))}</b>: "
             f"{best['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU "
             f"(goodput {best['goodput_tokens_per_s']:,.1f} tokens/s from requests that meet the targets; "
             f"{best['per_user_tokens_per_s']:,.1f} tokens/s per user).</p>")
+    text += _evidence_html(rec)
     if rec.runner_up is not None:
         text += _runner_up_html(rec)
-    if not rec.quality_judged:
+    text += _larger_batch_html(decision) + _unmeasured_html(rec)
+    if not rec.quality_judged and not rec.evidence:
         text += ("<p><i>Quality was not judged: no perplexity was measured in this run (random weights carry "
-                 "none), so the accuracy gate could not exclude any configuration.</i></p>")
-    return head + text + ("<p>Why the others lost:</p>" + _losers_html(rec) if not rec.losers.empty else "")
+                 "none) and no real-weight run is cited (<code>quality_evidence</code>), so the accuracy gate "
+                 "could not exclude any configuration.</i></p>")
+    losers = not rec.losers.empty or not rec.unmeasured.empty
+    return head + text + ("<p>Why the others lost:</p>" + _losers_html(rec) if losers else "")
+
+
+def _evidence_html(rec: Recommendation) -> str:
+    """Whether the fastest passes the accuracy gate on the quality evidence, and the fastest that does beside it;
+    in plain words where there is no evidence for it."""
+    best, cited = rec.best, rec.evidence_for(rec.best)
+    if pd.notna(best["ppl_delta_pct"]) or not rec.evidence:
+        return ""  # this run judged it itself, or no run is cited: the paragraph on quality says so
+    name = html.escape(f"{best['runtime']} {best['precision']}")
+    if cited is None:
+        text = (f"<p><b>No quality evidence for {name}</b>: this run measured no perplexity for it, and no "
+                "real-weight run cited in <code>quality_evidence</code> measured it either, so whether it passes "
+                "the accuracy gate is not known.")
+    elif cited.passes:
+        return f"<p>Quality: {name} {html.escape(cited.words())}.</p>"
+    else:
+        text = f"<p><b>{name} {html.escape(cited.words().replace('fails', 'FAILS', 1))}.</b>"
+    passing = rec.passing
+    if passing is None:
+        return text + " No configuration measured here passes the gate on this run's rows or the evidence.</p>"
+    behind = 100 * (1 - passing["tokens_per_s_per_gpu"] / best["tokens_per_s_per_gpu"])
+    verdict = rec.evidence_for(passing)
+    why = verdict.words() if verdict is not None else "passes this run's accuracy gate"
+    return (text + f" <b>The fastest that passes: {html.escape(describe(passing))}</b>, "
+            f"{passing['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU ({behind:.0f}% less; {html.escape(why)}).</p>")
+
+
+def _larger_batch_html(decision: Decision) -> str:
+    """What the workload's batch ceiling costs: the same targets met at a larger batch, and the GPUs for the load."""
+    wider, best = decision.larger_batch, decision.recommendation.best
+    if wider is None:
+        return ""
+    gpus, best_gpus = decision.gpus_for_load(wider), decision.gpus_for_load(best)
+    load = ""
+    if gpus is not None:
+        instead = f" instead of {best_gpus:,}" if best_gpus is not None else ""
+        load = (f"; {gpus:,} GPU{'s' if gpus > 1 else ''} for the load{instead}, at most "
+                f"{decision.max_utilization:.0%} busy")
+    cited = decision.recommendation.evidence_for(wider)
+    quality = f"; it {html.escape(cited.words())}" if cited is not None else ""
+    return (f"<p><b>The same targets at a larger batch</b>: {html.escape(describe(wider))} gives "
+            f"{wider['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU{load}{quality}. The workload's batch of at most "
+            f"{decision.targets.batch_size} is a ceiling the traffic sets: filling larger batches would cost "
+            "that much less.</p>")
+
+
+def _unmeasured_line(row: Any) -> str:
+    return (f"<b>{html.escape(row.runtime)} {html.escape(', '.join(row.precisions))}{on_gpus(row.gpu_count)}</b>: "
+            f"not measured ({html.escape(row.status)}): {html.escape(row.reason)}")
+
+
+def _unmeasured_html(rec: Recommendation) -> str:
+    """One line naming the runtimes not measured at the workload, and why: they are not in this decision."""
+    if rec.unmeasured.empty:
+        return ""
+    return ("<p><b>Not in this decision</b>, because not measured at the workload: "
+            + "; ".join(_unmeasured_line(row) for row in rec.unmeasured.itertuples()) + ".</p>")
 
 
 def _runner_up_html(rec: Recommendation) -> str:
@@ -200,21 +291,33 @@ def _losers_html(rec: Recommendation) -> str:
     items = "".join(f"<li><b>{html.escape(r.runtime)} {html.escape(r.precision)}"
                     f"{on_gpus(r.gpu_count)}</b>: {html.escape(r.reason)}</li>"
                     for r in rec.losers.itertuples())
+    items += "".join(f"<li>{_unmeasured_line(row)}</li>" for row in rec.unmeasured.itertuples())
     return f"<ul>{items}</ul>"
 
 
-def cost_html(spec: ReportSpec, costs: pd.DataFrame) -> str:
-    """The cost section's words: the formulas, or what to set to get figures."""
+def cost_html(spec: ReportSpec, decision: Decision) -> str:
+    """The cost section's words: the formulas and the same targets at a larger batch, or what to set to get
+    figures."""
+    costs = decision.costs
     if spec.gpu_hour_usd <= 0:
         return ("<p>No cost figures: set <code>gpu_hour_usd</code> (the price of one GPU hour) in the sweep spec, "
-                "and <code>load: {requests_per_day: ...}</code> to size a deployment.</p>")
+                "and <code>load: {requests_per_day: ...}</code> to size a deployment.</p>"
+                + _larger_batch_html(decision))
     if costs.empty:
-        return "<p>No configuration meets the targets, so nothing is priced.</p>"
-    sizing = (f"Load: {spec.requests_per_day:,.0f} requests a day of {spec.load_output_len} generated tokens."
+        return "<p>No configuration meets the targets, so nothing is priced.</p>" + _larger_batch_html(decision)
+    sizing = (f"Load: {spec.requests_per_day:,.0f} requests a day of {spec.load_output_len} generated tokens, "
+              f"each GPU at most {decision.max_utilization:.0%} busy."
               if spec.requests_per_day else "Set <code>load: {requests_per_day: ...}</code> to size a deployment.")
-    formulas = "".join(f"<li>{html.escape(f)}</li>" for f in cost_formulas())
+    formulas = "".join(f"<li>{html.escape(f)}</li>" for f in cost_formulas(decision.max_utilization))
+    wider = decision.larger_batch
+    priced = ""
+    if wider is not None:
+        gpus = decision.gpus_for_load(wider)
+        usd_per_million = usd_per_million_tokens(spec.gpu_hour_usd, wider["tokens_per_s_per_gpu"])
+        monthly = f", ${gpus * spec.gpu_hour_usd * HOURS_PER_MONTH:,.0f} a month" if gpus is not None else ""
+        priced = f"<p>At that larger batch: ${usd_per_million:,.2f} per million generated tokens{monthly}.</p>"
     return (f"<p>GPU hour: ${spec.gpu_hour_usd:,.2f}. {sizing}</p>{readable(costs).to_html(index=False)}"
-            f"<ul>{formulas}</ul>")
+            f"<ul>{formulas}</ul>" + _larger_batch_html(decision) + priced)
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from bench_kernels.analysis import break_even_tokens, speedup_table, unmeasured_summary
-from bench_kernels.decision import WINNER_MARK, decision_matrix
+from bench_kernels.decision import MATRIX_NOTES, WINNER_MARK, decision_matrix
 from bench_kernels.results import typed_frame as frame
 
 
@@ -41,7 +41,9 @@ def test_decision_matrix_values_reasons_and_winners() -> None:
     assert list(matrix.columns) == ["reference", "onnxruntime", "tensorrt", "winner"]
     row = matrix.loc["throughput, batch 4, input 16 (tokens/s)"]
     assert row["onnxruntime"] == WINNER_MARK + "600.0" and row["reference"] == "300.0"
-    assert row["tensorrt"] == "not measured: unavailable: no CUDA GPU" and row["winner"] == "onnxruntime"
+    assert row["tensorrt"] == "not measured: unavailable (note 1)" and row["winner"] == "onnxruntime"
+    reason, cells = matrix.attrs[MATRIX_NOTES][1]
+    assert reason == "no CUDA GPU" and cells == (matrix == "not measured: unavailable (note 1)").sum().sum()
     # break-even at batch 4: 10 s / (1/300 - 1/600) s per token = 6000 tokens
     assert matrix.loc["break-even vs reference, batch 4, input 16 (generated tokens)", "onnxruntime"].endswith("6,000")
     assert matrix.loc["build / export / compile time (s)", "winner"] == "reference"

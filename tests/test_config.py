@@ -157,3 +157,47 @@ def test_prompt_file_too_short_for_the_longest_input_is_refused(tmp_path: Path) 
     assert "fewer than the longest input needs (64)" in message
     (tmp_path / "long.txt").write_text("Enough words to cut every prompt of the sweep from real text. " * 8)
     assert load_config(write(tmp_path, model="preset:smollm2-135m", prompt_file="long.txt", input_lens=[8, 64]))
+
+
+def results_folder(folder: Path, weights: str) -> Path:
+    """A run's results folder with one quality row of the reference (its perplexity delta: 0)."""
+    from bench_kernels.results import ResultsStore
+
+    ResultsStore(folder).append({"stage": "quality", "runtime": "reference", "model": "m", "weights": weights,
+                                 "precision": "bf16", "status": "ok", "perplexity": 40.0, "ppl_delta_pct": 0.0})
+    return folder
+
+
+def test_quality_evidence_is_taken_from_the_spec_folder_one_folder_or_several(tmp_path: Path) -> None:
+    results_folder(tmp_path / "reports" / "real", "real")
+    (tmp_path / "params").mkdir()
+    for given in ("../reports/real", ["../reports/real"]):
+        spec = tmp_path / "params" / "spec.yaml"
+        spec.write_text(yaml.safe_dump({**GOOD, "quality_evidence": given}))
+        cfg = load_config(spec, check_model=False)
+        assert cfg.evidence_dirs == ((tmp_path / "reports" / "real").resolve(),)
+
+
+def test_bad_quality_evidence_names_the_key_and_each_folder_with_the_other_problems(tmp_path: Path) -> None:
+    random_only = results_folder(tmp_path / "random", "random")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError) as info:
+        parse_config({**GOOD, "batch_sizes": [0], "quality_evidence": [str(tmp_path / "missing"),
+                                                                      str(tmp_path / "empty"), str(random_only)]})
+    message = str(info.value)
+    assert "batch_sizes: every value must be >= 1" in message  # one round: every problem at once
+    line = next(line for line in message.splitlines() if line.strip().startswith("quality_evidence:"))
+    assert f"folder {tmp_path / 'missing'} does not exist" in line
+    assert f"{tmp_path / 'empty'} holds no results.csv" in line
+    assert f"{random_only / 'results.csv'} holds no real-weight perplexity" in line
+
+
+def test_the_loads_maximum_utilisation_is_a_share_that_defaults_to_seventy_percent() -> None:
+    from bench_kernels.report import ReportSpec
+
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match="load.max_utilization"):
+            parse_config({**GOOD, "load": {"requests_per_day": 1000.0, "max_utilization": bad}})
+    assert ReportSpec.of(parse_config({**GOOD, "load": {"requests_per_day": 1000.0}})).max_utilization == 0.7
+    assert ReportSpec.of(parse_config({**GOOD, "load": {"requests_per_day": 1000.0, "max_utilization": 1}})
+                         ).max_utilization == 1

@@ -8,9 +8,10 @@ import math
 import pandas as pd
 import pytest
 
-from bench_kernels.decision import (Targets, configurations, cost_table, deployment_gpus, goodput_share,
-                                    recommend, summary_facts)
-from bench_kernels.report import recommendation_html
+from bench_kernels.decision import (MATRIX_NOTES, Targets, configurations, cost_table, decide, decision_matrix,
+                                    deployment_gpus, goodput_share, recommend, summary_facts)
+from bench_kernels.report import ReportSpec, cost_html, quality_notes, recommendation_html, styled_matrix
+from bench_kernels.config import parse_config
 from bench_kernels.results import row_key, typed_frame
 
 
@@ -90,11 +91,14 @@ def test_cost_arithmetic_by_hand() -> None:
     table = configurations(df, TARGETS)
     costs = cost_table(table, gpu_hour_usd=2.0, requests_per_day=1_000_000, output_len=128).iloc[0]
     assert costs["usd_per_million_tokens"] == pytest.approx(2.0 / (1000 * 3600) * 1e6)  # $0.556
-    # 1e6 x 128 tokens a day = 1,481.5 tokens/s: two GPUs at 1,000 tokens/s each, 2 x $2 x 730 h a month
-    assert costs["gpus_needed"] == 2 and costs["usd_per_month"] == pytest.approx(2 * 2.0 * 730)
+    # 1e6 x 128 tokens a day = 1,481.5 tokens/s: at most 70% busy, a GPU of 1,000 tokens/s serves 700 of them,
+    # so three GPUs, 3 x $2 x 730 h a month (two would be 74% busy)
+    assert costs["gpus_needed"] == 3 and costs["usd_per_month"] == pytest.approx(3 * 2.0 * 730)
+    full = cost_table(table, gpu_hour_usd=2.0, requests_per_day=1_000_000, output_len=128, max_utilization=1.0)
+    assert full.iloc[0]["gpus_needed"] == 2
     assert cost_table(table, gpu_hour_usd=0.0, requests_per_day=None, output_len=128).empty
-    assert deployment_gpus(1_000_000, 128, 800.0, gpus_per_replica=2) == 2  # one 2-GPU replica: 1,600 tokens/s
-    assert deployment_gpus(1_000_000, 128, 300.0, gpus_per_replica=2) == 6  # three replicas of 600 tokens/s
+    assert deployment_gpus(1_000_000, 128, 800.0, gpus_per_replica=2, max_utilization=1.0) == 2  # 1,600 tokens/s
+    assert deployment_gpus(1_000_000, 128, 300.0, gpus_per_replica=2, max_utilization=1.0) == 6  # 3 x 600 tokens/s
     assert math.isnan(table.iloc[0]["ppl_delta_pct"])
 
 
@@ -124,11 +128,114 @@ def test_a_runner_up_inside_the_leads_bootstrap_interval_is_a_tie() -> None:
     tie = recommend(configurations(df, targets, samples), df, samples, targets)
     low, high = tie.lead_interval_pct
     assert low < 0 < high and tie.tie and summary_facts(tie)["tie"]
-    assert "a tie" in recommendation_html(tie, targets)
+    assert "a tie" in recommendation_html(decide(df, targets, samples, 0.0, None))
     df = frame(apart)
     clear = recommend(configurations(df, targets, samples), df, samples, targets)
     low, high = clear.lead_interval_pct
     assert 0 < low <= summary_facts(clear)["lead_pct"] <= high and not clear.tie
-    assert "a tie" not in recommendation_html(clear, targets)
+    assert "a tie" not in recommendation_html(decide(df, targets, samples, 0.0, None))
     without = recommend(configurations(df, targets), df)  # no raw samples: no interval, never called a tie
     assert without.lead_interval_pct is None and not without.tie
+
+
+def random(rows: list[dict]) -> pd.DataFrame:
+    """Rows of a random-weight run: no perplexity of its own."""
+    return typed_frame({"stage": "inference", "status": "ok", "model": "preset:llama", "weights": "random",
+                        "input_len": 128, "output_len": 128, **r} for r in rows)
+
+
+def evidence(*deltas: tuple[str, str, float]) -> pd.DataFrame:
+    """Quality rows of a real-weight run: (runtime, precision, perplexity delta %)."""
+    return typed_frame({"run_name": "real-run", "stage": "quality", "status": "ok", "model": "small-real",
+                        "weights": "real", "runtime": runtime, "precision": precision, "perplexity": 40.0,
+                        "ppl_delta_pct": delta} for runtime, precision, delta in deltas)
+
+
+FAST_FP8 = [config("compiled", "fp8", 1, 250.0, 20.0, 4.0), config("compiled", "bf16", 1, 164.0, 20.0, 6.0),
+            config("compiled", "int4", 1, 229.0, 20.0, 4.4)]
+AT_ONE = Targets(batch_size=1, input_len=128, output_len=128, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
+
+
+def test_quality_evidence_names_the_fastest_that_passes_beside_the_fastest() -> None:
+    df = random(FAST_FP8)
+    cited = evidence(("compiled", "fp8", 2.75), ("compiled", "bf16", 0.0), ("reference", "bf16", 0.0))
+    decision = decide(df, AT_ONE, {}, 0.0, None, evidence=cited)
+    rec = decision.recommendation
+    assert summary_facts(rec)["best"] == "compiled fp8, batch 1"  # the fastest is still named first
+    assert rec.passing["precision"] == "bf16"  # int4 is faster, but no evidence says it passes
+    assert not rec.evidence_for(rec.best).passes and rec.evidence_for(rec.passing).passes
+    html = recommendation_html(decision)
+    assert "compiled fp8 FAILS the accuracy gate on the quality evidence (perplexity +2.75%" in html
+    assert "on small-real, real weights, run real-run" in html
+    assert "The fastest that passes: compiled bf16, batch 1</b>, 164.0 tokens/s per GPU (34% less" in html
+    assert "Quality was not judged" not in html
+    reasons = rec.losers.set_index("precision")["reason"]
+    assert "passes the accuracy gate on the quality evidence" in reasons["bf16"]
+    notes = quality_notes(df, 1.0, rec.evidence)
+    assert "<b>compiled fp8</b>: fails the accuracy gate on the quality evidence" in notes
+    assert "<b>reference bf16</b>: passes" in notes  # cited though not measured at the workload here
+    # Evidence that cites others but not the fastest: the first screen says so, and still names the passing one.
+    html = recommendation_html(decide(df, AT_ONE, {}, 0.0, None, evidence=evidence(("compiled", "bf16", 0.5))))
+    assert "No quality evidence for compiled fp8</b>" in html and "The fastest that passes: compiled bf16" in html
+    # No evidence at all: not judged, in plain words.
+    html = recommendation_html(decide(df, AT_ONE, {}, 0.0, None))
+    assert "Quality was not judged" in html and "no real-weight run is cited" in html
+    assert "No quality evidence for" not in html and "The fastest that passes" not in html
+
+
+def test_the_worst_cited_delta_decides_and_this_runs_own_perplexity_comes_first() -> None:
+    cited = pd.concat([evidence(("compiled", "fp8", 0.4)), evidence(("compiled", "fp8", 2.75))])
+    rec = decide(random(FAST_FP8), AT_ONE, {}, 0.0, None, evidence=cited).recommendation
+    assert rec.evidence[("compiled", "fp8")].ppl_delta_pct == 2.75
+    own = frame(FAST_FP8 + [{"stage": "quality", "runtime": "compiled", "precision": "fp8", "perplexity": 10.0,
+                             "ppl_delta_pct": 0.2}])
+    rec = decide(own, AT_ONE, {}, 0.0, None, evidence=cited).recommendation
+    assert ("compiled", "fp8") not in rec.evidence and rec.passing["precision"] == "fp8"
+
+
+def test_the_same_targets_at_a_larger_batch_and_its_gpus_for_the_load() -> None:
+    df = random(FAST_FP8 + [config("compiled", "fp8", 8, 1577.0, 60.0, 5.0),
+                            config("compiled", "fp8", 64, 9000.0, 900.0, 7.0),  # first token too late
+                            config("compiled", "int4", 8, 1400.0, 60.0, 5.5)])
+    decision = decide(df, AT_ONE, {}, 3.0, 1_000_000)
+    assert decision.recommendation.best["batch_size"] == 1
+    wider = decision.larger_batch
+    assert (wider["precision"], wider["batch_size"]) == ("fp8", 8)
+    # 1,481.5 tokens/s for the load: 1,577 x 70% = 1,104 per GPU needs two; 250 x 70% = 175 needs nine
+    assert decision.gpus_for_load(wider) == 2 and decision.gpus_for_load(decision.recommendation.best) == 9
+    line = "The same targets at a larger batch</b>: compiled fp8, batch 8 gives 1,577.0 tokens/s per GPU; 2 GPUs for "
+    assert line + "the load instead of 9, at most 70% busy" in recommendation_html(decision)
+    spec = ReportSpec.of(parse_config({"gpu_hour_usd": 3.0, "load": {"requests_per_day": 1_000_000}}))
+    cost = cost_html(spec, decision)
+    assert line in cost and "at most 70% busy" in cost and "$4,380 a month" in cost  # 2 x $3 x 730 h
+    loose = decide(df, AT_ONE, {}, 3.0, 1_000_000, max_utilization=1.0)
+    assert loose.gpus_for_load(loose.recommendation.best) == 6
+    # Nothing measured beyond the workload's batch: no line.
+    assert decide(random(FAST_FP8), AT_ONE, {}, 3.0, 1_000_000).larger_batch is None
+
+
+def test_a_runtime_not_measured_gets_one_line_where_the_decision_is_made_and_one_matrix_note() -> None:
+    reason = "TensorRT-RTX 1.7 cannot run engines on NVIDIA H100 80GB HBM3, which has compute capability 9.0"
+    unavailable = [{"runtime": "tensorrt", "precision": precision, "batch_size": batch, "status": "unavailable",
+                    "error": reason, "runtime_precisions": "bf16 int4"}
+                   for precision in ("bf16", "int4") for batch in (1, 8)]
+    not_its_precision = {"runtime": "tensorrt", "precision": "fp8", "batch_size": 1, "status": "unavailable",
+                         "error": "tensorrt does not run fp8", "runtime_precisions": "bf16 int4"}
+    df = random(FAST_FP8 + unavailable + [not_its_precision])
+    rec = decide(df, AT_ONE, {}, 0.0, None).recommendation
+    assert rec.unmeasured[["runtime", "status", "reason"]].values.tolist() == [["tensorrt", "unavailable", reason]]
+    assert rec.unmeasured.iloc[0]["precisions"] == ["bf16", "int4"]
+    html = recommendation_html(decide(df, AT_ONE, {}, 0.0, None))
+    first_screen, losers = html.split("Why the others lost")
+    line = f"<b>tensorrt bf16, int4</b>: not measured (unavailable): {reason}"
+    assert "Not in this decision</b>" in first_screen and line in first_screen and f"<li>{line}</li>" in losers
+    assert "does not run fp8" not in html
+    matrix = decision_matrix(df, workload=AT_ONE)
+    cells = matrix.filter(like="tensorrt").to_numpy().ravel().tolist()
+    assert {c for c in cells if c.startswith("not measured: unavailable")} == {"not measured: unavailable (note 1)"}
+    assert matrix.attrs[MATRIX_NOTES][1] == (reason, cells.count("not measured: unavailable (note 1)"))
+    rendered = styled_matrix(matrix).to_html()
+    assert rendered.count(reason) == 1 and "note 1 (" in rendered
+    # Every runtime unavailable: nothing to ship, and the line still says why.
+    alone = decide(random(unavailable), AT_ONE, {}, 0.0, None)
+    assert alone.recommendation.best is None and line in recommendation_html(alone)

@@ -11,8 +11,9 @@ import pytest
 
 from bench_kernels import plots
 from bench_kernels.config import parse_config
-from bench_kernels.decision import WINNER_MARK, Targets, configurations, cost_table, decision_matrix, recommend
-from bench_kernels.report import (ReportSpec, availability_notes, build_table, method_notes, profiles_html,
+from bench_kernels.decision import (MATRIX_NOTES, WINNER_MARK, Targets, configurations, cost_table, decide,
+                                    decision_matrix)
+from bench_kernels.report import (ReportSpec, availability_notes, build_table, cost_html, method_notes, profiles_html,
                                   provenance_table, readable, recommendation_html, results_table, roofline_html,
                                   roofline_table, scaling_html, scaling_table, unmeasured_summary)
 from bench_kernels.results import load_results, typed_frame
@@ -75,7 +76,11 @@ def test_every_table_and_chart_renders(rows: list[dict]) -> None:
     assert scaling_html(scaling_table(df))
     targets = Targets(batch_size=4, input_len=8, output_len=4, ttft_ms=500.0, tpot_ms=30.0, max_ppl_delta_pct=1.0)
     table = configurations(df, targets)
-    assert "Workload and targets" in recommendation_html(recommend(table, df), targets)
+    for evidence in (df.iloc[:0], df):  # no evidence; evidence that (real weights, no perplexity) judges nothing
+        decision = decide(df, targets, {}, 2.0, 1000.0, evidence=evidence)
+        assert "Workload and targets" in recommendation_html(decision)
+        assert cost_html(ReportSpec.of(parse_config({"gpu_hour_usd": 2.0, "load": {"requests_per_day": 1000.0}})),
+                         decision)
     assert plots.pareto(table, targets.tpot_ms) is None or not table.empty
     cost_table(table, 2.0, 1000.0, 4)
     decision_matrix(df, workload=targets)
@@ -84,8 +89,10 @@ def test_every_table_and_chart_renders(rows: list[dict]) -> None:
 def test_a_runtime_with_only_errors_says_why_in_every_cell() -> None:
     matrix = decision_matrix(frame(MIXES["a runtime with only errors"]))
     throughput = matrix.loc[matrix.index.str.startswith("throughput, batch 1")].iloc[0]
-    assert throughput["compiled"].startswith("not measured: error: compiled cannot run")
-    assert matrix.loc["build / export / compile time (s)", "compiled"].startswith("not measured: error: ValueError")
+    notes = {reason: number for number, (reason, _) in matrix.attrs[MATRIX_NOTES].items()}
+    assert throughput["compiled"] == f"not measured: error (note {notes['compiled cannot run: a reason']})"
+    build = notes["ValueError: model_type 'gemma2' is not supported"]
+    assert matrix.loc["build / export / compile time (s)", "compiled"] == f"not measured: error (note {build})"
 
 
 def test_a_value_above_the_roofline_is_invalid_and_never_starred() -> None:
