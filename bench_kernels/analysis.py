@@ -7,11 +7,19 @@ copes with new shapes) comes from the runtime_* columns its rows carry.
 from __future__ import annotations
 
 import math
+import re
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
 
+from bench_kernels.architecture import parameter_counts, preset_fields, preset_names, stored_weight_bytes
+from bench_kernels.precisions import PRECISIONS
 from bench_kernels.results import COLUMN, REGISTRY
+from bench_kernels.roofline import streaming_gbps_of
+
+# Two rows' measured bandwidths further apart than this: the card (or its load) differed between them.
+BANDWIDTH_TOLERANCE = 0.02
 
 
 def carried_by(stage: str) -> list[str]:
@@ -43,8 +51,72 @@ def plain_number(value: float, digits: int = 4) -> str:
 
 
 def shorten(text: str, limit: int = 90) -> str:
-    """text cut to `limit` characters, with an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """text cut after its last whole word within `limit` characters, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
+    return cut.rstrip(" ,;:") + " …"
+
+
+# torch's CUDA out-of-memory message: what it tried to allocate, the card's capacity, what was free.
+CUDA_OUT_OF_MEMORY = re.compile(r"CUDA out of memory\. Tried to allocate (?P<need>[\d.]+ [KMG]iB)\. GPU \d+ has a "
+                                r"total capacity of (?P<total>[\d.]+) GiB of which (?P<free>[\d.]+ [KMG]iB) is free"
+                                r".*", re.DOTALL)
+
+
+def stored_weights_gb(model: str, precision: str) -> float | None:
+    """GB of a preset model's weights as stored at a precision; None for a model the presets do not describe."""
+    if model not in preset_names() or precision not in PRECISIONS:
+        return None
+    counts = parameter_counts(SimpleNamespace(**preset_fields(model)))
+    entry = PRECISIONS[precision]
+    return stored_weight_bytes(counts, entry.projection_bytes, entry.unquantized_bytes) / 1e9
+
+
+def plain_error(error: str, weights_gb: float | None = None, gpu_count: int = 1) -> str:
+    """An error in plain words: a CUDA out-of-memory text becomes 'N GB of weights do not fit M GB' when the
+    weights alone exceed the card, else what was asked for and what was free; other errors stay as they are."""
+    match = CUDA_OUT_OF_MEMORY.search(error)
+    if match is None:
+        return error
+    prefix = error[: match.start()]  # the stage and kind, e.g. 'prepare failed: out of memory: '
+    capacity_gb = float(match["total"]) * 2**30 / 1e9
+    if weights_gb is not None and weights_gb / gpu_count > capacity_gb:
+        share = f" ({weights_gb / gpu_count:,.0f} GB on each of {gpu_count} GPUs)" if gpu_count > 1 else ""
+        return f"{prefix}{weights_gb:,.0f} GB of weights{share} do not fit {capacity_gb:,.0f} GB"
+    return f"{prefix}{match['need']} more were needed with {match['free']} of the card's {capacity_gb:,.0f} GB free"
+
+
+def readable_errors(rows: pd.DataFrame) -> pd.Series:
+    """plain_error of each row's error, from its model, precision and GPU count."""
+    return pd.Series([plain_error(str(row["error"]), stored_weights_gb(row["model"], row["precision"]),
+                                  int(row["gpu_count"]) if pd.notna(row["gpu_count"]) else 1)
+                      for _, row in rows.iterrows()], index=rows.index, dtype=object)
+
+
+def short_sha(sha: str) -> str:
+    return sha[:7]
+
+
+def code_versions(rows: pd.DataFrame) -> dict[str, int]:
+    """Each git SHA the rows were measured at (shortened), with how many rows; the most rows first."""
+    shas = rows["git_sha"].fillna("").map(short_sha).replace("", "unrecorded")
+    return {str(sha): int(n) for sha, n in shas.value_counts().items()}
+
+
+def measurement_differences(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """How the rows behind two compared figures were measured unlike each other, in words: other code versions, or
+    streaming bandwidths (median over each side's rows) more than BANDWIDTH_TOLERANCE apart. Empty when alike."""
+    notes = []
+    shas_a, shas_b = (set(code_versions(rows)) - {"unrecorded"} for rows in (a, b))
+    if shas_a and shas_b and shas_a != shas_b:
+        notes.append(f"measured at different code versions ({', '.join(sorted(shas_a))} against "
+                     f"{', '.join(sorted(shas_b))})")
+    gbps_a, gbps_b = (float(streaming_gbps_of(rows).median()) for rows in (a, b))
+    if math.isfinite(gbps_a) and math.isfinite(gbps_b) and abs(gbps_a / gbps_b - 1) > BANDWIDTH_TOLERANCE:
+        notes.append(f"measured bandwidth {gbps_a:,.0f} against {gbps_b:,.0f} GB/s "
+                     f"({100 * abs(gbps_a / gbps_b - 1):.1f}% apart, more than {BANDWIDTH_TOLERANCE:.0%})")
+    return notes
 
 
 def gpu_counts(rows: pd.DataFrame) -> pd.Series:

@@ -55,6 +55,11 @@ def parameter_counts(config: Any) -> ParameterCounts:
                            embedding=vocab * hidden, lm_head=0 if tied else vocab * hidden)
 
 
+def stored_weight_bytes(counts: ParameterCounts, projection_bytes: float, unquantized_bytes: int) -> int:
+    """Bytes of the weights as stored: projections at their precision's bytes, the rest in the load dtype."""
+    return int(counts.projections * projection_bytes) + (counts.total - counts.projections) * unquantized_bytes
+
+
 def kv_bytes_per_token(config: Any, element_size: int) -> int:
     """Bytes of keys and values one token adds to the cache, across all layers."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

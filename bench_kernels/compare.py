@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench_kernels.analysis import plain_number
+from bench_kernels.analysis import measurement_differences, ok_rows, plain_number
 from bench_kernels.paths import resolve_project_path
 from bench_kernels.results import (COLUMN, KEY_COLUMNS, METRICS, PROVENANCE_COLUMNS, SHAPE_COLUMNS, Column,
                                    ResultsStore, load_results, read_rows, row_key)
@@ -221,6 +221,10 @@ def heading_html(comparison: Comparison) -> str:
     warning = ("" if models.empty else f"<p style='color:#b00020'><b>Different models</b>: A measured "
                f"{html.escape(models['a'].iloc[0])}, B {html.escape(models['b'].iloc[0])}; the ratios compare the "
                "models as much as anything else.</p>")
+    unlike = measurement_differences(ok_rows(b.results), ok_rows(a.results))
+    if unlike:
+        warning += (f"<p style='color:#8a5a00'><b>Not measured alike</b>: B against A, "
+                    f"{html.escape('; '.join(unlike))}; a ratio may owe part of itself to that.</p>")
     return (f"<p><b>A</b> (baseline): {html.escape(a.name)} (<code>{html.escape(str(a.folder))}</code>)<br>"
             f"<b>B</b>: {html.escape(b.name)} (<code>{html.escape(str(b.folder))}</code>)</p>"
             f"<p>{html.escape(summary_line(comparison))}</p>{warning}")

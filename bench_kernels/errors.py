@@ -6,8 +6,9 @@ import torch
 
 
 def readable_error(err: BaseException) -> str:
-    """One line a user can act on: the exception type and the first line of its message."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return f"out of memory: {str(err).splitlines()[0][:300]}"
+    """One line a user can act on: the exception type and the whole first line of its message (never cut mid-word;
+    the report puts torch's out-of-memory line in plain words, analysis.plain_error)."""
     first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first[:500]}"
+    if isinstance(err, torch.OutOfMemoryError):
+        return f"out of memory: {first}"
+    return f"{type(err).__name__}: {first}"

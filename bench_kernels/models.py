@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import torch
 
-from bench_kernels.architecture import kv_bytes_per_token, parameter_counts, preset_fields, preset_names
+from bench_kernels.architecture import (kv_bytes_per_token, parameter_counts, preset_fields, preset_names,
+                                        stored_weight_bytes)
 from bench_kernels.paths import cache_dir, resolve_project_path, temporary_dir
 from bench_kernels.precisions import PRECISIONS
 
@@ -323,8 +324,7 @@ def estimated_memory_bytes(config: Any, precision: str, batch_size: int, total_l
     entry = PRECISIONS[precision]
     counts = parameter_counts(config)
     kv_cache = kv_bytes_per_token(config, entry.unquantized_bytes) * batch_size * total_len
-    return (int(counts.projections * entry.projection_bytes) + (counts.total - counts.projections)
-            * entry.unquantized_bytes + kv_cache)
+    return stored_weight_bytes(counts, entry.projection_bytes, entry.unquantized_bytes) + kv_cache
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -20,14 +20,35 @@ def _series_label(df: pd.DataFrame) -> pd.Series:
     return df["runtime"] + " " + df["precision"] + gpu_counts(df).map(on_gpus)
 
 
+def series_palette(df: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """One colour per series (runtime x precision x GPU count) of the ok inference rows, in sorted order: every
+    chart of one results frame draws a series in the same colour."""
+    labels = sorted(set(_series_label(ok_rows(df))))
+    return dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "tab20", len(labels))))
+
+
+def _hue(data: pd.DataFrame, palette: dict[str, tuple[float, float, float]]) -> dict:
+    """seaborn's hue arguments for data's `series`: the palette's colours, every series of the chart in each legend
+    (a panel may lack some)."""
+    present = set(data["series"])
+    order = [label for label in palette if label in present]
+    unknown = sorted(present - set(order))  # not among the palette's series: colours after the palette's
+    extra = dict(zip(unknown, sns.color_palette("tab20", len(palette) + len(unknown))[len(palette):]))
+    colours = {**{label: palette[label] for label in order}, **extra}
+    return {"hue": "series", "hue_order": order + unknown, "palette": colours}
+
+
 def _facet_panels(data: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str,
-                  log_x: bool = False, log_y: bool = False, style: str = "series") -> Figure:
-    """One panel per value of `facet`, one colour per value of data's `series` column, line style by `style`."""
+                  palette: dict[str, tuple[float, float, float]], log_x: bool = False, log_y: bool = False,
+                  style: str = "series") -> Figure:
+    """One panel per value of `facet`, one colour per value of data's `series` column (its palette's), line style by
+    `style`; the last panel's legend names every series of the chart."""
     facets = sorted(data[facet].unique())
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False, sharey=True)
     for ax, value in zip(axes[0], facets):
         panel = data[data[facet] == value]
-        sns.lineplot(data=panel, x=x, y=y, hue="series", style=style, markers=True, dashes=style != "series", ax=ax)
+        sns.lineplot(data=panel, x=x, y=y, **_hue(data, palette), style=style, markers=True,
+                     dashes=style != "series", ax=ax)
         ax.set_title(f"{facet.replace('_', ' ')} = {int(value)}")
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel(ylabel)
@@ -52,7 +73,7 @@ def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabe
     if data.empty:
         return None
     return _facet_panels(data.assign(series=_series_label(data)), x, y, facet, title,
-                         ylabel or COLUMN[y].titled, log_x=log_x)
+                         ylabel or COLUMN[y].titled, series_palette(df), log_x=log_x)
 
 
 def throughput_vs_batch(df: pd.DataFrame) -> Figure | None:
@@ -71,7 +92,7 @@ def latency_vs_batch(df: pd.DataFrame) -> Figure | None:
     long["percentile"] = long["percentile"].str.replace("latency_ms_", "")
     return _facet_panels(long, "batch_size", "latency_ms", "input_len",
                          "Latency p50 / p99 vs batch size (lower is better)", "end-to-end latency (ms)",
-                         style="percentile")
+                         series_palette(df), style="percentile")
 
 
 def ttft_vs_input_len(df: pd.DataFrame) -> Figure | None:
@@ -158,11 +179,13 @@ def build_vs_break_even(df: pd.DataFrame) -> Figure | None:
     table = table[table["break_even_tokens"].abs() < float("inf")]
     if table.empty:
         return None
-    table = table.assign(series=table["runtime"] + " " + table["precision"] + " (build "
-                         + table["build_s"].map(lambda s: f"{s:.0f} s") + ")")
+    series = _series_label(table)
+    table = table.assign(series=series + " (build " + table["build_s"].map(lambda s: f"{s:.0f} s") + ")")
+    colours = series_palette(df)  # a series' colour as on the other charts, its label with its build time
+    palette = {label: colours[base] for base, label in sorted(set(zip(series, table["series"]))) if base in colours}
     return _facet_panels(table, "batch_size", "break_even_tokens", "input_len",
                          "Build time against break-even: tokens to generate before the build beats the reference",
-                         "break-even (generated tokens)", log_x=True, log_y=True)
+                         "break-even (generated tokens)", palette, log_x=True, log_y=True)
 
 
 def comparison_ratios(changes: pd.DataFrame) -> Figure | None:
@@ -207,8 +230,9 @@ def speed_vs_quality(df: pd.DataFrame) -> Figure | None:
     if points.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=points, x="ppl_delta_pct", y="best_tokens_per_s", hue="precision", style="runtime", s=90,
-                    ax=ax)
+    points = points.assign(series=_series_label(points))
+    colours = series_palette(df)
+    sns.scatterplot(data=points, x="ppl_delta_pct", y="best_tokens_per_s", **_hue(points, colours), s=90, ax=ax)
     for _, point in points.iterrows():
         ax.annotate(f"{point['runtime']} {point['precision']}", (point["ppl_delta_pct"], point["best_tokens_per_s"]),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -234,17 +258,20 @@ ALL_CHARTS = {
 }
 
 
-def pareto(table: pd.DataFrame, tpot_ms: float | None = None) -> Figure | None:
+def pareto(table: pd.DataFrame, tpot_ms: float | None = None,
+           palette: dict[str, tuple[float, float, float]] | None = None) -> Figure | None:
     """Per-user tokens/s against tokens/s per GPU, one line per runtime x precision over batch sizes, points
-    labelled with the batch size; the region that meets the per-token latency target shaded."""
+    labelled with the batch size; the region that meets the per-token latency target shaded. palette: the
+    results' series_palette, so its series keep their colours from the other charts."""
     data = table.dropna(subset=["per_user_tokens_per_s", "tokens_per_s_per_gpu"])
     if data.empty:
         return None
     gpus = data["gpu_count"].map(on_gpus)
     data = data.assign(series=data["runtime"] + " " + data["precision"] + gpus).sort_values("batch_size")
     fig, ax = plt.subplots(figsize=(8, 5))
-    sns.lineplot(data=data, x="per_user_tokens_per_s", y="tokens_per_s_per_gpu", hue="series", style="series",
-                 markers=True, dashes=False, sort=False, ax=ax)
+    palette = palette or dict(zip(sorted(set(data["series"])), sns.color_palette("tab10")))
+    sns.lineplot(data=data, x="per_user_tokens_per_s", y="tokens_per_s_per_gpu", **_hue(data, palette),
+                 style="series", markers=True, dashes=False, sort=False, ax=ax)
     for _, row in data.iterrows():
         ax.annotate(f"b{int(row['batch_size'])}", (row["per_user_tokens_per_s"], row["tokens_per_s_per_gpu"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)

@@ -8,7 +8,7 @@ import csv
 from pathlib import Path
 from typing import Any, Callable
 
-from bench_kernels.results import PROFILE_COLUMNS
+from bench_kernels.results import PROFILE_COLUMNS, PROFILER_STEP_PREFIX
 
 PROFILE_DECODE_STEPS = 4  # prefill, then this many decode steps: enough to see a step's kernels, a small trace
 TOP_KERNELS = 12
@@ -45,7 +45,8 @@ def record_profile(generate: Callable[[Any], Any], device_type: str, folder: Pat
 
     def save(profiler: Any) -> None:
         profiler.export_chrome_trace(str(folder / f"{name}.json"))
-        events = [e for e in profiler.key_averages() if (e.self_device_time_total if cuda else e.self_cpu_time_total)]
+        events = [e for e in profiler.key_averages() if (e.self_device_time_total if cuda else e.self_cpu_time_total)
+                  and not e.key.startswith(PROFILER_STEP_PREFIX)]
         total = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in events) or 1.0
         top = sorted(events, key=lambda e: -(e.self_device_time_total if cuda else e.self_cpu_time_total))
         with (folder / f"{name}.csv").open("w", newline="", encoding="utf-8") as handle:

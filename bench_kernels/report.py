@@ -7,7 +7,8 @@ import base64
 import html
 import io
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench_kernels.analysis import (build_columns, build_rows, inference_columns, inference_rows, not_yet_run,
-                                    ok_rows, on_gpus, plain_number, quality_columns, quality_rows, runs_precision,
-                                    scaling_table, shorten, unmeasured_summary, with_sample_counts)
+from bench_kernels.analysis import (build_columns, build_rows, code_versions, gpu_counts, inference_columns,
+                                    inference_rows, measurement_differences, not_yet_run, ok_rows, on_gpus,
+                                    plain_number, quality_columns, quality_rows, readable_errors, runs_precision,
+                                    scaling_table, unmeasured_summary, with_sample_counts)
 from bench_kernels.claims import check_claims, claims_section_html
 from bench_kernels.claims_file import load_claims
 from bench_kernels.decision import (CONFIDENCE, HOURS_PER_MONTH, MATRIX_NOTES, WINNER_MARK, Decision, Evidence,
@@ -28,7 +30,8 @@ from bench_kernels.method import (BATCH_FORMATION, MATMUL_SIZE_CPU, MATMUL_SIZE_
                                   MEMORY_SAMPLE_INTERVAL_S, PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS,
                                   perplexity_predictions)
 from bench_kernels.plots import ALL_CHARTS
-from bench_kernels.results import MATMUL_COLUMNS, PROVENANCE_COLUMNS, ResultsStore, load_results
+from bench_kernels.results import (MATMUL_COLUMNS, PROFILE_COLUMNS, PROFILER_STEP_PREFIX, PROVENANCE_COLUMNS,
+                                   ResultsStore, load_results)
 from bench_kernels.roofline import streaming_gbps_of
 
 
@@ -78,6 +81,54 @@ class ReportSpec:
         return load_results([folder / "results.csv" for folder in self.quality_evidence])
 
 
+def run_metadata(spec: ReportSpec, df: pd.DataFrame) -> dict[str, Any]:
+    """What results.json says of the run beside its rows: its name, model, the spec the report read, and the code
+    and library versions the rows were measured with."""
+    versions = {"git_sha": code_versions(df)} if not df.empty else {}
+    for column in ("torch_version", "transformers_version"):
+        versions[column] = sorted(set(df[column]) - {""})
+    versions["runtime_version"] = {runtime: sorted(set(rows["runtime_version"]) - {""})
+                                   for runtime, rows in df.groupby("runtime")}
+    fields = {k: v for k, v in asdict(spec).items() if k not in ("run_dir", "model")}
+    return {"run_name": spec.run_dir.name, "model": spec.model, "spec": fields, "versions": versions}
+
+
+def measured_with_html(df: pd.DataFrame) -> str:
+    """The first screen's line on how the rows were measured: the code versions with their row counts, and the
+    range of the measured streaming bandwidth (HTML)."""
+    if df.empty:
+        return ""
+    versions = ", ".join(f"<code>{html.escape(sha)}</code> ({n:,} rows)" for sha, n in code_versions(df).items())
+    gbps = streaming_gbps_of(df).dropna()
+    bandwidth = ("" if gbps.empty else f"; measured streaming bandwidth {gbps.min():,.0f} GB/s"
+                 if gbps.min() == gbps.max() else f"; measured streaming bandwidth {gbps.min():,.0f} to "
+                 f"{gbps.max():,.0f} GB/s")
+    several = (" Comparisons between rows of different versions, or of bandwidths more than 2% apart, say so."
+               if len(code_versions(df)) > 1 or (not gbps.empty and gbps.max() > 1.02 * gbps.min()) else "")
+    return f"<p><b>Measured with</b> code version{'s' if ',' in versions else ''} {versions}{bandwidth}.{several}</p>"
+
+
+def _rows_behind(df: pd.DataFrame, configuration: pd.Series, targets: Targets) -> pd.DataFrame:
+    """The measured rows one configuration of decision.configurations stands for."""
+    rows = ok_rows(df)
+    return rows[(rows["runtime"] == configuration["runtime"]) & (rows["precision"] == configuration["precision"])
+                & (rows["batch_size"] == configuration["batch_size"]) & (rows["input_len"] == targets.input_len)
+                & (rows["output_len"] == targets.output_len)
+                & (gpu_counts(rows) == configuration["gpu_count"])]
+
+
+def recommendation_caveat_html(rec: Recommendation, df: pd.DataFrame, targets: Targets) -> str:
+    """Under the recommendation: whether the winner and the runner-up were measured alike (code version,
+    bandwidth), in words when they were not (HTML; empty when alike)."""
+    if rec.best is None or rec.runner_up is None:
+        return ""
+    notes = measurement_differences(_rows_behind(df, rec.best, targets), _rows_behind(df, rec.runner_up, targets))
+    if not notes:
+        return ""
+    return (f"<p style='color:#8a5a00'><b>The winner and the runner-up were not measured alike</b>: "
+            f"{html.escape('; '.join(notes))}. Part of the margin may come from that, not from the runtimes.</p>")
+
+
 def offline_template_dir() -> Path:
     """Folder holding the nbconvert template 'offline' (the lab template with no CDN scripts)."""
     return Path(str(resources.files("bench_kernels").joinpath("templates")))
@@ -103,11 +154,11 @@ def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """Inference rows that ran or failed, with the columns a reader compares; unavailable rows are summarised
-    once in "What was and was not measured" instead (errors shortened: the full text is listed there)."""
+    once in "What was and was not measured" instead. Errors whole, in plain words (analysis.plain_error)."""
     rows = inference_rows(df)
     shown = rows[rows["status"] != "unavailable"].reset_index(drop=True)
     table = with_sample_counts(_int_columns(shown[inference_columns()]), shown)
-    return table.assign(error=table["error"].map(shorten))
+    return table.assign(error=readable_errors(shown))
 
 
 def build_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -320,12 +371,27 @@ def cost_html(spec: ReportSpec, decision: Decision) -> str:
             f"<ul>{formulas}</ul>" + _larger_batch_html(decision) + priced)
 
 
+BOOLEAN_WORDS = {"true": "yes", "false": "no"}  # the report's one spelling of a boolean
+# The configurations table's columns a reader decides on, first: a wide table scrolls, these stay in view.
+DECISION_COLUMNS = ["runtime", "precision", "batch_size", "gpu_count", "feasible", "tokens_per_s_per_gpu",
+                    "goodput_tokens_per_s", "why_not"]
+
+
+def configurations_table(configurations: pd.DataFrame) -> pd.DataFrame:
+    """decision.configurations with the decision columns first, then the measurements behind them."""
+    first = [c for c in DECISION_COLUMNS if c in configurations]
+    return configurations[first + [c for c in configurations if c not in first]]
+
+
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """For display: numbers to 4 significant digits with thousands separators and no exponent, money (usd_*
-    columns) as '$13,140' or '$3.36', blanks instead of NaN and None."""
+    columns) as '$13,140' or '$3.36', blanks instead of NaN and None, booleans (and results.csv's 'true', 'False')
+    as 'yes' and 'no'."""
     def cell(value: object, money: bool) -> object:
         if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
             return ""
+        if isinstance(value, bool) or str(value).lower() in BOOLEAN_WORDS:
+            return BOOLEAN_WORDS[str(value).lower()]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and money:
             return f"${value:,.2f}" if abs(value) < 1000 else f"${value:,.0f}"
         if isinstance(value, float):
@@ -353,6 +419,25 @@ def claims_html(spec: ReportSpec, results: pd.DataFrame) -> str:
     return claims_section_html(check_claims(load_claims(spec.claims), results))
 
 
+def short_kernel_name(name: str) -> str:
+    """A C++ kernel signature by its function's name alone ('void at::native::index_elementwise_kernel<128, ...>(long,
+    ...)' -> 'index_elementwise_kernel'); other names (Triton kernels, aten operators) as they are."""
+    bare = re.split(r"[<(]", name.removeprefix("void "), maxsplit=1)[0]
+    return bare.rsplit("::", 1)[-1] if bare != name else name
+
+
+def profile_table(rows: list[dict[str, str]]) -> pd.DataFrame:
+    """A profile's top kernels for display: names shortened, the profiler's own step spans left out and the shares
+    taken of the kernels' time alone (profiles recorded before the step spans were dropped counted them)."""
+    table = pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))
+    steps = table["name"].str.startswith(PROFILER_STEP_PREFIX)
+    share = pd.to_numeric(table["share_pct"])
+    kernels_pct = 100.0 - share[steps].sum()
+    kernels = table[~steps].assign(name=table["name"].map(short_kernel_name),
+                                   share_pct=(100 * share[~steps] / kernels_pct).round(1))
+    return readable(kernels.astype({"calls": int, "self_time_us": float}))
+
+
 def profiles_html(spec: ReportSpec) -> str:
     """The top kernels of every recorded profile (the Chrome traces lie beside results.csv), or what to set."""
     profiles = ResultsStore(spec.run_dir).profiles()
@@ -364,7 +449,7 @@ def profiles_html(spec: ReportSpec) -> str:
              "open the <code>.json</code> file of the same name in <code>chrome://tracing</code> or Perfetto. "
              "Work outside torch (ONNX Runtime on the CPU) is not seen by torch's profiler.</p>"]
     for name, rows in profiles.items():
-        parts.append(f"<h4>{html.escape(name)}</h4>" + pd.DataFrame(rows).to_html(index=False))
+        parts.append(f"<h4>{html.escape(name)}</h4>" + profile_table(rows).to_html(index=False))
     return "".join(parts)
 
 

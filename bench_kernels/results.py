@@ -169,8 +169,12 @@ KEY_COLUMNS = ("stage", "runtime", "model", "precision", "gpu_count", *SHAPE_COL
 KEY_DEFAULTS = {"gpu_count": "1"}
 # The columns of profiles/<name>.csv: a profile's top kernels by self time (written by the sweep's profiler).
 PROFILE_COLUMNS = ("name", "calls", "self_time_us", "share_pct")
+# torch's profiler's own span around each step ("ProfilerStep#3", averaged as "ProfilerStep*"): not a kernel.
+PROFILER_STEP_PREFIX = "ProfilerStep"
 # Rows with these statuses are finished: a rerun keeps them. Errors and unavailable rows are retried.
 FINISHED = ("ok", "skipped")
+# results.json's layout: raised whenever a reader of an older export would misread the new one.
+JSON_SCHEMA_VERSION = 1
 
 
 def _cell(value: Any, column: str = "") -> str:
@@ -186,6 +190,15 @@ def _cell(value: Any, column: str = "") -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+def _json_value(value: Any, column: Column) -> Any:
+    """A typed frame's value as results.json writes it: null for a blank, whole numbers for integer columns."""
+    if value is None or value is pd.NA or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if column.dtype == "int":
+        return int(value)
+    return float(value) if column.dtype == "float" else str(value)
 
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
@@ -220,6 +233,7 @@ class ResultsStore:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / "results.csv"
         self.samples_path = self.run_dir / "samples.jsonl"
+        self.json_path = self.run_dir / "results.json"
         self.lock_path = self.run_dir / ".results.lock"
         self.profiles_dir = self.run_dir / "profiles"
         self._finished: tuple[Any, set[tuple[str, ...]]] | None = None  # (results.csv's stat, its finished keys)
@@ -282,6 +296,16 @@ class ResultsStore:
 
     def load(self) -> pd.DataFrame:
         return load_results(self.csv_path)
+
+    def export_json(self, run: Mapping[str, Any]) -> Path:
+        """results.json beside results.csv, for tools that read JSON: the schema version, the run's metadata
+        (`run`), each column's type, and every row with typed values (numbers as numbers, blanks as null)."""
+        columns = [COLUMN[c] for c in COLUMNS]
+        rows = [{c.name: _json_value(row[c.name], c) for c in columns} for row in self.load().to_dict("records")]
+        document = {"schema_version": JSON_SCHEMA_VERSION, "run": dict(run),
+                    "columns": {c.name: c.dtype for c in columns}, "rows": rows}
+        atomic_write(self.json_path, json.dumps(document, indent=1) + "\n")
+        return self.json_path
 
     def samples_by_key(self) -> dict[tuple[str, ...], dict[str, Any]]:
         """load_samples() by row_key: the raw samples of each row."""

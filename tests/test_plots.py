@@ -82,3 +82,25 @@ def test_pareto_shades_what_meets_the_per_token_target() -> None:
     assert len(shaded) == 1 and shaded[0].get_x() == pytest.approx(1000 / 40)
     assert sorted(text.get_text() for text in ax.texts) == ["b1", "b4"]
     assert plots.pareto(table.iloc[0:0]) is None
+
+
+def legend_colours(figure) -> dict[str, tuple]:
+    """Each chart's legend entries with the colour of their line, over every axis that has a legend."""
+    return {text.get_text(): tuple(handle.get_color()) if hasattr(handle, "get_color") else
+            tuple(handle.get_facecolor()[0])
+            for ax in figure.axes if ax.get_legend()
+            for handle, text in zip(ax.get_legend().legend_handles, ax.get_legend().get_texts())
+            if text.get_text() in ("reference fp32", "compiled fp32", "onnxruntime fp32")}
+
+
+def test_every_series_is_in_the_legend_in_one_colour_on_every_chart() -> None:
+    # onnxruntime ran only the short input: the last panel (input 16) lacks it, its legend must still name it.
+    rows = [*ROWS, ok("onnxruntime", 1, 8, 12.0, latency_ms_p50=5.0, latency_ms_p99=6.0)]
+    rows = [{"latency_ms_p50": 4.0, "latency_ms_p99": 5.0, **row} for row in rows]
+    results = typed_frame(rows)
+    charts = [plots.throughput_vs_batch(results), plots.latency_vs_batch(results)]
+    legends = [legend_colours(chart) for chart in charts]
+    assert all(set(legend) == {"reference fp32", "compiled fp32", "onnxruntime fp32"} for legend in legends)
+    assert legends[0] == legends[1]
+    palette = plots.series_palette(results)
+    assert legends[0]["onnxruntime fp32"][:3] == pytest.approx(palette["onnxruntime fp32"])

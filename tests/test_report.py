@@ -11,11 +11,13 @@ import pytest
 
 from bench_kernels import plots
 from bench_kernels.config import parse_config
+from bench_kernels.analysis import measurement_differences, plain_error, shorten
 from bench_kernels.decision import (MATRIX_NOTES, WINNER_MARK, Targets, configurations, cost_table, decide,
                                     decision_matrix)
-from bench_kernels.report import (ReportSpec, availability_notes, build_table, cost_html, method_notes, profiles_html,
-                                  provenance_table, readable, recommendation_html, results_table, roofline_html,
-                                  roofline_table, scaling_html, scaling_table, unmeasured_summary)
+from bench_kernels.report import (ReportSpec, availability_notes, build_table, cost_html, measured_with_html,
+                                  method_notes, profile_table, profiles_html, provenance_table, readable,
+                                  recommendation_html, results_table, roofline_html, roofline_table, scaling_html,
+                                  scaling_table, unmeasured_summary)
 from bench_kernels.results import load_results, typed_frame
 from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.sweep import run_sweeps
@@ -288,3 +290,29 @@ def test_numbers_read_plainly_money_in_dollars_and_every_percentile_with_its_n()
     rows = results_table(df)
     assert rows[["n_runs", "n_decode_steps"]].values.tolist() == [[2, 6], [2, 6]]
     assert list(rows.columns).index("n_runs") == list(rows.columns).index("ttft_ms_p50") - 1
+
+
+def test_out_of_memory_reads_as_weights_that_do_not_fit_and_errors_stay_whole() -> None:
+    raw = ("prepare failed: out of memory: CUDA out of memory. Tried to allocate 896.00 MiB. GPU 0 has a total "
+           "capacity of 79.18 GiB of which 156.19 MiB is free. Including non-PyTorch memory, this process has ...")
+    assert plain_error(raw, 141.1) == "prepare failed: out of memory: 141 GB of weights do not fit 85 GB"
+    assert plain_error(raw, 70.0).endswith("896.00 MiB more were needed with 156.19 MiB of the card's 85 GB free")
+    assert shorten("the engine was built for another card", 20) == "the engine was …"
+
+
+def test_the_first_screen_names_versions_and_unlike_rows_say_so() -> None:
+    rows = frame([ok("reference", 1, 8, 10.0, git_sha="aaaaaaa111", copy_gbps=3000.0),
+                  ok("compiled", 1, 8, 30.0, git_sha="bbbbbbb222", copy_gbps=2850.0)])
+    assert "<code>aaaaaaa</code> (1 rows)" in measured_with_html(rows) and "2,850 to 3,000 GB/s" in \
+        measured_with_html(rows)
+    notes = measurement_differences(rows.iloc[[0]], rows.iloc[[1]])
+    assert "different code versions (aaaaaaa against bbbbbbb)" in notes[0] and "5.3% apart" in notes[1]
+    assert measurement_differences(rows.iloc[[0]], rows.iloc[[0]]) == []
+
+
+def test_booleans_have_one_spelling_and_profiles_leave_out_the_step_spans() -> None:
+    assert readable(pd.DataFrame({"cache_hit": ["True", "false", True]}))["cache_hit"].tolist() == ["yes", "no", "yes"]
+    table = profile_table([{"name": "ProfilerStep*", "calls": "5", "self_time_us": "50", "share_pct": "50"},
+                           {"name": "void at::native::copy_kernel<4>(int)", "calls": "2", "self_time_us": "25",
+                            "share_pct": "25.0"}])
+    assert table["name"].tolist() == ["copy_kernel"] and table["share_pct"].tolist() == ["50"]

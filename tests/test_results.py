@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 
 from bench_kernels.compare import compare_runs
 from bench_kernels.decision import WINNER_MARK, decision_matrix
-from bench_kernels.results import COLUMNS, Column, ResultsStore, load_results, register, unregister
+from bench_kernels.results import (COLUMNS, JSON_SCHEMA_VERSION, Column, ResultsStore, load_results, register,
+                                   unregister)
 from bench_kernels.verdicts import BETTER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +192,18 @@ def test_a_metric_registered_in_one_place_reaches_the_csv_compare_and_the_matrix
     matrix = decision_matrix(load_results(tmp_path / "a" / "results.csv"))
     cells = matrix.loc["energy per token, batch 1, input 8 (J/token)"]
     assert cells["compiled"] == WINNER_MARK + "0.200" and cells["reference"] == "0.500"
+
+
+def test_the_json_export_holds_every_row_typed_beside_the_run(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    store.append(row(1))
+    store.append(row(8, status="error", error="out of memory"))
+    document = json.loads(store.export_json({"run_name": "t", "model": "m"}).read_text())
+    csv_rows = store.rows()
+    assert document["schema_version"] == JSON_SCHEMA_VERSION and document["run"]["model"] == "m"
+    assert len(document["rows"]) == len(csv_rows) == 2
+    first, second = document["rows"]
+    assert first["batch_size"] == 1 and type(first["batch_size"]) is int and second["batch_size"] == 8
+    assert first["tokens_per_s"] == 12.5 and first["ttft_ms_p50"] is None
+    assert second["error"] == "out of memory" and first["error"] is None
+    assert document["columns"]["batch_size"] == "int" and set(first) == set(COLUMNS)
