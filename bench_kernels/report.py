@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -89,7 +90,13 @@ def run_metadata(spec: ReportSpec, df: pd.DataFrame) -> dict[str, Any]:
         versions[column] = sorted(set(df[column]) - {""})
     versions["runtime_version"] = {runtime: sorted(set(rows["runtime_version"]) - {""})
                                    for runtime, rows in df.groupby("runtime")}
-    fields = {k: v for k, v in asdict(spec).items() if k not in ("run_dir", "model")}
+    def from_run_dir(value: Any) -> Any:  # files and folders from this run's: absolute ones name the machine
+        if isinstance(value, (tuple, list)):
+            return [from_run_dir(v) for v in value]
+        return os.path.relpath(value, spec.run_dir) if isinstance(value, Path) or (
+            isinstance(value, str) and os.path.isabs(value)) else value
+
+    fields = {k: from_run_dir(v) for k, v in asdict(spec).items() if k not in ("run_dir", "model")}
     return {"run_name": spec.run_dir.name, "model": spec.model, "spec": fields, "versions": versions}
 
 

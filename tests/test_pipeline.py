@@ -46,6 +46,12 @@ def test_results_have_every_shape_ok(run_dir: Path) -> None:
     assert (decode_tokens_per_s / compiled["roofline_tokens_per_s"] - compiled["efficiency"]).abs().max() < 1e-9
     build = df[(df["stage"] == "build") & (df["runtime"] == "compiled")]
     assert (build["status"] == "ok").all() and (build["build_s"] > 0).all()
+    # A real TensorRT-RTX engine of the embedded model (its weights, over 50 MB), built for any GPU.
+    engine = df[(df["stage"] == "build") & (df["runtime"] == "tensorrt")]
+    assert len(engine) == 1 and (engine["status"] == "ok").all(), engine[["status", "error"]]
+    assert engine["build_s"].iloc[0] > 0 and engine["artifact_mb"].iloc[0] > 50
+    assert engine["runtime_version"].iloc[0].startswith("tensorrt_rtx ")
+    assert "engine for portable" in engine["notes"].iloc[0]
     for name in ("00_environment", "10_build", "20_sweep", "90_report"):
         assert (run_dir / "notebooks" / f"{name}.ipynb").is_file()
     assert (df["runtime_version"] != "").all() and set(df["runtime_needs_build"]) == {"true", "false"}

@@ -3,6 +3,7 @@ no reference baseline; impossible values are shown as invalid and never starred.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,17 +11,19 @@ import pandas as pd
 import pytest
 
 from bench_kernels import plots
-from bench_kernels.config import parse_config
+from bench_kernels.config import load_config, parse_config
 from bench_kernels.analysis import measurement_differences, plain_error, shorten
 from bench_kernels.decision import (MATRIX_NOTES, WINNER_MARK, Targets, configurations, cost_table, decide,
                                     decision_matrix)
 from bench_kernels.report import (ReportSpec, availability_notes, build_table, cost_html, measured_with_html,
                                   method_notes, profile_table, profiles_html, provenance_table, readable,
-                                  recommendation_html, results_table, roofline_html, roofline_table, scaling_html,
-                                  scaling_table, unmeasured_summary)
-from bench_kernels.results import load_results, typed_frame
+                                  recommendation_html, results_table, roofline_html, roofline_table, run_metadata,
+                                  scaling_html, scaling_table, unmeasured_summary)
+from bench_kernels.results import ResultsStore, load_results, typed_frame
 from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.sweep import run_sweeps
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -316,3 +319,13 @@ def test_booleans_have_one_spelling_and_profiles_leave_out_the_step_spans() -> N
                            {"name": "void at::native::copy_kernel<4>(int)", "calls": "2", "self_time_us": "25",
                             "share_pct": "25.0"}])
     assert table["name"].tolist() == ["copy_kernel"] and table["share_pct"].tolist() == ["50"]
+
+
+def test_results_json_names_the_cited_runs_from_the_run_folder(tmp_path: Path) -> None:
+    """run_metadata goes into results.json as it is: the spec's cited quality evidence (paths) included."""
+    spec = ReportSpec.of(load_config(ROOT / "params/h100-llama3.1-8b.yaml", check_model=False))
+    store = ResultsStore(tmp_path)
+    store.append({"stage": "quality", "runtime": "reference", "model": "m", "precision": "bf16", "status": "ok"})
+    document = json.loads(store.export_json(run_metadata(spec, store.load())).read_text())
+    assert document["run"]["spec"]["quality_evidence"] == ["../h100-smollm2-quality"]
+    assert document["run"]["spec"]["claims"] == "../../params/claims/tensorrt-vs-llama-blog.yaml"

@@ -1,5 +1,6 @@
-"""The tensorrt runtime on this machine: a real engine from the embedded model's ONNX, its cache, rebuilds for
-shapes outside the profiles, and `unavailable` rows where engines cannot run."""
+"""The tensorrt runtime on this machine: real engines, rebuilds for shapes outside the profiles, and `unavailable`
+rows where engines cannot run (the embedded model's engine is built by the pipeline test, its cache by
+test_engine)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from bench_kernels.config import parse_config
 from bench_kernels.timing import StepTimer
 from bench_kernels.models import load_model
 from bench_kernels.runtimes.base import QUALITY_LOGIT_ROWS
-from bench_kernels.runtimes.tensorrt.build import build_engine
 from bench_kernels.runtimes.tensorrt.library import TensorRTRuntimeError
-from bench_kernels.runtimes.tensorrt.profiles import ShapeOutsideProfiles, profile_for, profiles_for_sweep
+from bench_kernels.runtimes.tensorrt.profiles import ShapeOutsideProfiles, profile_for
 from bench_kernels.runtimes.tensorrt.runtime import TensorRTOptions, TensorRTRuntime, tensorrt_status
 from bench_kernels.sweep import run_build_stage, run_inference_sweep
 
@@ -29,25 +29,6 @@ def _needs_tensorrt() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"no TensorRT module imports on CI (make setup installs tensorrt-rtx): {REASON}")
         pytest.skip(f"no TensorRT module imports: {REASON}")
-
-
-def test_embedded_model_engine_builds_and_caches(tmp_path: Path, embedded_fp32_export) -> None:
-    export, _ = embedded_fp32_export
-    profiles = profiles_for_sweep([1, 2], [8, 16], 4)
-    first = build_engine(export.path, profiles, tmp_path)
-    assert not first.cache_hit and first.build_s > 0 and first.engine_mb > 50 and first.flavor == FLAVOR
-    assert first.target == "portable"
-    second = build_engine(export.path, profiles, tmp_path)
-    assert second.cache_hit and second.path == first.path and second.build_s == first.build_s
-
-    data = bytearray(first.path.read_bytes())
-    data[len(data) // 3] ^= 0x55
-    first.path.write_bytes(bytes(data))
-    rebuilt = build_engine(export.path, profiles, tmp_path)
-    assert not rebuilt.cache_hit and rebuilt.path == first.path
-
-    changed = build_engine(export.path, profiles_for_sweep([1, 4], [8, 16], 4), tmp_path)
-    assert not changed.cache_hit and changed.path != first.path
 
 
 def test_shape_outside_profiles_rebuilds_or_refuses(tiny_local_model: Path, tmp_path: Path,
