@@ -50,14 +50,6 @@ def plain_number(value: float, digits: int = 4) -> str:
     return text.rstrip("0").rstrip(".") if decimals else text
 
 
-def shorten(text: str, limit: int = 90) -> str:
-    """text cut after its last whole word within `limit` characters, with an ellipsis when cut."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
-    return cut.rstrip(" ,;:") + " …"
-
-
 # torch's CUDA out-of-memory message: what it tried to allocate, the card's capacity, what was free.
 CUDA_OUT_OF_MEMORY = re.compile(r"CUDA out of memory\. Tried to allocate (?P<need>[\d.]+ [KMG]iB)\. GPU \d+ has a "
                                 r"total capacity of (?P<total>[\d.]+) GiB of which (?P<free>[\d.]+ [KMG]iB) is free"
@@ -282,8 +274,8 @@ def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
     several = rows[(rows["gpu_count"] > 1) & (rows["status"] == "ok")]
     shape = ["model", "runtime", "precision", "batch_size", "input_len", "output_len"]
     one = rows[rows["gpu_count"] == 1]
-    one = one.assign(one_gpu=[status if status == "ok" else f"{status}: {shorten(str(error), 60)}"
-                              for status, error in zip(one["status"], one["error"].fillna(""))])
+    one = one.assign(one_gpu=[status if status == "ok" else f"{status}: {error}"
+                              for status, error in zip(one["status"], readable_errors(one.fillna({"error": ""})))])
     one = one[shape + ["tokens_per_s", "peak_mem_gb_per_gpu", "one_gpu"]].rename(
         columns={"tokens_per_s": "tokens_per_s_1gpu", "peak_mem_gb_per_gpu": "peak_mem_gb_1gpu"})
     table = several.merge(one, on=shape, how="left")

@@ -410,6 +410,11 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     return table.apply(lambda column: column.map(lambda v: cell(v, str(column.name).startswith("usd_"))))
 
 
+def whole_table_html(table: pd.DataFrame, index: bool = False) -> str:
+    """A static table with every cell whole (a DataFrame's own notebook display cuts text after 50 characters)."""
+    return readable(table).to_html(index=index, na_rep="")
+
+
 def show_table(table: pd.DataFrame, caption: str) -> None:
     """A complete, sortable and filterable table (itables, its JavaScript embedded: the report stays one file)."""
     from itables import show

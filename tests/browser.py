@@ -1,7 +1,9 @@
-"""Open a report in headless Chromium: do its charts decode, is the console clean; take a screenshot."""
+"""Open a report in headless Chromium: do its charts decode, is the console clean, does every cell read whole;
+take a screenshot."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,11 @@ class BrowserCheck:
     images: list[dict] = field(default_factory=list)  # {"ok": decoded, "width": natural width, "alt": text}
     filtered_rows: tuple[int, int] | None = None  # the last interactive table's rows before and after filtering
     problems: list[str] = field(default_factory=list)  # console errors/warnings, page errors, failed requests
+    unreadable_cells: list[str] = field(default_factory=list)  # e-notation, NaN/None, or text cut short
+
+
+# A number in e-notation, a missing value spelled out, or text that ends cut ("...", "…").
+UNREADABLE_CELL = re.compile(r"\d(\.\d+)?e[+-]\d|^(nan|NaN|None|<NA>|NaT)$|(\.\.\.|…)$")
 
 
 def find_chromium() -> str | None:
@@ -46,6 +53,8 @@ def check_report(html_path: Path, screenshot_path: Path | None = None, width: in
             seen.images = page.evaluate(
                 "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, "
                 "width: i.naturalWidth, alt: i.getAttribute('alt') || ''}))")
+            cells = page.evaluate("Array.from(document.querySelectorAll('td, th')).map(c => c.innerText.trim())")
+            seen.unreadable_cells = [cell for cell in cells if UNREADABLE_CELL.search(cell)]
             if filter_text is not None:
                 # The results table is the report's last interactive one: type into its search box, as a reader.
                 search = page.locator("input[type=search]").last
