@@ -40,10 +40,11 @@ browser:
 	  echo "chromium not installed: the browser test will be skipped"; }
 
 # The tests use a cache of their own ($BENCH_KERNELS_TEST_CACHE, default ~/.cache/bench_kernels-tests) and leave
-# nothing in the checkout: no pytest cache, no bytecode, the notebooks run in a scratch copy of the project.
+# nothing in the checkout: no pytest, ruff or import-linter cache, no bytecode, the notebooks run in a scratch copy
+# of the project.
 test: $(STAMP) browser
-	$(BIN)/lint-imports
-	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check --no-cache .
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m tests.run_notebooks -q --durations=5 --nbval-kernel-name $(KERNEL)
 
