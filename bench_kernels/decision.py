@@ -317,12 +317,16 @@ def cost_table(table: pd.DataFrame, gpu_hour_usd: float, requests_per_day: float
                      "batch_size": int(top["batch_size"]),
                      "tokens_per_s_per_gpu": per_gpu,
                      "usd_per_million_tokens": usd_per_million_tokens(gpu_hour_usd, per_gpu),
-                     "gpus_needed": gpus, "usd_per_month": gpus * gpu_hour_usd * HOURS_PER_MONTH if gpus else None})
+                     "gpus_needed": gpus, "usd_per_month": usd_per_month(gpus, gpu_hour_usd) if gpus else None})
     return pd.DataFrame(rows, columns=columns).sort_values("usd_per_million_tokens", ignore_index=True)
 
 
 def usd_per_million_tokens(gpu_hour_usd: float, tokens_per_s_per_gpu: float) -> float:
     return gpu_hour_usd / (tokens_per_s_per_gpu * 3600) * 1e6
+
+
+def usd_per_month(gpus: int, gpu_hour_usd: float) -> float:
+    return gpus * gpu_hour_usd * HOURS_PER_MONTH
 
 
 def deployment_gpus(requests_per_day: float, output_len: int, tokens_per_s_per_gpu: float,

@@ -23,9 +23,9 @@ from bench_kernels.analysis import (build_columns, build_rows, code_versions, gp
                                     scaling_table, unmeasured_summary, with_sample_counts)
 from bench_kernels.claims import check_claims, claims_section_html
 from bench_kernels.claims_file import load_claims
-from bench_kernels.decision import (CONFIDENCE, HOURS_PER_MONTH, MATRIX_NOTES, WINNER_MARK, Decision, Evidence,
+from bench_kernels.decision import (CONFIDENCE, MATRIX_NOTES, WINNER_MARK, Decision, Evidence,
                                     Recommendation, Targets, cost_formulas, describe, gate_failures, summary_facts,
-                                    usd_per_million_tokens)
+                                    usd_per_million_tokens, usd_per_month)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.method import (BATCH_FORMATION, MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MAX_UTILIZATION,
                                   MEMORY_SAMPLE_INTERVAL_S, PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS,
@@ -82,6 +82,14 @@ class ReportSpec:
         return load_results([folder / "results.csv" for folder in self.quality_evidence])
 
 
+def _from_folder(value: Any, folder: Path) -> Any:
+    """A spec field's paths (one or a list) relative to folder: an absolute one names the machine that wrote it."""
+    if isinstance(value, (tuple, list)):
+        return [_from_folder(v, folder) for v in value]
+    is_path = isinstance(value, Path) or (isinstance(value, str) and os.path.isabs(value))
+    return os.path.relpath(value, folder) if is_path else value
+
+
 def run_metadata(spec: ReportSpec, df: pd.DataFrame) -> dict[str, Any]:
     """What results.json says of the run beside its rows: its name, model, the spec the report read, and the code
     and library versions the rows were measured with."""
@@ -90,13 +98,7 @@ def run_metadata(spec: ReportSpec, df: pd.DataFrame) -> dict[str, Any]:
         versions[column] = sorted(set(df[column]) - {""})
     versions["runtime_version"] = {runtime: sorted(set(rows["runtime_version"]) - {""})
                                    for runtime, rows in df.groupby("runtime")}
-    def from_run_dir(value: Any) -> Any:  # files and folders from this run's: absolute ones name the machine
-        if isinstance(value, (tuple, list)):
-            return [from_run_dir(v) for v in value]
-        return os.path.relpath(value, spec.run_dir) if isinstance(value, Path) or (
-            isinstance(value, str) and os.path.isabs(value)) else value
-
-    fields = {k: from_run_dir(v) for k, v in asdict(spec).items() if k not in ("run_dir", "model")}
+    fields = {k: _from_folder(v, spec.run_dir) for k, v in asdict(spec).items() if k not in ("run_dir", "model")}
     return {"run_name": spec.run_dir.name, "model": spec.model, "spec": fields, "versions": versions}
 
 
@@ -356,13 +358,12 @@ def _losers_html(rec: Recommendation) -> str:
 def cost_html(spec: ReportSpec, decision: Decision) -> str:
     """The cost section's words: the formulas and the same targets at a larger batch, or what to set to get
     figures."""
-    costs = decision.costs
+    costs, larger_batch = decision.costs, _larger_batch_html(decision)
     if spec.gpu_hour_usd <= 0:
         return ("<p>No cost figures: set <code>gpu_hour_usd</code> (the price of one GPU hour) in the sweep spec, "
-                "and <code>load: {requests_per_day: ...}</code> to size a deployment.</p>"
-                + _larger_batch_html(decision))
+                "and <code>load: {requests_per_day: ...}</code> to size a deployment.</p>" + larger_batch)
     if costs.empty:
-        return "<p>No configuration meets the targets, so nothing is priced.</p>" + _larger_batch_html(decision)
+        return "<p>No configuration meets the targets, so nothing is priced.</p>" + larger_batch
     sizing = (f"Load: {spec.requests_per_day:,.0f} requests a day of {spec.load_output_len} generated tokens, "
               f"each GPU at most {decision.max_utilization:.0%} busy."
               if spec.requests_per_day else "Set <code>load: {requests_per_day: ...}</code> to size a deployment.")
@@ -372,10 +373,10 @@ def cost_html(spec: ReportSpec, decision: Decision) -> str:
     if wider is not None:
         gpus = decision.gpus_for_load(wider)
         usd_per_million = usd_per_million_tokens(spec.gpu_hour_usd, wider["tokens_per_s_per_gpu"])
-        monthly = f", ${gpus * spec.gpu_hour_usd * HOURS_PER_MONTH:,.0f} a month" if gpus is not None else ""
+        monthly = f", ${usd_per_month(gpus, spec.gpu_hour_usd):,.0f} a month" if gpus is not None else ""
         priced = f"<p>At that larger batch: ${usd_per_million:,.2f} per million generated tokens{monthly}.</p>"
     return (f"<p>GPU hour: ${spec.gpu_hour_usd:,.2f}. {sizing}</p>{readable(costs).to_html(index=False)}"
-            f"<ul>{formulas}</ul>" + _larger_batch_html(decision) + priced)
+            f"<ul>{formulas}</ul>" + larger_batch + priced)
 
 
 BOOLEAN_WORDS = {"true": "yes", "false": "no"}  # the report's one spelling of a boolean
