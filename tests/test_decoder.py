@@ -74,15 +74,6 @@ PHI3_ROPE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: no slower for these small models, and no stalls when other jobs share the CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def embedded_reference():
     """The embedded SmolLM2-135M-Instruct in fp32 and its left-padding tokenizer, loaded once per test run."""
     loaded = embedded_fp32_model()

@@ -23,13 +23,16 @@ KV_ELEMENT_TYPES = {
 
 
 def make_session(onnx_path: Path | str, device: str = "cpu") -> ort.InferenceSession:
-    """An InferenceSession on CPU, or on CUDA (with CPU fallback for unsupported nodes) when device is cuda."""
+    """An InferenceSession on CPU, or on CUDA (with CPU fallback for unsupported nodes) when device is cuda. Its CPU
+    thread pool is torch's size (the spec's cpu_threads), not one thread per core: every runtime gets the same CPU."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError(f"device {device!r} asked for, but this onnxruntime has no CUDAExecutionProvider")
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(onnx_path), providers=providers)
+    session = ort.InferenceSession(str(onnx_path), options, providers=providers)
     logger.info("ONNX Runtime session on %s for %s", session.get_providers(), onnx_path)
     return session
 

@@ -414,7 +414,7 @@ def _prepare_tensorrt_stubs(dest: Path) -> None:
 
 
 def _mypy(scratch: Path, *files: str) -> subprocess.CompletedProcess[str]:
-    """mypy with mypy-tensorrt.ini, the stubs in scratch and its cache (torch's analysis, minutes cold) in the tests'
+    """mypy with mypy-tensorrt.ini, the stubs in scratch and its cache in the tests'
     cache: nothing written into the checkout."""
     return subprocess.run([sys.executable, "-m", "mypy", "--config-file", "mypy-tensorrt.ini", "--cache-dir",
                            str(cache_dir("mypy")), *files], cwd=ROOT, capture_output=True, text=True,
