@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from tests.embedded import embedded_fp32_model
-from tests.test_decoder import one_torch_thread, rel_err  # noqa: F401 (one_torch_thread: an autouse fixture)
+from tests.test_decoder import rel_err
 
 from bench_kernels.decoder import Decoder, DecoderArgs, empty_past, position_ids_from_mask
 from bench_kernels.models import load_model

@@ -14,14 +14,13 @@ from bench_kernels.runtimes.onnxruntime.generate import first_step_logits, make_
 from bench_kernels.runtimes.onnxruntime.runtime import OnnxRuntimeRuntime
 from bench_kernels.timing import StepTimer
 from bench_kernels.workload import packaged_text, perplexity_windows, text_token_ids
-from tests.test_decoder import (  # noqa: F401 (one_torch_thread: an autouse fixture)
+from tests.test_decoder import (
     MAX_REL_ERR,
     PROMPTS,
     embedded_reference,
     eos_ids,
     assert_runs_like_the_reference,
     compare_with_reference,
-    one_torch_thread,
     rel_err,
     tiny_loaded,
 )
