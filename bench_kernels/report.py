@@ -568,8 +568,9 @@ ROOFLINE_COLUMNS = ["runtime", "precision", "gpu_count", "batch_size", "input_le
 
 
 def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Every measured row against both rooflines: decode (efficiency, MBU) and prefill (compute)."""
-    return readable(_int_columns(ok_rows(df)[ROOFLINE_COLUMNS].reset_index(drop=True)))
+    """Every measured row against both rooflines: decode (efficiency, MBU) and prefill (compute); numbers kept as
+    numbers (show_table writes them readably and sorts them as numbers)."""
+    return _int_columns(ok_rows(df)[ROOFLINE_COLUMNS].reset_index(drop=True))
 
 
 def show_several_gpus(df: pd.DataFrame) -> None:

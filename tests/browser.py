@@ -7,6 +7,10 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 # Without the background-networking flags Chromium keeps calling home, which a closed network refuses.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -54,6 +58,9 @@ def check_report(html_path: Path, screenshot_path: Path | None = None, width: in
             page.on("requestfailed", lambda r: seen.problems.append(f"request failed: {r.url}"))
             page.goto(Path(html_path).resolve().as_uri())
             page.wait_for_load_state("load")
+            # itables starts each table once its embedded DataTables has loaded, which can come after "load".
+            page.wait_for_function("() => Array.from(document.querySelectorAll('table[id^=\"itables_\"]'))"
+                                   ".every(t => t.classList.contains('dataTable'))", timeout=10_000)
             seen.images = page.evaluate(
                 "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, "
                 "width: i.naturalWidth, alt: i.getAttribute('alt') || ''}))")
@@ -80,10 +87,12 @@ def _number(cell: str) -> float:
     return float(cell.replace(",", "").replace("$", ""))
 
 
-def header_sorts(page) -> dict[str, bool]:
+def header_sorts(page: Page) -> dict[str, bool]:
     """Click the title text of every number column of every interactive table, as a reader would: is the column
     then sorted ascending (aria-sort) and do its shown cells read in ascending numeric order? A column counts as
     numbers when at least two of its shown cells are numbers and every other one is blank."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     sorts = {}
     tables = page.locator("table.dataTable")
     for t in range(tables.count()):
@@ -96,7 +105,12 @@ def header_sorts(page) -> dict[str, bool]:
                 continue
             header = headers.nth(c)
             header.locator(".dt-column-title").click()
+            try:  # DataTables may redraw after the click's handler returns
+                page.wait_for_function("th => th.getAttribute('aria-sort') === 'ascending'",
+                                       arg=header.element_handle(), timeout=2_000)
+            except PlaywrightTimeout:
+                sorts[f"table {t + 1}: {header.inner_text().strip()}"] = False
+                continue
             values = [_number(cell) for cell in table.locator("tbody tr").evaluate_all(column) if cell]
-            sorts[f"table {t + 1}: {header.inner_text().strip()}"] = (
-                header.get_attribute("aria-sort") == "ascending" and values == sorted(values))
+            sorts[f"table {t + 1}: {header.inner_text().strip()}"] = values == sorted(values)
     return sorts

@@ -366,6 +366,12 @@ def test_a_click_on_a_headers_text_sorts_a_column_of_numbers_in_numeric_order(tm
     seen = check_report(page)
     assert seen.header_sorts == {"table 1: tokens_per_s": True, "table 1: usd_per_month": True}, seen.header_sorts
     assert seen.problems == [] and seen.unreadable_cells == []
+    # Every table the report shows interactively hands its numbers over as numbers, to be sorted as such.
+    df = frame([ok("reference", 1, 8, 10.0), ok("compiled", 1, 8, 30.0, **BUILT)])
+    configurations = configurations_table(decide(df, Targets(1, 8, 4), {}, 0.0, None).configurations)
+    for shown in (results_table(df), roofline_table(df), configurations, scaling_table(df)):
+        numbers = [name for name in ("batch_size", "tokens_per_s", "efficiency") if name in shown]
+        assert numbers and all(pd.api.types.is_numeric_dtype(shown[name]) for name in numbers), shown.dtypes
     # itables' defaults keep the header text selectable: a click on it does not sort, and the check says so.
     page.write_text(f"<html><body>{embedded}{to_html_datatable(readable(table), connected=False)}</body></html>")
     assert check_report(page).header_sorts == {"table 1: tokens_per_s": False, "table 1: usd_per_month": False}
