@@ -192,6 +192,14 @@ def reference_precision_for(df: pd.DataFrame, precision: str) -> str:
     return precision if precision in measured or not measured else measured[0]
 
 
+def unquantized_reference_precision(df: pd.DataFrame) -> str | None:
+    """The reference's own baseline: the unquantized precision it measured, bf16 before fp16 before fp32 (a
+    quantized reference can be much slower: its fp8, through torchao, runs 3.6x slower than its bf16 on an H100);
+    None if it measured none."""
+    measured = set(ok_rows(df)[lambda d: d["runtime"] == "reference"]["precision"])
+    return next((p for p in ("bf16", "fp16", "fp32") if p in measured), None)
+
+
 SAMPLE_COUNT_COLUMNS = {"runs": "n_runs", "decode steps": "n_decode_steps"}
 
 
@@ -206,7 +214,7 @@ def sample_count(row: Any, kind: str) -> float:
 
 def with_sample_counts(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """The table (rows' columns, same index) with n_runs and n_decode_steps, each before the first percentile
-    column it counts the samples of."""
+    column it counts the samples of, and its percentiles named for what they are (named_percentiles)."""
     out = table.copy()
     for column in list(table.columns):
         metric = COLUMN.get(column)
@@ -214,7 +222,22 @@ def with_sample_counts(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         if name and name not in out:
             counts = [sample_count(row, metric.n) for _, row in rows.iterrows()]
             out.insert(list(out.columns).index(column), name, pd.array(counts, dtype="Int64"))
-    return out
+    return named_percentiles(out)
+
+
+def named_percentiles(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with each percentile column whose sample count column it holds headed by what its values are
+    over those counts: 'ttft_ms_p99 (≈ max of 5 runs)' where a p99 has too few samples (results.Column.statistic);
+    unchanged where there are enough."""
+    names = {}
+    for column in table.columns:
+        metric = COLUMN.get(column)
+        counts = SAMPLE_COUNT_COLUMNS.get(metric.n) if metric is not None else None
+        if counts in table and metric.percentile is not None:
+            statistic = metric.statistic(table[counts].dropna())
+            if statistic != f"p{metric.percentile:g}":
+                names[column] = f"{column} ({statistic})"
+    return table.rename(columns=names)
 
 
 def rows_of(df: pd.DataFrame, runtime: str, precision: str) -> pd.DataFrame:

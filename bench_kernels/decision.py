@@ -20,7 +20,7 @@ import pandas as pd
 from bench_kernels.analysis import (SAMPLE_COUNT_COLUMNS, break_even_tokens, build_rows, gpu_counts, inference_rows,
                                     ok_rows, on_gpus, plain_number, quality_rows, random_weights,
                                     reference_precision_for, rows_of, runs_precision, runtime_fact, sample_count,
-                                    split_deployments)
+                                    split_deployments, unquantized_reference_precision)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.method import MAX_UTILIZATION
 from bench_kernels.results import COLUMN, METRICS, row_key
@@ -29,7 +29,7 @@ from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 SECONDS_PER_DAY = 86_400
 HOURS_PER_MONTH = 730.0
 BOOTSTRAP_RESAMPLES = 2000
-CONFIDENCE = 0.95  # of the interval on the recommendation's lead
+CONFIDENCE = 0.95  # of the interval on how far the runner-up is behind the recommendation
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _misses(row: pd.Series, targets: Targets) -> list[str]:
                                 ("itl_ms_p99", targets.tpot_ms, "time per output token p99")):
         if limit is not None and row[column] > limit:
             n = sample_count(row, COLUMN[column].n)
-            over = f"{name}{f' (n={int(n):,})' if pd.notna(n) else ''}"
+            over = f"{name}{f' ({COLUMN[column].sample_words(n)})' if pd.notna(n) else ''}"
             misses.append(f"{over} {row[column]:,.1f} ms > {limit:,.0f} ms (+{100 * (row[column] / limit - 1):.0f}%)")
     return misses
 
@@ -181,9 +181,10 @@ class Recommendation:
     runner_up: pd.Series | None
     losers: pd.DataFrame  # one row per other runtime x precision: its best attempt and the reason
     quality_judged: bool  # False when no perplexity was measured (e.g. random weights)
-    lead_interval_pct: tuple[float, float] | None = None  # CONFIDENCE bootstrap interval of the lead; None: no samples
+    # CONFIDENCE bootstrap interval of how far the runner-up is behind (behind_pct); None: no raw samples
+    behind_interval_pct: tuple[float, float] | None = None
     runs: tuple[int, int] = (0, 0)  # measured runs of the best and the runner-up that the interval resamples
-    tie: bool = False  # the runner-up lies inside that interval (it includes no lead at all)
+    tie: bool = False  # that interval reaches 0: the runner-up may be no slower at all
     # Verdicts cited from real-weight runs for the pairs this run does not judge itself (quality_evidence).
     evidence: dict[tuple[str, str], Evidence] = field(default_factory=dict)
     passing: pd.Series | None = None  # the fastest feasible configuration that passes the gate, here or on evidence
@@ -205,21 +206,27 @@ def run_latencies(df: pd.DataFrame, targets: Targets, samples: dict[tuple[str, .
     return list((samples.get(row_key(rows.iloc[0])) or {}).get("latency_ms") or [])
 
 
-def lead_interval_pct(best: pd.Series, best_runs: list[float], runner_up: pd.Series, runner_up_runs: list[float],
-                      output_len: int, resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE,
-                      seed: int = 0) -> tuple[float, float]:
-    """Bootstrap interval of the best's lead over the runner-up (% more tokens/s per GPU): each resample draws
-    both configurations' runs with replacement and sets their median latencies against each other, as the
-    reported tokens/s (batch x output tokens over the median latency) does."""
+def behind_pct(tokens_per_s_per_gpu: float, winner_tokens_per_s_per_gpu: float) -> float:
+    """How far a configuration is behind the winner: % fewer tokens/s per GPU than the winner's. The one formula
+    of every 'x% behind' in the report (so 74% behind gives a quarter of the winner's tokens/s, never 282%)."""
+    return 100 * (1 - tokens_per_s_per_gpu / winner_tokens_per_s_per_gpu)
+
+
+def behind_interval_pct(best: pd.Series, best_runs: list[float], runner_up: pd.Series, runner_up_runs: list[float],
+                        output_len: int, resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE,
+                        seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of how far the runner-up is behind the best (behind_pct): each resample draws both
+    configurations' runs with replacement and sets their median latencies against each other, as the reported
+    tokens/s (batch x output tokens over the median latency) does."""
     rng = np.random.default_rng(seed)
 
     def rates(row: pd.Series, runs: list[float]) -> np.ndarray:
         drawn = rng.choice(np.asarray(runs, dtype=np.float64), size=(resamples, len(runs)), replace=True)
         return row["batch_size"] * output_len * 1e3 / np.median(drawn, axis=1) / row["gpu_count"]
 
-    leads = 100 * (rates(best, best_runs) / rates(runner_up, runner_up_runs) - 1)
+    behind = behind_pct(rates(runner_up, runner_up_runs), rates(best, best_runs))
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(leads, [tail, 100 - tail])
+    low, high = np.percentile(behind, [tail, 100 - tail])
     return float(low), float(high)
 
 
@@ -232,8 +239,8 @@ def _passes_gate(row: pd.Series, evidence: dict[tuple[str, str], Evidence]) -> b
 def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ...], dict[str, Any]] | None = None,
               targets: Targets | None = None, evidence: pd.DataFrame | None = None) -> Recommendation:
     """The most tokens/s per GPU among configurations that meet every target; ties go to the smaller batch. With
-    raw samples (by row_key) and the targets, the lead over the runner-up gets a bootstrap interval, and a
-    runner-up inside it makes a tie. With the targets, the runtimes not measured at the workload are named; with
+    raw samples (by row_key) and the targets, how far the runner-up is behind gets a bootstrap interval, and an
+    interval that reaches 0 makes a tie. With the targets, the runtimes not measured at the workload are named; with
     the rows of real-weight runs (evidence), each pair this run does not judge gets their verdict, and the fastest
     configuration that passes the gate is named beside the fastest."""
     feasible = table[table["feasible"].astype(bool)].sort_values(["tokens_per_s_per_gpu", "batch_size"],
@@ -260,7 +267,7 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ..
             top = ok.iloc[0]
             reason = (f"meets every target; its best, batch {int(top['batch_size'])}, gives "
                       f"{top['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU, "
-                      f"{100 * (1 - top['tokens_per_s_per_gpu'] / best['tokens_per_s_per_gpu']):.0f}% less")
+                      f"{behind_pct(top['tokens_per_s_per_gpu'], best['tokens_per_s_per_gpu']):.0f}% behind")
             cited = verdicts.get((runtime, precision))
             reason += f"; {cited.words()}" if cited is not None else ""
         else:
@@ -277,7 +284,7 @@ def recommend(table: pd.DataFrame, df: pd.DataFrame, samples: dict[tuple[str, ..
     best_runs, runner_up_runs = (run_latencies(df, targets, samples, row) for row in (best, runner_up))
     if len(best_runs) < 2 or len(runner_up_runs) < 2:  # one run has no spread to resample
         return Recommendation(best, runner_up, losers_table, judged, **more)
-    interval = lead_interval_pct(best, best_runs, runner_up, runner_up_runs, targets.output_len)
+    interval = behind_interval_pct(best, best_runs, runner_up, runner_up_runs, targets.output_len)
     return Recommendation(best, runner_up, losers_table, judged, interval, (len(best_runs), len(runner_up_runs)),
                           interval[0] <= 0, **more)
 
@@ -367,8 +374,8 @@ def summary_facts(rec: Recommendation) -> dict[str, Any]:
              "goodput_tokens_per_s": float(rec.best["goodput_tokens_per_s"])}
     if rec.runner_up is not None:
         facts["runner_up"] = describe(rec.runner_up)
-        facts["lead_pct"] = 100 * (rec.best["tokens_per_s_per_gpu"] / rec.runner_up["tokens_per_s_per_gpu"] - 1)
-        facts["lead_interval_pct"] = rec.lead_interval_pct
+        facts["behind_pct"] = behind_pct(rec.runner_up["tokens_per_s_per_gpu"], rec.best["tokens_per_s_per_gpu"])
+        facts["behind_interval_pct"] = rec.behind_interval_pct
         facts["tie"] = rec.tie
     return facts
 
@@ -489,6 +496,27 @@ def _measured(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) ->
     return _pick(ctx.df, runtime, c.column, precision, batch_size=c.batch_size, input_len=c.input_len)
 
 
+def _gpus(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> float:
+    """GPUs one deployment of the configuration uses at the criterion's shape (1 where its rows do not say)."""
+    rows = rows_of(ctx.df, runtime, precision)
+    rows = rows[(rows["batch_size"] == c.batch_size) & (rows["input_len"] == c.input_len)]
+    return float(gpu_counts(rows).iloc[0]) if not rows.empty else 1.0
+
+
+def _per_gpu(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    """tokens/s per GPU, what the recommendation ranks by: a deployment over 2 GPUs is starred by what each of its
+    GPUs gives, not by what the pair gives."""
+    value = _measured(ctx, c, runtime, precision)
+    return value / _gpus(ctx, c, runtime, precision) if isinstance(value, float) else value
+
+
+def _whole_deployment(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    """After a per-GPU figure of a deployment over several GPUs: what the whole deployment gives."""
+    gpus = _gpus(ctx, c, runtime, precision)
+    value = _measured(ctx, c, runtime, precision)
+    return f" ({_formatted(c.fmt, value)} on {int(gpus)} GPUs)" if gpus > 1 and isinstance(value, float) else ""
+
+
 def _quality_row(df: pd.DataFrame, runtime: str, precision: str) -> pd.Series | None:
     rows = quality_rows(df)
     rows = rows[(rows["runtime"] == runtime) & (rows["precision"] == precision) & (rows["status"] == "ok")]
@@ -572,18 +600,33 @@ def _from_cache(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) 
     return " (from cache: what the first build took)" if hit else ""
 
 
-def _break_even(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
-    if runtime == "reference":
-        return "baseline"
+def _break_even_against(ctx: MatrixContext, c: Criterion, runtime: str, precision: str, baseline: str) -> Any:
+    """Generated tokens until the build pays for itself against the reference in the baseline precision."""
     shape = {"batch_size": c.batch_size, "input_len": c.input_len}
     build = _build_time(ctx, c, runtime, precision)
     tps = _pick(ctx.df, runtime, "tokens_per_s", precision, **shape)
-    ref = _pick(ctx.df, "reference", "tokens_per_s", reference_precision_for(ctx.df, precision), **shape)
+    ref = _pick(ctx.df, "reference", "tokens_per_s", baseline, **shape)
     for value in (build, tps, ref):
         if isinstance(value, str):
             return value
     tokens = break_even_tokens(build, tps, ref)
     return "never (not faster than reference)" if math.isinf(tokens) else tokens
+
+
+def _break_even(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> Any:
+    if runtime == "reference":
+        return "baseline"
+    return _break_even_against(ctx, c, runtime, precision, reference_precision_for(ctx.df, precision))
+
+
+def _against_unquantized(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
+    """After a break-even against a quantized reference (its fp8 is slower than its bf16): the one against the
+    reference's unquantized baseline, beside it."""
+    unquantized = unquantized_reference_precision(ctx.df)
+    if unquantized is None or reference_precision_for(ctx.df, precision) == unquantized:
+        return ""
+    tokens = _break_even_against(ctx, c, runtime, precision, unquantized)
+    return f" (vs reference {unquantized}: {tokens if isinstance(tokens, str) else _formatted(c.fmt, tokens)})"
 
 
 def _dynamic_shapes(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
@@ -624,11 +667,12 @@ def _prefill_precision(ctx: MatrixContext, c: Criterion, runtime: str, precision
 
 
 def _sample_n(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
-    """' (n=5)' after a percentile: the samples it is over at the criterion's shape."""
+    """' (n=1,270)' after a percentile: the samples it is over at the criterion's shape; ' (≈ max of 5 runs)' where
+    they are too few for it."""
     rows = rows_of(ctx.df, runtime, precision)
     rows = rows[(rows["batch_size"] == c.batch_size) & (rows["input_len"] == c.input_len)]
     n = sample_count(rows.iloc[0], COLUMN[c.column].n) if not rows.empty else math.nan
-    return f" (n={int(n):,})" if pd.notna(n) else ""
+    return f" ({COLUMN[c.column].sample_words(n)})" if pd.notna(n) else ""
 
 
 def _of_generated(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) -> str:
@@ -638,21 +682,23 @@ def _of_generated(ctx: MatrixContext, c: Criterion, runtime: str, precision: str
 # Metrics whose cells need more than the measured value (reasons, invalid values, the reference's own column);
 # any other metric with matrix entries in the registry is read as measured.
 SPECIAL_CELLS: dict[str, Cell] = {
-    "build_s": _build_time, "perplexity": _perplexity, "efficiency": _decode_efficiency,
+    "tokens_per_s": _per_gpu, "build_s": _build_time, "perplexity": _perplexity, "efficiency": _decode_efficiency,
     "mbu": _model_bandwidth_utilization, "prefill_efficiency": _prefill_efficiency,
     "token_agreement": _against_reference, "first_divergence_p50": _against_reference,
     "max_logit_diff": _against_reference,
 }
-SUFFIXES: dict[str, Cell] = {"build_s": _from_cache, "perplexity": _ppl_delta,
+SUFFIXES: dict[str, Cell] = {"tokens_per_s": _whole_deployment, "build_s": _from_cache, "perplexity": _ppl_delta,
                              "prefill_efficiency": _prefill_precision, "first_divergence_p50": _of_generated}
+# Matrix rows whose cells divide the metric by the deployment's GPUs, named for it where a deployment has several.
+PER_GPU_LABELS = {"tokens_per_s": "throughput per GPU"}
 
 
 def _derived_after(metric: str, ctx: MatrixContext) -> list[Criterion]:
     """The matrix rows computed from other figures, placed after the metric they follow."""
     if metric == "build_s":
         return [Criterion(f"break-even vs reference, batch {ctx.batch_max}, input {ctx.input_max} (generated "
-                          "tokens)", "lower", _break_even, "{:,.0f}", batch_size=ctx.batch_max,
-                          input_len=ctx.input_max),
+                          "tokens)", "lower", _break_even, "{:,.0f}", _against_unquantized,
+                          batch_size=ctx.batch_max, input_len=ctx.input_max),
                 Criterion("dynamic shapes", "", _dynamic_shapes)]
     if metric == "perplexity":
         gate = (f"accuracy gate: perplexity at most +{ctx.max_ppl_delta_pct:g}% over the reference"
@@ -664,16 +710,18 @@ def _derived_after(metric: str, ctx: MatrixContext) -> list[Criterion]:
 def matrix_criteria(ctx: MatrixContext) -> list[Criterion]:
     """The matrix rows, in registry order: each metric at each shape its registry entry names."""
     criteria = []
+    several_gpus = bool(gpu_counts(inference_rows(ctx.df)).gt(1).any())
     for metric in METRICS:
+        label = PER_GPU_LABELS.get(metric.name, metric.label) if several_gpus else metric.label
         for code in metric.matrix:
             unit = f" ({metric.unit})" if metric.unit else ""
             cell = SPECIAL_CELLS.get(metric.name, _measured if code != "once" else _per_configuration)
             suffix = SUFFIXES.get(metric.name, _sample_n if metric.n else None)
             if code == "once":
-                criteria.append(Criterion(metric.label + unit, metric.better, cell, metric.fmt, suffix, metric.name))
+                criteria.append(Criterion(label + unit, metric.better, cell, metric.fmt, suffix, metric.name))
                 continue
             batch, length = ctx.shape(code)
-            criteria.append(Criterion(f"{metric.label}, batch {batch}, input {length}{unit}", metric.better, cell,
+            criteria.append(Criterion(f"{label}, batch {batch}, input {length}{unit}", metric.better, cell,
                                       metric.fmt, suffix, metric.name, batch, length))
         criteria += _derived_after(metric.name, ctx)
     return criteria

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import math
+import numbers
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -18,14 +19,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (build_columns, build_rows, code_versions, gpu_counts, inference_columns,
-                                    inference_rows, measurement_differences, not_yet_run, ok_rows, on_gpus,
-                                    plain_number, quality_columns, quality_rows, readable_errors, runs_precision,
-                                    scaling_table, unmeasured_summary, with_sample_counts)
+                                    inference_rows, measurement_differences, named_percentiles, not_yet_run,
+                                    ok_rows, on_gpus, plain_number, quality_columns, quality_rows, readable_errors,
+                                    runs_precision, scaling_table, unmeasured_summary, with_sample_counts)
 from bench_kernels.claims import check_claims, claims_section_html
 from bench_kernels.claims_file import load_claims
 from bench_kernels.decision import (CONFIDENCE, MATRIX_NOTES, WINNER_MARK, Decision, Evidence,
-                                    Recommendation, Targets, cost_formulas, describe, gate_failures, summary_facts,
-                                    usd_per_million_tokens, usd_per_month)
+                                    Recommendation, Targets, behind_pct, cost_formulas, describe, gate_failures,
+                                    summary_facts, usd_per_million_tokens, usd_per_month)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.method import (BATCH_FORMATION, MATMUL_SIZE_CPU, MATMUL_SIZE_GPU, MAX_UTILIZATION,
                                   MEMORY_SAMPLE_INTERVAL_S, PERPLEXITY_WINDOW, PERPLEXITY_WINDOWS,
@@ -288,11 +289,11 @@ def _evidence_html(rec: Recommendation) -> str:
     passing = rec.passing
     if passing is None:
         return text + " No configuration measured here passes the gate on this run's rows or the evidence.</p>"
-    behind = 100 * (1 - passing["tokens_per_s_per_gpu"] / best["tokens_per_s_per_gpu"])
+    behind = behind_pct(passing["tokens_per_s_per_gpu"], best["tokens_per_s_per_gpu"])
     verdict = rec.evidence_for(passing)
     why = verdict.words() if verdict is not None else "passes this run's accuracy gate"
     return (text + f" <b>The fastest that passes: {html.escape(describe(passing))}</b>, "
-            f"{passing['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU ({behind:.0f}% less; {html.escape(why)}).</p>")
+            f"{passing['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU ({behind:.0f}% behind; {html.escape(why)}).</p>")
 
 
 def _larger_batch_html(decision: Decision) -> str:
@@ -328,23 +329,22 @@ def _unmeasured_html(rec: Recommendation) -> str:
 
 
 def _runner_up_html(rec: Recommendation) -> str:
-    """The runner-up, the lead over it with its bootstrap interval, and 'a tie' when the interval holds no lead."""
-    facts = summary_facts(rec)
-    lead = facts["lead_pct"]
+    """The runner-up, how far it is behind with its bootstrap interval, and 'a tie' when the interval reaches 0."""
+    behind = summary_facts(rec)["behind_pct"]
     runner_up = (f"{html.escape(describe(rec.runner_up))}, {rec.runner_up['tokens_per_s_per_gpu']:,.1f} tokens/s "
                  f"per GPU")
-    if rec.lead_interval_pct is None:
-        return (f"<p>Runner-up: {runner_up} ({lead:.0f}% behind; no raw samples of both, so no interval on the "
-                "lead).</p>")
-    low, high = rec.lead_interval_pct
-    digits = 2 if max(abs(low), abs(high)) < 1 else 1  # a lead under 1%: enough digits to show its sign
-    interval = (f"{CONFIDENCE:.0%} bootstrap interval of the lead {low:+.{digits}f}% to {high:+.{digits}f}%, over "
+    if rec.behind_interval_pct is None:
+        return (f"<p>Runner-up: {runner_up} ({behind:.0f}% behind; no raw samples of both, so no interval on "
+                "it).</p>")
+    low, high = rec.behind_interval_pct
+    digits = 2 if max(abs(low), abs(high)) < 1 else 1  # under 1%: enough digits to show its sign
+    interval = (f"{CONFIDENCE:.0%} bootstrap interval {low:+.{digits}f}% to {high:+.{digits}f}% behind, over "
                 f"{rec.runs[0]:,} and {rec.runs[1]:,} measured runs")
     if rec.tie:
-        return (f"<p><b>Runner-up: {runner_up}, a tie</b>: the lead of {lead:.1f}% lies inside the runs' spread "
+        return (f"<p><b>Runner-up: {runner_up}, a tie</b>: {behind:.1f}% behind lies inside the runs' spread "
                 f"({interval}); on these measurements the two are not told apart, so choose between them on "
                 "the other criteria.</p>")
-    return f"<p>Runner-up: {runner_up} ({lead:.0f}% behind; {interval}).</p>"
+    return f"<p>Runner-up: {runner_up} ({behind:.0f}% behind; {interval}).</p>"
 
 
 def _losers_html(rec: Recommendation) -> str:
@@ -386,9 +386,10 @@ DECISION_COLUMNS = ["runtime", "precision", "batch_size", "gpu_count", "feasible
 
 
 def configurations_table(configurations: pd.DataFrame) -> pd.DataFrame:
-    """decision.configurations with the decision columns first, then the measurements behind them."""
+    """decision.configurations with the decision columns first, then the measurements behind them, its
+    percentiles named for what they are (analysis.named_percentiles)."""
     first = [c for c in DECISION_COLUMNS if c in configurations]
-    return configurations[first + [c for c in configurations if c not in first]]
+    return named_percentiles(configurations[first + [c for c in configurations if c not in first]])
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
@@ -416,12 +417,31 @@ def whole_table_html(table: pd.DataFrame, index: bool = False) -> str:
     return readable(table).to_html(index=index, na_rep="")
 
 
-def show_table(table: pd.DataFrame, caption: str) -> None:
-    """A complete, sortable and filterable table (itables, its JavaScript embedded: the report stays one file)."""
-    from itables import show
+def _numbers_only(column: pd.Series) -> bool:
+    """Whether a column holds numbers alone (blanks aside): its readable text then sorts as those numbers."""
+    values = column.dropna()
+    return not values.empty and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
 
-    show(readable(table), caption=caption, lengthMenu=[10, 25, 50, 100, -1], pageLength=25,
-         classes="display compact")
+
+def interactive_table_html(table: pd.DataFrame, caption: str) -> str:
+    """A complete, sortable and filterable table (itables; its JavaScript is embedded once by the notebook's
+    init_notebook_mode, so the report stays one file). A click anywhere on a header sorts: itables' default
+    (text_in_header_can_be_selected) keeps the header text selectable and sorts on the small arrow alone. Columns
+    of numbers sort as numbers (DataTables' num-fmt type reads '1,569.2' and '$13,140'), not as their text."""
+    from itables import to_html_datatable
+
+    numeric = [i for i, name in enumerate(table.columns) if _numbers_only(table[name])]
+    column_types = {"columnDefs": [{"type": "num-fmt", "targets": numeric}]} if numeric else {}
+    return to_html_datatable(readable(table), caption=caption, connected=False, showIndex=False,
+                             lengthMenu=[10, 25, 50, 100, -1], pageLength=25, classes="display compact",
+                             text_in_header_can_be_selected=False, **column_types)
+
+
+def show_table(table: pd.DataFrame, caption: str) -> None:
+    """The table as interactive_table_html shows it, in the notebook (and so in the report)."""
+    from IPython.display import HTML, display
+
+    display(HTML(interactive_table_html(table, caption)))
 
 
 def claims_html(spec: ReportSpec, results: pd.DataFrame) -> str:
@@ -488,8 +508,9 @@ def method_notes(spec: ReportSpec, df: pd.DataFrame) -> str:
         f"<b>Runs</b>: {measured('warmup', spec.warmup)} warmup run(s) per shape, never counted; "
         f"{measured('repeats', spec.repeats)} measured run(s). "
         "p50 / p99 are over the measured runs (per-token latency: over every decode step of every run); the "
-        "tables and the matrix give that n beside them (n_runs, n_decode_steps), and a p99 over fewer than 100 "
-        "samples is close to their maximum (interpolated between the two largest), not a tail estimate.",
+        "tables and the matrix give that n beside them (n_runs, n_decode_steps). A p99 over fewer than 100 "
+        "samples is no tail estimate: linear interpolation puts it between the two largest (over 5 runs, 96% of "
+        "the way to the largest), so it is named for what it is, &asymp; max of 5 runs.",
         f"<b>Timing</b> on {html.escape(devices)}: CUDA events read after one synchronize on GPU, "
         "<code>time.perf_counter</code> on CPU. TTFT = prompt in to first token out (prefill + first token); "
         "per-token latency = each later decode step; throughput = batch x output tokens / end-to-end p50 latency.",
@@ -547,8 +568,9 @@ ROOFLINE_COLUMNS = ["runtime", "precision", "gpu_count", "batch_size", "input_le
 
 
 def roofline_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Every measured row against both rooflines: decode (efficiency, MBU) and prefill (compute)."""
-    return readable(_int_columns(ok_rows(df)[ROOFLINE_COLUMNS].reset_index(drop=True)))
+    """Every measured row against both rooflines: decode (efficiency, MBU) and prefill (compute); numbers kept as
+    numbers (show_table writes them readably and sorts them as numbers)."""
+    return _int_columns(ok_rows(df)[ROOFLINE_COLUMNS].reset_index(drop=True))
 
 
 def show_several_gpus(df: pd.DataFrame) -> None:

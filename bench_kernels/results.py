@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -48,6 +49,34 @@ class Column:
         return self.dtype in ("int", "float")
 
     @property
+    def percentile(self) -> float | None:
+        """q of a percentile column with a sample count ('ttft_ms_p99' -> 99.0); None for any other column."""
+        match = re.search(r"_p(\d+)$", self.name)
+        return float(match[1]) if self.n and match else None
+
+    def is_percentile_over(self, n: float) -> bool:
+        """Whether n samples are enough for the percentile to be one: at least one sample above it (100 for a
+        p99). Over fewer, linear interpolation puts it between the two largest, so it is close to their maximum."""
+        q = self.percentile
+        return q is None or pd.isna(n) or n >= 100 / (100 - q)
+
+    def statistic(self, counts: Iterable[float]) -> str:
+        """What the column's values are, given the sample count of each: the percentile ('p99') where every count
+        is enough for one, else '≈ max of 5 runs' ('≈ max of 3 or 5 runs'; 'p99, ≈ the max where under 100 runs'
+        when only some counts are too few)."""
+        counts, name = list(counts), f"p{self.percentile:g}"
+        few = sorted({int(n) for n in counts if not self.is_percentile_over(n)})
+        if not few:
+            return name
+        if len(few) < len({int(n) for n in counts if pd.notna(n)}):
+            return f"{name}, ≈ the max where under {100 / (100 - self.percentile):g} {self.n}"
+        return f"≈ max of {' or '.join(f'{n:,}' for n in few)} {self.n if few[-1] > 1 else self.n.rstrip('s')}"
+
+    def sample_words(self, n: float) -> str:
+        """Beside one value of a percentile: 'n=1,270', or what it is over too few samples, '≈ max of 5 runs'."""
+        return f"n={int(n):,}" if self.is_percentile_over(n) else self.statistic([n])
+
+    @property
     def titled(self) -> str:
         """'throughput (tokens/s)': the label with its unit, for axes and headers."""
         return f"{self.label} ({self.unit})" if self.unit else self.label
@@ -81,8 +110,8 @@ REGISTRY: list[Column] = [
     _metric("itl_ms_p50", "per-token latency p50", "ms", "lower", fmt="{:.2f}", matrix=("min max",),
             compared=True, samples="itl_ms", n="decode steps"),
     _metric("itl_ms_p99", "per-token latency p99", "ms", "lower", n="decode steps"),
-    _metric("latency_ms_p50", "latency p50", "ms", "lower", compared=True, samples="latency_ms", n="runs"),
-    _metric("latency_ms_p99", "latency p99", "ms", "lower", matrix=("max max",), n="runs"),
+    _metric("latency_ms_p50", "end-to-end latency p50", "ms", "lower", compared=True, samples="latency_ms", n="runs"),
+    _metric("latency_ms_p99", "end-to-end latency p99", "ms", "lower", matrix=("max max",), n="runs"),
     _metric("peak_mem_gb", "peak memory", "GB", "lower", fmt="{:.2f}", matrix=("max max",), compared=True),
     _metric("peak_mem_gb_per_gpu", "peak memory per GPU", "GB", "lower"),
     _metric("build_s", "build / export / compile time", "s", "lower", ("build",), matrix=("once",)),

@@ -1,5 +1,5 @@
-"""Open a report in headless Chromium: do its charts decode, is the console clean, does every cell read whole;
-take a screenshot."""
+"""Open a report in headless Chromium: do its charts decode, is the console clean, does every cell read whole,
+does a click on a header's text sort a column of numbers in numeric order; take a screenshot."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 # Without the background-networking flags Chromium keeps calling home, which a closed network refuses.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -21,10 +25,14 @@ class BrowserCheck:
     filtered_rows: tuple[int, int] | None = None  # the last interactive table's rows before and after filtering
     problems: list[str] = field(default_factory=list)  # console errors/warnings, page errors, failed requests
     unreadable_cells: list[str] = field(default_factory=list)  # e-notation, NaN/None, or text cut short
+    # "table 2: tokens_per_s" -> whether a click on that header's text sorted it ascending, in numeric order
+    header_sorts: dict[str, bool] = field(default_factory=dict)
 
 
 # A number in e-notation, a missing value spelled out, or text that ends cut ("...", "…").
 UNREADABLE_CELL = re.compile(r"\d(\.\d+)?e[+-]\d|^(nan|NaN|None|<NA>|NaT)$|(\.\.\.|…)$")
+# A cell of a number column as the report writes it: '1,569.2', '-0.5', '$13,140'.
+NUMBER_CELL = re.compile(r"^-?\$?[\d,]*\.?\d+$")
 
 
 def find_chromium() -> str | None:
@@ -50,11 +58,15 @@ def check_report(html_path: Path, screenshot_path: Path | None = None, width: in
             page.on("requestfailed", lambda r: seen.problems.append(f"request failed: {r.url}"))
             page.goto(Path(html_path).resolve().as_uri())
             page.wait_for_load_state("load")
+            # itables starts each table once its embedded DataTables has loaded, which can come after "load".
+            page.wait_for_function("() => Array.from(document.querySelectorAll('table[id^=\"itables_\"]'))"
+                                   ".every(t => t.classList.contains('dataTable'))", timeout=10_000)
             seen.images = page.evaluate(
                 "Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, "
                 "width: i.naturalWidth, alt: i.getAttribute('alt') || ''}))")
             cells = page.evaluate("Array.from(document.querySelectorAll('td, th')).map(c => c.innerText.trim())")
             seen.unreadable_cells = [cell for cell in cells if UNREADABLE_CELL.search(cell)]
+            seen.header_sorts = header_sorts(page)
             if filter_text is not None:
                 # The results table is the report's last interactive one: type into its search box, as a reader.
                 search = page.locator("input[type=search]").last
@@ -69,3 +81,36 @@ def check_report(html_path: Path, screenshot_path: Path | None = None, width: in
         finally:
             browser.close()
     return seen
+
+
+def _number(cell: str) -> float:
+    return float(cell.replace(",", "").replace("$", ""))
+
+
+def header_sorts(page: Page) -> dict[str, bool]:
+    """Click the title text of every number column of every interactive table, as a reader would: is the column
+    then sorted ascending (aria-sort) and do its shown cells read in ascending numeric order? A column counts as
+    numbers when at least two of its shown cells are numbers and every other one is blank."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    sorts = {}
+    tables = page.locator("table.dataTable")
+    for t in range(tables.count()):
+        table = tables.nth(t)
+        headers = table.locator("thead th")
+        for c in range(headers.count()):
+            column = f"rows => rows.map(row => row.children[{c}] ? row.children[{c}].innerText.trim() : '')"
+            cells = [cell for cell in table.locator("tbody tr").evaluate_all(column) if cell]
+            if len(cells) < 2 or not all(NUMBER_CELL.match(cell) for cell in cells):
+                continue
+            header = headers.nth(c)
+            header.locator(".dt-column-title").click()
+            try:  # DataTables may redraw after the click's handler returns
+                page.wait_for_function("th => th.getAttribute('aria-sort') === 'ascending'",
+                                       arg=header.element_handle(), timeout=2_000)
+            except PlaywrightTimeout:
+                sorts[f"table {t + 1}: {header.inner_text().strip()}"] = False
+                continue
+            values = [_number(cell) for cell in table.locator("tbody tr").evaluate_all(column) if cell]
+            sorts[f"table {t + 1}: {header.inner_text().strip()}"] = values == sorted(values)
+    return sorts

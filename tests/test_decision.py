@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from bench_kernels.decision import (MATRIX_NOTES, Targets, configurations, cost_table, decide, decision_matrix,
-                                    deployment_gpus, goodput_share, recommend, summary_facts)
+from bench_kernels.decision import (MATRIX_NOTES, WINNER_MARK, Targets, configurations, cost_table, decide,
+                                    decision_matrix, deployment_gpus, goodput_share, recommend, summary_facts)
 from bench_kernels.report import ReportSpec, cost_html, quality_notes, recommendation_html, styled_matrix
 from bench_kernels.config import parse_config
 from bench_kernels.results import row_key, typed_frame
@@ -58,7 +58,7 @@ def test_without_targets_the_fastest_wins_and_a_runner_up_is_another_runtime() -
     rec = recommend(configurations(df, Targets(batch_size=32, input_len=128, output_len=128)), df)
     facts = summary_facts(rec)
     assert facts["best"] == "compiled fp8, batch 32" and facts["runner_up"] == "tensorrt bf16, batch 32"
-    assert facts["lead_pct"] == pytest.approx(100 * (4600 / 4300 - 1))
+    assert facts["behind_pct"] == pytest.approx(100 * (1 - 4300 / 4600))
     assert not rec.quality_judged  # no perplexity rows: the report says quality was not judged
 
 
@@ -112,7 +112,7 @@ def _runs(latency_ms: list[float]) -> dict[str, list[float]]:
     return {"ttft_ms": [20.0] * len(latency_ms), "latency_ms": latency_ms}
 
 
-def test_a_runner_up_inside_the_leads_bootstrap_interval_is_a_tie() -> None:
+def test_a_runner_up_whose_bootstrap_interval_reaches_zero_behind_is_a_tie() -> None:
     # Batch 8 x 128 tokens: 947.7 vs 945.9 tokens/s from latencies whose run-to-run spread is wider than the gap.
     close = [config("compiled", "fp16", 8, 8 * 128e3 / 1080.5, 20.0, 8.0),
              config("compiled", "bf16", 8, 8 * 128e3 / 1082.6, 20.0, 8.0)]
@@ -126,16 +126,16 @@ def test_a_runner_up_inside_the_leads_bootstrap_interval_is_a_tie() -> None:
     targets = Targets(batch_size=8, input_len=128, output_len=128)
     df = frame(close)
     tie = recommend(configurations(df, targets, samples), df, samples, targets)
-    low, high = tie.lead_interval_pct
+    low, high = tie.behind_interval_pct
     assert low < 0 < high and tie.tie and summary_facts(tie)["tie"]
     assert "a tie" in recommendation_html(decide(df, targets, samples, 0.0, None))
     df = frame(apart)
     clear = recommend(configurations(df, targets, samples), df, samples, targets)
-    low, high = clear.lead_interval_pct
-    assert 0 < low <= summary_facts(clear)["lead_pct"] <= high and not clear.tie
+    low, high = clear.behind_interval_pct
+    assert 0 < low <= summary_facts(clear)["behind_pct"] <= high and not clear.tie
     assert "a tie" not in recommendation_html(decide(df, targets, samples, 0.0, None))
     without = recommend(configurations(df, targets), df)  # no raw samples: no interval, never called a tie
-    assert without.lead_interval_pct is None and not without.tie
+    assert without.behind_interval_pct is None and not without.tie
 
 
 def random(rows: list[dict]) -> pd.DataFrame:
@@ -167,7 +167,7 @@ def test_quality_evidence_names_the_fastest_that_passes_beside_the_fastest() -> 
     html = recommendation_html(decision)
     assert "compiled fp8 FAILS the accuracy gate on the quality evidence (perplexity +2.75%" in html
     assert "on small-real, real weights, run real-run" in html
-    assert "The fastest that passes: compiled bf16, batch 1</b>, 164.0 tokens/s per GPU (34% less" in html
+    assert "The fastest that passes: compiled bf16, batch 1</b>, 164.0 tokens/s per GPU (34% behind" in html
     assert "Quality was not judged" not in html
     reasons = rec.losers.set_index("precision")["reason"]
     assert "passes the accuracy gate on the quality evidence" in reasons["bf16"]
@@ -239,3 +239,46 @@ def test_a_runtime_not_measured_gets_one_line_where_the_decision_is_made_and_one
     # Every runtime unavailable: nothing to ship, and the line still says why.
     alone = decide(random(unavailable), AT_ONE, {}, 0.0, None)
     assert alone.recommendation.best is None and line in recommendation_html(alone)
+
+
+def test_behind_has_one_formula_on_the_page() -> None:
+    """Tokens/s per GPU relative to the winner's, in the runner-up line and in why the others lost alike: 1,200
+    against 4,600 is 74% behind (the lead formula, 4,600 / 1,200 - 1, would say 283%)."""
+    df = frame([config("compiled", "fp8", 32, 4600.0, 110.0, 6.3), config("compiled", "bf16", 32, 1200.0, 22.0, 6.7),
+                config("reference", "bf16", 32, 1200.0 * 0.9, 45.0, 20.0)])
+    html = recommendation_html(decide(df, TARGETS, {}, 0.0, None))
+    assert "Runner-up: compiled bf16, batch 32, 1,200.0 tokens/s per GPU (74% behind" in html
+    assert "gives 1,080.0 tokens/s per GPU, 77% behind" in html
+    assert "% less" not in html and "283%" not in html
+
+
+def test_the_matrix_stars_tokens_per_gpu_as_the_recommendation_ranks() -> None:
+    """A deployment over 2 GPUs gives more tokens/s in all than one GPU, but fewer per GPU: the matrix stars the one
+    GPU, as the recommendation picks it, and says what the pair gives."""
+    df = frame([config("compiled", "bf16", 8, 3000.0, 50.0, 10.0), config("compiled", "bf16", 8, 2000.0, 50.0, 10.0)])
+    df["gpu_count"] = [2, 1]
+    targets = Targets(batch_size=8, input_len=128, output_len=128)
+    best = decide(df, targets, {}, 0.0, None).recommendation.best
+    assert best["gpu_count"] == 1
+    row = decision_matrix(df, workload=targets).loc["throughput per GPU, batch 8, input 128 (tokens/s)"]
+    assert row["compiled"] == WINNER_MARK + "2000.0"
+    assert row["compiled (2 GPUs)"] == "1500.0 (3000.0 on 2 GPUs)"
+
+
+def test_latency_beside_the_ttft_target_says_it_is_end_to_end() -> None:
+    df = frame([config("compiled", "bf16", 8, 1200.0, 22.0, 6.7, latency_ms_p99=900.0),
+                config("reference", "bf16", 8, 240.0, 45.0, 44.0, latency_ms_p99=4000.0)])
+    matrix = decision_matrix(df, workload=TARGETS)
+    assert "end-to-end latency p99, batch 8, input 128 (ms)" in matrix.index
+    assert not any(label.startswith("latency") for label in matrix.index)
+
+
+def test_a_break_even_against_the_references_fp8_shows_the_one_against_bf16_beside_it() -> None:
+    """10 s of build: against the reference's fp8 (10 tokens/s) compiled fp8 (100) pays back after 111 tokens,
+    against its bf16 (40) after 667."""
+    df = frame([config("reference", "bf16", 1, 40.0, 20.0, 20.0), config("reference", "fp8", 1, 10.0, 20.0, 90.0),
+                config("compiled", "fp8", 1, 100.0, 20.0, 9.0),
+                {"stage": "build", "runtime": "compiled", "precision": "fp8", "status": "ok", "build_s": 10.0}])
+    row = decision_matrix(df).loc["break-even vs reference, batch 1, input 128 (generated tokens)"]
+    assert row["compiled fp8"] == "111 (vs reference bf16: 667)"
+    assert row["reference bf16"] == "baseline"

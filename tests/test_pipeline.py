@@ -80,7 +80,8 @@ def test_report_is_self_contained(run_dir: Path) -> None:
 
 
 def test_report_in_headless_chromium(run_dir: Path) -> None:
-    """Every chart decodes, the console stays clean, and a screenshot is saved beside the report."""
+    """Every chart decodes, the console stays clean, a click on a header's text sorts a column of numbers in
+    numeric order, and a screenshot is saved beside the report."""
     if not find_chromium():
         if os.environ.get("CI"):
             pytest.fail("chromium is missing on CI: .ci/run must install Debian's chromium package")
@@ -89,6 +90,8 @@ def test_report_in_headless_chromium(run_dir: Path) -> None:
     assert len(seen.images) >= 7 and all(img["ok"] and img["width"] > 300 for img in seen.images), seen.images
     assert all(len(img["alt"]) > 20 for img in seen.images), [img["alt"] for img in seen.images]
     assert seen.problems == [] and seen.unreadable_cells == [], seen.problems[:5] + seen.unreadable_cells[:5]
+    assert "table 1: tokens_per_s_per_gpu" in seen.header_sorts and all(seen.header_sorts.values()), \
+        seen.header_sorts
     before, after = seen.filtered_rows
     assert before >= 8 and after == 4, seen.filtered_rows  # 12 rows that ran, 4 of them onnxruntime
     png = (run_dir / "report.png").read_bytes()
@@ -97,10 +100,13 @@ def test_report_in_headless_chromium(run_dir: Path) -> None:
 
 @pytest.mark.parametrize("report", sorted(ROOT.glob("reports/*/report.html")), ids=lambda path: path.parent.name)
 def test_committed_reports_read_whole_in_chromium(report: Path) -> None:
-    """No cell of a published report shows e-notation, NaN or None, or text cut short."""
+    """No cell of a published report shows e-notation, NaN or None, or text cut short, and a click on a header's
+    text sorts each column of numbers in numeric order."""
     if not find_chromium():
         if os.environ.get("CI"):
             pytest.fail("chromium is missing on CI: .ci/run must install Debian's chromium package")
         pytest.skip("chromium is not installed")
     seen = check_report(report)
     assert seen.unreadable_cells == [] and seen.problems == [], seen.unreadable_cells[:5] + seen.problems[:5]
+    unsorted = [column for column, sorted_ in seen.header_sorts.items() if not sorted_]
+    assert seen.header_sorts and unsorted == [], unsorted

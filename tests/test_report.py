@@ -15,13 +15,15 @@ from bench_kernels.config import load_config, parse_config
 from bench_kernels.analysis import measurement_differences, plain_error
 from bench_kernels.decision import (MATRIX_NOTES, WINNER_MARK, Targets, configurations, cost_table, decide,
                                     decision_matrix)
-from bench_kernels.report import (ReportSpec, availability_notes, build_table, cost_html, measured_with_html,
-                                  method_notes, profile_table, profiles_html, provenance_table, readable,
-                                  recommendation_html, results_table, roofline_html, roofline_table, run_metadata,
-                                  scaling_html, scaling_table, unmeasured_summary)
+from bench_kernels.report import (ReportSpec, availability_notes, build_table, configurations_table, cost_html,
+                                  interactive_table_html, measured_with_html, method_notes, profile_table,
+                                  profiles_html, provenance_table, readable, recommendation_html, results_table,
+                                  roofline_html, roofline_table, run_metadata, scaling_html, scaling_table,
+                                  unmeasured_summary)
 from bench_kernels.results import ResultsStore, load_results, typed_frame
 from bench_kernels.roofline import ROOFLINE_NOT_APPLICABLE
 from bench_kernels.sweep import run_sweeps
+from tests.browser import check_report, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,8 +224,9 @@ def test_deployments_over_several_gpu_counts_stay_apart() -> None:
                 {**two, "batch_size": 8, "tokens_per_s": 400.0}])
     matrix = decision_matrix(df)
     assert list(matrix.columns) == ["compiled", "compiled (2 GPUs)", "winner"]
-    throughput = matrix.loc[matrix.index.str.startswith("throughput, batch 8")].iloc[0]
-    assert throughput["compiled"] == "270.0" and throughput["compiled (2 GPUs)"] == WINNER_MARK + "400.0"
+    throughput = matrix.loc[matrix.index.str.startswith("throughput per GPU, batch 8")].iloc[0]
+    assert throughput["compiled"] == WINNER_MARK + "270.0"  # per GPU, as the recommendation ranks
+    assert throughput["compiled (2 GPUs)"] == "200.0 (400.0 on 2 GPUs)"
     figure = plots.throughput_vs_batch(df)
     labels = {t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert labels == {"compiled fp8", "compiled fp8 on 2 GPUs"}
@@ -288,13 +291,30 @@ def test_numbers_read_plainly_money_in_dollars_and_every_percentile_with_its_n()
     df = frame([ok("reference", 1, 8, 10.0, max_logit_diff=0.0000412), ok("compiled", 1, 8, 30.0, **BUILT,
                                                                           max_logit_diff=0.00000731)])
     matrix = decision_matrix(df)
-    assert matrix.loc["latency p99, batch 1, input 8 (ms)", "compiled"] == WINNER_MARK + "146.7 (n=2)"
+    p99 = matrix.loc["end-to-end latency p99, batch 1, input 8 (ms)", "compiled"]
+    assert p99 == WINNER_MARK + "146.7 (≈ max of 2 runs)"
     assert matrix.loc["per-token latency p50, batch 1, input 8 (ms)", "reference"] == "100.00 (n=6)"  # 2 x 3 steps
     logits = matrix.loc[matrix.index.str.startswith("quality: max |logit")].iloc[0]
     assert logits["compiled"] == "0.00000731"
     rows = results_table(df)
     assert rows[["n_runs", "n_decode_steps"]].values.tolist() == [[2, 6], [2, 6]]
     assert list(rows.columns).index("n_runs") == list(rows.columns).index("ttft_ms_p50") - 1
+
+
+def test_a_percentile_over_too_few_samples_is_named_for_what_it_is() -> None:
+    """A p99 of 2 runs (or of 6 decode steps) lies between the two largest samples: the tables' headers and the
+    text call it '≈ max of 2 runs', n beside it; a p50 stays a p50, and a p99 over 100 runs a p99."""
+    df = frame([ok("reference", 1, 8, 10.0), ok("compiled", 1, 8, 30.0, **BUILT)])
+    rows = results_table(df)
+    assert {"n_runs", "ttft_ms_p50", "ttft_ms_p99 (≈ max of 2 runs)", "itl_ms_p99 (≈ max of 6 decode steps)",
+            "latency_ms_p99 (≈ max of 2 runs)"} <= set(rows.columns)
+    assert "ttft_ms_p99" not in rows
+    decision = decide(df, Targets(1, 8, 4, ttft_ms=11.0), {}, 0.0, None)
+    shown = configurations_table(decision.configurations)
+    assert {"n_runs", "ttft_ms_p99 (≈ max of 2 runs)", "itl_ms_p99 (≈ max of 6 decode steps)"} <= set(shown.columns)
+    assert "time to first token p99 (≈ max of 2 runs) 12.0 ms &gt; 11 ms" in recommendation_html(decision)
+    enough = results_table(frame([ok("compiled", 1, 8, 30.0, repeats=100, **BUILT)]))
+    assert {"ttft_ms_p99", "itl_ms_p99"} <= set(enough.columns)
 
 
 def test_out_of_memory_reads_as_weights_that_do_not_fit_and_errors_stay_whole() -> None:
@@ -330,3 +350,30 @@ def test_results_json_names_the_cited_runs_from_the_run_folder(tmp_path: Path) -
     document = json.loads(store.export_json(run_metadata(spec, store.load())).read_text())
     assert document["run"]["spec"]["quality_evidence"] == ["../h100-smollm2-quality"]
     assert document["run"]["spec"]["claims"] == "../../params/claims/tensorrt-vs-llama-blog.yaml"
+
+
+def test_a_click_on_a_headers_text_sorts_a_column_of_numbers_in_numeric_order(tmp_path: Path) -> None:
+    """As a report shows an interactive table: a click on the header's text (not only its arrow) sorts, and
+    '1,569.2' sorts after '100' (as text it would come first)."""
+    if not find_chromium():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from itables import options, to_html_datatable
+    from itables.javascript import generate_init_offline_itables_html
+
+    table = pd.DataFrame({"runtime": ["a", "b", "c", "d"], "tokens_per_s": [9.5, 1569.2, 10.0, 100.0],
+                          "usd_per_month": [13140.0, 980.0, 3.36, None]})
+    page = tmp_path / "table.html"
+    embedded = generate_init_offline_itables_html(options.dt_bundle)  # what the report's init cell embeds
+    page.write_text(f"<html><body>{embedded}{interactive_table_html(table, 'numbers')}</body></html>")
+    seen = check_report(page)
+    assert seen.header_sorts == {"table 1: tokens_per_s": True, "table 1: usd_per_month": True}, seen.header_sorts
+    assert seen.problems == [] and seen.unreadable_cells == []
+    # Every table the report shows interactively hands its numbers over as numbers, to be sorted as such.
+    df = frame([ok("reference", 1, 8, 10.0), ok("compiled", 1, 8, 30.0, **BUILT)])
+    configurations = configurations_table(decide(df, Targets(1, 8, 4), {}, 0.0, None).configurations)
+    for shown in (results_table(df), roofline_table(df), configurations, scaling_table(df)):
+        numbers = [name for name in ("batch_size", "tokens_per_s", "efficiency") if name in shown]
+        assert numbers and all(pd.api.types.is_numeric_dtype(shown[name]) for name in numbers), shown.dtypes
+    # itables' defaults keep the header text selectable: a click on it does not sort, and the check says so.
+    page.write_text(f"<html><body>{embedded}{to_html_datatable(readable(table), connected=False)}</body></html>")
+    assert check_report(page).header_sorts == {"table 1: tokens_per_s": False, "table 1: usd_per_month": False}

@@ -16,8 +16,8 @@ import pytest
 
 from bench_kernels.compare import compare_runs
 from bench_kernels.decision import WINNER_MARK, decision_matrix
-from bench_kernels.results import (COLUMNS, JSON_SCHEMA_VERSION, Column, ResultsStore, load_results, register,
-                                   unregister)
+from bench_kernels.results import (COLUMN, COLUMNS, JSON_SCHEMA_VERSION, Column, ResultsStore, load_results,
+                                   register, unregister)
 from bench_kernels.verdicts import BETTER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,3 +207,14 @@ def test_the_json_export_holds_every_row_typed_beside_the_run(tmp_path: Path) ->
     assert first["tokens_per_s"] == 12.5 and first["ttft_ms_p50"] is None
     assert second["error"] == "out of memory" and first["error"] is None
     assert document["columns"]["batch_size"] == "int" and set(first) == set(COLUMNS)
+
+
+def test_a_percentile_says_what_it_is_over_its_samples() -> None:
+    """A p99 needs 100 samples (a p50 two) to have one above it; over fewer it sits between the two largest."""
+    p99, p50 = COLUMN["ttft_ms_p99"], COLUMN["ttft_ms_p50"]
+    assert p99.percentile == 99 and COLUMN["tokens_per_s"].percentile is None
+    assert p99.sample_words(5) == "≈ max of 5 runs" and p99.sample_words(100) == "n=100"
+    assert p50.sample_words(5) == "n=5" and p50.sample_words(1) == "≈ max of 1 run"
+    assert p99.statistic([3, 5, 5]) == "≈ max of 3 or 5 runs"
+    assert p99.statistic([5, 1270]) == "p99, ≈ the max where under 100 runs"
+    assert COLUMN["itl_ms_p99"].statistic([1270]) == "p99"
