@@ -1,19 +1,22 @@
-"""Weight-streaming Triton kernels for decode-sized products (1-64 activation rows): int4 weights in
-bench_kernels.quantization's layout and fp8 e4m3 weights with per-channel scales, each read once as stored.
+"""Weight-streaming Triton kernels for decode-sized products (1-64 activation rows): int4 weights as
+linear_ops.int4_words lays them out (int32 words of eight codes, group scales) and fp8 e4m3 weights with per-channel
+scales, each read once as stored.
 
-Both kernels put the weight tile first in a tensor-core dot (out^T = W x^T: BLOCK_N weight rows against at least
-16 activation rows, the rows past M masked to zero), so one kernel serves 1 to 64 rows with the dot's cost hidden
-under the weight reads. When a shape has too few output tiles to keep every multiprocessor streaming, K is split
-over SPLIT_K programs: each writes its fp32 partial to a workspace and the last of them to finish (counted on a
-per-device semaphore, reset after use) adds the partials in a fixed order and writes the output, so a split
-product is deterministic and needs no second launch.
+The tensor-core kernels put the weight tile first in a dot (out^T = W x^T: BLOCK_N weight rows against at least 16
+activation rows, the rows past M masked to zero), so one kernel serves 1 to 64 rows with the dot's cost hidden under
+the weight reads. For one row, the int4 GEMV multiplies on CUDA cores instead. When a shape has too few output tiles
+to keep every multiprocessor streaming, K is split over SPLIT_K programs: each writes its fp32 partial to a
+workspace and the last of them to finish (counted on a per-device semaphore, reset after use) adds the partials in a
+fixed order and writes the output, so a split product is deterministic and needs no second launch.
 
-int4 codes become dot operands in two 16-bit lanes per instruction (PTX: each nibble ORed into the mantissa of
-128 (bf16) or 1024 (fp16), exact, then one fused multiply-add subtracts the offset): 1.5 instructions per weight,
-where a conversion through fp32 costs four and bounded the earlier kernel. Group scales multiply each group's fp32
-dot, so the math is the dequantized weight's: codes times scales in fp32. Triton's interpreter (the CPU tests)
-runs the same kernels with the nibbles converted through fp32 instead of the PTX. This module needs triton: the
-runtime imports it only where triton is there.
+int4: nibble p of each word in a group multiplies one contiguous slice of the activations, so the tensor-core
+kernel makes one dot of K = GROUP / 8 per nibble position, its operand converted in registers straight from the
+loaded words (PTX: two words' nibble p in the two 16-bit lanes of one register, each ORed into the mantissa of 128
+(bf16) or 1024 (fp16), exact, then one fused multiply-add subtracts the offset; 1.5 instructions per weight and no
+byte shuffles, where bench_kernels.quantization's byte layout cost about two more). Group scales multiply each
+group's fp32 dot, so the math is the dequantized weight's: codes times scales in fp32. Triton's interpreter (the CPU
+tests) runs the same kernels with the nibbles converted by integer ops instead of the PTX. This module needs triton:
+the runtime imports it only where triton is there.
 """
 
 from __future__ import annotations
