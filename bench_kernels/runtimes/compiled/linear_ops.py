@@ -29,12 +29,15 @@ INT4 = torch.int32  # int4 weights are stored as int32 words of eight codes (int
 GEMV_MAX_ROWS = 64
 
 # Launch configurations timed for decode_kernels: int4 on CUDA cores for one row and int4 on tensor cores by row tile
-# (BLOCK_N, GROUPS_PER_STEP, SPLIT_K, num_warps); fp8 (BLOCK_N, BLOCK_K, SPLIT_K, num_warps). The first of each is the
-# default where nothing was timed.
-INT4_GEMV_CONFIGS = ((64, 4, 4, 2), (64, 4, 8, 2), (128, 4, 4, 4), (64, 2, 8, 2), (64, 8, 2, 2), (128, 2, 8, 4))
-INT4_CONFIGS = {16: ((64, 2, 4, 4), (128, 2, 2, 4), (32, 4, 4, 2), (64, 4, 4, 4), (128, 1, 1, 4), (64, 1, 8, 4)),
-                32: ((128, 2, 4, 4), (64, 2, 4, 4), (128, 2, 2, 4), (128, 1, 4, 4), (128, 4, 2, 4), (128, 1, 8, 4)),
-                64: ((128, 2, 4, 4), (128, 1, 4, 4), (128, 2, 2, 4), (64, 2, 2, 4), (128, 1, 1, 4), (128, 2, 1, 4))}
+# (BLOCK_N, GROUPS_PER_STEP, SPLIT_K, num_warps); fp8 (BLOCK_N, BLOCK_K, SPLIT_K, num_warps). The int4 ones are those
+# measured fastest somewhere at the Llama-3.1-8B and 70B projection shapes on an H200 (BENCHMARKS.md, 2026-12-03); the
+# first of each is the default where nothing was timed.
+INT4_GEMV_CONFIGS = ((64, 2, 8, 2), (128, 2, 8, 4), (64, 4, 8, 2), (64, 4, 4, 2), (128, 4, 4, 4), (64, 8, 2, 2))
+INT4_CONFIGS = {16: ((64, 1, 8, 4), (128, 1, 8, 4), (64, 1, 4, 4), (128, 1, 2, 4), (128, 1, 1, 4), (64, 2, 4, 4),
+                     (128, 2, 2, 4)),
+                32: ((128, 1, 4, 4), (128, 1, 8, 4), (128, 1, 1, 4), (128, 2, 4, 4), (64, 2, 4, 4), (128, 2, 2, 4)),
+                64: ((128, 1, 4, 4), (128, 1, 8, 4), (128, 1, 1, 4), (64, 1, 4, 4), (64, 1, 2, 4), (128, 2, 4, 4),
+                     (128, 2, 2, 4))}
 FP8_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 128, 1, 4))
 
 # (device index, weight dtype, N, K, rows) -> the name of the kernel measured fastest there (decode_candidates).
