@@ -32,7 +32,8 @@ GEMV_MAX_ROWS = 64
 # (BLOCK_N, GROUPS_PER_STEP, SPLIT_K, num_warps); fp8 (BLOCK_N, BLOCK_K, SPLIT_K, num_warps). The int4 ones are those
 # measured fastest somewhere at the Llama-3.1-8B and 70B projection shapes on an H200 (BENCHMARKS.md, 2026-12-03); the
 # first of each is the default where nothing was timed.
-INT4_GEMV_CONFIGS = ((64, 2, 8, 2), (128, 2, 8, 4), (64, 4, 8, 2), (64, 4, 4, 2), (128, 4, 4, 4), (64, 8, 2, 2))
+INT4_GEMV_CONFIGS = ((64, 2, 8, 2), (128, 2, 8, 4), (64, 4, 8, 2), (64, 4, 4, 2), (128, 4, 4, 4), (64, 8, 2, 2),
+                     (64, 1, 8, 2))  # the last also for an odd number of groups (SmolLM2's 576 channels: 9 of 64)
 INT4_CONFIGS = {16: ((64, 1, 8, 4), (128, 1, 8, 4), (64, 1, 4, 4), (128, 1, 2, 4), (128, 1, 1, 4), (64, 2, 4, 4),
                      (128, 2, 2, 4)),
                 32: ((128, 1, 4, 4), (128, 1, 8, 4), (128, 1, 1, 4), (128, 2, 4, 4), (64, 2, 4, 4), (128, 2, 2, 4)),
