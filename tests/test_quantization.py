@@ -131,39 +131,45 @@ def test_awq_refuses_architectures_whose_norms_it_cannot_fold_into() -> None:
 
 INTERPRETED_KERNEL_CHECK = """
 import sys, torch
-from bench_kernels.quantization import dequantize_int4, quantize_int4
+from bench_kernels.quantization import dequantize_int4, quantize_int4, unpack_int4
 from bench_kernels.runtimes.compiled import decode_kernels
-from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, quantize_fp8
+from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, int4_word_codes, int4_words, quantize_fp8
 rows, dtype, split = int(sys.argv[1]), getattr(torch, sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(rows)
-weight = quantize_int4(torch.randn(48, 256), group_size=64)
-x = torch.randn(rows, 256).to(dtype)
+weight = quantize_int4(torch.randn(48, 512))
+words = int4_words(weight.packed, 128)
+assert torch.equal(int4_word_codes(words, 128), unpack_int4(weight.packed, 128)), "int4_words round trip"
+assert (words[3, 16 + 5] >> 8 & 0xF) - 8 == unpack_int4(weight.packed, 128)[3, 128 + 2 * 16 + 5], "word layout"
+x = torch.randn(rows, 512).to(dtype)
 expected = x.float() @ dequantize_int4(weight).t()
-out = decode_kernels.int4_matmul(x, weight.packed, weight.scales, {"BLOCK_N": 16, "SPLIT_K": split})
-assert out.shape == (rows, 48) and out.dtype == dtype, (out.shape, out.dtype)
-torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=expected.abs().max().item() * 1e-2)
-assert not decode_kernels._semaphores(x.device).any(), "a split launch left its counters set"
+config = {"BLOCK_N": 16, "GROUPS_PER_STEP": 2, "SPLIT_K": split}
+for kernel in (decode_kernels.int4_matmul, decode_kernels.int4_gemv):
+    out = kernel(x, words, weight.scales, config)
+    assert out.shape == (rows, 48) and out.dtype == dtype, (kernel.__name__, out.shape, out.dtype)
+    torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=expected.abs().max().item() * 1e-2)
+    assert not decode_kernels._semaphores(x.device).any(), "a split launch left its counters set"
 fp8, scale = quantize_fp8(torch.randn(40, 320))
 x8 = torch.randn(rows, 320).to(dtype)
 expected8 = x8.float() @ fp8.float().t() * scale
 out8 = decode_kernels.fp8_matmul(x8, fp8, scale, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": split})
 torch.testing.assert_close(out8.float(), expected8, rtol=1e-2, atol=expected8.abs().max().item() * 1e-2)
 _, dequantize = _int4_kernels()
-restored = torch.empty(48, 256)
-dequantize[(1, 4)](weight.packed, weight.scales, restored, 48, 256, GROUP=64, BLOCK_N=64)
+restored = torch.empty(48, 512)
+dequantize[(1, 4)](words, weight.scales, restored, 48, 512, GROUP=128, BLOCK_N=64)
 assert torch.equal(restored, dequantize_int4(weight)), "the dequantization kernel"
 print("ok", (out.float() - expected).abs().max().item(), (out8.float() - expected8).abs().max().item())
 """
 
 
 @needs_triton
-@pytest.mark.parametrize(("rows", "split"), [(1, 1), (5, 3), (70, 2)])
+@pytest.mark.parametrize(("rows", "split"), [(1, 1), (5, 2)])
 def test_triton_int4_and_fp8_decode_kernels_match_the_float_math(rows: int, split: int) -> None:
     """The kernels as written, run by Triton's interpreter (TRITON_INTERPRET must be set before triton is imported,
-    hence a fresh process), against the dequantized weights in fp32: one row, a few rows with K split three ways (the
-    last split program sums the partials), and more rows than one row tile. The interpreter's tensor-core dot
-    mishandles bf16 on the CPU, so activations are fp16 (the same code path on the GPU, where the PTX conversion of
-    the nibbles replaces the fp32 one run here)."""
+    hence a fresh process), against the dequantized weights in fp32: the int4 tensor-core and CUDA-core kernels on
+    int4_words' layout, two groups a step, and the fp8 kernel; one row, and a few rows with K split two ways (the
+    last split program sums the partials). The interpreter's tensor-core dot mishandles bf16 on the CPU, so
+    activations are fp16 (the same code path on the GPU, where the PTX conversion of the nibbles replaces the
+    integer one run here)."""
     import os
     import subprocess
     import sys

@@ -1,19 +1,22 @@
-"""Weight-streaming Triton kernels for decode-sized products (1-64 activation rows): int4 weights in
-bench_kernels.quantization's layout and fp8 e4m3 weights with per-channel scales, each read once as stored.
+"""Weight-streaming Triton kernels for decode-sized products (1-64 activation rows): int4 weights as
+linear_ops.int4_words lays them out (int32 words of eight codes, group scales) and fp8 e4m3 weights with per-channel
+scales, each read once as stored.
 
-Both kernels put the weight tile first in a tensor-core dot (out^T = W x^T: BLOCK_N weight rows against at least
-16 activation rows, the rows past M masked to zero), so one kernel serves 1 to 64 rows with the dot's cost hidden
-under the weight reads. When a shape has too few output tiles to keep every multiprocessor streaming, K is split
-over SPLIT_K programs: each writes its fp32 partial to a workspace and the last of them to finish (counted on a
-per-device semaphore, reset after use) adds the partials in a fixed order and writes the output, so a split
-product is deterministic and needs no second launch.
+The tensor-core kernels put the weight tile first in a dot (out^T = W x^T: BLOCK_N weight rows against at least 16
+activation rows, the rows past M masked to zero), so one kernel serves 1 to 64 rows with the dot's cost hidden under
+the weight reads. For one row, the int4 GEMV multiplies on CUDA cores instead. When a shape has too few output tiles
+to keep every multiprocessor streaming, K is split over SPLIT_K programs: each writes its fp32 partial to a
+workspace and the last of them to finish (counted on a per-device semaphore, reset after use) adds the partials in a
+fixed order and writes the output, so a split product is deterministic and needs no second launch.
 
-int4 codes become dot operands in two 16-bit lanes per instruction (PTX: each nibble ORed into the mantissa of
-128 (bf16) or 1024 (fp16), exact, then one fused multiply-add subtracts the offset): 1.5 instructions per weight,
-where a conversion through fp32 costs four and bounded the earlier kernel. Group scales multiply each group's fp32
-dot, so the math is the dequantized weight's: codes times scales in fp32. Triton's interpreter (the CPU tests)
-runs the same kernels with the nibbles converted through fp32 instead of the PTX. This module needs triton: the
-runtime imports it only where triton is there.
+int4: nibble p of each word in a group multiplies one contiguous slice of the activations, so the tensor-core
+kernel makes one dot of K = GROUP / 8 per nibble position, its operand converted in registers straight from the
+loaded words (PTX: two words' nibble p in the two 16-bit lanes of one register, each ORed into the mantissa of 128
+(bf16) or 1024 (fp16), exact, then one fused multiply-add subtracts the offset; 1.5 instructions per weight and no
+byte shuffles, where bench_kernels.quantization's byte layout cost about two more). Group scales multiply each
+group's fp32 dot, so the math is the dequantized weight's: codes times scales in fp32. Triton's interpreter (the CPU
+tests) runs the same kernels with the nibbles converted by integer ops instead of the PTX. This module needs triton:
+the runtime imports it only where triton is there.
 """
 
 from __future__ import annotations
@@ -39,62 +42,54 @@ def _semaphores(device: torch.device) -> torch.Tensor:
     return torch.zeros(SEMAPHORE_SLOTS, dtype=torch.int32, device=device)
 
 
-@triton.jit
-def nibbles_ptx(packed, IS_BF16: tl.constexpr):
-    # uint8 [..] -> (low nibble - 8, high nibble - 8) in bf16 or fp16, four bytes per asm instance.
-    if IS_BF16:
-        low, high = tl.inline_asm_elementwise(
-            """{
-            .reg .b32 z, a, b, c, d, one, off;
-            mov.b32 z, 0;
-            mov.b32 one, 0x3F803F80;
-            mov.b32 off, 0xC308C308;
-            prmt.b32 a, $4, z, 0x5140;
-            prmt.b32 b, $4, z, 0x5342;
-            shr.b32 c, a, 4;
-            shr.b32 d, b, 4;
-            lop3.b32 a, a, 0x000F000F, 0x43004300, 0xEA;
-            lop3.b32 b, b, 0x000F000F, 0x43004300, 0xEA;
-            lop3.b32 c, c, 0x000F000F, 0x43004300, 0xEA;
-            lop3.b32 d, d, 0x000F000F, 0x43004300, 0xEA;
-            fma.rn.bf16x2 $0, a, one, off;
-            fma.rn.bf16x2 $1, b, one, off;
-            fma.rn.bf16x2 $2, c, one, off;
-            fma.rn.bf16x2 $3, d, one, off;
-            }""",
-            "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-    else:
-        low, high = tl.inline_asm_elementwise(
-            """{
-            .reg .b32 z, a, b, c, d, one, off;
-            mov.b32 z, 0;
-            mov.b32 one, 0x3C003C00;
-            mov.b32 off, 0xE408E408;
-            prmt.b32 a, $4, z, 0x5140;
-            prmt.b32 b, $4, z, 0x5342;
-            shr.b32 c, a, 4;
-            shr.b32 d, b, 4;
-            lop3.b32 a, a, 0x000F000F, 0x64006400, 0xEA;
-            lop3.b32 b, b, 0x000F000F, 0x64006400, 0xEA;
-            lop3.b32 c, c, 0x000F000F, 0x64006400, 0xEA;
-            lop3.b32 d, d, 0x000F000F, 0x64006400, 0xEA;
-            fma.rn.f16x2 $0, a, one, off;
-            fma.rn.f16x2 $1, b, one, off;
-            fma.rn.f16x2 $2, c, one, off;
-            fma.rn.f16x2 $3, d, one, off;
-            }""",
-            "=r,=r,=r,=r,r", [packed], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
-    return low, high
+def _codes_asm(magic: str, one: str, offset: str, fma: str) -> str:
+    # Bytes b of the two words side by side (prmt), the low and high nibble of each masked into the mantissa of
+    # magic (lop3), then the offset subtracted (fma): output 2b is nibble 2b of both words, output 2b + 1 nibble 2b+1.
+    lines = [".reg .b32 t<4>, u<4>, one, off;", f"mov.b32 one, {one};", f"mov.b32 off, {offset};"]
+    for b in range(4):
+        lines += [f"prmt.b32 t{b}, $8, $9, 0x{4 + b}{4 + b}{b}{b};", f"shr.b32 u{b}, t{b}, 4;",
+                  f"lop3.b32 t{b}, t{b}, 0x000F000F, {magic}, 0xEA;",
+                  f"lop3.b32 u{b}, u{b}, 0x000F000F, {magic}, 0xEA;",
+                  f"{fma} ${2 * b}, t{b}, one, off;", f"{fma} ${2 * b + 1}, u{b}, one, off;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+CODES_BF16_ASM = tl.constexpr(_codes_asm("0x43004300", "0x3F803F80", "0xC308C308", "fma.rn.bf16x2"))  # 128, 1, -136
+CODES_FP16_ASM = tl.constexpr(_codes_asm("0x64006400", "0x3C003C00", "0xE408E408", "fma.rn.f16x2"))  # 1024, 1, -1032
+
 
 @triton.jit
-def nibbles(packed, dtype: tl.constexpr, PTX: tl.constexpr):
-    if PTX:
-        low, high = nibbles_ptx(packed, dtype == tl.bfloat16)
+def codes_ptx(words, IS_BF16: tl.constexpr):
+    # int32 words [..] -> the eight codes - 8 of each word in bf16 or fp16, two words per asm instance, so that output
+    # p holds nibble p of both in one register, as a tensor-core operand takes them: each nibble ORed into the
+    # mantissa of 128 (bf16) or 1024 (fp16), exact, then one fused multiply-add subtracts the offset (1.5
+    # instructions per weight).
+    if IS_BF16:
+        return tl.inline_asm_elementwise(
+            CODES_BF16_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words],
+            dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16,
+                   tl.bfloat16), is_pure=True, pack=2)
     else:
-        p = packed.to(tl.int32)
-        low = (((p & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0).to(dtype)
-        high = (((p >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0).to(dtype)
-    return low, high
+        return tl.inline_asm_elementwise(
+            CODES_FP16_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16, tl.float16, tl.float16, tl.float16, tl.float16),
+            is_pure=True, pack=2)
+
+@triton.jit
+def codes_of(words, dtype: tl.constexpr, PTX: tl.constexpr):
+    # The eight codes - 8 of each int32 word (nibble p: bits 4p..4p+3) in dtype.
+    if PTX:
+        c0, c1, c2, c3, c4, c5, c6, c7 = codes_ptx(words, dtype == tl.bfloat16)
+    else:
+        c0 = ((words & 0xF) - 8).to(dtype)
+        c1 = (((words >> 4) & 0xF) - 8).to(dtype)
+        c2 = (((words >> 8) & 0xF) - 8).to(dtype)
+        c3 = (((words >> 12) & 0xF) - 8).to(dtype)
+        c4 = (((words >> 16) & 0xF) - 8).to(dtype)
+        c5 = (((words >> 20) & 0xF) - 8).to(dtype)
+        c6 = (((words >> 24) & 0xF) - 8).to(dtype)
+        c7 = (((words >> 28) & 0xF) - 8).to(dtype)
+    return c0, c1, c2, c3, c4, c5, c6, c7
 
 @triton.jit
 def store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K: tl.constexpr):
@@ -115,30 +110,90 @@ def store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K: t
             tl.atomic_xchg(count_ptr + tile, 0)
 
 @triton.jit
-def int4_matmul_kernel(x_ptr, packed_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, GROUP: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, PTX: tl.constexpr):
-    # y [M, N] = x [M, K] @ W^T, W [N, K] = (codes - 8) * scales: packed uint8 [N, K / 2] (byte j of a group:
-    # channel j in the low nibble, GROUP / 2 + j in the high one), scales [N, K / GROUP].
-    HALF: tl.constexpr = GROUP // 2
+def int4_matmul_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, GROUP: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+                       SPLIT_K: tl.constexpr, PTX: tl.constexpr):
+    # y [M, N] = x [M, K] @ W^T, W [N, K] = (codes - 8) * scales: int32 words [N, K / 8] in linear_ops.int4_words'
+    # layout (nibble p of word t in a group: channel p * GROUP / 8 + t), scales [N, K / GROUP]. Each nibble position
+    # is one dot of K = GROUP / 8 against a contiguous slice of x. A step reads GROUPS_PER_STEP groups, adjacent in
+    # each row: 64 bytes a row per group alone read at half the bandwidth.
+    WORDS: tl.constexpr = GROUP // 8
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_j = tl.arange(0, HALF)
+    offs_t = tl.arange(0, WORDS)
     n_ok, m_ok = offs_n < N, offs_m < M
     groups = K // GROUP
-    per_split = tl.cdiv(groups, SPLIT_K)
-    g_start = tl.program_id(2) * per_split
-    g_end = tl.minimum(g_start + per_split, groups)
+    steps = groups // GROUPS_PER_STEP
+    per_split = tl.cdiv(steps, SPLIT_K)
+    s_start = tl.program_id(2) * per_split
+    s_end = tl.minimum(s_start + per_split, steps)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for g in range(g_start, g_end):
-        packed = tl.load(packed_ptr + offs_n[:, None] * (K // 2) + g * HALF + offs_j[None, :],
-                         mask=n_ok[:, None], other=0x88)
-        x_low = tl.load(x_ptr + offs_m[None, :] * K + g * GROUP + offs_j[:, None], mask=m_ok[None, :], other=0.0)
-        x_high = tl.load(x_ptr + offs_m[None, :] * K + g * GROUP + HALF + offs_j[:, None], mask=m_ok[None, :],
-                         other=0.0)
-        low, high = nibbles(packed, x_ptr.dtype.element_ty, PTX)
-        part = tl.dot(low, x_low) + tl.dot(high, x_high)
-        acc += part * tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    for s in range(s_start, s_end):
+        for i in tl.static_range(GROUPS_PER_STEP):
+            g = s * GROUPS_PER_STEP + i
+            words = tl.load(words_ptr + offs_n[:, None] * (K // 8) + g * WORDS + offs_t[None, :],
+                            mask=n_ok[:, None], other=0)
+            x_at = x_ptr + offs_m[None, :] * K + g * GROUP + offs_t[:, None]  # [WORDS, BLOCK_M]: nibble 0's slice
+            c0, c1, c2, c3, c4, c5, c6, c7 = codes_of(words, x_ptr.dtype.element_ty, PTX)
+            part = tl.dot(c0, tl.load(x_at, mask=m_ok[None, :], other=0.0))
+            part = tl.dot(c1, tl.load(x_at + WORDS, mask=m_ok[None, :], other=0.0), part)
+            part = tl.dot(c2, tl.load(x_at + 2 * WORDS, mask=m_ok[None, :], other=0.0), part)
+            part = tl.dot(c3, tl.load(x_at + 3 * WORDS, mask=m_ok[None, :], other=0.0), part)
+            part = tl.dot(c4, tl.load(x_at + 4 * WORDS, mask=m_ok[None, :], other=0.0), part)
+            part = tl.dot(c5, tl.load(x_at + 5 * WORDS, mask=m_ok[None, :], other=0.0), part)
+            part = tl.dot(c6, tl.load(x_at + 6 * WORDS, mask=m_ok[None, :], other=0.0), part)
+            part = tl.dot(c7, tl.load(x_at + 7 * WORDS, mask=m_ok[None, :], other=0.0), part)
+            acc += part * tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K)
+
+@triton.jit
+def code_at(words, nibble, SHIFT: tl.constexpr):
+    # int32 words -> (the 4-bit code at bit SHIFT) - 8 as fp32, for SHIFT <= 16: the code ORed into the mantissa of
+    # 2^(23 - SHIFT), whose last place is then 1, and that power of two plus 8 subtracted (one LOP3, one FADD; exact).
+    magic = ((words & (nibble << SHIFT)) | ((150 - SHIFT) << 23)).to(tl.float32, bitcast=True)
+    return magic - (2.0 ** (23 - SHIFT) + 8.0)
+
+@triton.jit
+def group_gemv(words_ptr, x_ptr, scale_ptr, offs_n, n_ok, offs_t, row, g, nibble, K, GROUP: tl.constexpr):
+    # One group of int4_gemv_kernel's rows: each code times its activation in fp32, the sum times the group's scale.
+    WORDS: tl.constexpr = GROUP // 8
+    words = tl.load(words_ptr + offs_n[:, None] * (K // 8) + g * WORDS + offs_t[None, :], mask=n_ok[:, None], other=0)
+    high = words >> 12  # nibbles 5, 6, 7 (bits 20, 24, 28) moved to bits 8, 12, 16, where code_at reads them
+    x_at = x_ptr + row * K + g * GROUP + offs_t  # [WORDS]: the slice of nibble 0
+    part = code_at(words, nibble, 0) * tl.load(x_at).to(tl.float32)[None, :]
+    part += code_at(words, nibble, 4) * tl.load(x_at + WORDS).to(tl.float32)[None, :]
+    part += code_at(words, nibble, 8) * tl.load(x_at + 2 * WORDS).to(tl.float32)[None, :]
+    part += code_at(words, nibble, 12) * tl.load(x_at + 3 * WORDS).to(tl.float32)[None, :]
+    part += code_at(words, nibble, 16) * tl.load(x_at + 4 * WORDS).to(tl.float32)[None, :]
+    part += code_at(high, nibble, 8) * tl.load(x_at + 5 * WORDS).to(tl.float32)[None, :]
+    part += code_at(high, nibble, 12) * tl.load(x_at + 6 * WORDS).to(tl.float32)[None, :]
+    part += code_at(high, nibble, 16) * tl.load(x_at + 7 * WORDS).to(tl.float32)[None, :]
+    scale = tl.load(scale_ptr + offs_n * (K // GROUP) + g, mask=n_ok, other=0.0).to(tl.float32)
+    return part * scale[:, None]
+
+@triton.jit
+def int4_gemv_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, nibble,
+                     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+                     SPLIT_K: tl.constexpr):
+    # int4_matmul_kernel's product on CUDA cores, one activation row per program (axis 1), with no dot and no shared
+    # memory between load and FMA. nibble (0xF) comes as an argument, not a constant, so ptxas keeps the masks in
+    # registers instead of rematerialising one before each LOP3 (0.8 instructions per weight of some four).
+    WORDS: tl.constexpr = GROUP // 8
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row = tl.program_id(1)
+    offs_t = tl.arange(0, WORDS)
+    n_ok = offs_n < N
+    steps = K // GROUP // GROUPS_PER_STEP
+    per_split = tl.cdiv(steps, SPLIT_K)
+    s_start = tl.program_id(2) * per_split
+    s_end = tl.minimum(s_start + per_split, steps)
+    acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+    for s in range(s_start, s_end):
+        for i in tl.static_range(GROUPS_PER_STEP):
+            acc += group_gemv(words_ptr, x_ptr, scale_ptr, offs_n, n_ok, offs_t, row, s * GROUPS_PER_STEP + i,
+                              nibble, K, GROUP)
+    total = tl.sum(acc, axis=1)[:, None]  # [BLOCK_N, 1]
+    store_tile(total, y_ptr, work_ptr, count_ptr, offs_n, row + tl.arange(0, 1), M, N, SPLIT_K)
 
 @triton.jit
 def fp8_matmul_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, BLOCK_M: tl.constexpr,
@@ -169,31 +224,50 @@ def block_m(rows: int) -> int:
 
 
 def _launch(kernel, rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, n: int, k: int,
-            config: dict, **constants) -> torch.Tensor:
+            config: dict, row_tile: int, **constants) -> torch.Tensor:
     m = rows.shape[0]
     rows = rows.contiguous()
     out = torch.empty((m, n), dtype=rows.dtype, device=rows.device)
-    tile_m = block_m(m)
     split = config.get("SPLIT_K", 1)
-    grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, tile_m), split)
+    grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, row_tile), split)
     if grid[0] * grid[1] > SEMAPHORE_SLOTS:
         raise ValueError(f"{grid[0] * grid[1]} output tiles exceed the split-K semaphore's {SEMAPHORE_SLOTS}")
     work = torch.empty(split * m * n if split > 1 else 1, dtype=torch.float32, device=rows.device)
     launch = {key: value for key, value in config.items() if key not in ("num_warps", "num_stages")}
-    kernel[grid](rows, weight, scale, out, work, _semaphores(rows.device), m, n, k, BLOCK_M=tile_m, **launch,
-                 **constants, num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3))
+    kernel[grid](rows, weight, scale, out, work, _semaphores(rows.device), m, n, k, **launch, **constants,
+                 num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3))
     return out
 
 
-def int4_matmul(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, config: dict) -> torch.Tensor:
-    """rows [M <= 64, K] (bf16/fp16) @ the int4 weight [N, K]^T with one launch configuration: BLOCK_N, SPLIT_K,
-    num_warps, num_stages."""
-    n, k = packed.shape[0], packed.shape[1] * 2
-    return _launch(int4_matmul_kernel, rows, packed, scales, n, k, config, GROUP=k // scales.shape[1],
-                   PTX=not interpreted())
+def _check_steps(group: int, groups: int, config: dict) -> None:
+    if groups % config["GROUPS_PER_STEP"]:
+        raise ValueError(f"GROUPS_PER_STEP {config['GROUPS_PER_STEP']} does not divide the {groups} groups of "
+                         f"{group} channels")
+
+
+def int4_matmul(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, config: dict) -> torch.Tensor:
+    """rows [M <= 64, K] (bf16/fp16) @ the int4 weight [N, K]^T (int32 words, linear_ops.int4_words) on tensor
+    cores, with one launch configuration: BLOCK_N, GROUPS_PER_STEP (dividing the groups of a row), SPLIT_K,
+    num_warps, num_stages. The group size is 128 or more (a dot's K, GROUP / 8, is at least 16)."""
+    n, k = words.shape[0], words.shape[1] * 8
+    _check_steps(k // scales.shape[1], scales.shape[1], config)
+    tile_m = block_m(rows.shape[0])
+    return _launch(int4_matmul_kernel, rows, words, scales, n, k, config, tile_m, BLOCK_M=tile_m,
+                   GROUP=k // scales.shape[1], PTX=not interpreted())
+
+
+def int4_gemv(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, config: dict) -> torch.Tensor:
+    """rows [M, K] (bf16/fp16; meant for one row: each row reads the weight again) @ the int4 weight [N, K]^T
+    (int32 words, linear_ops.int4_words) on CUDA cores, with one launch configuration: BLOCK_N, GROUPS_PER_STEP
+    (dividing the groups of a row), SPLIT_K, num_warps, num_stages."""
+    n, k = words.shape[0], words.shape[1] * 8
+    _check_steps(k // scales.shape[1], scales.shape[1], config)
+    return _launch(int4_gemv_kernel, rows, words, scales, n, k, config, 1, nibble=0xF, GROUP=k // scales.shape[1])
 
 
 def fp8_matmul(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, config: dict) -> torch.Tensor:
     """rows [M <= 64, K] (bf16/fp16) @ (fp8 weight [N, K] * scale [N, 1])^T with one launch configuration:
     BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages."""
-    return _launch(fp8_matmul_kernel, rows, weight, scale, weight.shape[0], weight.shape[1], config)
+    tile_m = block_m(rows.shape[0])
+    return _launch(fp8_matmul_kernel, rows, weight, scale, weight.shape[0], weight.shape[1], config, tile_m,
+                   BLOCK_M=tile_m)

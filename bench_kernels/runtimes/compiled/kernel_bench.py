@@ -25,6 +25,7 @@ from bench_kernels.runtimes.compiled.linear_ops import (
     decode_candidates,
     decode_product,
     dequantize_int4_weight,
+    int4_words,
     kernel_time_ms,
     l2_cache_bytes,
     quantize_fp8,
@@ -55,13 +56,14 @@ def decode_kernels(weight: torch.Tensor) -> dict[str, tuple[tuple, object]]:
     compiled runtime chooses for that shape (timed on first use; chosen_backends, printed at the end, names it)."""
     fp8, fp8_scale = quantize_fp8(weight)
     int4 = quantize_int4(weight)
+    words = int4_words(int4.packed, int4.group_size)
     return {
         "bf16 cuBLAS": ((weight,), lambda x, w: F.linear(x, w)),
         "bf16 Triton": ((weight,), lambda x, w: triton_gemv(x, w, None)),
         "fp8 GEMV": ((fp8, fp8_scale), lambda x, w, s: triton_gemv(x, w, s)),
         "fp8 _scaled_mm": ((fp8, fp8_scale), lambda x, w, s: scaled_mm_rowwise(x, w, s)),
         "fp8 runtime": ((fp8, fp8_scale), lambda x, w, s: decode_product(x, w, s)),
-        "int4 runtime": ((int4.packed, int4.scales), lambda x, p, s: decode_product(x, p, s)),
+        "int4 runtime": ((words, int4.scales), lambda x, w, s: decode_product(x, w, s)),
     }
 
 
@@ -69,15 +71,16 @@ def check_kernels(weight: torch.Tensor, name: str) -> None:
     """The runtime's int4 and fp8 kernels against the float math of their stored weights, at every decode row count
     (each candidate it may choose: the choice is timed, not checked)."""
     int4 = quantize_int4(weight)
+    words = int4_words(int4.packed, int4.group_size)
     reference = dequantize_int4(int4, torch.float32)
-    if not torch.equal(dequantize_int4_weight(int4.packed, int4.scales, torch.float32), reference):
+    if not torch.equal(dequantize_int4_weight(words, int4.scales, torch.float32), reference):
         raise AssertionError(f"the int4 dequantization kernel differs from dequantize_int4 at {name}")
     fp8, fp8_scale = quantize_fp8(weight)
     for rows in DECODE_ROWS:
         x = torch.randn(rows, weight.shape[1], device="cuda", dtype=torch.bfloat16)
-        for stored, scale, expected in ((int4.packed, int4.scales, x.float() @ reference.t()),
+        for stored, scale, expected in ((words, int4.scales, x.float() @ reference.t()),
                                         (fp8, fp8_scale, x.float() @ fp8.float().t() * fp8_scale)):
-            for kernel, run in decode_candidates(x, stored).items():
+            for kernel, run in decode_candidates(x, stored, scale).items():
                 if kernel == "library" and stored.dtype == fp8.dtype:
                     continue  # _scaled_mm rounds the activations to fp8 too: prefill's math, checked below
                 error = (run(x, stored, scale).float() - expected).abs().max() / expected.abs().max()
@@ -124,6 +127,7 @@ def prefill_table(shapes: dict[str, tuple[int, int]], rates: dict[str, float]) -
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         fp8, fp8_scale = quantize_fp8(weight)
         int4 = quantize_int4(weight)
+        words = int4_words(int4.packed, int4.group_size)
         x = torch.randn(PREFILL_ROWS, k, device="cuda", dtype=torch.bfloat16)
         fused, fused_scale = triton_quantize_rows_fp8(x)
         eager, eager_scale = quantize_rows_fp8(x)
@@ -142,7 +146,7 @@ def prefill_table(shapes: dict[str, tuple[int, int]], rates: dict[str, float]) -
             ("fp8 _scaled_mm alone", lambda: _scaled_mm(fused, fused_scale, fp8, fp8_scale)),
             ("fp8 fused + _scaled_mm", lambda: _scaled_mm(*triton_quantize_rows_fp8(x), fp8, fp8_scale)),
             ("fp8 runtime path", lambda: scaled_mm_rowwise(x, fp8, fp8_scale)),
-            ("int4 dequantize + cuBLAS", lambda: F.linear(x, dequantize_int4_weight(int4.packed, int4.scales,
+            ("int4 dequantize + cuBLAS", lambda: F.linear(x, dequantize_int4_weight(words, int4.scales,
                                                                                      torch.bfloat16))),
         ):
             ms = kernel_time_ms(run, iters=5)

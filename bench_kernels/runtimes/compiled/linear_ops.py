@@ -1,7 +1,7 @@
 """The compiled runtime's matrix products: weight-only fp8 (e4m3, per-output-channel scales), weight-only int4
-(group-wise scales, bench_kernels.quantization's layout) and small-batch GEMV in Triton (here and in
-decode_kernels), with cuBLAS / torch._scaled_mm where those are faster: up to GEMV_MAX_ROWS rows each shape times
-its candidates on first use and keeps the fastest.
+(group-wise scales, bench_kernels.quantization's codes re-laid as int32 words: int4_words) and small-batch GEMV in
+Triton (here and in decode_kernels), with cuBLAS / torch._scaled_mm where those are faster: up to GEMV_MAX_ROWS rows
+each shape times its candidates on first use and keeps the fastest.
 
 All projections of the compiled decoder go through one custom op, `bench_kernels::linear`, so
 torch.compile treats it as a single opaque call and fuses the elementwise work around it.
@@ -23,17 +23,22 @@ log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-INT4 = torch.uint8  # int4 weights are stored packed, two per byte (bench_kernels.quantization's layout)
+INT4 = torch.int32  # int4 weights are stored as int32 words of eight codes (int4_words)
 # Up to this many activation rows (decode batches) a step is bound by reading the weights: the Triton
 # weight-only kernel reads fp8 weights as they are stored; beyond it, prefill-sized GEMMs use tensor cores.
 GEMV_MAX_ROWS = 64
 
-# Launch configurations timed for decode_kernels, by row tile: int4 (BLOCK_N, SPLIT_K, num_warps); fp8 (BLOCK_N,
-# BLOCK_K, SPLIT_K, num_warps). Each was within a few percent of the best of a wider grid at the Llama-3.1-8B and 70B
-# projection shapes on an H200 (BENCHMARKS.md, 2026-12-02); the first is the default where nothing was timed.
-INT4_CONFIGS = {16: ((32, 4, 2), (32, 2, 2), (32, 8, 2), (16, 8, 1)),
-                32: ((64, 4, 4), (32, 4, 2), (64, 8, 4), (64, 2, 4)),
-                64: ((64, 2, 4), (64, 4, 4), (64, 1, 4))}
+# Launch configurations timed for decode_kernels: int4 on CUDA cores for one row and int4 on tensor cores by row tile
+# (BLOCK_N, GROUPS_PER_STEP, SPLIT_K, num_warps); fp8 (BLOCK_N, BLOCK_K, SPLIT_K, num_warps). The int4 ones are those
+# measured fastest somewhere at the Llama-3.1-8B and 70B projection shapes on an H200 (BENCHMARKS.md, 2026-12-03); the
+# first of each is the default where nothing was timed.
+INT4_GEMV_CONFIGS = ((64, 2, 8, 2), (128, 2, 8, 4), (64, 4, 8, 2), (64, 4, 4, 2), (128, 4, 4, 4), (64, 8, 2, 2),
+                     (64, 1, 8, 2))  # the last also for an odd number of groups (SmolLM2's 576 channels: 9 of 64)
+INT4_CONFIGS = {16: ((64, 1, 8, 4), (128, 1, 8, 4), (64, 1, 4, 4), (128, 1, 2, 4), (128, 1, 1, 4), (64, 2, 4, 4),
+                     (128, 2, 2, 4)),
+                32: ((128, 1, 4, 4), (128, 1, 8, 4), (128, 1, 1, 4), (128, 2, 4, 4), (64, 2, 4, 4), (128, 2, 2, 4)),
+                64: ((128, 1, 4, 4), (128, 1, 8, 4), (128, 1, 1, 4), (64, 1, 4, 4), (64, 1, 2, 4), (128, 2, 4, 4),
+                     (128, 2, 2, 4))}
 FP8_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 128, 1, 4))
 
 # (device index, weight dtype, N, K, rows) -> the name of the kernel measured fastest there (decode_candidates).
@@ -152,36 +157,67 @@ def _kernels():
 
 @cache
 def _int4_kernels():
-    """The int4 dequantization kernel (prefill: cuBLAS multiplies the weight it writes) for bench_kernels.quantization's
-    layout: packed uint8 [N, K / 2] (byte j of a group holds its channels j and GROUP / 2 + j, each stored + 8) and
-    scales [N, K / GROUP]. A code becomes a float without an int-to-float conversion: the nibble ORed into the
-    mantissa of 2^23, reinterpreted, minus 2^23 + 8, all exact. Decode sizes run decode_kernels' int4 kernel."""
+    """The int4 dequantization kernel (prefill: cuBLAS multiplies the weight it writes) for int4_words' layout:
+    int32 words [N, K / 8] and scales [N, K / GROUP]. A code becomes a float without an int-to-float conversion: the
+    nibble ORed into the mantissa of 2^23, reinterpreted, minus 2^23 + 8, all exact. Decode sizes run
+    decode_kernels' int4 kernels."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def int4_dequantize(packed_ptr, scale_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
-        # One group of BLOCK_N rows per program: w [N, K] in w's dtype.
-        HALF: tl.constexpr = GROUP // 2
+    def int4_dequantize(words_ptr, scale_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+        # One group of BLOCK_N rows per program: w [N, K] in w's dtype; nibble p of word t is channel p * WORDS + t.
+        WORDS: tl.constexpr = GROUP // 8
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         g = tl.program_id(1)
-        offs_j = tl.arange(0, HALF)
+        offs_t = tl.arange(0, WORDS)
         n_ok = offs_n < N
-        packed = tl.load(packed_ptr + offs_n[:, None] * (K // 2) + g * HALF + offs_j[None, :], mask=n_ok[:, None],
-                         other=0x88).to(tl.int32)
+        words = tl.load(words_ptr + offs_n[:, None] * (K // 8) + g * WORDS + offs_t[None, :], mask=n_ok[:, None],
+                        other=0)
         scale = tl.load(scale_ptr + offs_n * (K // GROUP) + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-        row = w_ptr + offs_n[:, None] * K + g * GROUP + offs_j[None, :]
-        low = ((packed & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-        high = ((packed >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-        tl.store(row, (low * scale).to(w_ptr.dtype.element_ty), mask=n_ok[:, None])
-        tl.store(row + HALF, (high * scale).to(w_ptr.dtype.element_ty), mask=n_ok[:, None])
+        row = w_ptr + offs_n[:, None] * K + g * GROUP + offs_t[None, :]
+        for p in tl.static_range(8):
+            code = (((words >> (4 * p)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+            tl.store(row + p * WORDS, (code * scale).to(w_ptr.dtype.element_ty), mask=n_ok[:, None])
 
     return triton, int4_dequantize
 
 
+INT4_DOT_MIN_GROUP = 128  # the tensor-core kernel's dots have K = GROUP / 8 words, and a dot's K is at least 16
+
+
 def int4_triton_group_ok(group_size: int) -> bool:
-    """Whether the Triton kernels take this group size (a power of two, so half a group is a Triton range)."""
+    """Whether the dequantization kernel and the GEMV take this group size: a power of two from 32 (a Triton range of
+    GROUP / 8 words); the tensor-core kernel needs INT4_DOT_MIN_GROUP."""
     return group_size >= 32 and group_size & (group_size - 1) == 0
+
+
+def int4_words(packed: torch.Tensor, group_size: int, chunk_rows: int = 4096) -> torch.Tensor:
+    """bench_kernels.quantization's packed int4 weight [N, K / 2] re-laid once, at load, as int32 words [N, K / 8]:
+    bits 4p..4p+3 of word t of group g hold the stored code (+ 8) of input channel g * group_size + p * group_size / 8
+    + t, so each of a word's eight nibble positions multiplies one contiguous slice of the activations. The same
+    codes in the same bytes. chunk_rows output channels at a time bound the int64 temporaries."""
+    from bench_kernels.quantization import unpack_int4
+
+    if group_size % 8:
+        raise ValueError(f"int4 words hold eight channels of one group: group size {group_size} is not a multiple of 8")
+    n, per_word = packed.shape[0], group_size // 8
+    words = torch.empty((n, packed.shape[1] // 4), dtype=INT4, device=packed.device)
+    shifts = 4 * torch.arange(8, device=packed.device).view(1, 1, 8, 1)
+    for start in range(0, n, chunk_rows):
+        codes = unpack_int4(packed[start:start + chunk_rows], group_size).to(torch.int64) + 8  # [n, K] in 0..15
+        by_position = codes.reshape(codes.shape[0], -1, 8, per_word)  # [n, groups, p, t]
+        chunk = (by_position << shifts).sum(dim=2).reshape(codes.shape[0], -1)
+        words[start:start + chunk_rows] = torch.where(chunk >= 2 ** 31, chunk - 2 ** 32, chunk).to(INT4)
+    return words
+
+
+def int4_word_codes(words: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The signed codes int8 [N, K] of int4_words' int32 words [N, K / 8]."""
+    n = words.shape[0]
+    shifts = 4 * torch.arange(8, device=words.device, dtype=INT4).view(1, 1, 8, 1)
+    codes = ((words.view(n, -1, 1, group_size // 8) >> shifts) & 0xF) - 8  # [N, groups, p, t]
+    return codes.to(torch.int8).reshape(n, -1)
 
 
 @cache
@@ -220,9 +256,15 @@ def triton_quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return quantized, row_scale
 
 
-def _int4_config(candidate: tuple[int, int, int]) -> dict:
-    block_n, split_k, warps = candidate
-    return {"BLOCK_N": block_n, "SPLIT_K": split_k, "num_warps": warps, "num_stages": 3}
+def _int4_config(candidate: tuple[int, int, int, int]) -> dict:
+    block_n, groups_per_step, split_k, warps = candidate
+    # Two stages where three steps of words and activations would fill most of a multiprocessor's shared memory.
+    return {"BLOCK_N": block_n, "GROUPS_PER_STEP": groups_per_step, "SPLIT_K": split_k, "num_warps": warps,
+            "num_stages": 3 if block_n * groups_per_step <= 256 else 2}
+
+
+def _int4_name(config: dict) -> str:
+    return f"{config['BLOCK_N']}/{config['GROUPS_PER_STEP']}/{config['SPLIT_K']}/{config['num_warps']}"
 
 
 def _fp8_config(candidate: tuple[int, int, int, int]) -> dict:
@@ -230,18 +272,17 @@ def _fp8_config(candidate: tuple[int, int, int, int]) -> dict:
     return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k, "num_warps": warps, "num_stages": 3}
 
 
-def dequantize_int4_weight(packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The int4 weight [N, K] in dtype, on packed's device: one Triton pass on a GPU (for cuBLAS at prefill sizes),
-    torch ops on the CPU."""
-    from bench_kernels.quantization import Int4Weight, dequantize_int4
-
-    N, K = packed.shape[0], packed.shape[1] * 2
+def dequantize_int4_weight(words: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The int4 weight [N, K] (int4_words) in dtype, on words' device: one Triton pass on a GPU (for cuBLAS at
+    prefill sizes), torch ops on the CPU."""
+    N, K = words.shape[0], words.shape[1] * 8
     group = K // scales.shape[1]
-    if not packed.is_cuda or triton_unavailable_reason() or not int4_triton_group_ok(group):
-        return dequantize_int4(Int4Weight(packed, scales, group), dtype)
+    if not words.is_cuda or triton_unavailable_reason() or not int4_triton_group_ok(group):
+        codes = int4_word_codes(words, group).float()
+        return (codes * scales.float().repeat_interleave(group, dim=1)).to(dtype)
     triton, dequantize = _int4_kernels()
-    weight = torch.empty((N, K), dtype=dtype, device=packed.device)
-    dequantize[(triton.cdiv(N, 64), K // group)](packed, scales, weight, N, K, GROUP=group, BLOCK_N=64)
+    weight = torch.empty((N, K), dtype=dtype, device=words.device)
+    dequantize[(triton.cdiv(N, 64), K // group)](words, scales, weight, N, K, GROUP=group, BLOCK_N=64)
     return weight
 
 
@@ -330,18 +371,26 @@ def _has_triton_kernel(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Te
     kernels take."""
     if triton_unavailable_reason() or rows.shape[0] > GEMV_MAX_ROWS:
         return False
-    return weight.dtype != INT4 or int4_triton_group_ok(weight.shape[1] * 2 // scale.shape[1])
+    return weight.dtype != INT4 or int4_triton_group_ok(weight.shape[1] * 8 // scale.shape[1])
 
 
-def decode_candidates(rows: torch.Tensor, weight: torch.Tensor) -> dict[str, object]:
+def decode_candidates(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> dict[str, object]:
     """The kernels timed for this product, by the name chosen_backends reports: run(rows, weight, scale)."""
     from bench_kernels.runtimes.compiled import decode_kernels
 
     if weight.dtype == INT4:
-        configs = [_int4_config(c) for c in INT4_CONFIGS[decode_kernels.block_m(rows.shape[0])]]
-        return {**{f"split-K {c['BLOCK_N']}/{c['SPLIT_K']}/{c['num_warps']}":
-                   (lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c)) for c in configs},
-                "library": _library_linear}
+        groups = scale.shape[1]
+        group = weight.shape[1] * 8 // groups
+        candidates = {}
+        if rows.shape[0] == 1:
+            for c in map(_int4_config, INT4_GEMV_CONFIGS):
+                if groups % c["GROUPS_PER_STEP"] == 0:
+                    candidates[f"gemv {_int4_name(c)}"] = lambda r, w, s, c=c: decode_kernels.int4_gemv(r, w, s, c)
+        if group >= INT4_DOT_MIN_GROUP:
+            for c in map(_int4_config, INT4_CONFIGS[decode_kernels.block_m(rows.shape[0])]):
+                if groups % c["GROUPS_PER_STEP"] == 0:
+                    candidates[f"split-K {_int4_name(c)}"] = lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c)
+        return {**candidates, "library": _library_linear}
     candidates = {"triton": triton_gemv}
     if weight.dtype == FP8 and rows.shape[0] > 1:
         for c in map(_fp8_config, FP8_CONFIGS):
@@ -383,7 +432,7 @@ def _chosen(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None
     key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0])
     if key in _CHOSEN_BACKEND:
         return _CHOSEN_BACKEND[key]
-    candidates = decode_candidates(rows, weight)
+    candidates = decode_candidates(rows, weight, scale)
     if torch.cuda.is_current_stream_capturing():
         # Cannot time inside a CUDA graph capture: the first candidate (quantized weights' library paths lose at few
         # rows: none reads fp8 as stored, the int4 one dequantizes first), bf16's cuBLAS.
@@ -407,7 +456,7 @@ def decode_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
     """rows [M, K] @ weight^T on a GPU by the kernel the runtime chooses for this shape (timed on first use)."""
     if not _has_triton_kernel(rows, weight, scale):
         return _library_linear(rows, weight, scale)
-    return decode_candidates(rows, weight)[_chosen(rows, weight, scale)](rows, weight, scale)
+    return decode_candidates(rows, weight, scale)[_chosen(rows, weight, scale)](rows, weight, scale)
 
 
 def _weight_kind(weight: torch.Tensor) -> str:
@@ -422,7 +471,7 @@ def chosen_backends() -> dict[tuple, str]:
 @torch.library.custom_op("bench_kernels::linear", mutates_args=())
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T; the output has x's dtype. fp8 weights carry per-channel scales [N]; int4 weights
-    are packed uint8 [N, K / 2] with group scales [N, K / group]."""
+    are int32 words [N, K / 8] (int4_words) with group scales [N, K / group]."""
     rows = x.reshape(-1, x.shape[-1])
     if weight.dtype in (FP8, INT4) and scale is None:
         raise ValueError(f"an {_weight_kind(weight)} weight needs its scales")

@@ -78,8 +78,8 @@ class SingleProcessRuntime(CompiledBase):
         from bench_kernels.runtimes.compiled.linear_ops import INT4, chosen_backends
 
         stored = self.static.layers[0].qkv[0].dtype
-        per_byte = 2 if stored == INT4 else 1  # int4 packs two input channels per stored byte
-        return sorted({f"{n}x{k * per_byte}@{m}:{b}" for (_, dtype, n, k, m), b in chosen_backends().items()
+        per_element = 8 if stored == INT4 else 1  # int4 packs eight input channels per stored int32 word
+        return sorted({f"{n}x{k * per_element}@{m}:{b}" for (_, dtype, n, k, m), b in chosen_backends().items()
                        if dtype == stored})
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:

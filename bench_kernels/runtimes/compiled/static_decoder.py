@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, apply_rope, rope_cos_sin
 from bench_kernels.quantization import quantize_int4
-from bench_kernels.runtimes.compiled.linear_ops import linear, quantize_fp8
+from bench_kernels.runtimes.compiled.linear_ops import int4_words, linear, quantize_fp8
 from bench_kernels.runtimes.compiled.sharding import Shard, all_gather_columns, all_reduce_sum, check_split
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ WEIGHT_FORMATS = ("native", "fp8", "int4")
 @dataclass
 class LayerWeights:
     """One block's weights; a projection is (weight, scales): (weight [N, K], None), fp8 (weight [N, K], per-channel
-    scales [N]) or int4 (packed uint8 [N, K / 2], group scales [N, K / group])."""
+    scales [N]) or int4 (int32 words [N, K / 8], linear_ops.int4_words; group scales [N, K / group])."""
 
     input_norm: torch.Tensor
     qkv: tuple[torch.Tensor, torch.Tensor | None]
@@ -58,7 +58,7 @@ def _project(weight: torch.Tensor, weight_format: str, own: bool = False) -> tup
         return quantize_fp8(weight)
     if weight_format == "int4":
         quantized = quantize_int4(weight)
-        return quantized.packed, quantized.scales
+        return int4_words(quantized.packed, quantized.group_size), quantized.scales
     return (weight.detach().clone() if own else weight.detach().contiguous()), None
 
 
