@@ -40,13 +40,12 @@ browser:
 	  echo "chromium not installed: the browser test will be skipped"; }
 
 # The tests use a cache of their own ($BENCH_KERNELS_TEST_CACHE, default ~/.cache/bench_kernels-tests) and leave
-# nothing in the checkout: no pytest, ruff or import-linter cache, no bytecode, the notebooks run in a scratch copy
-# of the project.
+# nothing in the checkout: no pytest, ruff or import-linter cache, no bytecode; the notebooks run under nbval in a
+# scratch copy of the project (tests/test_pipeline.py).
 test: $(STAMP) browser
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check --no-cache .
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m tests.run_notebooks -q --durations=5 --nbval-kernel-name $(KERNEL)
 
 # JupyterLab refuses to start as root (the usual user in a container) unless told that is intended.
 lab: $(STAMP)

@@ -337,10 +337,12 @@ def not_yet_run(df: pd.DataFrame, precisions_per_runtime: dict[str, list[str]], 
 
 
 def unmeasured_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """What was not measured and why: one line per (runtime, precision, status, reason)."""
+    """What was not measured and why, in plain words (plain_error): one line per (runtime, precision, status,
+    reason)."""
     rows = df[df["status"].isin(["error", "unavailable"])]
     if rows.empty:
         return pd.DataFrame(columns=["stage", "runtime", "precision", "status", "rows", "reason"])
+    rows = rows.assign(error=readable_errors(rows))
     return (rows.groupby(["stage", "runtime", "precision", "status", "error"], dropna=False).size()
             .reset_index(name="rows").rename(columns={"error": "reason"})
             [["stage", "runtime", "precision", "status", "rows", "reason"]])

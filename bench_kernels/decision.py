@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from bench_kernels.analysis import (SAMPLE_COUNT_COLUMNS, break_even_tokens, build_rows, gpu_counts, inference_rows,
-                                    ok_rows, on_gpus, plain_number, quality_rows, random_weights,
+                                    ok_rows, on_gpus, plain_error, plain_number, quality_rows, random_weights,
                                     reference_precision_for, rows_of, runs_precision, runtime_fact, sample_count,
-                                    split_deployments, unquantized_reference_precision)
+                                    split_deployments, stored_weights_gb, unquantized_reference_precision)
 from bench_kernels.gpu_specs import specified_bandwidth_gbps
 from bench_kernels.method import MAX_UTILIZATION
 from bench_kernels.results import COLUMN, METRICS, row_key
@@ -128,7 +128,8 @@ def unmeasured_configurations(df: pd.DataFrame, targets: Targets) -> pd.DataFram
         if (group["status"] == "ok").any() or not runs_precision(df, runtime, precision):
             continue
         first = group[group["status"] != "ok"].iloc[0]
-        reason = str(first["error"] or first["notes"] or "no reason recorded")
+        reason = plain_error(str(first["error"] or first["notes"] or "no reason recorded"),
+                             stored_weights_gb(first["model"], precision), int(gpus))
         lines.setdefault((runtime, int(gpus), first["status"], reason), []).append(precision)
     return pd.DataFrame([{"runtime": runtime, "precisions": precisions, "gpu_count": gpus, "status": status,
                           "reason": reason} for (runtime, gpus, status, reason), precisions in lines.items()],
@@ -467,6 +468,13 @@ class Unmeasured(str):
         cell.status, cell.reason = status, reason
         return cell
 
+    @classmethod
+    def of(cls, row: pd.Series) -> Unmeasured:
+        """A failed row's cell, its reason in plain words (plain_error)."""
+        gpus = int(row["gpu_count"]) if pd.notna(row.get("gpu_count")) else 1
+        return cls(row["status"], plain_error(str(row["error"] or row["notes"]),
+                                              stored_weights_gb(row["model"], row["precision"]), gpus))
+
 
 def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
     """'not measured: <why>' from the runtime's rows (their status and error)."""
@@ -478,8 +486,7 @@ def _why_not(df: pd.DataFrame, runtime: str, stage: str, **shape: Any) -> str:
     failed = rows[rows["status"] != "ok"]
     if failed.empty:
         return "not measured"
-    first = failed.iloc[0]
-    return Unmeasured(first["status"], str(first["error"] or first["notes"]))
+    return Unmeasured.of(failed.iloc[0])
 
 
 def _pick(df: pd.DataFrame, runtime: str, column: str, precision: str, **shape: Any) -> Any:
@@ -589,7 +596,7 @@ def _build_time(ctx: MatrixContext, c: Criterion, runtime: str, precision: str) 
     if row.iloc[0]["status"] == "skipped":
         return 0.0
     if row.iloc[0]["status"] != "ok":
-        return Unmeasured(row.iloc[0]["status"], str(row.iloc[0]["error"]))
+        return Unmeasured.of(row.iloc[0])
     return float(row.iloc[0]["build_s"])
 
 

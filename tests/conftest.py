@@ -30,6 +30,16 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+# The longest files first: pytest-xdist hands out whole files (--dist loadfile) in collection order, and a long file
+# handed out last keeps one worker busy while the other has nothing left.
+LONGEST_FIRST = ("test_pipeline.py", "test_tensor_parallel.py", "test_cluster.py", "test_cli.py",
+                 "test_quantization.py", "test_sweep.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
+
 
 @pytest.fixture(autouse=True)
 def _run_from_project_root(monkeypatch: pytest.MonkeyPatch) -> None:

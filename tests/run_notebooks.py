@@ -16,14 +16,17 @@ from tests.cache import use_test_cache
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def scratch_project(folder: Path) -> Path:
-    """A project in folder: copies of notebooks/ and params/, reports/ holding links to the checkout's run folders."""
+def scratch_project(folder: Path, finished_run: Path | None = None) -> Path:
+    """A project in folder: copies of notebooks/ and params/, reports/ holding links to the checkout's run folders.
+    The notebooks' own run (`notebook`) starts empty, as in a fresh clone, or as a copy of finished_run."""
     shutil.copytree(ROOT / "notebooks", folder / "notebooks")
     shutil.copytree(ROOT / "params", folder / "params")
     (folder / "reports").mkdir()
     for run in sorted((ROOT / "reports").iterdir()):
-        if run.is_dir() and run.name != "notebook":  # the notebooks' own run starts empty, as in a fresh clone
+        if run.is_dir() and run.name != "notebook":
             (folder / "reports" / run.name).symlink_to(run, target_is_directory=True)
+    if finished_run is not None:
+        shutil.copytree(finished_run, folder / "reports" / "notebook")
     return folder / "notebooks"
 
 

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 
+from bench_kernels.analysis import unmeasured_summary
 from bench_kernels.decision import (MATRIX_NOTES, WINNER_MARK, Targets, configurations, cost_table, decide,
                                     decision_matrix, deployment_gpus, goodput_share, recommend, summary_facts)
 from bench_kernels.report import ReportSpec, cost_html, quality_notes, recommendation_html, styled_matrix
@@ -212,6 +213,23 @@ def test_the_same_targets_at_a_larger_batch_and_its_gpus_for_the_load() -> None:
     assert loose.gpus_for_load(loose.recommendation.best) == 6
     # Nothing measured beyond the workload's batch: no line.
     assert decide(random(FAST_FP8), AT_ONE, {}, 3.0, 1_000_000).larger_batch is None
+
+
+def test_a_configuration_that_ran_out_of_memory_is_not_in_the_decision_in_plain_words() -> None:
+    oom = ("prepare failed: out of memory: CUDA out of memory. Tried to allocate 896.00 MiB. GPU 0 has a total "
+           "capacity of 79.18 GiB of which 156.19 MiB is free. Including non-PyTorch memory, this process has "
+           "79.02 GiB memory in use. Of the allocated memory 77.26 GiB is allocated by PyTorch, and 1.10 GiB is")
+    rows = [{**row, "model": "llama-3.1-70b"} for row in FAST_FP8[:1]]
+    df = random(rows + [{"runtime": "reference", "precision": "bf16", "batch_size": 1, "status": "error",
+                         "model": "llama-3.1-70b", "error": oom, "runtime_precisions": "bf16"}])
+    html = recommendation_html(decide(df, AT_ONE, {}, 0.0, None))
+    assert ("<b>reference bf16</b>: not measured (error): prepare failed: out of memory: 141 GB of weights do not fit "
+            "85 GB") in html
+    assert "Tried to allocate" not in html
+    assert unmeasured_summary(df)["reason"].tolist() == ["prepare failed: out of memory: 141 GB of weights do not fit "
+                                                         "85 GB"]
+    notes = decision_matrix(df, workload=AT_ONE).attrs[MATRIX_NOTES]
+    assert [reason for reason, _ in notes.values()] == unmeasured_summary(df)["reason"].tolist()
 
 
 def test_a_runtime_not_measured_gets_one_line_where_the_decision_is_made_and_one_matrix_note() -> None:

@@ -12,24 +12,37 @@ import pytest
 import yaml
 
 from tests.browser import check_report, find_chromium
+from tests.run_notebooks import scratch_project
 from bench_kernels.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TINY = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """params/tiny.yaml (the notebooks' default shapes) under the notebooks' default run name, `notebook`: the nbval
+    test below then finds this run finished, as a second run of the notebooks does."""
+    path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "run_name": "notebook"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, spec_file: Path) -> Path:
     reports = tmp_path_factory.mktemp("reports")
     done = subprocess.run(
-        [sys.executable, "-m", "bench_kernels.cli", "run", "params/tiny.yaml", "--reports-dir", str(reports)],
+        [sys.executable, "-m", "bench_kernels.cli", "run", str(spec_file), "--reports-dir", str(reports)],
         cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return reports / yaml.safe_load((ROOT / "params/tiny.yaml").read_text())["run_name"]
+    return reports / "notebook"
 
 
 def test_results_have_every_shape_ok(run_dir: Path) -> None:
     df = load_results(run_dir / "results.csv")
-    spec = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    spec = TINY
     reference = df[(df["stage"] == "inference") & (df["runtime"] == "reference")]
     assert len(reference) == len(spec["batch_sizes"]) * len(spec["input_lens"])
     assert (reference["status"] == "ok").all()
@@ -57,16 +70,28 @@ def test_results_have_every_shape_ok(run_dir: Path) -> None:
     assert (df["runtime_version"] != "").all() and set(df["runtime_needs_build"]) == {"true", "false"}
 
 
-def test_rerun_resumes_without_remeasuring(run_dir: Path) -> None:
+def test_rerun_resumes_without_remeasuring(run_dir: Path, spec_file: Path) -> None:
     before = load_results(run_dir / "results.csv")
     done = subprocess.run(
-        [sys.executable, "-m", "bench_kernels.cli", "run", "params/tiny.yaml", "--reports-dir", str(run_dir.parent),
+        [sys.executable, "-m", "bench_kernels.cli", "run", str(spec_file), "--reports-dir", str(run_dir.parent),
          "--only", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 of 4 shapes already done" in done.stdout + done.stderr
     after = load_results(run_dir / "results.csv")
     ok = before["status"] == "ok"
     assert before[ok]["timestamp"].tolist() == after[after["status"] == "ok"]["timestamp"].tolist()
+
+
+def test_notebooks_pass_nbval_on_their_defaults(run_dir: Path, tmp_path: Path) -> None:
+    """Every notebook under nbval, as stored, on its defaults, in a scratch copy of the project whose notebook run is
+    the one above: the builds and shapes are found done (measuring them again would repeat the run above, minutes
+    on this CPU), the environment and report notebooks run whole."""
+    notebooks = scratch_project(tmp_path, finished_run=run_dir)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "--nbval-lax", str(notebooks)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout[-2000:]
+    assert (tmp_path / "reports" / "notebook" / "report.html").is_file()
 
 
 def test_report_is_self_contained(run_dir: Path) -> None:

@@ -33,7 +33,8 @@ def sweep_script(params: dict) -> str:
 
 
 def test_kill_mid_sweep_then_rerun_keeps_finished_rows(tmp_path: Path) -> None:
-    params = {"run_name": "killed", "model": "embedded", "runtimes": ["reference"], "batch_sizes": [1, 2],
+    # The embedded model's shape with random weights: slow enough that the kill lands mid-sweep, and no perplexity.
+    params = {"run_name": "killed", "model": "preset:smollm2-135m", "runtimes": ["reference"], "batch_sizes": [1, 2],
               "input_lens": [8, 16], "output_len": 4, "warmup": 0, "repeats": 1, "device": "cpu",
               "reports_dir": str(tmp_path)}
     store = ResultsStore(tmp_path / "killed")
