@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bench_kernels.analysis import (break_even_table, gpu_counts, ok_rows, on_gpus, reference_precision_for,
@@ -65,6 +68,20 @@ def _facet_panels(data: pd.DataFrame, x: str, y: str, facet: str, title: str, yl
     return fig
 
 
+def _reference_line(ax: Axes, text: str, *, y: float | None = None, x: float | None = None, **style: Any) -> None:
+    """A horizontal (y) or vertical (x) reference line with its name written beside it: a legend drawn before the
+    line was added would not name it."""
+    colour = style.setdefault("color", "#343a40")
+    if y is not None:
+        ax.axhline(y, **style)
+        ax.annotate(text, xy=(0.01, y), xycoords=("axes fraction", "data"), xytext=(0, 2), textcoords="offset points",
+                    fontsize=8, color=colour, va="bottom")
+    else:
+        ax.axvline(x, **style)
+        ax.annotate(text, xy=(x, 0.99), xycoords=("data", "axes fraction"), xytext=(3, 0), textcoords="offset points",
+                    fontsize=8, color=colour, va="top", rotation=90)
+
+
 def _facet_lines(df: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: str | None = None,
                  log_x: bool = False) -> Figure | None:
     """One panel per value of `facet`, one line per runtime+precision, over the ok inference rows; the y axis
@@ -114,7 +131,8 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure | None:
     capacity = pd.to_numeric(rows.get("gpu_memory_gb"), errors="coerce").max() if "gpu_memory_gb" in rows else None
     if fig is not None and capacity and capacity == capacity:
         for ax in fig.axes:
-            ax.axhline(capacity, color="#b00020", linestyle="--", linewidth=1, label=f"one card: {capacity:.0f} GB")
+            _reference_line(ax, f"one card: {capacity:.0f} GB", y=capacity, color="#b00020", linestyle="--",
+                            linewidth=1)
     return fig
 
 
@@ -126,7 +144,7 @@ def _against_bound(df: pd.DataFrame, column: str, title: str, x: str, facet: str
     data = ok_rows(df).dropna(subset=[column])
     facets = sorted(data[facet].unique())
     for ax, value in zip(fig.axes, facets):
-        ax.axhline(1.0, color="#b00020", linestyle="--", linewidth=1)
+        _reference_line(ax, "the bound (1.0)", y=1.0, color="#b00020", linestyle="--", linewidth=1)
         over = data[(data[facet] == value) & (data[column] > 1.0)]
         if not over.empty:  # above the bound is impossible: a measurement error, shown as such
             ax.scatter(over[x], over[column], s=120, facecolors="none", edgecolors="#b00020", label=above)
@@ -179,7 +197,8 @@ def speedup_heatmaps(df: pd.DataFrame) -> Figure | None:
             below = _speedup_grid(beside).reindex_like(grid).map(lambda v: f"{v:.1f}" if pd.notna(v) else "")
             labels = labels + below.where(below == "", "\n" + below + f" vs {unquantized}")
         sns.heatmap(grid, annot=labels.where(grid.notna(), ""), fmt="", cmap="RdYlGn", center=1.0, vmin=0,
-                    vmax=max(top, 2.0), ax=ax, cbar=ax is axes[0][-1], annot_kws={"fontsize": 9})
+                    vmax=max(top, 2.0), ax=ax, cbar=ax is axes[0][-1], annot_kws={"fontsize": 9},
+                    cbar_kws={"label": "speedup over the reference (x)"})
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("input length")
         ax.set_ylabel("batch size")
@@ -228,7 +247,7 @@ def comparison_ratios(changes: pd.DataFrame) -> Figure | None:
             points = panel[panel["verdict"] == verdict]
             if not points.empty:
                 ax.scatter(points.index, points["ratio"], color=VERDICT_COLOURS[verdict], s=60, zorder=3, label=word)
-        ax.axhline(1.0, color="#343a40", linewidth=1)
+        _reference_line(ax, "B = A", y=1.0, linewidth=1)
         ax.set_xticks(panel.index, [f"b{b:.0f} in{i:.0f} out{o:.0f}" for b, i, o in
                                     panel[["batch_size", "input_len", "output_len"]].itertuples(index=False)],
                       rotation=30, ha="right")
@@ -259,7 +278,7 @@ def speed_vs_quality(df: pd.DataFrame) -> Figure | None:
     for _, point in points.iterrows():
         ax.annotate(f"{point['runtime']} {point['precision']}", (point["ppl_delta_pct"], point["best_tokens_per_s"]),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.axvline(0, color="grey", linewidth=0.8)
+    _reference_line(ax, "the reference's perplexity", x=0, color="grey", linewidth=0.8)
     ax.set_xlabel("perplexity above the reference's (%, lower is better)")
     ax.set_ylabel("best measured tokens/s")
     fig.suptitle("Speed against quality per runtime and precision (up and left is better)")

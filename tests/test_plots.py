@@ -52,7 +52,8 @@ def test_points_above_the_roofline_are_circled_and_kept_in_view() -> None:
     circled = [tuple(point) for collection in short.collections if isinstance(collection, PathCollection)
                for point in collection.get_offsets()]
     assert circled == [(2.0, 1.3)]
-    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in short.get_lines())  # the bound
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in short.get_lines())  # the bound, named on the chart
+    assert "the bound (1.0)" in [text.get_text() for text in short.texts]
     assert short.get_ylim()[1] == pytest.approx(1.3 * 1.05)
     assert figure.axes[1].get_ylim() == short.get_ylim()  # one scale for every panel
     assert not any(isinstance(collection, PathCollection) for collection in figure.axes[1].collections)
@@ -65,6 +66,7 @@ def test_memory_is_per_device_against_one_card() -> None:
     values = {y for points in lines_by_label(ax).values() for _, y in points}
     assert {30.0, 20.0} <= values and 60.0 not in values
     assert any(list(line.get_ydata()) == [80.0, 80.0] for line in ax.get_lines())
+    assert "one card: 80 GB" in [text.get_text() for text in ax.texts]
 
 
 def test_speedup_cells_hold_the_ratio_to_the_reference() -> None:
@@ -72,6 +74,7 @@ def test_speedup_cells_hold_the_ratio_to_the_reference() -> None:
     ax = figure.axes[0]
     assert ax.get_title() == "compiled fp32 vs reference fp32"
     assert sorted(text.get_text() for text in ax.texts) == ["2.8", "3.0", "3.0"]  # 50 / 18, 30 / 10, 27 / 9
+    assert figure.axes[-1].get_ylabel() == "speedup over the reference (x)"  # the colour bar
 
 
 def test_a_speedup_over_the_references_fp8_shows_the_bf16_baseline_beside_it() -> None:
