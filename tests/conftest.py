@@ -47,20 +47,24 @@ def _run_from_project_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
 
 
-@pytest.fixture(scope="session")
-def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama with random weights saved as a local Hugging Face folder."""
+def save_random_llama(folder: Path, **sizes: int) -> Path:
+    """A Llama with random weights (seed 0) of the given sizes and the packaged tokenizer, saved as a local Hugging
+    Face folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from bench_kernels.models import packaged_tokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, max_position_embeddings=4096, **sizes)).save_pretrained(folder)
     packaged_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights saved as a local Hugging Face folder."""
+    return save_random_llama(tmp_path_factory.mktemp("tiny-llama"), hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from bench_kernels.config import parse_config
 from bench_kernels.runtimes.compiled import CompiledOptions, CompiledRuntime
 from bench_kernels.runtimes.compiled.sharding import Shard, check_split, split_description
 from bench_kernels.sweep import run_inference_sweep
+from tests.conftest import save_random_llama
 
 CPU = torch.device("cpu")
 
@@ -25,17 +26,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def uneven_local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2's heads (9 query, 3 KV: they split 6+3 and 2+1 over two ranks) in a 2-layer random Llama."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from bench_kernels.models import packaged_tokenizer
-
-    folder = tmp_path_factory.mktemp("uneven-llama")
-    config = LlamaConfig(vocab_size=49152, hidden_size=144, intermediate_size=384, num_hidden_layers=2,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    packaged_tokenizer().save_pretrained(folder)
-    return folder
+    return save_random_llama(tmp_path_factory.mktemp("uneven-llama"), hidden_size=144, intermediate_size=384,
+                             num_hidden_layers=2, num_attention_heads=9, num_key_value_heads=3)
 
 
 def rank_processes() -> list[psutil.Process]:
