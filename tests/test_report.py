@@ -277,7 +277,7 @@ def test_speed_against_quality_places_each_precision_by_its_perplexity() -> None
                 ok("compiled", 4, 8, 90.0, "int4"), ok("compiled", 1, 8, 29.0, "int4-awq"), *quality])
     figure = plots.speed_vs_quality(df)
     labels = {text.get_text() for text in figure.axes[0].texts}
-    assert labels == {"reference bf16", "compiled int4", "compiled int4-awq"}
+    assert labels == {"reference bf16", "compiled int4", "compiled int4-awq", "the reference's perplexity"}
     positions = {text.get_text(): text.xy for text in figure.axes[0].texts}
     assert positions["compiled int4"] == (20.0, 90.0)  # its best measured tokens/s, at batch 4
     assert plots.speed_vs_quality(frame([ok("reference", 1, 8, 10.0, "bf16")])) is None  # no perplexity: no chart
