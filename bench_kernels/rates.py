@@ -82,11 +82,15 @@ def _measure_rates(device_type: str, cpu_threads: int) -> DeviceRates:
                        matmul_rates_tflops(device_type))
 
 
-def _in_child_process(work: Callable[..., Any], *args: object) -> Any:
-    """work(*args) in a child process of its own (why: device_rates)."""
+def _measured_apart(work: Callable[..., Any], device_type: str) -> Any:
+    """work(device_type, this process's CPU threads): on a GPU in a child process of its own (why: device_rates),
+    on a CPU here, where a measurement holds nothing after it returns and a child would cost a second start of
+    torch (about 3 s on a 2-core machine)."""
+    if device_type == "cpu":
+        return work(device_type, torch.get_num_threads())
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(work, *args).result()
+        return pool.submit(work, device_type, torch.get_num_threads()).result()
 
 
 # The rates of each device type this process measured: every row of a sweep divides by the same ones.
@@ -94,13 +98,13 @@ _MEASURED: dict[str, DeviceRates] = {}
 
 
 def device_rates(device_type: str) -> DeviceRates:
-    """The rates, measured once per process in a child process of their own (at the caller's CPU thread count).
+    """The rates, measured once per process (at the caller's CPU thread count), a GPU's in a child process.
 
     The CUDA context and cuBLAS kernels a measurement loads hold about 1.7 GB of the GPU until their process
     exits, and no empty_cache returns it; in the sweep's own process that was GPU 0's memory that rank 0 of a
     tensor-parallel deployment lacked (a 70B bf16 half at batch 32, input 1024, ran out by 0.2 GB)."""
     if device_type not in _MEASURED:
-        rates = _in_child_process(_measure_rates, device_type, torch.get_num_threads())
+        rates = _measured_apart(_measure_rates, device_type)
         log.info("measured %s rates: copy %.1f GB/s, read %.1f GB/s, matmul %s", device_type, rates.copy_gbps,
                  rates.read_gbps, ", ".join(f"{p} {t:.1f} TFLOP/s" for p, t in rates.matmul_tflops.items()))
         _MEASURED[device_type] = rates
@@ -119,7 +123,7 @@ def remeasured_rates(device_type: str) -> DeviceRates:
     For a row that decoded faster than its bound allows: on a machine shared with other work (a CI runner, two
     test workers on two cores) the first measurement may have run while something else held the memory bus."""
     first = device_rates(device_type)
-    copy_gbps, read_gbps = _in_child_process(_measure_bandwidths, device_type, torch.get_num_threads())
+    copy_gbps, read_gbps = _measured_apart(_measure_bandwidths, device_type)
     log.info("measured %s bandwidth again: copy %.1f GB/s, read %.1f GB/s (first %.1f and %.1f)", device_type,
              copy_gbps, read_gbps, first.copy_gbps, first.read_gbps)
     _MEASURED[device_type] = DeviceRates(max(first.copy_gbps, copy_gbps), max(first.read_gbps, read_gbps),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import ray
 
 from bench_kernels.cluster import run_sweeps_on_ray
 from bench_kernels.config import parse_config
@@ -26,8 +27,18 @@ def test_ray_sweep_gives_the_serial_rows_and_resumes(tmp_path: Path, tiny_local_
     serial = run_sweeps(serial_cfg)
     ray_cfg = parse_config(_tiny(tmp_path, tiny_local_model, "ray"))
     lines: list[str] = []
-    # A local Ray instance of two CPUs: two workers at a time; the two-rank deployment takes both.
-    on_ray = run_sweeps_on_ray(ray_cfg, num_cpus=2, log_to_driver=False, progress=lines.append)
+    # A local Ray instance of two CPUs (two workers at a time; the two-rank deployment takes both), started here
+    # once for both runs below: run_sweeps_on_ray uses the instance it finds and leaves it running.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_sweeps_on_ray(ray_cfg, progress=lines.append)
+        assert ray.is_initialized()
+        # A second run finds every row finished and measures nothing again.
+        before = {row_key(r): r["timestamp"] for r in ResultsStore(ray_cfg.run_dir).rows()}
+        run_sweeps_on_ray(ray_cfg, progress=lines.append)
+        assert {row_key(r): r["timestamp"] for r in ResultsStore(ray_cfg.run_dir).rows()} == before
+    finally:
+        ray.shutdown()
     assert "3 deployments submitted" in lines[0]
 
     serial_rows, ray_rows = ResultsStore(serial_cfg.run_dir).rows(), ResultsStore(ray_cfg.run_dir).rows()
@@ -42,7 +53,3 @@ def test_ray_sweep_gives_the_serial_rows_and_resumes(tmp_path: Path, tiny_local_
     # The compiled tasks waited for the reference task: their quality columns are measured.
     assert (compiled.token_agreement == 1.0).all()
     assert set(compiled.gpu_count) == {1, 2}
-    # A second run finds every row finished and measures nothing again.
-    before = {row_key(r): r["timestamp"] for r in ResultsStore(ray_cfg.run_dir).rows()}
-    run_sweeps_on_ray(ray_cfg, num_cpus=2, log_to_driver=False, progress=lines.append)
-    assert {row_key(r): r["timestamp"] for r in ResultsStore(ray_cfg.run_dir).rows()} == before

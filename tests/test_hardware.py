@@ -11,10 +11,10 @@ from bench_kernels.rates import device_rates, remeasured_rates
 from bench_kernels.results import MATMUL_COLUMNS
 
 
-def test_cpu_rates_are_measured_in_a_child_process_and_recorded_in_provenance() -> None:
+def test_cpu_rates_are_measured_in_this_process_and_recorded_in_provenance() -> None:
     start = time.perf_counter()
     rates = device_rates("cpu")
-    assert time.perf_counter() - start < 30  # starting the child and importing torch dominate
+    assert time.perf_counter() - start < 15  # no child process to start on a CPU
     assert set(rates.matmul_tflops) == {"fp32", "bf16"}
     assert all(0 < tflops < 100 for tflops in rates.matmul_tflops.values()), rates  # no CPU core does 100 TFLOP/s
     assert 0.1 < rates.copy_gbps < 2000 and 0.1 < rates.read_gbps < 2000, rates

@@ -175,8 +175,8 @@ def _sweep_params(tmp_path: Path, model: str, **overrides) -> dict:
 def test_compiled_sweep_rows_on_cpu(tmp_path: Path, tiny_local_model: Path) -> None:
     """torch.compile on the CPU: build rows with compile time, ok inference rows with quality and roofline,
     and fp8 compared with the reference's own (torchao) fp8."""
-    # One input length: every shape is compiled afresh on this CPU, and two batch sizes already vary the shape.
-    cfg = parse_config(_sweep_params(tmp_path, f"local:{tiny_local_model}", input_lens=[8]))
+    # One shape per precision: every shape is compiled afresh on this CPU (the end-to-end test compiles four).
+    cfg = parse_config(_sweep_params(tmp_path, f"local:{tiny_local_model}", batch_sizes=[2], input_lens=[8]))
     run_build_stage(cfg)
     for runtime in cfg.runtimes:
         df = run_inference_sweep(cfg, runtime)
@@ -185,7 +185,7 @@ def test_compiled_sweep_rows_on_cpu(tmp_path: Path, tiny_local_model: Path) -> N
     assert build.loc["fp32", "cache_hit"] == "false"
     inference = df[df.stage == "inference"]
     compiled = inference[inference.runtime == "compiled"].set_index(["precision", "batch_size", "input_len"])
-    assert len(compiled) == 4 and (compiled.status == "ok").all(), compiled[["status", "error"]]
+    assert len(compiled) == 2 and (compiled.status == "ok").all(), compiled[["status", "error"]]
     assert (compiled.loc["fp32", "token_agreement"] == 1.0).all()
     assert (compiled.loc["fp32", "max_logit_diff"] < 1e-4).all()
     assert compiled.loc["fp8", "max_logit_diff"].notna().all()
