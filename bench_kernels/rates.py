@@ -86,11 +86,12 @@ def _measured_apart(work: Callable[..., Any], device_type: str) -> Any:
     """work(device_type, this process's CPU threads): on a GPU in a child process of its own (why: device_rates),
     on a CPU here, where a measurement holds nothing after it returns and a child would cost a second start of
     torch (about 3 s on a 2-core machine)."""
+    threads = torch.get_num_threads()
     if device_type == "cpu":
-        return work(device_type, torch.get_num_threads())
+        return work(device_type, threads)
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(work, device_type, torch.get_num_threads()).result()
+        return pool.submit(work, device_type, threads).result()
 
 
 # The rates of each device type this process measured: every row of a sweep divides by the same ones.

@@ -1,5 +1,5 @@
 """The published reports, as committed, in a real browser (a file of its own: pytest-xdist hands out whole files,
-and these run beside the end-to-end test instead of after it)."""
+and apart from the end-to-end test these can go to the other worker)."""
 
 from __future__ import annotations
 
