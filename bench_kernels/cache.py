@@ -15,7 +15,8 @@ from bench_kernels.paths import process_alive, cache_root, temporary_writer
 
 # The cache's folders (paths.cache_dir's first part) and what their entries are for.
 KINDS = {
-    "models": "the embedded model converted once from its GGUF (every run of model: embedded loads it)",
+    "models": "the embedded model converted once from its GGUF (every run of model: embedded loads it), or its "
+              "config and tokenizer read from the GGUF (validation, before the first run converts it)",
     "onnx": "an ONNX export of the shared decoder (onnxruntime, tensorrt), per model, precision and exporter",
     "engines": "a TensorRT engine, per ONNX export, set of profiles, TensorRT version and target GPU",
     "awq": "AWQ scales searched once per model and precision (int4-awq)",

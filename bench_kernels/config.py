@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from bench_kernels.method import MAX_UTILIZATION
+from bench_kernels.method import MAX_UTILIZATION, PERPLEXITY_WINDOWS
 from bench_kernels.paths import find_project, resolve_project_path
 from bench_kernels.results import read_rows
 from bench_kernels.runtimes import RUNTIMES, get_runtime, known_precisions, runtime_names
@@ -116,6 +116,8 @@ class SweepConfig(BaseModel):
     runtime_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     precisions_by_runtime: dict[str, list[str]] = Field(default_factory=dict)
     max_ppl_delta_pct: float = Field(DEFAULT_MAX_PPL_DELTA_PCT, ge=0, le=1000)
+    # Perplexity scores the packaged text's first windows; the text after the last possible one calibrates AWQ.
+    perplexity_windows: int = Field(PERPLEXITY_WINDOWS, ge=1, le=PERPLEXITY_WINDOWS)
     workload: dict[str, Any] = Field(default_factory=dict)
     slo: str | dict[str, float] = "none"
     gpu_hour_usd: float = Field(0.0, ge=0, le=10_000)

@@ -116,7 +116,9 @@ def convert_embedded() -> Path:
     gguf = embedded_gguf_path()
     log.info("converting the embedded GGUF model once into %s (about a minute)", target)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    metadata = _embedded_metadata_dir()
+    tokenizer = (AutoTokenizer.from_pretrained(metadata) if _metadata_kept(metadata)  # one parse of the GGUF fewer
+                 else AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
     # A GGUF-loaded model refuses save_pretrained; a fresh model of the same config accepts its weights.
     fresh = type(gguf_model)(gguf_model.config)
     fresh.load_state_dict(gguf_model.state_dict())
@@ -129,14 +131,38 @@ def convert_embedded() -> Path:
     return target
 
 
+def _embedded_metadata_dir() -> Path:
+    return cache_dir("models", f"{EMBEDDED_NAME}-metadata")
+
+
+def _metadata_kept(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
+
+
+def _embedded_metadata() -> Path:
+    """The embedded model's config and tokenizer files, read from its GGUF once: validation needs them before any
+    run has converted the weights, and parsing the GGUF takes seconds every time."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    target = _embedded_metadata_dir()
+    if _metadata_kept(target):
+        return target
+    gguf = embedded_gguf_path()
+    staging = temporary_dir(target.parent, target.name)
+    AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process placed it first
+        shutil.rmtree(staging)
+    return target
+
+
 def _from_source(auto_class: Any, model: str) -> Any:
     """auto_class.from_pretrained (AutoConfig, AutoTokenizer) on the embedded, local or hub model's files."""
     kind, _, ref = model.partition(":")
     if model == "embedded":
-        if _embedded_cached():
-            return auto_class.from_pretrained(embedded_cache_dir())
-        gguf = embedded_gguf_path()
-        return auto_class.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        return auto_class.from_pretrained(embedded_cache_dir() if _embedded_cached() else _embedded_metadata())
     if kind == "local":
         folder = resolve_project_path(ref)
         if not folder.is_dir():

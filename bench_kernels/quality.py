@@ -103,12 +103,12 @@ def baseline_precision(cfg: SweepConfig) -> str | None:
 
 
 def perplexity_columns(runtime: Runtime, precision: str, loaded: LoadedModel, baseline: str | None,
-                       rows: Iterable[dict[str, str]]) -> dict[str, Any]:
-    """The quality row's columns: perplexity over the packaged text's fixed windows, and its delta against the
-    reference at the baseline precision when rows (the results so far) hold it; 'unavailable' for a runtime that
-    does not score sequences."""
+                       rows: Iterable[dict[str, str]], window_count: int) -> dict[str, Any]:
+    """The quality row's columns: perplexity over the packaged text's first window_count windows, and its delta
+    against the reference at the baseline precision when rows (the results so far) hold it; 'unavailable' for a
+    runtime that does not score sequences."""
     windows = perplexity_windows(text_token_ids(loaded.tokenizer, packaged_text()),
-                                 loaded.config.max_position_embeddings)
+                                 loaded.config.max_position_embeddings, window_count)
     try:
         value, tokens = perplexity(lambda ids: runtime.sequence_logits(ids), windows)
     except NotImplementedError as err:

@@ -59,6 +59,7 @@ class ReportSpec:
     traffic: dict = field(default_factory=dict)  # the spec's traffic key, as given (traffic.spec parses it)
     max_utilization: float = MAX_UTILIZATION  # GPUs for the load are sized at most this busy
     quality_evidence: tuple[Path, ...] = ()  # results folders of real-weight runs whose gate verdicts are cited
+    perplexity_windows: int = PERPLEXITY_WINDOWS  # the packaged text's first windows perplexity scores
 
     @property
     def max_ppl_delta_pct(self) -> float | None:
@@ -76,7 +77,7 @@ class ReportSpec:
                            spec.max_ppl_delta_pct),
                    spec.gpu_hour_usd, load.requests_per_day if load else None, load.output_len if load else None,
                    spec.claims, dict(spec.traffic or {}), load.max_utilization if load else MAX_UTILIZATION,
-                   spec.evidence_dirs)
+                   spec.evidence_dirs, spec.perplexity_windows)
 
     def evidence(self) -> pd.DataFrame:
         """The rows of the runs cited as quality evidence (empty without any)."""
@@ -486,6 +487,15 @@ def profiles_html(spec: ReportSpec) -> str:
     return "".join(parts)
 
 
+def scored_windows(df: pd.DataFrame, spec: ReportSpec) -> str:
+    """The perplexity windows the quality rows record in their notes ('2 windows of 512 tokens, 1,022
+    predictions'), else the spec's."""
+    recorded = df.loc[df["stage"] == "quality", "notes"].str.extract(r"over (\d+) windows of (\d+) tokens").dropna()
+    pairs = sorted({(int(n), int(w)) for n, w in recorded.itertuples(index=False)}) or \
+        [(spec.perplexity_windows, PERPLEXITY_WINDOW)]
+    return " or ".join(f"{n} windows of {w} tokens, {perplexity_predictions(w, n):,} predictions" for n, w in pairs)
+
+
 def method_notes(spec: ReportSpec, df: pd.DataFrame) -> str:
     """The measurement method in plain words (HTML), stated in every report."""
     inference = inference_rows(df)
@@ -544,8 +554,8 @@ def method_notes(spec: ReportSpec, df: pd.DataFrame) -> str:
         "the host's work, so this is a lower bound on the prefill's own rate.",
         "<b>Perplexity</b>: teacher-forced through each runtime's own forward pass over the packaged text, cut "
         f"into consecutive windows of {PERPLEXITY_WINDOW} tokens (fewer if the model's context is shorter); the "
-        f"first {PERPLEXITY_WINDOWS} windows are scored, every token after a window's first predicted from those "
-        f"before it ({perplexity_predictions():,} predictions). "
+        f"first of them are scored (<code>perplexity_windows</code>; here {scored_windows(df, spec)}), every token "
+        "after a window's first predicted from those before it. "
         f"Its delta is against the reference at the sweep's first reference precision; the accuracy gate "
         f"(max_ppl_delta_pct = {spec.max_ppl_delta_pct:g}%) reads MLPerf's 99%-of-reference rule as at most "
         f"that much higher perplexity. Random weights get no perplexity.",

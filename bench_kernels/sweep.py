@@ -217,7 +217,8 @@ def _perplexity(ctx: SweepContext, runtime: Runtime, precision: str, loaded: Loa
     """The quality row's columns (quality.perplexity_columns); a failure is a row with a readable error."""
     label = f"{runtime.name} {precision} perplexity"
     try:
-        columns = perplexity_columns(runtime, precision, loaded, baseline_precision(ctx.cfg), ctx.store.rows())
+        columns = perplexity_columns(runtime, precision, loaded, baseline_precision(ctx.cfg), ctx.store.rows(),
+                                     ctx.cfg.perplexity_windows)
     except Exception as err:  # noqa: BLE001 - a failed score is a row, the sweep goes on
         ctx.log_failure(label, err)
         return {"status": "error", "error": readable_error(err)}

@@ -3,7 +3,7 @@ packaged text that perplexity scores.
 
 Perplexity windows: the text's tokens are cut into consecutive, non-overlapping windows of PERPLEXITY_WINDOW
 tokens (fewer when the model's context is shorter) and the first PERPLEXITY_WINDOWS of them are scored (8 x 511 =
-4,088 predictions).
+4,088 predictions), or fewer where a spec asks for fewer (perplexity_windows).
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def make_prompts(token_ids: list[int], batch_size: int, input_len: int) -> torch
     return torch.tensor(rows, dtype=torch.long)  # ids: [B, S]
 
 
-def perplexity_windows(token_ids: Sequence[int], max_positions: int) -> torch.Tensor:
-    """The scored windows [N, W] (see the module docstring); N < PERPLEXITY_WINDOWS only for a short text."""
+def perplexity_windows(token_ids: Sequence[int], max_positions: int, windows: int = PERPLEXITY_WINDOWS) -> torch.Tensor:
+    """The first windows scored [N, W] (see the module docstring); N < windows only for a short text."""
     import torch
 
     window = min(PERPLEXITY_WINDOW, max_positions)
-    count = min(PERPLEXITY_WINDOWS, len(token_ids) // window)
+    count = min(windows, len(token_ids) // window)
     if count == 0:
         raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one window of {window}")
     return torch.tensor(list(token_ids[: count * window]), dtype=torch.long).view(count, window)

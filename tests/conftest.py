@@ -30,15 +30,20 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
-# The longest files first: pytest-xdist hands out whole files (--dist loadfile) in collection order, and a long file
-# handed out last keeps one worker busy while the other has nothing left.
-LONGEST_FIRST = ("test_pipeline.py", "test_tensor_parallel.py", "test_cluster.py", "test_cli.py",
-                 "test_quantization.py", "test_sweep.py")
+# The longest files first (measured on a 2-core machine, cold): pytest-xdist hands out whole files (--dist loadfile)
+# in collection order when told not to reorder them (--no-loadscope-reorder; by default it puts the files with the
+# most tests first), and a long file handed out last keeps one worker busy while the others have nothing left.
+LONGEST_FIRST = ("test_pipeline.py", "test_cli.py", "test_cluster.py", "runtimes/compiled/test_tensor_parallel.py",
+                 "test_quantization.py", "runtimes/compiled/test_runtime.py", "test_decoder.py",
+                 "runtimes/onnxruntime/test_runtime.py", "test_sweep.py", "test_report.py",
+                 "test_committed_reports.py", "test_onnx_export.py")
+TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
+    # stable: the others keep their order
+    items.sort(key=lambda item: rank.get(item.path.relative_to(TESTS).as_posix(), len(rank)))
 
 
 @pytest.fixture(autouse=True)

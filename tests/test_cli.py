@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from bench_kernels.cli import main
 from bench_kernels.config import ConfigError, load_config, parse_config
 from bench_kernels.models import packaged_tokenizer
 from bench_kernels.results import ResultsStore, load_results
@@ -114,27 +115,33 @@ def test_a_run_whose_rows_failed_exits_1_naming_them(tiny_local_model: Path, tmp
     assert "Traceback" in (run_dir / "errors.log").read_text()
 
 
-def test_presets_and_validate_outside_the_project(tmp_path: Path) -> None:
-    listed = bench_kernels("presets", cwd=tmp_path)
-    assert listed.returncode == 0 and "preset:llama-3.1-8b" in listed.stdout
+def test_presets_and_validate_outside_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's entry point in this process, run from a folder outside the project (the tests above run the
+    installed command itself)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["presets"]) == 0 and "preset:llama-3.1-8b" in capsys.readouterr().out
     (tmp_path / "spec.yaml").write_text("model: preset:llama-3.1-8b\ndevice: cpu\nbatch_sizes: [4096]\n"
                                         "input_lens: [8192]\noutput_len: 8\n")
-    valid = bench_kernels("validate", "spec.yaml", "-v", cwd=tmp_path)  # -v after the subcommand works too
-    assert valid.returncode == 0, valid.stderr
-    assert f"results in {tmp_path / 'reports' / 'notebook'}" in valid.stdout
-    assert "warning: " in valid.stderr and "GB for weights and KV cache" in valid.stderr
-    defaults = bench_kernels("validate", "--show-defaults", cwd=tmp_path)
-    assert "runtime_options: {}" in defaults.stdout and "workspace_gb=4.0" in defaults.stdout
-    assert "model families any that transformers loads" in defaults.stdout
-    assert "model families llama, " in defaults.stdout
+    assert main(["validate", "spec.yaml", "-v"]) == 0  # -v after the subcommand works too
+    valid = capsys.readouterr()
+    assert f"results in {tmp_path / 'reports' / 'notebook'}" in valid.out
+    assert "warning: " in valid.err and "GB for weights and KV cache" in valid.err
+    assert main(["validate", "--show-defaults"]) == 0
+    defaults = capsys.readouterr().out
+    assert "runtime_options: {}" in defaults and "workspace_gb=4.0" in defaults
+    assert "model families any that transformers loads" in defaults
+    assert "model families llama, " in defaults
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_validate_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
+def test_validate_refuses_cuda_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text("device: cuda\n")
-    done = bench_kernels("validate", "spec.yaml", cwd=tmp_path)
-    assert done.returncode == 1 and "device: 'cuda' was asked for but torch sees no CUDA GPU" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert main(["validate", "spec.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "device: 'cuda' was asked for but torch sees no CUDA GPU" in err and "Traceback" not in err
 
 
 def test_relative_paths_follow_the_spec_file(tmp_path: Path) -> None:
@@ -213,7 +220,7 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
     # The embedded model, not the tiny one: a sweep of the tiny one can end before the signal arrives.
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({
         "run_name": "interrupted", "runtimes": ["reference"], "batch_sizes": [1, 2, 3], "input_lens": [8, 16],
-        "output_len": 4, "warmup": 0, "repeats": 1, "device": "cpu"}))
+        "output_len": 4, "warmup": 0, "repeats": 1, "device": "cpu", "perplexity_windows": 1}))
     store = ResultsStore(tmp_path / "reports" / "interrupted")
     proc = subprocess.Popen([COMMAND, "sweep", "spec.yaml", "--skip-build"], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

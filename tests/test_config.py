@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -103,16 +101,16 @@ def test_defaults_are_small_and_cpu_safe() -> None:
     assert cfg.device == "auto" and cfg.model == "embedded"
 
 
-def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path) -> None:
-    bad = write(tmp_path, runtimes=["nope"])
-    done = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(bad)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 1
-    assert "runtimes: unknown runtime(s) ['nope']" in done.stderr and "'reference'" in done.stderr
-    one_shape = write(tmp_path, batch_sizes=[1])
-    good = subprocess.run([sys.executable, "-m", "bench_kernels.cli", "validate", str(one_shape)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert good.returncode == 0 and "valid" in good.stdout and "; 1 shape per runtime;" in good.stdout
+def test_cli_validate_reports_errors_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's own entry point, in this process (tests/test_cli.py runs the installed command)."""
+    from bench_kernels.cli import main
+
+    assert main(["validate", str(write(tmp_path, runtimes=["nope"]))]) == 1
+    err = capsys.readouterr().err
+    assert "runtimes: unknown runtime(s) ['nope']" in err and "'reference'" in err
+    assert main(["validate", str(write(tmp_path, batch_sizes=[1]))]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "; 1 shape per runtime;" in out
 
 
 def test_precisions_by_runtime_name_the_bad_runtime_or_precision() -> None:

@@ -32,6 +32,23 @@ def test_a_preset_config_resolves_without_weights() -> None:
     assert (config.model_type, config.hidden_size, config.num_hidden_layers) == ("llama", 576, 30)
 
 
+def test_the_embedded_config_and_tokenizer_are_read_from_the_gguf_once(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any run has converted the weights (a fresh cache), validation's config and tokenizer come from the
+    GGUF once, then from the cache: parsing the GGUF takes seconds each time."""
+    from bench_kernels.models import embedded_cache_dir, resolve_tokenizer
+
+    monkeypatch.setenv("BENCH_KERNELS_CACHE", str(tmp_path))
+    first = resolve_model_config("embedded")
+    kept = tmp_path / "models" / f"{embedded_cache_dir().name}-metadata"
+    assert (kept / "config.json").is_file() and not (embedded_cache_dir() / "model.safetensors").exists()
+    assert (first.model_type, first.hidden_size, first.num_hidden_layers) == ("llama", 576, 30)
+    (kept / "config.json").write_text((kept / "config.json").read_text().replace('"num_hidden_layers": 30',
+                                                                                 '"num_hidden_layers": 29'))
+    assert resolve_model_config("embedded").num_hidden_layers == 29  # read from the cache, not the GGUF again
+    assert resolve_tokenizer("embedded")("The capital of France").input_ids == [504, 3575, 282, 4649]
+
+
 def test_models_that_cannot_load_say_why_and_what_is_allowed(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"unknown model 'gguf:x'.*'embedded', 'preset:<name>', 'local:<folder>'"):
         resolve_model_config("gguf:x")

@@ -59,6 +59,9 @@ def test_results_have_every_shape_ok(run_dir: Path) -> None:
     assert (decode_tokens_per_s / compiled["roofline_tokens_per_s"] - compiled["efficiency"]).abs().max() < 1e-9
     build = df[(df["stage"] == "build") & (df["runtime"] == "compiled")]
     assert (build["status"] == "ok").all() and (build["build_s"] > 0).all()
+    scored = df[(df["stage"] == "quality") & (df["status"] == "ok")]
+    assert set(scored["runtime"]) == {"reference", "onnxruntime", "compiled"}
+    assert scored["notes"].str.contains("over 2 windows of 512 tokens").all()  # the spec's perplexity_windows
     # A real TensorRT-RTX engine of the embedded model (its weights, over 50 MB), built for any GPU.
     engine = df[(df["stage"] == "build") & (df["runtime"] == "tensorrt")]
     assert len(engine) == 1 and (engine["status"] == "ok").all(), engine[["status", "error"]]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bench_kernels.decision import GATE_MARK, WINNER_MARK, decision_matrix
-from bench_kernels.config import parse_config
+from bench_kernels.config import ConfigError, parse_config
+from bench_kernels.report import ReportSpec, method_notes
 from bench_kernels.quality import first_divergence_p50, perplexity, ppl_delta_pct, window_nll
 from bench_kernels.results import ResultsStore, typed_frame
 from bench_kernels.runtimes.compiled.fp8_rounding import fp8_round_trip_
@@ -65,7 +66,7 @@ def test_quality_stage_rows_match_the_reference_and_resume(tiny_local_model: Pat
     cfg = parse_config({"run_name": "quality", "model": f"local:{tiny_local_model}",
                         "runtimes": ["onnxruntime", "reference"], "precisions": ["fp32"], "batch_sizes": [2],
                         "input_lens": [8], "output_len": 3, "warmup": 0, "repeats": 1, "device": "cpu",
-                        "reports_dir": str(tmp_path)})
+                        "reports_dir": str(tmp_path), "perplexity_windows": 3})
     first_lines: list[str] = []
     df = run_sweeps(cfg, progress=first_lines.append)  # the reference runs first, whatever the order asked for
     assert first_lines[0].startswith("reference fp32")
@@ -76,7 +77,11 @@ def test_quality_stage_rows_match_the_reference_and_resume(tiny_local_model: Pat
     reference, onnx = quality.loc["reference"], quality.loc["onnxruntime"]
     assert reference["ppl_delta_pct"] == 0.0 and abs(onnx["ppl_delta_pct"]) < 0.1
     assert 1000 < reference["perplexity"] < 1e6  # random-initialised weights over a 49,152-token vocabulary
-    assert "8 windows of 512 tokens" in onnx["notes"] and "4088 predictions" in onnx["notes"]
+    assert "3 windows of 512 tokens" in onnx["notes"] and "1533 predictions" in onnx["notes"]
+    method = method_notes(ReportSpec.of(cfg), df)
+    assert "(<code>perplexity_windows</code>; here 3 windows of 512 tokens, 1,533 predictions)" in method
+    with pytest.raises(ConfigError, match="perplexity_windows: Input should be less than or equal to 8"):
+        parse_config({**cfg.model_dump(), "perplexity_windows": 9})
     inference = df[(df["stage"] == "inference") & (df["runtime"] == "onnxruntime")].iloc[0]
     assert inference["token_agreement"] == 1.0 and inference["first_divergence_p50"] == 3.0
 
