@@ -45,7 +45,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check --no-cache .
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # JupyterLab refuses to start as root (the usual user in a container) unless told that is intended.
 lab: $(STAMP)

@@ -18,7 +18,8 @@ def _tiny(tmp_path: Path, model: Path, run_name: str) -> dict:
     # on this CPU would dominate the test's time; tests/runtimes/compiled/test_tensor_parallel.py compiles).
     return dict(run_name=run_name, model=f"local:{model}", runtimes=["reference", "compiled"], precisions=["fp32"],
                 batch_sizes=[1, 2], input_lens=[8], output_len=4, warmup=0, repeats=1, device="cpu",
-                reports_dir=str(tmp_path), runtime_options={"compiled": {"compile": False, "tensor_parallel": [1, 2]}})
+                reports_dir=str(tmp_path), perplexity_windows=1,
+                runtime_options={"compiled": {"compile": False, "tensor_parallel": [1, 2]}})
 
 
 def test_ray_sweep_gives_the_serial_rows_and_resumes(tmp_path: Path, tiny_local_model: Path) -> None:

@@ -93,7 +93,8 @@ def test_tensor_parallel_2_matches_1_with_uneven_heads(uneven_local_model: Path)
 def _sweep(tmp_path: Path, model: Path, **options) -> dict:
     return dict(run_name="tp", model=f"local:{model}", runtimes=["reference", "compiled"], precisions=["fp32"],
                 batch_sizes=[1, 2], input_lens=[8], output_len=6, warmup=0, repeats=2, device="cpu",
-                reports_dir=str(tmp_path), runtime_options={"compiled": {"compile": False, **options}})
+                reports_dir=str(tmp_path), perplexity_windows=1,
+                runtime_options={"compiled": {"compile": False, **options}})
 
 
 def test_sweep_measures_each_degree_as_its_own_rows(tmp_path: Path, tiny_local_model: Path):
