@@ -134,6 +134,7 @@ import sys, torch
 from bench_kernels.quantization import dequantize_int4, quantize_int4, unpack_int4
 from bench_kernels.runtimes.compiled import decode_kernels
 from bench_kernels.runtimes.compiled.linear_ops import _int4_kernels, int4_word_codes, int4_words, quantize_fp8
+from bench_kernels.runtimes.compiled.linear_ops import quantize_rows_fp8
 rows, dtype, split = int(sys.argv[1]), getattr(torch, sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(rows)
 weight = quantize_int4(torch.randn(48, 512))
@@ -153,11 +154,19 @@ x8 = torch.randn(rows, 320).to(dtype)
 expected8 = x8.float() @ fp8.float().t() * scale
 out8 = decode_kernels.fp8_matmul(x8, fp8, scale, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": split})
 torch.testing.assert_close(out8.float(), expected8, rtol=1e-2, atol=expected8.abs().max().item() * 1e-2)
+x8_fp8, x8_scale = quantize_rows_fp8(x8)
+rounded8 = (x8_fp8.float() * x8_scale) @ fp8.float().t() * scale
+out_rows = decode_kernels.fp8_rows_matmul(x8_fp8, x8_scale, fp8, scale,
+                                          {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": split}, dtype)
+assert out_rows.shape == (rows, 40) and out_rows.dtype == dtype
+torch.testing.assert_close(out_rows.float(), rounded8, rtol=1e-2, atol=rounded8.abs().max().item() * 1e-2)
+assert not decode_kernels._semaphores(x8.device).any(), "a split launch left its counters set"
 _, dequantize = _int4_kernels()
 restored = torch.empty(48, 512)
 dequantize[(1, 4)](words, weight.scales, restored, 48, 512, GROUP=128, BLOCK_N=64)
 assert torch.equal(restored, dequantize_int4(weight)), "the dequantization kernel"
-print("ok", (out.float() - expected).abs().max().item(), (out8.float() - expected8).abs().max().item())
+print("ok", (out.float() - expected).abs().max().item(), (out8.float() - expected8).abs().max().item(),
+      (out_rows.float() - rounded8).abs().max().item())
 """
 
 
@@ -166,10 +175,10 @@ print("ok", (out.float() - expected).abs().max().item(), (out8.float() - expecte
 def test_triton_int4_and_fp8_decode_kernels_match_the_float_math(rows: int, split: int) -> None:
     """The kernels as written, run by Triton's interpreter (TRITON_INTERPRET must be set before triton is imported,
     hence a fresh process), against the dequantized weights in fp32: the int4 tensor-core and CUDA-core kernels on
-    int4_words' layout, two groups a step, and the fp8 kernel; one row, and a few rows with K split two ways (the
-    last split program sums the partials). The interpreter's tensor-core dot mishandles bf16 on the CPU, so
-    activations are fp16 (the same code path on the GPU, where the PTX conversion of the nibbles replaces the
-    integer one run here)."""
+    int4_words' layout, two groups a step, and both fp8 kernels (weight-only, and fp8 activations against the
+    scaled GEMM's math); one row, and a few rows with K split two ways (the last split program sums the partials).
+    The interpreter's tensor-core dot mishandles bf16 on the CPU, so activations are fp16 (the same code path on the
+    GPU, where the PTX conversion of the nibbles replaces the integer one run here)."""
     import os
     import subprocess
     import sys

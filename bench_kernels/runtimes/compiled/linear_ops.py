@@ -1,7 +1,8 @@
-"""The compiled runtime's matrix products: weight-only fp8 (e4m3, per-output-channel scales), weight-only int4
-(group-wise scales, bench_kernels.quantization's codes re-laid as int32 words: int4_words) and small-batch GEMV in
-Triton (here and in decode_kernels), with cuBLAS / torch._scaled_mm where those are faster: up to GEMV_MAX_ROWS rows
-each shape times its candidates on first use and keeps the fastest.
+"""The compiled runtime's matrix products: fp8 weights (e4m3, per-output-channel scales; activations as they are or
+rounded to fp8 per row, as the scaled GEMM rounds them), weight-only int4 (group-wise scales,
+bench_kernels.quantization's codes re-laid as int32 words: int4_words) and small-batch GEMV in Triton (here and in
+decode_kernels), with cuBLAS / torch._scaled_mm where those are faster: up to GEMV_MAX_ROWS rows each shape times its
+candidates on first use and keeps the fastest.
 
 All projections of the compiled decoder go through one custom op, `bench_kernels::linear`, so
 torch.compile treats it as a single opaque call and fuses the elementwise work around it.
@@ -40,6 +41,11 @@ INT4_CONFIGS = {16: ((64, 1, 8, 4), (128, 1, 8, 4), (64, 1, 4, 4), (128, 1, 2, 4
                 64: ((128, 1, 4, 4), (128, 1, 8, 4), (128, 1, 1, 4), (64, 1, 4, 4), (64, 1, 2, 4), (128, 2, 4, 4),
                      (128, 2, 2, 4))}
 FP8_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 128, 1, 4))
+# fp8 activations against fp8 weights on fp8 tensor cores (decode_kernels.fp8_rows_matmul): (BLOCK_N, BLOCK_K, SPLIT_K,
+# num_warps); a weight tile of 64 rows or more is one wgmma's M, a K block of 128 or more its K of 32 four times over.
+FP8_ROWS_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 256, 2, 4), (64, 256, 4, 4), (128, 128, 2, 4),
+                    (128, 256, 1, 8), (64, 128, 1, 4))
+FP8_ROWS_PREFIX = "fp8 rows"  # the candidates that round the activations to fp8, as the library path does
 
 # (device index, weight dtype, N, K, rows) -> the name of the kernel measured fastest there (decode_candidates).
 _CHOSEN_BACKEND: dict[tuple, str] = {}
@@ -396,6 +402,9 @@ def decode_candidates(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
         for c in map(_fp8_config, FP8_CONFIGS):
             candidates[f"split-K {c['BLOCK_N']}/{c['BLOCK_K']}/{c['SPLIT_K']}/{c['num_warps']}"] = \
                 lambda r, w, s, c=c: decode_kernels.fp8_matmul(r, w, s, c)
+        for c in map(_fp8_config, FP8_ROWS_CONFIGS):
+            candidates[f"{FP8_ROWS_PREFIX} {c['BLOCK_N']}/{c['BLOCK_K']}/{c['SPLIT_K']}/{c['num_warps']}"] = \
+                lambda r, w, s, c=c: decode_kernels.fp8_rows_matmul(*triton_quantize_rows_fp8(r), w, s, c, r.dtype)
     candidates["library"] = _library_linear
     return candidates
 
@@ -477,7 +486,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) ->
         raise ValueError(f"an {_weight_kind(weight)} weight needs its scales")
     if not x.is_cuda:
         # The CPU has no fp8 or int4 kernels: dequantize and multiply, with the GPU's math: fp8 activations stay as
-        # they are up to GEMV_MAX_ROWS (weight-only kernel) and are rounded to fp8 per row beyond (scaled GEMM).
+        # they are up to GEMV_MAX_ROWS (weight-only kernels; the GPU's timing may choose one that rounds them) and are
+        # rounded to fp8 per row beyond (scaled GEMM).
         if weight.dtype == INT4:
             out = (rows.float() @ dequantize_int4_weight(weight, scale, torch.float32).t()).to(x.dtype)
         elif weight.dtype != FP8:
