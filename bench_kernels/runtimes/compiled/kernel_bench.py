@@ -80,6 +80,9 @@ def check_kernels(weight: torch.Tensor, name: str) -> None:
     for rows in DECODE_ROWS:
         x = torch.randn(rows, weight.shape[1], device="cuda", dtype=torch.bfloat16)
         x_fp8, x_scale = quantize_rows_fp8(x)
+        fused, fused_scale = triton_quantize_rows_fp8(x)
+        if not (torch.equal(fused.float(), x_fp8.float()) and torch.equal(fused_scale, x_scale)):
+            raise AssertionError(f"fused fp8 row quantization differs from the eager one at {name} rows {rows}")
         rounded = (x_fp8.float() * x_scale) @ fp8.float().t() * fp8_scale  # the scaled GEMM's math
         for stored, scale, expected in ((words, int4.scales, x.float() @ reference.t()),
                                         (fp8, fp8_scale, x.float() @ fp8.float().t() * fp8_scale)):

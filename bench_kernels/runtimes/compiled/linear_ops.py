@@ -44,7 +44,7 @@ FP8_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 128, 1, 4))
 # fp8 activations against fp8 weights on fp8 tensor cores (decode_kernels.fp8_rows_matmul): (BLOCK_N, BLOCK_K, SPLIT_K,
 # num_warps); a weight tile of 64 rows or more is one wgmma's M, a K block of 128 or more its K of 32 four times over.
 FP8_ROWS_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 256, 2, 4), (64, 256, 4, 4), (128, 128, 2, 4),
-                    (128, 256, 1, 8), (64, 128, 1, 4))
+                    (128, 256, 1, 8), (64, 128, 1, 4), (64, 256, 8, 4), (64, 128, 8, 4), (128, 256, 2, 8))
 FP8_ROWS_PREFIX = "fp8 rows"  # the candidates that round the activations to fp8, as the library path does
 
 # (device index, weight dtype, N, K, rows) -> the name of the kernel measured fastest there (decode_candidates).
@@ -258,7 +258,11 @@ def triton_quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     rows = rows.contiguous()
     quantized = torch.empty((M, K), dtype=FP8, device=rows.device)
     row_scale = torch.empty((M, 1), dtype=torch.float32, device=rows.device)
-    _row_quantize_kernel()[(M,)](rows, quantized, row_scale, K, FP8_LIMIT=FP8_MAX, BLOCK_K=1024)
+    # A whole row per step up to 16,384 channels: the second pass reads it again from the cache, not from memory
+    # behind a second loop (a decode step's few rows are latency, not bandwidth).
+    block = min(16384, 1 << (K - 1).bit_length())
+    _row_quantize_kernel()[(M,)](rows, quantized, row_scale, K, FP8_LIMIT=FP8_MAX, BLOCK_K=block,
+                                 num_warps=8 if block >= 4096 else 4)
     return quantized, row_scale
 
 
