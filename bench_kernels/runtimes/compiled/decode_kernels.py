@@ -199,9 +199,13 @@ def int4_gemv_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M,
     store_tile(total, y_ptr, work_ptr, count_ptr, offs_n, row + tl.arange(0, 1), M, N, SPLIT_K)
 
 @triton.jit
-def fp8_matmul_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
-    # y [M, N] = (x [M, K] @ w^T) * scale: w fp8 e4m3 [N, K] widened to x's dtype in registers, scale fp32 [N].
+def fp8_matmul_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, x_scale_ptr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                      ROUNDED_ROWS: tl.constexpr, UPCAST: tl.constexpr):
+    # y [M, N] = (x [M, K] @ w^T) * scale [N], w fp8 e4m3 [N, K]. Weight-only: the weight tile widened to x's dtype
+    # in registers. ROUNDED_ROWS: x is fp8 e4m3 too (rounded per row, x_scale [M]), both multiplied as stored on fp8
+    # tensor cores; UPCAST (Triton's interpreter, which has no fp8 dot) widens both to fp32 first, where the product
+    # of two e4m3 values is exact, so the indexing, scales and split are the same.
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
@@ -216,38 +220,15 @@ def fp8_matmul_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N,
                     other=0.0)
         x = tl.load(x_ptr + offs_m[None, :] * K + k0 + offs_k[:, None], mask=m_ok[None, :] & k_ok[:, None],
                     other=0.0)
-        acc += tl.dot(w.to(x_ptr.dtype.element_ty), x)
-    acc = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
-    store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K)
-
-
-@triton.jit
-def fp8_rows_matmul_kernel(x_ptr, x_scale_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                           UPCAST: tl.constexpr):
-    # y [M, N] = (x [M, K] @ w^T) * x_scale [M] * scale [N], x and w both fp8 e4m3 as stored: one fp8 tensor-core dot
-    # per K block and no widening of the weight tile. UPCAST (Triton's interpreter, which has no fp8 dot) widens both
-    # to fp32 first: the product of two e4m3 values is exact there, so the indexing, scales and split are the same.
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    n_ok, m_ok = offs_n < N, offs_m < M
-    per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-    k_start = tl.program_id(2) * per_split
-    k_end = tl.minimum(k_start + per_split, K)
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        k_ok = k0 + offs_k < K
-        w = tl.load(w_ptr + offs_n[:, None] * K + k0 + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        x = tl.load(x_ptr + offs_m[None, :] * K + k0 + offs_k[:, None], mask=m_ok[None, :] & k_ok[:, None],
-                    other=0.0)
-        if UPCAST:
+        if not ROUNDED_ROWS:
+            acc += tl.dot(w.to(x_ptr.dtype.element_ty), x)
+        elif UPCAST:
             acc += tl.dot(w.to(tl.float32), x.to(tl.float32))
         else:
             acc += tl.dot(w, x)
     acc = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
-    acc = acc * tl.load(x_scale_ptr + offs_m, mask=m_ok, other=0.0)[None, :]
+    if ROUNDED_ROWS:
+        acc = acc * tl.load(x_scale_ptr + offs_m, mask=m_ok, other=0.0)[None, :]
     store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K)
 
 
@@ -257,10 +238,10 @@ def block_m(rows: int) -> int:
 
 
 def _launch(kernel, rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, n: int, k: int,
-            config: dict, row_tile: int, **constants) -> torch.Tensor:
+            config: dict, row_tile: int, out_dtype: torch.dtype | None = None, **constants) -> torch.Tensor:
     m = rows.shape[0]
     rows = rows.contiguous()
-    out = torch.empty((m, n), dtype=rows.dtype, device=rows.device)
+    out = torch.empty((m, n), dtype=out_dtype or rows.dtype, device=rows.device)
     split = config.get("SPLIT_K", 1)
     grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, row_tile), split)
     if grid[0] * grid[1] > SEMAPHORE_SLOTS:
@@ -303,7 +284,7 @@ def fp8_matmul(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, co
     BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages."""
     tile_m = block_m(rows.shape[0])
     return _launch(fp8_matmul_kernel, rows, weight, scale, weight.shape[0], weight.shape[1], config, tile_m,
-                   BLOCK_M=tile_m)
+                   x_scale_ptr=scale, BLOCK_M=tile_m, ROUNDED_ROWS=False, UPCAST=False)  # x_scale: never read
 
 
 def fp8_rows_matmul(rows_fp8: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -311,17 +292,7 @@ def fp8_rows_matmul(rows_fp8: torch.Tensor, row_scale: torch.Tensor, weight: tor
     """Activations rounded to fp8 per row (rows_fp8 [M <= 64, K] e4m3, row_scale [M, 1] fp32: linear_ops'
     quantize_rows_fp8) @ (fp8 weight [N, K] * scale [N])^T, out_dtype out: the math of the scaled GEMM
     (torch._scaled_mm with row scales) with one launch configuration: BLOCK_N, BLOCK_K, SPLIT_K, num_warps."""
-    m, k = rows_fp8.shape
-    n = weight.shape[0]
-    tile_m = block_m(m)
-    out = torch.empty((m, n), dtype=out_dtype, device=rows_fp8.device)
-    split = config.get("SPLIT_K", 1)
-    grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, tile_m), split)
-    if grid[0] * grid[1] > SEMAPHORE_SLOTS:
-        raise ValueError(f"{grid[0] * grid[1]} output tiles exceed the split-K semaphore's {SEMAPHORE_SLOTS}")
-    work = torch.empty(split * m * n if split > 1 else 1, dtype=torch.float32, device=rows_fp8.device)
-    fp8_rows_matmul_kernel[grid](rows_fp8.contiguous(), row_scale.contiguous(), weight, scale, out, work,
-                                 _semaphores(rows_fp8.device), m, n, k, BLOCK_M=tile_m, BLOCK_N=config["BLOCK_N"],
-                                 BLOCK_K=config["BLOCK_K"], SPLIT_K=split, UPCAST=interpreted(),
-                                 num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3))
-    return out
+    tile_m = block_m(rows_fp8.shape[0])
+    return _launch(fp8_matmul_kernel, rows_fp8, weight, scale, weight.shape[0], weight.shape[1], config, tile_m,
+                   out_dtype, x_scale_ptr=row_scale.contiguous(), BLOCK_M=tile_m, ROUNDED_ROWS=True,
+                   UPCAST=interpreted())
