@@ -5,9 +5,9 @@ Decode rows (1-64 activation rows) are bound by reading the weights: each line g
 from a CUDA graph, each call on the next of enough copies of the weight that together they exceed twice the L2, so
 every call reads its weight from device memory as a decode step does), the bytes it must read over that time, and
 that rate's share of the measured copy bandwidth; then the time the model's projections take per decode step with
-each kernel (its layers times the four projections). Prefill rows (PREFILL_ROWS rows) are bound by tensor-core
-throughput: the fp8 path's activation quantization (eager torch and the fused Triton kernel), its scaled GEMM, the
-runtime's whole fp8 path, and cuBLAS bf16 beside it.
+each kernel (its layers times the four projections), and decode attention over the KV cache, timed the same way.
+Prefill rows (PREFILL_ROWS rows) are bound by tensor-core throughput: the fp8 path's activation quantization (eager
+torch and the fused Triton kernel), its scaled GEMM, the runtime's whole fp8 path, and cuBLAS bf16 beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from bench_kernels.architecture import preset_fields
 from bench_kernels.rates import device_rates
 from bench_kernels.quantization import dequantize_int4, quantize_int4
+from bench_kernels.runtimes.compiled.decode_attention import masked_attention, decode_attention
 from bench_kernels.runtimes.compiled.linear_ops import (
     FP8_ROWS_PREFIX,
     chosen_backends,
@@ -39,6 +40,7 @@ from bench_kernels.runtimes.compiled.linear_ops import (
 )
 
 DECODE_ROWS = (1, 8, 32, 64)
+ATTENTION_CACHE_LENGTHS = (256, 2176)  # input 128 and 2048 with 128 new tokens
 PREFILL_ROWS = 8192
 
 
@@ -122,6 +124,34 @@ def decode_table(shapes: dict[str, tuple[int, int]], copy_gbps: float, layers: i
     print("the runtime's choices (device, dtype, N, K, rows -> kernel):", chosen_backends())
 
 
+def attention_table(preset: str, copy_gbps: float) -> None:
+    """Decode attention at the preset's heads, three quarters into each cache length (a decode step's position on
+    average): the masked matmuls the CPU runs (every slot read) and the runtime's kernel (slots up to the position),
+    each checked against the fp32 math first; the bytes are the written slots' keys and values."""
+    fields = preset_fields(preset)
+    heads, kv_heads = fields["num_attention_heads"], fields["num_key_value_heads"]
+    head_dim = fields.get("head_dim") or fields["hidden_size"] // heads
+    layers, l2_bytes = fields["num_hidden_layers"], l2_cache_bytes(torch.device("cuda"))
+    print(f"decode attention ({heads} query heads, {kv_heads} KV heads of {head_dim}; {layers} layers): kind  rows  "
+          "cache  position  us  GB/s  share  ms per step")
+    for slots in ATTENTION_CACHE_LENGTHS:
+        position = torch.tensor([slots * 3 // 4], device="cuda")
+        for rows in DECODE_ROWS:
+            q = torch.randn(rows, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+            k, v = (torch.randn(rows, kv_heads, slots, head_dim, device="cuda", dtype=torch.bfloat16)
+                    for _ in range(2))
+            expected = masked_attention(q.float(), k.float(), v.float(), position)
+            for kind, run in (("masked matmuls", masked_attention), ("runtime kernel", decode_attention)):
+                error = (run(q, k, v, position).float() - expected).abs().max() / expected.abs().max()
+                if not error <= 1e-2:
+                    raise AssertionError(f"decode attention ({kind}) off by {error:.3g} at {rows} rows, {slots} slots")
+                ms = rotating_time_ms(lambda kc, vc: run(q, kc, vc, position), rotated_sets((k, v), l2_bytes))
+                needed = 2 * k[:, :, :int(position) + 1].numel() * k.element_size() + 2 * q.numel() * q.element_size()
+                gbps = needed / ms / 1e6
+                print(f"{kind:14} {rows:>3} {slots:>5} {int(position):>5} {ms * 1e3:8.1f} {gbps:8.0f} "
+                      f"{gbps / copy_gbps:6.2f} {layers * ms:7.3f}", flush=True)
+
+
 def _scaled_mm(rows: torch.Tensor, row_scale: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch._scaled_mm(rows, weight.t(), scale_a=row_scale, scale_b=scale[None, :], out_dtype=torch.bfloat16)
 
@@ -172,6 +202,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(), args.preset, shapes)
     if not args.prefill_only:
         decode_table(shapes, device_rates("cuda").streaming_gbps, preset_fields(args.preset)["num_hidden_layers"])
+        attention_table(args.preset, device_rates("cuda").streaming_gbps)
     if not args.decode_only:
         prefill_table(shapes, device_rates("cuda").matmul_tflops)
 

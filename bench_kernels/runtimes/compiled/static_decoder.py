@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, apply_rope, rope_cos_sin
 from bench_kernels.quantization import quantize_int4
+from bench_kernels.runtimes.compiled.decode_attention import decode_attention
 from bench_kernels.runtimes.compiled.linear_ops import int4_words, linear, quantize_fp8
 from bench_kernels.runtimes.compiled.sharding import Shard, all_gather_columns, all_reduce_sum, check_split
 
@@ -99,23 +100,18 @@ def _out_and_mlp(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torc
     return x + (all_reduce_sum(down, group) if group else down)
 
 
-def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, valid: torch.Tensor):
-    """One new query per row over the whole static cache; slots after the current position are masked.
-
-    q: [B, H, 1, Dh]; caches: [B, KVH, L, Dh]; valid: [L] bool. The H query heads are grouped per KV
-    head (head h reads KV head h // (H / KVH)), so each cache is read once, never repeated.
-    """
+def _decode_layer(x, k_cache, v_cache, pos, cos, sin, norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads,
+                  head_dim, wo, so, post_norm, wgu, sgu, wd, sd, tail_eps, group):
+    """One layer of a decode step in one compiled function. The new key and value are written into cache slot `pos`
+    here, so inductor folds the write into the RoPE kernel (in place, no copy of the cache) instead of launching two
+    index_copy kernels a layer; the one new query per row then attends over slots 0..pos (decode_attention: the
+    query heads grouped per KV head, so each cache is read once, never repeated)."""
+    q, k, v = _qkv_rope(x, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads, head_dim)
+    k_cache.index_copy_(2, pos, k)
+    v_cache.index_copy_(2, pos, v)
     B, H, _, Dh = q.shape
-    kv_heads = k_cache.shape[1]
-    grouped = q.reshape(B, kv_heads, H // kv_heads, Dh)  # [B, KVH, G, Dh]
-    scores = (grouped @ k_cache.transpose(2, 3)).float() * Dh**-0.5  # [B, KVH, G, L]
-    probs = scores.masked_fill(~valid, float("-inf")).softmax(dim=-1).to(q.dtype)
-    return (probs @ v_cache).reshape(B, 1, H * Dh)  # [B, 1, H*Dh]
-
-
-def _decode_layer_tail(x, q, k_cache, v_cache, valid, wo, so, post_norm, wgu, sgu, wd, sd, eps, group):
-    return _out_and_mlp(x, _decode_attention(q, k_cache, v_cache, valid), wo, so, post_norm, wgu, sgu, wd, sd, eps,
-                        group)
+    attn = decode_attention(q.reshape(B, H, Dh), k_cache, v_cache, pos).reshape(B, 1, H * Dh)
+    return _out_and_mlp(x, attn, wo, so, post_norm, wgu, sgu, wd, sd, tail_eps, group)
 
 
 def _prefill_layer_tail(x, q, k, v, wo, so, post_norm, wgu, sgu, wd, sd, eps, group):
@@ -149,7 +145,6 @@ class ShapeState:
     position: torch.Tensor  # [1] its position (and cache slot)
     generated: torch.Tensor  # [B, max(T, 2)] every token produced so far
     step: torch.Tensor  # [1] column of `generated` the next step writes
-    slots: torch.Tensor  # [L] cache slot indices, compared with the position to mask unwritten slots
     prefill_graph: torch.cuda.CUDAGraph | None = None
     decode_graph: torch.cuda.CUDAGraph | None = None
 
@@ -191,7 +186,7 @@ class StaticDecoder:
             return torch.compile(fn, mode=compile_mode, fullgraph=True) if compile_mode else fn
 
         self._qkv_rope, self._head = wrap(_qkv_rope), wrap(_head)
-        self._decode_tail, self._prefill_tail = wrap(_decode_layer_tail), wrap(_prefill_layer_tail)
+        self._decode_layer, self._prefill_tail = wrap(_decode_layer), wrap(_prefill_layer_tail)
         self._state: ShapeState | None = None
         self.use_cuda_graphs = self.device.type == "cuda"
 
@@ -352,13 +347,9 @@ class StaticDecoder:
         x = F.embedding(state.token, self.embed)  # [B, 1, D]
         cos = self.cos_table.index_select(0, pos)[None, None]  # [1, 1, 1, Dh]
         sin = self.sin_table.index_select(0, pos)[None, None]
-        valid = state.slots <= pos  # [L]
         for layer, k_cache, v_cache in zip(self.layers, state.k_caches, state.v_caches):
-            norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads, head_dim = self._layer_args(layer)
-            q, k, v = self._qkv_rope(x, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads, head_dim)
-            k_cache.index_copy_(2, pos, k)
-            v_cache.index_copy_(2, pos, v)
-            x = self._decode_tail(x, q, k_cache, v_cache, valid, *self._tail_args(layer))
+            x = self._decode_layer(x, k_cache, v_cache, pos, cos, sin, *self._layer_args(layer),
+                                   *self._tail_args(layer))
         nxt = self._pick(self._logits(x))
         state.token.copy_(nxt)
         state.generated.index_copy_(1, state.step, nxt)
@@ -369,7 +360,7 @@ class StaticDecoder:
     def _new_caches(self, batch_size: int, cache_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         a = self.args
         shape = (batch_size, self.kv_heads, cache_len, a.head_dim)
-        # Zeros, not empty: masked slots still enter the matmul, and 0 * NaN from stale memory would be NaN.
+        # Zeros, not empty: the CPU's masked slots still enter its matmul, and 0 * NaN from stale memory would be NaN.
         return ([torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)],
                 [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(a.num_layers)])
 
@@ -403,7 +394,6 @@ class StaticDecoder:
             position=torch.full((1,), input_len, dtype=torch.long, device=dev),
             generated=torch.zeros((batch_size, max(max_new_tokens, 2)), dtype=torch.long, device=dev),
             step=torch.ones((1,), dtype=torch.long, device=dev),
-            slots=torch.arange(cache_len, device=dev),
         )
 
         def warm() -> None:
