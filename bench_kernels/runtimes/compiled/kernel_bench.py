@@ -141,9 +141,12 @@ def attention_table(preset: str, copy_gbps: float) -> None:
             k, v = (torch.randn(rows, kv_heads, slots, head_dim, device="cuda", dtype=torch.bfloat16)
                     for _ in range(2))
             expected = masked_attention(q.float(), k.float(), v.float(), position)
-            for kind, run in (("masked matmuls", masked_attention), ("runtime kernel", decode_attention)):
+            # The masked matmuls round the probabilities to bf16 (1.3e-2 off at 64 rows of 2,176 slots on an H200);
+            # the kernel keeps them in fp32 until the product with the values.
+            for kind, run, bound in (("masked matmuls", masked_attention, 3e-2),
+                                     ("runtime kernel", decode_attention, 1e-2)):
                 error = (run(q, k, v, position).float() - expected).abs().max() / expected.abs().max()
-                if not error <= 1e-2:
+                if not error <= bound:
                     raise AssertionError(f"decode attention ({kind}) off by {error:.3g} at {rows} rows, {slots} slots")
                 ms = rotating_time_ms(lambda kc, vc: run(q, kc, vc, position), rotated_sets((k, v), l2_bytes))
                 needed = 2 * k[:, :, :int(position) + 1].numel() * k.element_size() + 2 * q.numel() * q.element_size()
