@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bench_kernels.decoder import Decoder, DecoderArgs, apply_rope, rope_cos_sin
 from bench_kernels.quantization import quantize_int4
-from bench_kernels.runtimes.compiled.decode_attention import decode_attention
+from bench_kernels.runtimes.compiled.decode_attention import decode_attention, masked_attention
 from bench_kernels.runtimes.compiled.linear_ops import int4_words, linear, quantize_fp8
 from bench_kernels.runtimes.compiled.sharding import Shard, all_gather_columns, all_reduce_sum, check_split
 
@@ -110,7 +110,9 @@ def _decode_layer(x, k_cache, v_cache, pos, cos, sin, norm, w, s, bias, q_norm, 
     k_cache.index_copy_(2, pos, k)
     v_cache.index_copy_(2, pos, v)
     B, H, _, Dh = q.shape
-    attn = decode_attention(q.reshape(B, H, Dh), k_cache, v_cache, pos).reshape(B, 1, H * Dh)
+    # The CPU's masked math stays traced, so inductor fuses it; the custom op would run it eagerly, op by op.
+    attend = decode_attention if q.is_cuda else masked_attention
+    attn = attend(q.reshape(B, H, Dh), k_cache, v_cache, pos).reshape(B, 1, H * Dh)
     return _out_and_mlp(x, attn, wo, so, post_norm, wgu, sgu, wd, sd, tail_eps, group)
 
 
