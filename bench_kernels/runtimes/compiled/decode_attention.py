@@ -24,7 +24,7 @@ def masked_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """The reference math: scores over every slot, the slots after pos masked out."""
     B, H, Dh = q.shape
     kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
-    grouped = q.reshape(B, kv_heads, H // kv_heads, 1, Dh).squeeze(3)  # [B, KVH, G, Dh]
+    grouped = q.reshape(B, kv_heads, H // kv_heads, Dh)  # [B, KVH, G, Dh]
     scores = (grouped @ k_cache.transpose(2, 3)).float() * Dh**-0.5  # [B, KVH, G, L]
     valid = torch.arange(slots, device=q.device) <= pos
     probs = scores.masked_fill(~valid, float("-inf")).softmax(dim=-1).to(q.dtype)
@@ -115,8 +115,9 @@ def triton_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     out = torch.empty_like(q)
     block_d = max(16, triton.next_power_of_2(Dh))
     per_split = -(-slots // splits // BLOCK_SLOTS) * BLOCK_SLOTS
-    part = torch.empty((B * H * splits if splits > 1 else 1, block_d), dtype=torch.float32, device=q.device)
-    stats = torch.empty((B * H * splits if splits > 1 else 1, 2), dtype=torch.float32, device=q.device)
+    partials = B * H * splits if splits > 1 else 1  # one split writes the output directly
+    part = torch.empty((partials, block_d), dtype=torch.float32, device=q.device)
+    stats = torch.empty((partials, 2), dtype=torch.float32, device=q.device)
     attend[(B * kv_heads, splits)](q, k_cache, v_cache, pos, out, part, stats, kv_heads, slots, group, Dh,
                                    Dh**-0.5, SLOTS_PER_SPLIT=per_split, SPLITS=splits,
                                    BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SLOTS=BLOCK_SLOTS,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from bench_kernels.architecture import preset_fields
 from bench_kernels.rates import device_rates
 from bench_kernels.quantization import dequantize_int4, quantize_int4
-from bench_kernels.runtimes.compiled.decode_attention import masked_attention, decode_attention
+from bench_kernels.runtimes.compiled.decode_attention import decode_attention, masked_attention
 from bench_kernels.runtimes.compiled.linear_ops import (
     FP8_ROWS_PREFIX,
     chosen_backends,
