@@ -228,9 +228,9 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
     while time.time() < deadline and proc.poll() is None and not any(r["status"] == "ok" for r in store.rows()):
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=120)
     kept = sum(r["status"] == "ok" for r in store.rows())  # shapes, and the perplexity row if it was reached
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert proc.returncode == 130 and "Traceback" not in stderr, (stdout[-2000:], stderr)
     assert stderr.strip().splitlines()[-1] == (f"interrupted: {kept} finished rows kept in {store.csv_path}; "
                                                 "run the same command again to resume")
     again = bench_kernels("sweep", "spec.yaml", "--skip-build", cwd=tmp_path)
