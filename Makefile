@@ -41,11 +41,12 @@ browser:
 
 # The tests use a cache of their own ($BENCH_KERNELS_TEST_CACHE, default ~/.cache/bench_kernels-tests) and leave
 # nothing in the checkout: no pytest, ruff or import-linter cache, no bytecode; the notebooks run under nbval in a
-# scratch copy of the project (tests/test_pipeline.py).
+# scratch copy of the project (tests/test_pipeline.py). Two workers, one per core: three oversubscribed the 2-core
+# machine (cold, pytest 469 s and 830 core-s with -n 3, 451 s and 788 core-s with -n 2; Ray's test 259 s -> 84 s).
 test: $(STAMP) browser
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check --no-cache .
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder --durations=15
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # JupyterLab refuses to start as root (the usual user in a container) unless told that is intended.
 lab: $(STAMP)

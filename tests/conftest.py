@@ -33,7 +33,7 @@ _share_the_cores()
 # The longest files first (measured on a 2-core machine, cold): pytest-xdist hands out whole files (--dist loadfile)
 # in collection order when told not to reorder them (--no-loadscope-reorder; by default it puts the files with the
 # most tests first), and a long file handed out last keeps one worker busy while the others have nothing left.
-# Ray's test waits on its own processes more than it computes: it starts once the first three are under way.
+# With two workers (make test: -n 2) the end-to-end file takes one; the others follow on the second, then on both.
 LONGEST_FIRST = ("test_pipeline.py", "test_cli.py", "runtimes/compiled/test_tensor_parallel.py", "test_cluster.py",
                  "test_quantization.py", "runtimes/compiled/test_runtime.py", "test_decoder.py",
                  "runtimes/onnxruntime/test_runtime.py", "test_sweep.py", "test_report.py",
