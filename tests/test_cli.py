@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -222,13 +221,21 @@ def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
         "run_name": "interrupted", "runtimes": ["reference"], "batch_sizes": [1, 2, 3], "input_lens": [8, 16],
         "output_len": 4, "warmup": 0, "repeats": 1, "device": "cpu", "perplexity_windows": 1}))
     store = ResultsStore(tmp_path / "reports" / "interrupted")
-    proc = subprocess.Popen([COMMAND, "sweep", "spec.yaml", "--skip-build"], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not any(r["status"] == "ok" for r in store.rows()):
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    # The signal goes the moment the first shape's line is printed (unbuffered), with five shapes and the perplexity
+    # still to run: polling results.csv instead could notice that row only after the sweep had ended, on a busy CPU.
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen([COMMAND, "sweep", "spec.yaml", "--skip-build"], cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stdout is not None
+        printed = []
+        for line in proc.stdout:
+            printed.append(line)
+            if "tokens/s" in line:
+                break
+        os.kill(proc.pid, signal.SIGINT)
+        stdout = "".join(printed) + proc.communicate(timeout=120)[0]
+        err.seek(0)
+        stderr = err.read()
     kept = sum(r["status"] == "ok" for r in store.rows())  # shapes, and the perplexity row if it was reached
     assert proc.returncode == 130 and "Traceback" not in stderr, (stdout[-2000:], stderr)
     assert stderr.strip().splitlines()[-1] == (f"interrupted: {kept} finished rows kept in {store.csv_path}; "
