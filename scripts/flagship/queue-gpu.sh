@@ -6,8 +6,9 @@ spec=params/h200-llama3.1-8b.yaml
 step() {  # name, command...
   local name=$1; shift
   echo "$(date +%T) start $name" >> /tmp/r/logs/queue-gpu.txt
-  taskset -c 0-7 "$@" > /tmp/r/logs/$name.log 2>&1
-  echo "$(date +%T) end $name rc=$?" >> /tmp/r/logs/queue-gpu.txt
+  local rc=0
+  taskset -c 0-7 "$@" > /tmp/r/logs/$name.log 2>&1 || rc=$?
+  echo "$(date +%T) end $name rc=$rc" >> /tmp/r/logs/queue-gpu.txt
 }
 sweep() {  # name, extra sweep flag or '', then cut.py overrides
   local name=$1 flag=$2; shift 2
