@@ -7,9 +7,8 @@
 #   quality        carry [.gpuwheels, .smol/b]: install it and sweep params/h200-smollm2-quality.yaml
 # Each returns after SECONDS (default 560) with /tmp/r packed into $OUT/r.tgz; calls must follow each other within
 # the machine's 30 s idle release, or /tmp and the queues are gone (resume then joins the rows already saved).
-# .gpuwheels: pydantic 2.12.5, pydantic-core 2.41.5, annotated-types, typing-inspection, torchao 0.18.0 for CPython
-# 3.12 (scripts/flagship/stage-wheels.sh); .trtx and .smol from ../shared/tools. The tracked tree and the carry must
-# stay under 64 MiB together: move the other reports/ folders out of the tree for the calls.
+# .gpuwheels comes from scripts/flagship/stage-wheels.sh, .trtx and .smol from ../shared/tools. The tracked tree and
+# the carry must stay under 64 MiB together: move the other reports/ folders out of the tree for the calls.
 mode=$1 seconds=${2:-560}
 . scripts/flagship/common.sh
 case "$mode" in

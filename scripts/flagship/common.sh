@@ -18,6 +18,12 @@ save() {
   for f in /tmp/r/logs/*.log; do echo "== $f"; grep -v "Warning\|warn(\|^ *$" "$f" | tail -n 4 | cut -c1-200; done
   cat /tmp/r/logs/queue-*.txt 2>/dev/null
 }
+step() {  # name, command...: one job of a queue ($queue names its log, $cores pins it), its exit status logged
+  local name=$1 rc=0; shift
+  echo "$(date +%T) start $name" >> /tmp/r/logs/queue-$queue.txt
+  taskset -c "$cores" "$@" > /tmp/r/logs/$name.log 2>&1 || rc=$?
+  echo "$(date +%T) end $name rc=$rc" >> /tmp/r/logs/queue-$queue.txt
+}
 wait_until() {  # seconds since this call began
   while [ "$SECONDS" -lt "$1" ]; do sleep 5; done
 }

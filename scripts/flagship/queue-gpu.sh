@@ -2,14 +2,7 @@
 # machine's end continues in a later call. Started by call.sh from its own copy of the tree.
 cd "$(dirname "$0")/../.."
 . scripts/flagship/common.sh
-spec=params/h200-llama3.1-8b.yaml
-step() {  # name, command...
-  local name=$1; shift
-  echo "$(date +%T) start $name" >> /tmp/r/logs/queue-gpu.txt
-  local rc=0
-  taskset -c 0-7 "$@" > /tmp/r/logs/$name.log 2>&1 || rc=$?
-  echo "$(date +%T) end $name rc=$rc" >> /tmp/r/logs/queue-gpu.txt
-}
+spec=params/h200-llama3.1-8b.yaml queue=gpu cores=0-7
 sweep() {  # name, extra sweep flag or '', then cut.py overrides
   local name=$1 flag=$2; shift 2
   python3 scripts/flagship/cut.py $spec /tmp/r/specs/$name.yaml "$@"

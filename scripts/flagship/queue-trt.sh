@@ -2,8 +2,6 @@
 cd "$(dirname "$0")/../.."
 . scripts/flagship/common.sh
 . /tmp/trtx/env.sh
+queue=trt cores=8-15
 python3 scripts/flagship/cut.py params/h200-llama3.1-8b.yaml /tmp/r/specs/tensorrt.yaml 'runtimes=[tensorrt]' traffic=null
-echo "$(date +%T) start tensorrt" >> /tmp/r/logs/queue-trt.txt
-rc=0
-taskset -c 8-15 python3 -m bench_kernels.cli sweep /tmp/r/specs/tensorrt.yaml --reports-dir /tmp/r > /tmp/r/logs/tensorrt.log 2>&1 || rc=$?
-echo "$(date +%T) end tensorrt rc=$rc" >> /tmp/r/logs/queue-trt.txt
+step tensorrt python3 -m bench_kernels.cli sweep /tmp/r/specs/tensorrt.yaml --reports-dir /tmp/r
