@@ -31,6 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
+from bench_kernels.runtimes.compiled import linear_ops
+from bench_kernels.runtimes.compiled.linear_ops import Prologue
+
 MAX_ROWS = 64  # beyond this many activation rows a product is compute-bound (cuBLAS / _scaled_mm)
 SEMAPHORE_SLOTS = 1 << 16  # output tiles a split launch may count at once (57,344 / 16 = 3,584 at the largest)
 
@@ -94,32 +97,88 @@ def codes_of(words, dtype: tl.constexpr, PTX: tl.constexpr):
         c7 = (((words >> 28) & 0xF) - 8).to(dtype)
     return c0, c1, c2, c3, c4, c5, c6, c7
 
+NO_PROLOGUE = tl.constexpr(0)
+ADD_NORM = tl.constexpr(linear_ops.ADD_NORM)
+SWIGLU = tl.constexpr(linear_ops.SWIGLU)
+
 @triton.jit
-def store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K: tl.constexpr):
-    # acc [BLOCK_N, BLOCK_M] fp32 -> y [M, N]; with SPLIT_K > 1 the last split program of the tile sums them.
+def load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, mask, K, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr):
+    # The product's input at `row`, channels k, in fp32, and the squares the norm sums (zero without ADD_NORM). With
+    # ADD_NORM the input is (x + delta) * norm weight, whose row's 1 / rms multiplies the finished product (one scalar
+    # a row), so no pass over the row precedes the weights; the programs of the first weight tile store x + delta.
+    if PROLOGUE == SWIGLU:
+        gate = tl.load(x_ptr + row * 2 * K + k, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * 2 * K + K + k, mask=mask, other=0.0).to(tl.float32)
+        # rounded once to the activations' dtype, as the traced silu(gate) * up is
+        value = (gate * tl.sigmoid(gate) * up).to(x_ptr.dtype.element_ty).to(tl.float32)
+        squares = tl.zeros_like(value)
+    elif PROLOGUE == ADD_NORM:
+        hidden = tl.load(x_ptr + row * K + k, mask=mask, other=0.0)
+        if HAS_DELTA:  # the residual add rounds to the stream's dtype, as torch's does
+            delta = tl.load(d_ptr + row * K + k, mask=mask, other=0.0)
+            hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(h_ptr + row * K + k, hidden, mask=mask & (k * 0 + tl.program_id(0) == 0))
+        value = hidden.to(tl.float32)
+        squares = value * value
+        value = value * tl.load(g_ptr + k, mask=mask, other=0.0).to(tl.float32)
+    else:
+        value = tl.load(x_ptr + row * K + k, mask=mask, other=0.0).to(tl.float32)
+        squares = tl.zeros_like(value)
+    return value, squares
+
+@triton.jit
+def row_norm(squares, K, eps):
+    # 1 / rms of rows whose squares sum to `squares`, as the traced RMSNorm computes it
+    return 1.0 / tl.sqrt(squares / K + eps)
+
+@triton.jit
+def store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K: tl.constexpr, squares, K, eps,
+               NORM: tl.constexpr):
+    # acc [BLOCK_N, BLOCK_M] fp32 -> y [M, N]; with SPLIT_K > 1 the last split program of the tile sums them. NORM:
+    # squares [BLOCK_M] are this program's part of each row's sum of squares; 1 / rms of the whole row scales it.
     ok = (offs_n < N)[:, None] & (offs_m < M)[None, :]
     where = offs_m[None, :] * N + offs_n[:, None]
     if SPLIT_K == 1:
+        if NORM:
+            acc = acc * row_norm(squares, K, eps)[None, :]
         tl.store(y_ptr + where, acc.to(y_ptr.dtype.element_ty), mask=ok)
     else:
         tl.store(work_ptr + tl.program_id(2) * M * N + where, acc, mask=ok)
+        if NORM:  # every tile's program of a split writes the same sums
+            tl.store(work_ptr + SPLIT_K * M * N + tl.program_id(2) * M + offs_m, squares, mask=offs_m < M)
         tl.debug_barrier()  # every thread's partial is written before the count (acq_rel) releases them
         tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
         if tl.atomic_add(count_ptr + tile, 1) == SPLIT_K - 1:
             total = tl.zeros(acc.shape, dtype=tl.float32)
+            row_squares = tl.zeros(squares.shape, dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):
                 total += tl.load(work_ptr + s * M * N + where, mask=ok, other=0.0, cache_modifier=".cg")
+                if NORM:
+                    row_squares += tl.load(work_ptr + SPLIT_K * M * N + s * M + offs_m, mask=offs_m < M, other=0.0,
+                                           cache_modifier=".cg")
+            if NORM:
+                total = total * row_norm(row_squares, K, eps)[None, :]
             tl.store(y_ptr + where, total.to(y_ptr.dtype.element_ty), mask=ok)
             tl.atomic_xchg(count_ptr + tile, 0)
 
 @triton.jit
-def int4_matmul_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, GROUP: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                       SPLIT_K: tl.constexpr, PTX: tl.constexpr):
+def nibble_dot(codes, p: tl.constexpr, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+               WORDS: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr):
+    # part += codes [BLOCK_N, WORDS] @ the slice of x [WORDS, BLOCK_M] nibble p multiplies (load_input); squares
+    # [BLOCK_M] gathers the slice's squares.
+    x, x_squares = load_input(x_ptr, d_ptr, g_ptr, h_ptr, offs_m[None, :], at + p * WORDS, m_ok[None, :], K,
+                              PROLOGUE, HAS_DELTA)
+    return tl.dot(codes, x.to(codes.dtype), part), squares + tl.sum(x_squares, axis=0)
+
+@triton.jit
+def int4_matmul_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, d_ptr, g_ptr, h_ptr, eps,
+                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       GROUPS_PER_STEP: tl.constexpr, SPLIT_K: tl.constexpr, PTX: tl.constexpr,
+                       PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr):
     # y [M, N] = x [M, K] @ W^T, W [N, K] = (codes - 8) * scales: int32 words [N, K / 8] in linear_ops.int4_words'
     # layout (nibble p of word t in a group: channel p * GROUP / 8 + t), scales [N, K / GROUP]. Each nibble position
-    # is one dot of K = GROUP / 8 against a contiguous slice of x. A step reads GROUPS_PER_STEP groups, adjacent in
-    # each row: 64 bytes a row per group alone read at half the bandwidth.
+    # is one dot of K = GROUP / 8 against a contiguous slice of x (load_input: x as it is, or its prologue). A step
+    # reads GROUPS_PER_STEP groups, adjacent in each row: 64 bytes a row per group alone read at half the bandwidth.
     WORDS: tl.constexpr = GROUP // 8
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -131,23 +190,34 @@ def int4_matmul_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, 
     s_start = tl.program_id(2) * per_split
     s_end = tl.minimum(s_start + per_split, steps)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    dtype = x_ptr.dtype.element_ty
     for s in range(s_start, s_end):
         for i in tl.static_range(GROUPS_PER_STEP):
             g = s * GROUPS_PER_STEP + i
             words = tl.load(words_ptr + offs_n[:, None] * (K // 8) + g * WORDS + offs_t[None, :],
                             mask=n_ok[:, None], other=0)
-            x_at = x_ptr + offs_m[None, :] * K + g * GROUP + offs_t[:, None]  # [WORDS, BLOCK_M]: nibble 0's slice
-            c0, c1, c2, c3, c4, c5, c6, c7 = codes_of(words, x_ptr.dtype.element_ty, PTX)
-            part = tl.dot(c0, tl.load(x_at, mask=m_ok[None, :], other=0.0))
-            part = tl.dot(c1, tl.load(x_at + WORDS, mask=m_ok[None, :], other=0.0), part)
-            part = tl.dot(c2, tl.load(x_at + 2 * WORDS, mask=m_ok[None, :], other=0.0), part)
-            part = tl.dot(c3, tl.load(x_at + 3 * WORDS, mask=m_ok[None, :], other=0.0), part)
-            part = tl.dot(c4, tl.load(x_at + 4 * WORDS, mask=m_ok[None, :], other=0.0), part)
-            part = tl.dot(c5, tl.load(x_at + 5 * WORDS, mask=m_ok[None, :], other=0.0), part)
-            part = tl.dot(c6, tl.load(x_at + 6 * WORDS, mask=m_ok[None, :], other=0.0), part)
-            part = tl.dot(c7, tl.load(x_at + 7 * WORDS, mask=m_ok[None, :], other=0.0), part)
+            c0, c1, c2, c3, c4, c5, c6, c7 = codes_of(words, dtype, PTX)
+            at = g * GROUP + offs_t[:, None]  # [WORDS, 1]: nibble 0's channels
+            part, squares = nibble_dot(c0, 0, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), squares, x_ptr, d_ptr,
+                                       g_ptr, h_ptr, offs_m, m_ok, at, K, WORDS, PROLOGUE, HAS_DELTA)
+            part, squares = nibble_dot(c1, 1, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+                                       WORDS, PROLOGUE, HAS_DELTA)
+            part, squares = nibble_dot(c2, 2, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+                                       WORDS, PROLOGUE, HAS_DELTA)
+            part, squares = nibble_dot(c3, 3, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+                                       WORDS, PROLOGUE, HAS_DELTA)
+            part, squares = nibble_dot(c4, 4, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+                                       WORDS, PROLOGUE, HAS_DELTA)
+            part, squares = nibble_dot(c5, 5, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+                                       WORDS, PROLOGUE, HAS_DELTA)
+            part, squares = nibble_dot(c6, 6, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+                                       WORDS, PROLOGUE, HAS_DELTA)
+            part, squares = nibble_dot(c7, 7, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
+                                       WORDS, PROLOGUE, HAS_DELTA)
             acc += part * tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K)
+    store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K, squares, K, eps,
+               PROLOGUE == ADD_NORM)
 
 @triton.jit
 def code_at(words, nibble, SHIFT: tl.constexpr):
@@ -157,27 +227,32 @@ def code_at(words, nibble, SHIFT: tl.constexpr):
     return magic - (2.0 ** (23 - SHIFT) + 8.0)
 
 @triton.jit
-def group_gemv(words_ptr, x_ptr, scale_ptr, offs_n, n_ok, offs_t, row, g, nibble, K, GROUP: tl.constexpr):
-    # One group of int4_gemv_kernel's rows: each code times its activation in fp32, the sum times the group's scale.
+def group_gemv(words_ptr, x_ptr, scale_ptr, offs_n, n_ok, offs_t, row, g, nibble, K, d_ptr, g_ptr, h_ptr,
+               GROUP: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr):
+    # One group of int4_gemv_kernel's rows: each code times its activation in fp32, the sum times the group's scale;
+    # and the squares of the group's activations (load_input).
     WORDS: tl.constexpr = GROUP // 8
     words = tl.load(words_ptr + offs_n[:, None] * (K // 8) + g * WORDS + offs_t[None, :], mask=n_ok[:, None], other=0)
     high = words >> 12  # nibbles 5, 6, 7 (bits 20, 24, 28) moved to bits 8, 12, 16, where code_at reads them
-    x_at = x_ptr + row * K + g * GROUP + offs_t  # [WORDS]: the slice of nibble 0
-    part = code_at(words, nibble, 0) * tl.load(x_at).to(tl.float32)[None, :]
-    part += code_at(words, nibble, 4) * tl.load(x_at + WORDS).to(tl.float32)[None, :]
-    part += code_at(words, nibble, 8) * tl.load(x_at + 2 * WORDS).to(tl.float32)[None, :]
-    part += code_at(words, nibble, 12) * tl.load(x_at + 3 * WORDS).to(tl.float32)[None, :]
-    part += code_at(words, nibble, 16) * tl.load(x_at + 4 * WORDS).to(tl.float32)[None, :]
-    part += code_at(high, nibble, 8) * tl.load(x_at + 5 * WORDS).to(tl.float32)[None, :]
-    part += code_at(high, nibble, 12) * tl.load(x_at + 6 * WORDS).to(tl.float32)[None, :]
-    part += code_at(high, nibble, 16) * tl.load(x_at + 7 * WORDS).to(tl.float32)[None, :]
+    at = g * GROUP + offs_t  # [WORDS]: the slice of nibble 0
+    ok = offs_t < WORDS
+    x, squares = load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, at, ok, K, PROLOGUE, HAS_DELTA)
+    part = code_at(words, nibble, 0) * x[None, :]
+    for p in tl.static_range(1, 8):
+        x, x_squares = load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, at + p * WORDS, ok, K, PROLOGUE,
+                                  HAS_DELTA)
+        squares += x_squares
+        if p < 5:
+            part += code_at(words, nibble, 4 * p) * x[None, :]
+        else:
+            part += code_at(high, nibble, 4 * p - 12) * x[None, :]
     scale = tl.load(scale_ptr + offs_n * (K // GROUP) + g, mask=n_ok, other=0.0).to(tl.float32)
-    return part * scale[:, None]
+    return part * scale[:, None], squares
 
 @triton.jit
-def int4_gemv_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, nibble,
-                     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-                     SPLIT_K: tl.constexpr):
+def int4_gemv_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, nibble, d_ptr, g_ptr, h_ptr,
+                     eps, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+                     SPLIT_K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr):
     # int4_matmul_kernel's product on CUDA cores, one activation row per program (axis 1), with no dot and no shared
     # memory between load and FMA. nibble (0xF) comes as an argument, not a constant, so ptxas keeps the masks in
     # registers instead of rematerialising one before each LOP3 (0.8 instructions per weight of some four).
@@ -191,12 +266,43 @@ def int4_gemv_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M,
     s_start = tl.program_id(2) * per_split
     s_end = tl.minimum(s_start + per_split, steps)
     acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+    squares = tl.zeros((WORDS,), dtype=tl.float32)
     for s in range(s_start, s_end):
         for i in tl.static_range(GROUPS_PER_STEP):
-            acc += group_gemv(words_ptr, x_ptr, scale_ptr, offs_n, n_ok, offs_t, row, s * GROUPS_PER_STEP + i,
-                              nibble, K, GROUP)
+            part, part_squares = group_gemv(words_ptr, x_ptr, scale_ptr, offs_n, n_ok, offs_t, row,
+                                            s * GROUPS_PER_STEP + i, nibble, K, d_ptr, g_ptr, h_ptr, GROUP,
+                                            PROLOGUE, HAS_DELTA)
+            acc += part
+            squares += part_squares
     total = tl.sum(acc, axis=1)[:, None]  # [BLOCK_N, 1]
-    store_tile(total, y_ptr, work_ptr, count_ptr, offs_n, row + tl.arange(0, 1), M, N, SPLIT_K)
+    store_tile(total, y_ptr, work_ptr, count_ptr, offs_n, row + tl.arange(0, 1), M, N, SPLIT_K,
+               tl.sum(squares[None, :], axis=1), K, eps, PROLOGUE == ADD_NORM)
+
+@triton.autotune(configs=linear_ops.gemv_configs(triton, (8, 16, 32), (256, 512)),
+                 key=["N", "K", "PROLOGUE", "HAS_DELTA"], **linear_ops._autotune_timing(triton))
+@triton.jit
+def gemv_one_row(x_ptr, w_ptr, scale_ptr, y_ptr, N, K, d_ptr, g_ptr, h_ptr, eps, HAS_SCALE: tl.constexpr,
+                 PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # y[n] = scale[n] * sum_k w[n, k] * x[k] (x: the row, or its prologue: load_input); each
+    # program owns BLOCK_N output channels. Products accumulate elementwise and are reduced across K once, after
+    # the loop (no shuffles per block).
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        x, x_squares = load_input(x_ptr, d_ptr, g_ptr, h_ptr, 0, offs_k, k_ok, K, PROLOGUE, HAS_DELTA)
+        acc += w.to(tl.float32) * x[None, :]
+        squares += x_squares
+    y = tl.sum(acc, axis=1)
+    if PROLOGUE == ADD_NORM:
+        y = y * row_norm(tl.sum(squares, axis=0), K, eps)
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 @triton.jit
 def fp8_matmul_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, x_scale_ptr,
@@ -229,7 +335,8 @@ def fp8_matmul_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N,
     acc = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[:, None]
     if ROUNDED_ROWS:
         acc = acc * tl.load(x_scale_ptr + offs_m, mask=m_ok, other=0.0)[None, :]
-    store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K)
+    store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K, tl.zeros((BLOCK_M,), tl.float32), K, 0.0,
+               False)
 
 
 def block_m(rows: int) -> int:
@@ -237,8 +344,19 @@ def block_m(rows: int) -> int:
     return max(16, min(MAX_ROWS, 1 << (rows - 1).bit_length()))
 
 
+def _prologue_args(rows: torch.Tensor, prologue: Prologue | None) -> dict:
+    """load_input's arguments for a prologue (None: the rows as they are; unused pointers point at the rows)."""
+    if prologue is None:
+        return {"d_ptr": rows, "g_ptr": rows, "h_ptr": rows, "eps": 0.0, "PROLOGUE": 0, "HAS_DELTA": False}
+    return {"d_ptr": rows if prologue.delta is None else prologue.delta.contiguous(),
+            "g_ptr": rows if prologue.norm_weight is None else prologue.norm_weight,
+            "h_ptr": rows if prologue.hidden is None else prologue.hidden, "eps": prologue.eps,
+            "PROLOGUE": prologue.kind, "HAS_DELTA": prologue.delta is not None}
+
+
 def _launch(kernel, rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, n: int, k: int,
-            config: dict, row_tile: int, out_dtype: torch.dtype | None = None, **constants) -> torch.Tensor:
+            config: dict, row_tile: int, out_dtype: torch.dtype | None = None, norm: bool = False,
+            **constants) -> torch.Tensor:
     m = rows.shape[0]
     rows = rows.contiguous()
     out = torch.empty((m, n), dtype=out_dtype or rows.dtype, device=rows.device)
@@ -246,7 +364,8 @@ def _launch(kernel, rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tenso
     grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, row_tile), split)
     if grid[0] * grid[1] > SEMAPHORE_SLOTS:
         raise ValueError(f"{grid[0] * grid[1]} output tiles exceed the split-K semaphore's {SEMAPHORE_SLOTS}")
-    work = torch.empty(split * m * n if split > 1 else 1, dtype=torch.float32, device=rows.device)
+    # split partials of the product, then (norm) of each row's sum of squares
+    work = torch.empty(split * m * (n + norm) if split > 1 else 1, dtype=torch.float32, device=rows.device)
     launch = {key: value for key, value in config.items() if key not in ("num_warps", "num_stages")}
     kernel[grid](rows, weight, scale, out, work, _semaphores(rows.device), m, n, k, **launch, **constants,
                  num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3))
@@ -259,24 +378,31 @@ def _check_steps(group: int, groups: int, config: dict) -> None:
                          f"{group} channels")
 
 
-def int4_matmul(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, config: dict) -> torch.Tensor:
-    """rows [M <= 64, K] (bf16/fp16) @ the int4 weight [N, K]^T (int32 words, linear_ops.int4_words) on tensor
-    cores, with one launch configuration: BLOCK_N, GROUPS_PER_STEP (dividing the groups of a row), SPLIT_K,
-    num_warps, num_stages. The group size is 128 or more (a dot's K, GROUP / 8, is at least 16)."""
+def int4_matmul(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, config: dict,
+                prologue: Prologue | None = None) -> torch.Tensor:
+    """rows [M <= 64, K] (bf16/fp16; [M, 2K] for SWIGLU) @ the int4 weight [N, K]^T (int32 words,
+    linear_ops.int4_words) on tensor cores, with one launch configuration: BLOCK_N, GROUPS_PER_STEP (dividing the
+    groups of a row), SPLIT_K, num_warps, num_stages; the prologue (linear_ops.Prologue) applied to the rows as they
+    are read. The group size is 128 or more (a dot's K, GROUP / 8, is at least 16)."""
     n, k = words.shape[0], words.shape[1] * 8
     _check_steps(k // scales.shape[1], scales.shape[1], config)
     tile_m = block_m(rows.shape[0])
-    return _launch(int4_matmul_kernel, rows, words, scales, n, k, config, tile_m, BLOCK_M=tile_m,
-                   GROUP=k // scales.shape[1], PTX=not interpreted())
+    return _launch(int4_matmul_kernel, rows, words, scales, n, k, config, tile_m,
+                   norm=prologue is not None and prologue.kind == linear_ops.ADD_NORM, BLOCK_M=tile_m,
+                   GROUP=k // scales.shape[1], PTX=not interpreted(), **_prologue_args(rows, prologue))
 
 
-def int4_gemv(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, config: dict) -> torch.Tensor:
-    """rows [M, K] (bf16/fp16; meant for one row: each row reads the weight again) @ the int4 weight [N, K]^T
-    (int32 words, linear_ops.int4_words) on CUDA cores, with one launch configuration: BLOCK_N, GROUPS_PER_STEP
-    (dividing the groups of a row), SPLIT_K, num_warps, num_stages."""
+def int4_gemv(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, config: dict,
+              prologue: Prologue | None = None) -> torch.Tensor:
+    """rows [M, K] (bf16/fp16; [M, 2K] for SWIGLU; meant for one row: each row reads the weight again) @ the int4
+    weight [N, K]^T (int32 words, linear_ops.int4_words) on CUDA cores, with one launch configuration: BLOCK_N,
+    GROUPS_PER_STEP (dividing the groups of a row), SPLIT_K, num_warps, num_stages; the prologue applied as the rows
+    are read."""
     n, k = words.shape[0], words.shape[1] * 8
     _check_steps(k // scales.shape[1], scales.shape[1], config)
-    return _launch(int4_gemv_kernel, rows, words, scales, n, k, config, 1, nibble=0xF, GROUP=k // scales.shape[1])
+    return _launch(int4_gemv_kernel, rows, words, scales, n, k, config, 1,
+                   norm=prologue is not None and prologue.kind == linear_ops.ADD_NORM, nibble=0xF,
+                   GROUP=k // scales.shape[1], **_prologue_args(rows, prologue))
 
 
 def fp8_matmul(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, config: dict) -> torch.Tensor:

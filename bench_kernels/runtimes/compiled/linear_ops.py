@@ -4,8 +4,10 @@ bench_kernels.quantization's codes re-laid as int32 words: int4_words) and small
 decode_kernels), with cuBLAS / torch._scaled_mm where those are faster: up to GEMV_MAX_ROWS rows each shape times its
 candidates on first use and keeps the fastest.
 
-All projections of the compiled decoder go through one custom op, `bench_kernels::linear`, so
-torch.compile treats it as a single opaque call and fuses the elementwise work around it.
+All projections of the compiled decoder go through custom ops, so torch.compile treats each as a single opaque call
+and fuses the elementwise work around it: `bench_kernels::linear`, and for one-row decode steps two that take the work
+before a projection into its kernel, `add_norm_linear` (residual add and RMSNorm) and `swiglu_linear` (silu(gate) * up):
+each of them a launch fewer per layer (a Prologue).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -47,11 +50,47 @@ FP8_ROWS_CONFIGS = ((64, 128, 4, 4), (64, 128, 2, 4), (64, 256, 2, 4), (64, 256,
                     (128, 256, 1, 8), (64, 128, 1, 4), (64, 256, 8, 4), (64, 128, 8, 4), (128, 256, 2, 8))
 FP8_ROWS_PREFIX = "fp8 rows"  # the candidates that round the activations to fp8, as the library path does
 
-# (device index, weight dtype, N, K, rows) -> the name of the kernel measured fastest there (decode_candidates).
+# (device index, weight dtype, N, K, rows, prologue kind) -> the name of the kernel measured fastest there
+# (decode_candidates).
 _CHOSEN_BACKEND: dict[tuple, str] = {}
 # A decode candidate whose product differs from the library path's by more than this (relative, over the whole
 # product) is never chosen: fp8's library path rounds activations to fp8 (a few percent), a faulty kernel far more.
 CANDIDATE_MAX_ERROR = 0.1
+
+
+ADD_NORM, SWIGLU = 1, 2  # Prologue kinds, as decode_kernels.load_input reads them
+PROLOGUE_NAMES = {ADD_NORM: "add-rmsnorm", SWIGLU: "swiglu"}  # as build notes list them
+
+
+@dataclass(frozen=True)
+class Prologue:
+    """Work on a decode product's input rows that its kernel does as it reads them. ADD_NORM: the rows plus delta
+    (None: nothing added) are the residual stream, written into hidden, and the product's input is their RMSNorm
+    (norm_weight, eps); SWIGLU: rows [M, 2K] are gate | up and the input is silu(gate) * up."""
+
+    kind: int
+    norm_weight: torch.Tensor | None = None
+    eps: float = 0.0
+    delta: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def apply_prologue(rows: torch.Tensor, prologue: Prologue | None) -> torch.Tensor:
+    """The prologue in torch ops (the kernels' reference, and the path of kernels without one): the product's input."""
+    if prologue is None:
+        return rows
+    if prologue.kind == SWIGLU:
+        gate, up = rows.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    hidden = rows if prologue.delta is None else rows + prologue.delta
+    prologue.hidden.copy_(hidden)
+    return rms_norm(hidden, prologue.norm_weight, prologue.eps)
 
 
 def quantize_fp8(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +133,12 @@ def fp8_unavailable_reason(device: torch.device) -> str | None:
     return triton_unavailable_reason()
 
 
+def gemv_configs(triton, block_ns: tuple[int, ...], block_ks: tuple[int, ...]) -> list:
+    """The GEMV kernels' autotuned launch configurations."""
+    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=3)
+            for n in block_ns for k in block_ks for w in (4, 8)]
+
+
 def _autotune_timing(triton) -> dict:
     """Candidates are timed from CUDA graphs where this triton can: the kernels run there, and a plain timing loop
     of a 20 us kernel measures Python's launch cost instead."""
@@ -112,33 +157,10 @@ def _kernels():
     import triton
     import triton.language as tl
 
-    def configs(block_ns, block_ks):
-        return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-                for n in block_ns for k in block_ks for w in (4, 8) for s in (3,)]
+    from bench_kernels.runtimes.compiled.decode_kernels import gemv_one_row
 
-    autotune_timing = _autotune_timing(triton)
-
-    @triton.autotune(configs=configs((8, 16, 32), (256, 512)), key=["N", "K"], **autotune_timing)
-    @triton.jit
-    def gemv_one_row(x_ptr, w_ptr, scale_ptr, y_ptr, N, K, HAS_SCALE: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # y[n] = scale[n] * sum_k w[n, k] * x[k]; each program owns BLOCK_N output channels. Products
-        # accumulate elementwise and are reduced across K once, after the loop (no shuffles per block).
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < N
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        y = tl.sum(acc, axis=1)
-        if HAS_SCALE:
-            y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
-        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
-
-    @triton.autotune(configs=configs((16, 32, 64), (128, 256)), key=["N", "K", "M"], **autotune_timing)
+    @triton.autotune(configs=gemv_configs(triton, (16, 32, 64), (128, 256)), key=["N", "K", "M"],
+                     **_autotune_timing(triton))
     @triton.jit
     def gemv_few_rows(x_ptr, w_ptr, scale_ptr, y_ptr, M, N, K, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -296,18 +318,24 @@ def dequantize_int4_weight(words: torch.Tensor, scales: torch.Tensor, dtype: tor
     return weight
 
 
-def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """rows [M <= GEMV_MAX_ROWS, K] (bf16/fp16) times weight [N, K] (bf16, fp16 or fp8) transposed, times scale [N]."""
+def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                prologue: Prologue | None = None) -> torch.Tensor:
+    """rows [M <= GEMV_MAX_ROWS, K] (bf16/fp16) times weight [N, K] (bf16, fp16 or fp8) transposed, times scale [N];
+    one row takes the prologue into the kernel, several have it applied first."""
     triton, gemv_one_row, gemv_few_rows = _kernels()
-    M, K = rows.shape
-    N = weight.shape[0]
-    rows = rows.contiguous()
+    M = rows.shape[0]
+    N, K = weight.shape
     out = torch.empty((M, N), dtype=rows.dtype, device=rows.device)
     scale_arg = scale if scale is not None else out  # never read when HAS_SCALE is False
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     if M == 1:
-        gemv_one_row[grid](rows, weight, scale_arg, out, N, K, HAS_SCALE=scale is not None)
+        from bench_kernels.runtimes.compiled.decode_kernels import _prologue_args
+
+        rows = rows.contiguous()
+        gemv_one_row[grid](rows, weight, scale_arg, out, N, K, HAS_SCALE=scale is not None,
+                           **_prologue_args(rows, prologue))
     else:
+        rows = apply_prologue(rows, prologue).contiguous()
         gemv_few_rows[grid](rows, weight, scale_arg, out, M, N, K, HAS_SCALE=scale is not None,
                             BLOCK_M=max(16, triton.next_power_of_2(M)))
     return out
@@ -366,8 +394,11 @@ def rotating_time_ms(run, sets: list[tuple], calls: int = 20) -> float:
     return kernel_time_ms(lambda: run(*sets[next(position) % len(sets)]), iters=calls)
 
 
-def _library_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """The library path: torch._scaled_mm for fp8 weights, cuBLAS otherwise (int4 dequantized first)."""
+def _library_linear(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                    prologue: Prologue | None = None) -> torch.Tensor:
+    """The library path: torch._scaled_mm for fp8 weights, cuBLAS otherwise (int4 dequantized first), after the
+    prologue in torch ops."""
+    rows = apply_prologue(rows, prologue)
     if weight.dtype == FP8:
         return scaled_mm_rowwise(rows, weight, scale)
     if weight.dtype == INT4:
@@ -384,9 +415,14 @@ def _has_triton_kernel(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Te
     return weight.dtype != INT4 or int4_triton_group_ok(weight.shape[1] * 8 // scale.shape[1])
 
 
-def decode_candidates(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> dict[str, object]:
-    """The kernels timed for this product, by the name chosen_backends reports: run(rows, weight, scale)."""
+def decode_candidates(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                      prologue: Prologue | None = None) -> dict[str, object]:
+    """The kernels timed for this product, by the name chosen_backends reports: run(rows, weight, scale), each with
+    the prologue (in its kernel where it has one, in torch ops before it where not)."""
     from bench_kernels.runtimes.compiled import decode_kernels
+
+    def after_prologue(run):
+        return lambda r, w, s: run(apply_prologue(r, prologue), w, s)
 
     if weight.dtype == INT4:
         groups = scale.shape[1]
@@ -395,21 +431,24 @@ def decode_candidates(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
         if rows.shape[0] == 1:
             for c in map(_int4_config, INT4_GEMV_CONFIGS):
                 if groups % c["GROUPS_PER_STEP"] == 0:
-                    candidates[f"gemv {_int4_name(c)}"] = lambda r, w, s, c=c: decode_kernels.int4_gemv(r, w, s, c)
+                    candidates[f"gemv {_int4_name(c)}"] = \
+                        lambda r, w, s, c=c: decode_kernels.int4_gemv(r, w, s, c, prologue)
         if group >= INT4_DOT_MIN_GROUP:
             for c in map(_int4_config, INT4_CONFIGS[decode_kernels.block_m(rows.shape[0])]):
                 if groups % c["GROUPS_PER_STEP"] == 0:
-                    candidates[f"split-K {_int4_name(c)}"] = lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c)
-        return {**candidates, "library": _library_linear}
-    candidates = {"triton": triton_gemv}
+                    candidates[f"split-K {_int4_name(c)}"] = \
+                        lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c, prologue)
+        return {**candidates, "library": lambda r, w, s: _library_linear(r, w, s, prologue)}
+    candidates = {"triton": lambda r, w, s: triton_gemv(r, w, s, prologue)}
     if weight.dtype == FP8 and rows.shape[0] > 1:
         for c in map(_fp8_config, FP8_CONFIGS):
-            candidates[f"split-K {c['BLOCK_N']}/{c['BLOCK_K']}/{c['SPLIT_K']}/{c['num_warps']}"] = \
-                lambda r, w, s, c=c: decode_kernels.fp8_matmul(r, w, s, c)
+            candidates[f"split-K {c['BLOCK_N']}/{c['BLOCK_K']}/{c['SPLIT_K']}/{c['num_warps']}"] = after_prologue(
+                lambda r, w, s, c=c: decode_kernels.fp8_matmul(r, w, s, c))
         for c in map(_fp8_config, FP8_ROWS_CONFIGS):
             candidates[f"{FP8_ROWS_PREFIX} {c['BLOCK_N']}/{c['BLOCK_K']}/{c['SPLIT_K']}/{c['num_warps']}"] = \
-                lambda r, w, s, c=c: decode_kernels.fp8_rows_matmul(*triton_quantize_rows_fp8(r), w, s, c, r.dtype)
-    candidates["library"] = _library_linear
+                after_prologue(lambda r, w, s, c=c: decode_kernels.fp8_rows_matmul(*triton_quantize_rows_fp8(r), w, s,
+                                                                                    c, r.dtype))
+    candidates["library"] = lambda r, w, s: _library_linear(r, w, s, prologue)
     return candidates
 
 
@@ -420,10 +459,10 @@ def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def accurate_candidates(candidates: dict[str, object], rows: torch.Tensor, weight: torch.Tensor,
-                        scale: torch.Tensor | None) -> dict[str, object]:
+                        scale: torch.Tensor | None, prologue: Prologue | None = None) -> dict[str, object]:
     """The candidates whose product on these rows agrees with the library path's (CANDIDATE_MAX_ERROR), so that
     speed never chooses a wrong kernel; one that raises is left to the timing, which logs why."""
-    reference = _library_linear(rows, weight, scale).float()
+    reference = _library_linear(rows, weight, scale, prologue).float()
     kept = {}
     for name, run in candidates.items():
         try:
@@ -439,13 +478,15 @@ def accurate_candidates(candidates: dict[str, object], rows: torch.Tensor, weigh
     return kept
 
 
-def _chosen(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> str:
-    """The name of the candidate measured fastest for this (rows, weight) shape here, on first use: quantized
-    weights timed from device memory (rotated over copies, as a decode step reads each layer's), bf16 as before."""
-    key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0])
+def _chosen(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, prologue: Prologue | None) -> str:
+    """The name of the candidate measured fastest for this (rows, weight, prologue) shape here, on first use:
+    quantized weights timed from device memory (rotated over copies, as a decode step reads each layer's), bf16 as
+    before."""
+    kind = prologue.kind if prologue else None
+    key = (rows.device.index, weight.dtype, weight.shape[0], weight.shape[1], rows.shape[0], kind)
     if key in _CHOSEN_BACKEND:
         return _CHOSEN_BACKEND[key]
-    candidates = decode_candidates(rows, weight, scale)
+    candidates = decode_candidates(rows, weight, scale, prologue)
     if torch.cuda.is_current_stream_capturing():
         # Cannot time inside a CUDA graph capture: the first candidate (quantized weights' library paths lose at few
         # rows: none reads fp8 as stored, the int4 one dequantizes first), bf16's cuBLAS.
@@ -453,23 +494,26 @@ def _chosen(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None
     sets = rotated_sets((weight, scale), l2_cache_bytes(rows.device)) if weight.dtype in (FP8, INT4) \
         else [(weight, scale)]
     times_ms = {}
-    for name, run in accurate_candidates(candidates, rows, weight, scale).items():
+    for name, run in accurate_candidates(candidates, rows, weight, scale, prologue).items():
         try:
             times_ms[name] = rotating_time_ms(lambda w, s, run=run: run(rows, w, s), sets)
         except RuntimeError as err:  # e.g. a _scaled_mm shape constraint
             log.info("%s for %s x %s unavailable: %s", name, tuple(rows.shape), tuple(weight.shape), err)
     del sets
     _CHOSEN_BACKEND[key] = min(times_ms, key=times_ms.get)
-    log.info("%s rows %s x weight %s: %s -> %s", _weight_kind(weight), tuple(rows.shape), tuple(weight.shape),
+    log.info("%s rows %s x weight %s%s: %s -> %s", _weight_kind(weight), tuple(rows.shape), tuple(weight.shape),
+             f" ({PROLOGUE_NAMES[kind]})" if kind else "",
              ", ".join(f"{name} {ms * 1e3:.1f} us" for name, ms in times_ms.items()), _CHOSEN_BACKEND[key])
     return _CHOSEN_BACKEND[key]
 
 
-def decode_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """rows [M, K] @ weight^T on a GPU by the kernel the runtime chooses for this shape (timed on first use)."""
+def decode_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                   prologue: Prologue | None = None) -> torch.Tensor:
+    """prologue(rows) [M, K] @ weight^T on a GPU by the kernel the runtime chooses for this shape (timed on first
+    use)."""
     if not _has_triton_kernel(rows, weight, scale):
-        return _library_linear(rows, weight, scale)
-    return decode_candidates(rows, weight, scale)[_chosen(rows, weight, scale)](rows, weight, scale)
+        return _library_linear(rows, weight, scale, prologue)
+    return decode_candidates(rows, weight, scale, prologue)[_chosen(rows, weight, scale, prologue)](rows, weight, scale)
 
 
 def _weight_kind(weight: torch.Tensor) -> str:
@@ -477,36 +521,71 @@ def _weight_kind(weight: torch.Tensor) -> str:
 
 
 def chosen_backends() -> dict[tuple, str]:
-    """What the timing picked so far: (device, dtype, N, K, rows) -> the kernel's name (decode_candidates)."""
+    """What the timing picked so far: (device, dtype, N, K, rows, prologue kind or None) -> the kernel's name
+    (decode_candidates)."""
     return dict(_CHOSEN_BACKEND)
+
+
+def _product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+             prologue: Prologue | None = None) -> torch.Tensor:
+    """prologue(rows) [M, K] @ weight[N, K].T in rows' dtype, on rows' device."""
+    if weight.dtype in (FP8, INT4) and scale is None:
+        raise ValueError(f"an {_weight_kind(weight)} weight needs its scales")
+    if rows.is_cuda:
+        return decode_product(rows, weight, scale, prologue)
+    # The CPU has no fp8 or int4 kernels: dequantize and multiply, with the GPU's math: fp8 activations stay as they
+    # are up to GEMV_MAX_ROWS (weight-only kernels; the GPU's timing may choose one that rounds them) and are rounded
+    # to fp8 per row beyond (scaled GEMM).
+    rows = apply_prologue(rows, prologue)
+    if weight.dtype == INT4:
+        return (rows.float() @ dequantize_int4_weight(weight, scale, torch.float32).t()).to(rows.dtype)
+    if weight.dtype != FP8:
+        return F.linear(rows, weight)
+    dtype = rows.dtype
+    if rows.shape[0] > GEMV_MAX_ROWS:
+        rows_q, row_scale = quantize_rows_fp8(rows)
+        rows = rows_q.float() * row_scale
+    return (rows.float() @ weight.float().t() * scale).to(dtype)
 
 
 @torch.library.custom_op("bench_kernels::linear", mutates_args=())
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T; the output has x's dtype. fp8 weights carry per-channel scales [N]; int4 weights
     are int32 words [N, K / 8] (int4_words) with group scales [N, K / group]."""
-    rows = x.reshape(-1, x.shape[-1])
-    if weight.dtype in (FP8, INT4) and scale is None:
-        raise ValueError(f"an {_weight_kind(weight)} weight needs its scales")
-    if not x.is_cuda:
-        # The CPU has no fp8 or int4 kernels: dequantize and multiply, with the GPU's math: fp8 activations stay as
-        # they are up to GEMV_MAX_ROWS (weight-only kernels; the GPU's timing may choose one that rounds them) and are
-        # rounded to fp8 per row beyond (scaled GEMM).
-        if weight.dtype == INT4:
-            out = (rows.float() @ dequantize_int4_weight(weight, scale, torch.float32).t()).to(x.dtype)
-        elif weight.dtype != FP8:
-            out = F.linear(rows, weight)
-        else:
-            if rows.shape[0] > GEMV_MAX_ROWS:
-                rows_q, row_scale = quantize_rows_fp8(rows)
-                rows = rows_q.float() * row_scale
-            out = (rows.float() @ weight.float().t() * scale).to(x.dtype)
-    else:
-        out = decode_product(rows, weight, scale)
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return _product(x.reshape(-1, x.shape[-1]), weight, scale).reshape(*x.shape[:-1], weight.shape[0])
 
 
 @linear.register_fake
 def _linear_fake(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
+
+@torch.library.custom_op("bench_kernels::add_norm_linear", mutates_args=())
+def add_norm_linear(x: torch.Tensor, delta: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                    weight: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(h) @ weight.T, h) for h = x + delta (x when delta is None): the residual add and the RMSNorm before a
+    projection, in its kernel where the kernel chosen takes them (Prologue ADD_NORM); linear's weights."""
+    rows = x.reshape(-1, x.shape[-1])
+    hidden = torch.empty_like(rows)
+    prologue = Prologue(ADD_NORM, norm_weight, eps, None if delta is None else delta.reshape(rows.shape), hidden)
+    out = _product(rows, weight, scale, prologue)
+    return out.reshape(*x.shape[:-1], weight.shape[0]), hidden.reshape(x.shape)
+
+
+@add_norm_linear.register_fake
+def _add_norm_linear_fake(x: torch.Tensor, delta: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                          weight: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), torch.empty_like(x)
+
+
+@torch.library.custom_op("bench_kernels::swiglu_linear", mutates_args=())
+def swiglu_linear(gate_up: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """(silu(gate) * up) @ weight.T for gate_up [..., 2K] = gate | up: the MLP's activation in the down projection's
+    kernel where the kernel chosen takes it (Prologue SWIGLU); linear's weights."""
+    rows = gate_up.reshape(-1, gate_up.shape[-1])
+    return _product(rows, weight, scale, Prologue(SWIGLU)).reshape(*gate_up.shape[:-1], weight.shape[0])
+
+
+@swiglu_linear.register_fake
+def _swiglu_linear_fake(gate_up: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return gate_up.new_empty((*gate_up.shape[:-1], weight.shape[0]))

@@ -74,13 +74,14 @@ class SingleProcessRuntime(CompiledBase):
         self.static.release_state()
 
     def backends(self) -> list[str]:
-        """The GEMV backend measured fastest per weight shape of this precision, e.g. '8192x8192@1:triton'."""
-        from bench_kernels.runtimes.compiled.linear_ops import INT4, chosen_backends
+        """The GEMV backend measured fastest per weight shape of this precision, e.g. '8192x8192@1:triton', or
+        '6144x4096@1+add-rmsnorm:triton' where the kernel takes the work before the product (a Prologue)."""
+        from bench_kernels.runtimes.compiled.linear_ops import INT4, PROLOGUE_NAMES, chosen_backends
 
         stored = self.static.layers[0].qkv[0].dtype
         per_element = 8 if stored == INT4 else 1  # int4 packs eight input channels per stored int32 word
-        return sorted({f"{n}x{k * per_element}@{m}:{b}" for (_, dtype, n, k, m), b in chosen_backends().items()
-                       if dtype == stored})
+        return sorted({f"{n}x{k * per_element}@{m}{'+' + PROLOGUE_NAMES[kind] if kind else ''}:{b}"
+                       for (_, dtype, n, k, m, kind), b in chosen_backends().items() if dtype == stored})
 
     def prepare(self, batch_sizes: list[int], input_lens: list[int], output_len: int) -> BuildInfo:
         """Compile for every sweep shape: the decode step (warmed, then captured) and the prefill."""

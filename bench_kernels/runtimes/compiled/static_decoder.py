@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from bench_kernels.decoder import Decoder, DecoderArgs, apply_rope, rope_cos_sin
 from bench_kernels.quantization import quantize_int4
 from bench_kernels.runtimes.compiled.decode_attention import decode_attention, masked_attention
-from bench_kernels.runtimes.compiled.linear_ops import int4_words, linear, quantize_fp8
+from bench_kernels.runtimes.compiled.linear_ops import (add_norm_linear, int4_words, linear, quantize_fp8, rms_norm,
+                                                        swiglu_linear)
 from bench_kernels.runtimes.compiled.sharding import Shard, all_gather_columns, all_reduce_sum, check_split
 
 log = logging.getLogger(__name__)
@@ -63,50 +64,68 @@ def _project(weight: torch.Tensor, weight_format: str, own: bool = False) -> tup
     return (weight.detach().clone() if own else weight.detach().contiguous()), None
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
+def _takes_prologues(x: torch.Tensor) -> bool:
+    """Whether the projections take the residual adds, the norms and SwiGLU into their kernels (linear_ops' Prologue):
+    on a GPU, for one row (a batch-1 decode step), where the weight reads leave the kernel's few activations free
+    and each launch saved is a few microseconds of a step of a few milliseconds."""
+    return x.is_cuda and x.shape[0] * x.shape[1] == 1
 
 
-def _qkv_rope(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, bias: torch.Tensor | None,
-              q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
-              eps: float, heads: int, kv_heads: int, head_dim: int):
-    """Norm, fused q/k/v projection, per-head q/k norms (Qwen3) and RoPE: q [B, H, S, Dh], k and v [B, KVH, S, Dh]."""
+def _add_norm_linear(x: torch.Tensor, delta: torch.Tensor | None, norm: torch.Tensor, eps: float, w: torch.Tensor,
+                     s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(linear(rms_norm(h)), h) for h = x + delta: in the projection's kernel (_takes_prologues), else traced."""
+    if _takes_prologues(x):
+        return add_norm_linear(x, delta, norm, eps, w, s)
+    if delta is not None:
+        x = x + delta
+    return linear(rms_norm(x, norm, eps), w, s), x
+
+
+def _qkv_rope(x: torch.Tensor, delta: torch.Tensor | None, norm: torch.Tensor, w: torch.Tensor,
+              s: torch.Tensor | None, bias: torch.Tensor | None, q_norm: torch.Tensor | None,
+              k_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, eps: float, heads: int, kv_heads: int,
+              head_dim: int):
+    """Residual add (delta: the previous layer's last product, or None), norm, fused q/k/v projection, per-head q/k
+    norms (Qwen3) and RoPE: q [B, H, S, Dh], k and v [B, KVH, S, Dh], and the residual stream x + delta."""
     B, S, _ = x.shape
-    qkv = linear(_rms_norm(x, norm, eps), w, s)
+    qkv, x = _add_norm_linear(x, delta, norm, eps, w, s)
     if bias is not None:
         qkv = qkv + bias
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(B, S, heads, head_dim)
     k = k.view(B, S, kv_heads, head_dim)
     if q_norm is not None:
-        q, k = _rms_norm(q, q_norm, eps), _rms_norm(k, k_norm, eps)
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(B, S, kv_heads, head_dim).transpose(1, 2)
     rotary_dim = cos.shape[-1] if cos.shape[-1] < head_dim else None
-    return apply_rope(q, cos, sin, rotary_dim), apply_rope(k, cos, sin, rotary_dim), v
+    return apply_rope(q, cos, sin, rotary_dim), apply_rope(k, cos, sin, rotary_dim), v, x
 
 
 def _out_and_mlp(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor | None,
                  post_norm: torch.Tensor, wgu: torch.Tensor, sgu: torch.Tensor | None, wd: torch.Tensor,
-                 sd: torch.Tensor | None, eps: float, group: str | None) -> torch.Tensor:
-    """Output projection, residual, norm and SwiGLU MLP; attn: [B, S, H*Dh] (this rank's heads). With a
+                 sd: torch.Tensor | None, eps: float, group: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output projection, residual, norm and SwiGLU MLP; attn: [B, S, H*Dh] (this rank's heads). Returns the
+    residual stream and the MLP's product, whose sum is the layer's output: the next layer's norm adds them. With a
     tensor-parallel group, o and down give partial sums over this rank's features: one all-reduce each."""
     out = linear(attn, wo, so)
-    x = x + (all_reduce_sum(out, group) if group else out)
-    gate, up = linear(_rms_norm(x, post_norm, eps), wgu, sgu).chunk(2, dim=-1)
-    down = linear(F.silu(gate) * up, wd, sd)
-    return x + (all_reduce_sum(down, group) if group else down)
+    gate_up, x = _add_norm_linear(x, all_reduce_sum(out, group) if group else out, post_norm, eps, wgu, sgu)
+    if _takes_prologues(x):
+        down = swiglu_linear(gate_up, wd, sd)
+    else:
+        gate, up = gate_up.chunk(2, dim=-1)
+        down = linear(F.silu(gate) * up, wd, sd)
+    return x, (all_reduce_sum(down, group) if group else down)
 
 
-def _decode_layer(x, k_cache, v_cache, pos, cos, sin, norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads,
+def _decode_layer(x, delta, k_cache, v_cache, pos, cos, sin, norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads,
                   head_dim, wo, so, post_norm, wgu, sgu, wd, sd, tail_eps, group):
-    """One layer of a decode step in one compiled function. The new key and value are written into cache slot `pos`
-    here, so inductor folds the write into the RoPE kernel (in place, no copy of the cache) instead of launching two
-    index_copy kernels a layer; the one new query per row then attends over slots 0..pos (decode_attention: the
-    query heads grouped per KV head, so each cache is read once, never repeated)."""
-    q, k, v = _qkv_rope(x, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads, head_dim)
+    """One layer of a decode step in one compiled function; the layer's output is the sum of the two tensors it
+    returns (delta: the previous layer's, None for the first), added by the next layer's norm. The new key and value
+    are written into cache slot `pos` here, so inductor folds the write into the RoPE kernel (in place, no copy of
+    the cache) instead of launching two index_copy kernels a layer; the one new query per row then attends over slots
+    0..pos (decode_attention: the query heads grouped per KV head, so each cache is read once, never repeated)."""
+    q, k, v, x = _qkv_rope(x, delta, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads, head_dim)
     k_cache.index_copy_(2, pos, k)
     v_cache.index_copy_(2, pos, v)
     B, H, _, Dh = q.shape
@@ -119,15 +138,18 @@ def _decode_layer(x, k_cache, v_cache, pos, cos, sin, norm, w, s, bias, q_norm, 
 def _prefill_layer_tail(x, q, k, v, wo, so, post_norm, wgu, sgu, wd, sd, eps, group):
     B, H, S, Dh = q.shape
     attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # [B, H, S, Dh]
-    return _out_and_mlp(x, attn.transpose(1, 2).reshape(B, S, H * Dh), wo, so, post_norm, wgu, sgu, wd, sd, eps,
-                        group)
+    x, down = _out_and_mlp(x, attn.transpose(1, 2).reshape(B, S, H * Dh), wo, so, post_norm, wgu, sgu, wd, sd, eps,
+                           group)
+    return x + down
 
 
-def _head(x: torch.Tensor, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, eps: float,
-          group: str | None, world: int, vocab_size: int) -> torch.Tensor:
-    """Final norm and LM head for the last position only: logits [B, V] in fp32. With a group, each rank
-    holds a slice of the (padded) vocabulary; the slices are gathered in the model's dtype, then cast."""
-    logits = linear(_rms_norm(x[:, -1:], norm, eps), w, s)[:, 0]  # [B, V / world, padded]
+def _head(x: torch.Tensor, delta: torch.Tensor | None, norm: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None,
+          eps: float, group: str | None, world: int, vocab_size: int) -> torch.Tensor:
+    """Final norm and LM head for the last position of x + delta (the last layer's two outputs; delta None for a
+    prefill's hidden states) only: logits [B, V] in fp32. With a group, each rank holds a slice of the (padded)
+    vocabulary; the slices are gathered in the model's dtype, then cast."""
+    last = x[:, -1:] if delta is None else x[:, -1:] + delta[:, -1:]
+    logits = linear(rms_norm(last, norm, eps), w, s)[:, 0]  # [B, V / world, padded]
     if group:
         logits = all_gather_columns(logits, world, group)[:, :vocab_size]
     return logits.float()
@@ -312,8 +334,8 @@ class StaticDecoder:
         cos, sin = (self.long_cos_table, self.long_sin_table) if long else (self.cos_table, self.sin_table)
         return cos[:S][None, None], sin[:S][None, None]
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._head(x, self.final_norm, *self.lm_head, self.args.rms_norm_eps, self.group, self.world,
+    def _logits(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        return self._head(x, delta, self.final_norm, *self.lm_head, self.args.rms_norm_eps, self.group, self.world,
                           self.args.vocab_size)
 
     def _prefill(self, ids: torch.Tensor, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> torch.Tensor:
@@ -331,7 +353,8 @@ class StaticDecoder:
         cos, sin = self._rope_rows(S)
         for layer, k_cache, v_cache in zip(self.layers, k_caches, v_caches):
             norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads, head_dim = self._layer_args(layer)
-            q, k, v = qkv_rope(x, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads, head_dim)
+            q, k, v, x = qkv_rope(x, None, norm, w, s, bias, q_norm, k_norm, cos, sin, eps, heads, kv_heads,
+                                  head_dim)
             k_cache[:, :, :S].copy_(k)
             v_cache[:, :, :S].copy_(v)
             x = prefill_tail(x, q, k, v, *self._tail_args(layer))
@@ -349,10 +372,11 @@ class StaticDecoder:
         x = F.embedding(state.token, self.embed)  # [B, 1, D]
         cos = self.cos_table.index_select(0, pos)[None, None]  # [1, 1, 1, Dh]
         sin = self.sin_table.index_select(0, pos)[None, None]
+        delta = None
         for layer, k_cache, v_cache in zip(self.layers, state.k_caches, state.v_caches):
-            x = self._decode_layer(x, k_cache, v_cache, pos, cos, sin, *self._layer_args(layer),
-                                   *self._tail_args(layer))
-        nxt = self._pick(self._logits(x))
+            x, delta = self._decode_layer(x, delta, k_cache, v_cache, pos, cos, sin, *self._layer_args(layer),
+                                          *self._tail_args(layer))
+        nxt = self._pick(self._logits(x, delta))
         state.token.copy_(nxt)
         state.generated.index_copy_(1, state.step, nxt)
         state.step.add_(1)
@@ -473,7 +497,7 @@ class StaticDecoder:
         (scoring's long windows would otherwise make dynamo recompile the timed functions for dynamic shapes)."""
         B, S = ids.shape
         hidden = self._prefill_hidden(ids, *self._new_caches(B, S), eager=True)
-        logits = linear(_rms_norm(hidden, self.final_norm, self.args.rms_norm_eps), *self.lm_head)
+        logits = linear(rms_norm(hidden, self.final_norm, self.args.rms_norm_eps), *self.lm_head)
         if self.group:  # each rank holds a slice of the (padded) vocabulary
             logits = all_gather_columns(logits.reshape(B * S, -1), self.world, self.group)[:, :self.args.vocab_size]
         return logits.reshape(B, S, -1)
