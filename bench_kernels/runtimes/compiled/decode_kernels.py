@@ -105,7 +105,7 @@ SWIGLU = tl.constexpr(linear_ops.SWIGLU)
 def load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, mask, K, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr):
     # The product's input at `row`, channels k, in fp32, and the squares the norm sums (zero without ADD_NORM). With
     # ADD_NORM the input is (x + delta) * norm weight, whose row's 1 / rms multiplies the finished product (one scalar
-    # a row), so no pass over the row precedes the weights; the programs of the first weight tile store x + delta.
+    # a row), so no pass over the row precedes the weights (store_hidden writes x + delta after them).
     if PROLOGUE == SWIGLU:
         gate = tl.load(x_ptr + row * 2 * K + k, mask=mask, other=0.0).to(tl.float32)
         up = tl.load(x_ptr + row * 2 * K + K + k, mask=mask, other=0.0).to(tl.float32)
@@ -117,7 +117,6 @@ def load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, mask, K, PROLOGUE: tl.constex
         if HAS_DELTA:  # the residual add rounds to the stream's dtype, as torch's does
             delta = tl.load(d_ptr + row * K + k, mask=mask, other=0.0)
             hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        tl.store(h_ptr + row * K + k, hidden, mask=mask & (k * 0 + tl.program_id(0) == 0))
         value = hidden.to(tl.float32)
         squares = value * value
         value = value * tl.load(g_ptr + k, mask=mask, other=0.0).to(tl.float32)
@@ -125,6 +124,20 @@ def load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, mask, K, PROLOGUE: tl.constex
         value = tl.load(x_ptr + row * K + k, mask=mask, other=0.0).to(tl.float32)
         squares = tl.zeros_like(value)
     return value, squares
+
+@triton.jit
+def store_hidden(x_ptr, d_ptr, h_ptr, rows, rows_ok, K, HAS_DELTA: tl.constexpr):
+    # ADD_NORM's residual stream x + delta of `rows`, written by one program after its weights: a store inside the
+    # weight loop would keep the compiler from running loads ahead of it.
+    for k0 in range(0, K, 256):
+        k = k0 + tl.arange(0, 256)
+        at = rows[:, None] * K + k[None, :]
+        mask = rows_ok[:, None] & (k < K)[None, :]
+        hidden = tl.load(x_ptr + at, mask=mask, other=0.0)
+        if HAS_DELTA:
+            delta = tl.load(d_ptr + at, mask=mask, other=0.0)
+            hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(h_ptr + at, hidden, mask=mask)
 
 @triton.jit
 def row_norm(squares, K, eps):
@@ -216,6 +229,9 @@ def int4_matmul_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, 
             part, squares = nibble_dot(c7, 7, part, squares, x_ptr, d_ptr, g_ptr, h_ptr, offs_m, m_ok, at, K,
                                        WORDS, PROLOGUE, HAS_DELTA)
             acc += part * tl.load(scale_ptr + offs_n * groups + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    if PROLOGUE == ADD_NORM:
+        if (tl.program_id(0) == 0) & (tl.program_id(2) == 0):
+            store_hidden(x_ptr, d_ptr, h_ptr, offs_m, m_ok, K, HAS_DELTA)
     store_tile(acc, y_ptr, work_ptr, count_ptr, offs_n, offs_m, M, N, SPLIT_K, squares, K, eps,
                PROLOGUE == ADD_NORM)
 
@@ -275,6 +291,9 @@ def int4_gemv_kernel(x_ptr, words_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M,
             acc += part
             squares += part_squares
     total = tl.sum(acc, axis=1)[:, None]  # [BLOCK_N, 1]
+    if PROLOGUE == ADD_NORM:
+        if (tl.program_id(0) == 0) & (tl.program_id(2) == 0):
+            store_hidden(x_ptr, d_ptr, h_ptr, row + tl.arange(0, 1), row + tl.arange(0, 1) < M, K, HAS_DELTA)
     store_tile(total, y_ptr, work_ptr, count_ptr, offs_n, row + tl.arange(0, 1), M, N, SPLIT_K,
                tl.sum(squares[None, :], axis=1), K, eps, PROLOGUE == ADD_NORM)
 
@@ -300,9 +319,41 @@ def gemv_one_row(x_ptr, w_ptr, scale_ptr, y_ptr, N, K, d_ptr, g_ptr, h_ptr, eps,
     y = tl.sum(acc, axis=1)
     if PROLOGUE == ADD_NORM:
         y = y * row_norm(tl.sum(squares, axis=0), K, eps)
+        if tl.program_id(0) == 0:
+            store_hidden(x_ptr, d_ptr, h_ptr, tl.arange(0, 1), tl.arange(0, 1) < 1, K, HAS_DELTA)
     if HAS_SCALE:
         y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
     tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+@triton.jit
+def prologue_kernel(x_ptr, d_ptr, g_ptr, h_ptr, out_ptr, K, eps, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    # A prologue alone, one row a program, for the kernels that take none: out [M, K] is the product's input, as the
+    # traced torch ops round it (silu(gate) * up; the RMSNorm of x + delta, times the norm weight).
+    row = tl.program_id(0)
+    dtype = out_ptr.dtype.element_ty
+    if PROLOGUE == SWIGLU:
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            value, _ = load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, k < K, K, PROLOGUE, HAS_DELTA)
+            tl.store(out_ptr + row * K + k, value.to(dtype), mask=k < K)
+    else:
+        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            _, k_squares = load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, k < K, K, PROLOGUE, HAS_DELTA)
+            squares += k_squares
+        scale = row_norm(tl.sum(squares, axis=0), K, eps)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            hidden = tl.load(x_ptr + row * K + k, mask=k < K, other=0.0)
+            if HAS_DELTA:
+                delta = tl.load(d_ptr + row * K + k, mask=k < K, other=0.0)
+                hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(dtype)
+            tl.store(h_ptr + row * K + k, hidden, mask=k < K)
+            normed = (hidden.to(tl.float32) * scale).to(dtype).to(tl.float32)
+            weight = tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            tl.store(out_ptr + row * K + k, (normed * weight).to(dtype), mask=k < K)
 
 @triton.jit
 def fp8_matmul_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, work_ptr, count_ptr, M, N, K, x_scale_ptr,
@@ -376,6 +427,16 @@ def _check_steps(group: int, groups: int, config: dict) -> None:
     if groups % config["GROUPS_PER_STEP"]:
         raise ValueError(f"GROUPS_PER_STEP {config['GROUPS_PER_STEP']} does not divide the {groups} groups of "
                          f"{group} channels")
+
+
+def prologue_rows(rows: torch.Tensor, prologue: Prologue, k: int) -> torch.Tensor:
+    """The product's input [M, k] that the prologue makes of rows ([M, k], or [M, 2k] for SWIGLU), in one launch
+    (writing the residual stream for ADD_NORM): what a kernel without the prologue multiplies."""
+    rows = rows.contiguous()
+    out = torch.empty((rows.shape[0], k), dtype=rows.dtype, device=rows.device)
+    prologue_kernel[(rows.shape[0],)](rows, out_ptr=out, K=k, BLOCK_K=1024, num_warps=4,
+                                      **_prologue_args(rows, prologue))
+    return out
 
 
 def int4_matmul(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, config: dict,

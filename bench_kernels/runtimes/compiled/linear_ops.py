@@ -321,9 +321,11 @@ def dequantize_int4_weight(words: torch.Tensor, scales: torch.Tensor, dtype: tor
 def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                 prologue: Prologue | None = None) -> torch.Tensor:
     """rows [M <= GEMV_MAX_ROWS, K] (bf16/fp16) times weight [N, K] (bf16, fp16 or fp8) transposed, times scale [N];
-    one row takes the prologue into the kernel, several have it applied first."""
+    a prologue only for one row, inside the kernel."""
     triton, gemv_one_row, gemv_few_rows = _kernels()
     M = rows.shape[0]
+    if prologue is not None and M > 1:
+        raise ValueError(f"the GEMV takes a prologue for one row, not {M}")
     N, K = weight.shape
     out = torch.empty((M, N), dtype=rows.dtype, device=rows.device)
     scale_arg = scale if scale is not None else out  # never read when HAS_SCALE is False
@@ -335,7 +337,7 @@ def triton_gemv(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | 
         gemv_one_row[grid](rows, weight, scale_arg, out, N, K, HAS_SCALE=scale is not None,
                            **_prologue_args(rows, prologue))
     else:
-        rows = apply_prologue(rows, prologue).contiguous()
+        rows = rows.contiguous()
         gemv_few_rows[grid](rows, weight, scale_arg, out, M, N, K, HAS_SCALE=scale is not None,
                             BLOCK_M=max(16, triton.next_power_of_2(M)))
     return out
@@ -415,31 +417,48 @@ def _has_triton_kernel(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Te
     return weight.dtype != INT4 or int4_triton_group_ok(weight.shape[1] * 8 // scale.shape[1])
 
 
+FUSED_SUFFIX = "+prologue"  # a candidate that takes the prologue into its kernel
+
+
 def decode_candidates(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                       prologue: Prologue | None = None) -> dict[str, object]:
-    """The kernels timed for this product, by the name chosen_backends reports: run(rows, weight, scale), each with
-    the prologue (in its kernel where it has one, in torch ops before it where not)."""
+    """The kernels timed for this product, by the name chosen_backends reports: run(rows, weight, scale). With a
+    prologue each kernel that can take it is timed both ways: with it inside (FUSED_SUFFIX) and after the prologue's
+    own launch (decode_kernels.prologue_rows), as the traced ops would run it; the library path applies it in torch
+    ops."""
     from bench_kernels.runtimes.compiled import decode_kernels
 
-    def after_prologue(run):
-        return lambda r, w, s: run(apply_prologue(r, prologue), w, s)
+    k = weight.shape[1] * (8 if weight.dtype == INT4 else 1)
 
+    def after_prologue(run):
+        if prologue is None:
+            return run
+        return lambda r, w, s: run(decode_kernels.prologue_rows(r, prologue, k), w, s)
+
+    def both_ways(name: str, run) -> dict[str, object]:
+        """run(rows, weight, scale, prologue) with the prologue inside and after its own launch."""
+        plain = {name: after_prologue(lambda r, w, s: run(r, w, s, None))}
+        return plain if prologue is None else {name + FUSED_SUFFIX: lambda r, w, s: run(r, w, s, prologue), **plain}
+
+    candidates = {}
     if weight.dtype == INT4:
         groups = scale.shape[1]
         group = weight.shape[1] * 8 // groups
-        candidates = {}
         if rows.shape[0] == 1:
             for c in map(_int4_config, INT4_GEMV_CONFIGS):
                 if groups % c["GROUPS_PER_STEP"] == 0:
-                    candidates[f"gemv {_int4_name(c)}"] = \
-                        lambda r, w, s, c=c: decode_kernels.int4_gemv(r, w, s, c, prologue)
+                    candidates |= both_ways(f"gemv {_int4_name(c)}",
+                                            lambda r, w, s, p, c=c: decode_kernels.int4_gemv(r, w, s, c, p))
         if group >= INT4_DOT_MIN_GROUP:
             for c in map(_int4_config, INT4_CONFIGS[decode_kernels.block_m(rows.shape[0])]):
                 if groups % c["GROUPS_PER_STEP"] == 0:
-                    candidates[f"split-K {_int4_name(c)}"] = \
-                        lambda r, w, s, c=c: decode_kernels.int4_matmul(r, w, s, c, prologue)
+                    candidates |= both_ways(f"split-K {_int4_name(c)}",
+                                            lambda r, w, s, p, c=c: decode_kernels.int4_matmul(r, w, s, c, p))
         return {**candidates, "library": lambda r, w, s: _library_linear(r, w, s, prologue)}
-    candidates = {"triton": lambda r, w, s: triton_gemv(r, w, s, prologue)}
+    if rows.shape[0] == 1:
+        candidates |= both_ways("triton", triton_gemv)
+    else:  # several rows: gemv_few_rows after the prologue
+        candidates["triton"] = after_prologue(triton_gemv)
     if weight.dtype == FP8 and rows.shape[0] > 1:
         for c in map(_fp8_config, FP8_CONFIGS):
             candidates[f"split-K {c['BLOCK_N']}/{c['BLOCK_K']}/{c['SPLIT_K']}/{c['num_warps']}"] = after_prologue(

@@ -106,6 +106,16 @@ for rows_count in (1, 3):
                 if kind == ADD_NORM:  # the residual stream, written once, exactly as the torch add rounds it
                     assert torch.equal(prologue.hidden, expected_prologue.hidden), (name, rows_count, split)
                 assert not decode_kernels._semaphores(x.device).any(), "a split launch left its counters set"
+    # the prologue in its own launch, for the kernels timed without one: the traced ops' values, roundings included
+    for kind, delta_or_none in ((ADD_NORM, delta), (ADD_NORM, None), (SWIGLU, None)):
+        rows = gate_up if kind == SWIGLU else x
+        expected_prologue, prologue = (Prologue(kind, norm_weight, 1e-5, delta_or_none,
+                                                torch.full_like(x, float("nan"))) for _ in range(2))
+        expected = apply_prologue(rows, expected_prologue)
+        made = decode_kernels.prologue_rows(rows, prologue, K)
+        torch.testing.assert_close(made, expected, rtol=2e-3, atol=2e-3)
+        if kind == ADD_NORM:
+            assert torch.equal(prologue.hidden, expected_prologue.hidden), ("prologue_rows", rows_count)
 print("ok", worst)
 """
 
@@ -116,7 +126,8 @@ def test_kernels_with_a_prologue_match_the_torch_ops_they_replace():
     the int4 tensor-core kernel (one row and three), and the fp8 and fp16 one-row GEMVs, each with the residual add
     and RMSNorm (with and without a delta) and with SwiGLU before its weights, unsplit and with K split two ways
     (whose last program sums the rows' squares too), against the prologue in torch ops times the dense weight; the
-    residual stream each writes equals torch's add. fp16, as the interpreter's dot mishandles bf16 on the CPU."""
+    residual stream each writes equals torch's add; and the prologue's own launch (prologue_rows), which the kernels
+    are also timed after, against the torch ops. fp16, as the interpreter's dot mishandles bf16 on the CPU."""
     done = subprocess.run([sys.executable, "-c", INTERPRETED_PROLOGUE_CHECK], capture_output=True, text=True,
                           env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
