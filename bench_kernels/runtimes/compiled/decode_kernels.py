@@ -328,15 +328,15 @@ def gemv_one_row(x_ptr, w_ptr, scale_ptr, y_ptr, N, K, d_ptr, g_ptr, h_ptr, eps,
 @triton.jit
 def prologue_kernel(x_ptr, d_ptr, g_ptr, h_ptr, out_ptr, K, eps, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr,
                     BLOCK_K: tl.constexpr):
-    # A prologue alone, one row a program, for the kernels that take none: out [M, K] is the product's input, as the
-    # traced torch ops round it (silu(gate) * up; the RMSNorm of x + delta, times the norm weight).
+    # A prologue alone, for the kernels that take none: out [M, K] is the product's input, as the traced torch ops
+    # round it (silu(gate) * up, BLOCK_K channels a program; the RMSNorm of x + delta times the norm weight, a row a
+    # program).
     row = tl.program_id(0)
     dtype = out_ptr.dtype.element_ty
     if PROLOGUE == SWIGLU:
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            value, _ = load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, k < K, K, PROLOGUE, HAS_DELTA)
-            tl.store(out_ptr + row * K + k, value.to(dtype), mask=k < K)
+        k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        value, _ = load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, k < K, K, PROLOGUE, HAS_DELTA)
+        tl.store(out_ptr + row * K + k, value.to(dtype), mask=k < K)
     else:
         squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -434,8 +434,10 @@ def prologue_rows(rows: torch.Tensor, prologue: Prologue, k: int) -> torch.Tenso
     (writing the residual stream for ADD_NORM): what a kernel without the prologue multiplies."""
     rows = rows.contiguous()
     out = torch.empty((rows.shape[0], k), dtype=rows.dtype, device=rows.device)
-    prologue_kernel[(rows.shape[0],)](rows, out_ptr=out, K=k, BLOCK_K=1024, num_warps=4,
-                                      **_prologue_args(rows, prologue))
+    block = 1024
+    blocks = triton.cdiv(k, block) if prologue.kind == linear_ops.SWIGLU else 1
+    prologue_kernel[(rows.shape[0], blocks)](rows, out_ptr=out, K=k, BLOCK_K=block, num_warps=4,
+                                             **_prologue_args(rows, prologue))
     return out
 
 
