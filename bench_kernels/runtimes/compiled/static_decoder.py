@@ -121,7 +121,7 @@ def _out_and_mlp(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torc
 def _decode_layer(x, delta, k_cache, v_cache, pos, cos, sin, norm, w, s, bias, q_norm, k_norm, eps, heads, kv_heads,
                   head_dim, wo, so, post_norm, wgu, sgu, wd, sd, tail_eps, group):
     """One layer of a decode step in one compiled function; the layer's output is the sum of the two tensors it
-    returns (delta: the previous layer's, None for the first), added by the next layer's norm. The new key and value
+    returns (delta: the previous layer's, zeros for the first), added by the next layer's norm. The new key and value
     are written into cache slot `pos` here, so inductor folds the write into the RoPE kernel (in place, no copy of
     the cache) instead of launching two index_copy kernels a layer; the one new query per row then attends over slots
     0..pos (decode_attention: the query heads grouped per KV head, so each cache is read once, never repeated)."""
@@ -169,6 +169,7 @@ class ShapeState:
     position: torch.Tensor  # [1] its position (and cache slot)
     generated: torch.Tensor  # [B, max(T, 2)] every token produced so far
     step: torch.Tensor  # [1] column of `generated` the next step writes
+    no_delta: torch.Tensor  # [B, 1, D] zeros: the first layer's delta, so that every layer runs one compiled function
     prefill_graph: torch.cuda.CUDAGraph | None = None
     decode_graph: torch.cuda.CUDAGraph | None = None
 
@@ -372,7 +373,7 @@ class StaticDecoder:
         x = F.embedding(state.token, self.embed)  # [B, 1, D]
         cos = self.cos_table.index_select(0, pos)[None, None]  # [1, 1, 1, Dh]
         sin = self.sin_table.index_select(0, pos)[None, None]
-        delta = None
+        delta = state.no_delta
         for layer, k_cache, v_cache in zip(self.layers, state.k_caches, state.v_caches):
             x, delta = self._decode_layer(x, delta, k_cache, v_cache, pos, cos, sin, *self._layer_args(layer),
                                           *self._tail_args(layer))
@@ -420,6 +421,7 @@ class StaticDecoder:
             position=torch.full((1,), input_len, dtype=torch.long, device=dev),
             generated=torch.zeros((batch_size, max(max_new_tokens, 2)), dtype=torch.long, device=dev),
             step=torch.ones((1,), dtype=torch.long, device=dev),
+            no_delta=torch.zeros((batch_size, 1, self.args.hidden_size), dtype=self.dtype, device=dev),
         )
 
         def warm() -> None:
