@@ -97,9 +97,17 @@ def codes_of(words, dtype: tl.constexpr, PTX: tl.constexpr):
         c7 = (((words >> 28) & 0xF) - 8).to(dtype)
     return c0, c1, c2, c3, c4, c5, c6, c7
 
-NO_PROLOGUE = tl.constexpr(0)
 ADD_NORM = tl.constexpr(linear_ops.ADD_NORM)
 SWIGLU = tl.constexpr(linear_ops.SWIGLU)
+
+@triton.jit
+def residual(x_ptr, d_ptr, at, mask, HAS_DELTA: tl.constexpr):
+    # x + delta at `at`, rounded to the stream's dtype as torch's add rounds it
+    hidden = tl.load(x_ptr + at, mask=mask, other=0.0)
+    if HAS_DELTA:
+        delta = tl.load(d_ptr + at, mask=mask, other=0.0)
+        hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    return hidden
 
 @triton.jit
 def load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, mask, K, PROLOGUE: tl.constexpr, HAS_DELTA: tl.constexpr):
@@ -113,11 +121,7 @@ def load_input(x_ptr, d_ptr, g_ptr, h_ptr, row, k, mask, K, PROLOGUE: tl.constex
         value = (gate * tl.sigmoid(gate) * up).to(x_ptr.dtype.element_ty).to(tl.float32)
         squares = tl.zeros_like(value)
     elif PROLOGUE == ADD_NORM:
-        hidden = tl.load(x_ptr + row * K + k, mask=mask, other=0.0)
-        if HAS_DELTA:  # the residual add rounds to the stream's dtype, as torch's does
-            delta = tl.load(d_ptr + row * K + k, mask=mask, other=0.0)
-            hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        value = hidden.to(tl.float32)
+        value = residual(x_ptr, d_ptr, row * K + k, mask, HAS_DELTA).to(tl.float32)
         squares = value * value
         value = value * tl.load(g_ptr + k, mask=mask, other=0.0).to(tl.float32)
     else:
@@ -133,11 +137,7 @@ def store_hidden(x_ptr, d_ptr, h_ptr, rows, rows_ok, K, HAS_DELTA: tl.constexpr)
         k = k0 + tl.arange(0, 256)
         at = rows[:, None] * K + k[None, :]
         mask = rows_ok[:, None] & (k < K)[None, :]
-        hidden = tl.load(x_ptr + at, mask=mask, other=0.0)
-        if HAS_DELTA:
-            delta = tl.load(d_ptr + at, mask=mask, other=0.0)
-            hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        tl.store(h_ptr + at, hidden, mask=mask)
+        tl.store(h_ptr + at, residual(x_ptr, d_ptr, at, mask, HAS_DELTA), mask=mask)
 
 @triton.jit
 def row_norm(squares, K, eps):
@@ -346,10 +346,7 @@ def prologue_kernel(x_ptr, d_ptr, g_ptr, h_ptr, out_ptr, K, eps, PROLOGUE: tl.co
         scale = row_norm(tl.sum(squares, axis=0), K, eps)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
-            hidden = tl.load(x_ptr + row * K + k, mask=k < K, other=0.0)
-            if HAS_DELTA:
-                delta = tl.load(d_ptr + row * K + k, mask=k < K, other=0.0)
-                hidden = (hidden.to(tl.float32) + delta.to(tl.float32)).to(dtype)
+            hidden = residual(x_ptr, d_ptr, row * K + k, k < K, HAS_DELTA)
             tl.store(h_ptr + row * K + k, hidden, mask=k < K)
             normed = (hidden.to(tl.float32) * scale).to(dtype).to(tl.float32)
             weight = tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
@@ -398,7 +395,8 @@ def block_m(rows: int) -> int:
 def _prologue_args(rows: torch.Tensor, prologue: Prologue | None) -> dict:
     """load_input's arguments for a prologue (None: the rows as they are; unused pointers point at the rows)."""
     if prologue is None:
-        return {"d_ptr": rows, "g_ptr": rows, "h_ptr": rows, "eps": 0.0, "PROLOGUE": 0, "HAS_DELTA": False}
+        return {"d_ptr": rows, "g_ptr": rows, "h_ptr": rows, "eps": 0.0, "PROLOGUE": linear_ops.NO_PROLOGUE,
+                "HAS_DELTA": False}
     return {"d_ptr": rows if prologue.delta is None else prologue.delta.contiguous(),
             "g_ptr": rows if prologue.norm_weight is None else prologue.norm_weight,
             "h_ptr": rows if prologue.hidden is None else prologue.hidden, "eps": prologue.eps,
@@ -406,8 +404,7 @@ def _prologue_args(rows: torch.Tensor, prologue: Prologue | None) -> dict:
 
 
 def _launch(kernel, rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, n: int, k: int,
-            config: dict, row_tile: int, out_dtype: torch.dtype | None = None, norm: bool = False,
-            **constants) -> torch.Tensor:
+            config: dict, row_tile: int, out_dtype: torch.dtype | None = None, **constants) -> torch.Tensor:
     m = rows.shape[0]
     rows = rows.contiguous()
     out = torch.empty((m, n), dtype=out_dtype or rows.dtype, device=rows.device)
@@ -415,7 +412,8 @@ def _launch(kernel, rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tenso
     grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(m, row_tile), split)
     if grid[0] * grid[1] > SEMAPHORE_SLOTS:
         raise ValueError(f"{grid[0] * grid[1]} output tiles exceed the split-K semaphore's {SEMAPHORE_SLOTS}")
-    # split partials of the product, then (norm) of each row's sum of squares
+    # split partials of the product, then (an RMSNorm prologue) of each row's sum of squares
+    norm = constants.get("PROLOGUE") == linear_ops.ADD_NORM
     work = torch.empty(split * m * (n + norm) if split > 1 else 1, dtype=torch.float32, device=rows.device)
     launch = {key: value for key, value in config.items() if key not in ("num_warps", "num_stages")}
     kernel[grid](rows, weight, scale, out, work, _semaphores(rows.device), m, n, k, **launch, **constants,
@@ -450,8 +448,7 @@ def int4_matmul(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, c
     n, k = words.shape[0], words.shape[1] * 8
     _check_steps(k // scales.shape[1], scales.shape[1], config)
     tile_m = block_m(rows.shape[0])
-    return _launch(int4_matmul_kernel, rows, words, scales, n, k, config, tile_m,
-                   norm=prologue is not None and prologue.kind == linear_ops.ADD_NORM, BLOCK_M=tile_m,
+    return _launch(int4_matmul_kernel, rows, words, scales, n, k, config, tile_m, BLOCK_M=tile_m,
                    GROUP=k // scales.shape[1], PTX=not interpreted(), **_prologue_args(rows, prologue))
 
 
@@ -463,9 +460,8 @@ def int4_gemv(rows: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, con
     are read."""
     n, k = words.shape[0], words.shape[1] * 8
     _check_steps(k // scales.shape[1], scales.shape[1], config)
-    return _launch(int4_gemv_kernel, rows, words, scales, n, k, config, 1,
-                   norm=prologue is not None and prologue.kind == linear_ops.ADD_NORM, nibble=0xF,
-                   GROUP=k // scales.shape[1], **_prologue_args(rows, prologue))
+    return _launch(int4_gemv_kernel, rows, words, scales, n, k, config, 1, nibble=0xF, GROUP=k // scales.shape[1],
+                   **_prologue_args(rows, prologue))
 
 
 def fp8_matmul(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, config: dict) -> torch.Tensor:

@@ -58,7 +58,7 @@ _CHOSEN_BACKEND: dict[tuple, str] = {}
 CANDIDATE_MAX_ERROR = 0.1
 
 
-ADD_NORM, SWIGLU = 1, 2  # Prologue kinds, as decode_kernels.load_input reads them
+NO_PROLOGUE, ADD_NORM, SWIGLU = 0, 1, 2  # Prologue kinds, as decode_kernels.load_input reads them
 PROLOGUE_NAMES = {ADD_NORM: "add-rmsnorm", SWIGLU: "swiglu"}  # as build notes list them
 
 
